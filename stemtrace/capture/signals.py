@@ -1,0 +1,640 @@
+"""Celery signal receivers that turn each task transition into an event.
+
+``init(app)`` makes a :class:`Capture` for the app and connects the receivers
+(once per process, by ``dispatch_uid``, held strongly). Every receiver body
+runs under :func:`_guard`, so an error in stemtrace is logged once and never
+reaches the task, the publisher or the worker.
+
+Where each signal fires (prefork): ``before_task_publish`` in whichever
+process sends; ``task_received``, ``task_revoked``, ``task_rejected``,
+``task_unknown``, ``worker_ready`` and ``worker_shutdown`` in the worker's main
+process; ``task_prerun``/``postrun``/``success``/``failure``/``retry`` in the pool
+child that runs the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from celery import signals
+
+from stemtrace import events as ev
+from stemtrace.capture.config import CaptureConfig
+from stemtrace.capture.context import (
+    TRACE_HEADER,
+    current_trace_id,
+    reset_trace_id,
+    set_trace_id,
+    valid_trace_id,
+)
+from stemtrace.capture.payload import Shaper
+from stemtrace.capture.publisher import Publisher, describe_url
+from stemtrace.capture.registry import describe_tasks, positional_params
+from stemtrace.transports import REDIS_SCHEMES, is_supported, open_sender, scheme_of
+
+logger = logging.getLogger("stemtrace")
+
+_HOST = socket.gethostname()
+
+
+class Capture:
+    """What ``init(app)`` set up for one Celery app: settings, shaper, publisher."""
+
+    def __init__(self, app: Any, config: CaptureConfig, transport_url: str) -> None:
+        self.app = app
+        self.config = config
+        self.transport_url = transport_url
+        self.shaper = Shaper(
+            max_field_size=config.max_field_size,
+            max_string=config.max_string,
+            scrub=config.scrub,
+            secret_keys=config.scrub_keys,
+            scrubber=config.scrubber,
+        )
+        self.publisher = Publisher(
+            lambda: open_sender(transport_url, stream=config.stream, maxlen=config.stream_maxlen),
+            buffer_size=config.buffer_size,
+            batch_size=config.batch_size,
+            flush_interval=config.flush_interval,
+            describe=describe_url(transport_url),
+        )
+        self.publisher.tick_interval = config.heartbeat_interval
+        self.internal_errors = 0
+        self._params: dict[str, tuple[str, ...]] = {}
+        self._started_at: dict[str, float] = {}
+        self._trace_tokens: dict[str, Any] = {}
+
+    # -- helpers ---------------------------------------------------------------
+
+    def emit(self, kind: str, host: str | None, **fields: Any) -> None:
+        fields["kind"] = kind
+        fields["eid"] = uuid.uuid4().hex
+        fields["ts"] = time.time()
+        fields["host"] = host or _HOST
+        fields["pid"] = os.getpid()
+        self.publisher.publish(fields)
+
+    def params_of(self, name: str) -> tuple[str, ...]:
+        found = self._params.get(name)
+        if found is None:
+            task = self.app.tasks.get(name)
+            found = positional_params(task) if task is not None else ()
+            self._params[name] = found
+        return found
+
+    def call_fields(self, name: str, args: Any, kwargs: Any) -> dict[str, Any]:
+        if not self.config.capture_args:
+            return {}
+        if not isinstance(args, list | tuple):
+            args = [args]
+        if not isinstance(kwargs, dict):
+            kwargs = {"__kwargs__": kwargs}
+        shaped_args, shaped_kwargs = self.shaper.call(args, kwargs, self.params_of(name))
+        return {"args": shaped_args, "kwargs": shaped_kwargs}
+
+    def exception_fields(self, exc: BaseException | None, traceback: str | None) -> dict[str, Any]:
+        limit = self.config.max_traceback
+        return {
+            "exc_type": _qualname(type(exc)) if exc is not None else None,
+            "exc_message": self.shaper.text("exc_message", exc, limit) if exc is not None else None,
+            "traceback": self.shaper.text("traceback", traceback, limit) if traceback else None,
+        }
+
+    def runtime_of(self, task_id: str | None) -> float | None:
+        started = self._started_at.pop(task_id, None) if task_id else None
+        return round(time.monotonic() - started, 6) if started is not None else None
+
+    # -- publisher side --------------------------------------------------------
+
+    def on_publish(
+        self,
+        body: Any,
+        headers: dict[str, Any],
+        exchange: Any,
+        routing_key: Any,
+        declare: Any,
+    ) -> None:
+        task_id = headers.get("id")
+        name = headers.get("task")
+        if not isinstance(task_id, str):
+            return  # protocol 1 messages carry no headers we can use
+        parent_id = headers.get("parent_id")
+        group_id = headers.get("group")
+        trace_id = (
+            current_trace_id()
+            or valid_trace_id(headers.get(TRACE_HEADER))
+            or (group_id if group_id and not parent_id else None)
+            or headers.get("root_id")
+            or task_id
+        )
+        headers[TRACE_HEADER] = trace_id
+        args, kwargs, embed = _split_body(body)
+        chord = embed.get("chord")
+        fields: dict[str, Any] = {
+            "task_id": task_id,
+            "name": name,
+            "trace_id": trace_id,
+            "parent_id": parent_id,
+            "root_id": headers.get("root_id"),
+            "group_id": group_id,
+            "group_index": _int_or_none(headers.get("group_index")),
+            "chain": _links(reversed(embed.get("chain") or ())),
+            "retries": _int_or_none(headers.get("retries")) or 0,
+            "eta": _str_or_none(headers.get("eta")),
+            "expires": _str_or_none(headers.get("expires")),
+            "queue": _queue_name(declare, routing_key),
+            "exchange": _exchange_name(exchange),
+            "routing_key": _str_or_none(routing_key),
+        }
+        if isinstance(chord, dict):
+            link = _link(chord)
+            fields["chord_id"], fields["chord_name"] = link["id"], link["name"]
+        callbacks, errbacks = embed.get("callbacks"), embed.get("errbacks")
+        if callbacks:
+            fields["callbacks"] = _links(callbacks)
+        if errbacks:
+            fields["errbacks"] = _links(errbacks)
+        fields.update(self.call_fields(str(name), args, kwargs))
+        self.emit(ev.SENT, None, **fields)
+
+    # -- worker main process ---------------------------------------------------
+
+    def on_received(self, request: Any) -> None:
+        headers = getattr(request, "request_dict", None) or {}
+        instrumented = TRACE_HEADER in headers
+        fields: dict[str, Any] = {
+            "task_id": request.id,
+            "name": request.name,
+            "worker": request.hostname,
+            "retries": _int_or_none(headers.get("retries")),
+            "trace_id": valid_trace_id(headers.get(TRACE_HEADER)),
+            "parent_id": headers.get("parent_id"),
+            "root_id": headers.get("root_id"),
+            "group_id": headers.get("group"),
+            "eta": _str_or_none(headers.get("eta")),
+            "instrumented": instrumented,
+        }
+        if not instrumented:
+            fields.update(self.call_fields(request.name, request.args, request.kwargs))
+        self.emit(ev.RECEIVED, request.hostname, **fields)
+
+    def on_revoked(
+        self, sender: Any, request: Any, terminated: Any, signum: Any, expired: Any
+    ) -> None:
+        self.emit(
+            ev.REVOKED,
+            getattr(request, "hostname", None),
+            task_id=request.id,
+            name=getattr(sender, "name", None) or getattr(request, "task", None),
+            worker=getattr(request, "hostname", None),
+            terminated=bool(terminated),
+            expired=bool(expired),
+            signum=_int_or_none(signum),
+        )
+
+    def on_rejected(self, consumer: Any, message: Any, reason: str) -> None:
+        headers = getattr(message, "headers", None) or {}
+        task_id = headers.get("id")
+        if not isinstance(task_id, str):
+            return
+        worker = getattr(consumer, "hostname", None)
+        self.emit(
+            ev.REJECTED,
+            worker,
+            task_id=task_id,
+            name=headers.get("task"),
+            worker=worker,
+            reason=reason,
+        )
+
+    def on_worker_ready(self, consumer: Any) -> None:
+        hostname = getattr(consumer, "hostname", None)
+        pool = getattr(consumer, "pool", None)
+        queues = getattr(getattr(consumer, "task_consumer", None), "queues", None) or ()
+        self.emit(
+            ev.WORKER_ONLINE,
+            hostname,
+            worker=hostname,
+            sw_ver=_celery_version(),
+            pool=type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None,
+            concurrency=_int_or_none(getattr(pool, "limit", None)),
+            queues=[getattr(q, "name", str(q)) for q in queues],
+            tasks=describe_tasks(self.app),
+            freq=self.config.heartbeat_interval,
+        )
+        self.publisher.on_tick = lambda: self.heartbeat(hostname)
+
+    def heartbeat(self, hostname: str | None) -> None:
+        from celery.worker import state as worker_state
+
+        try:
+            loadavg = [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            loadavg = []
+        self.emit(
+            ev.WORKER_HEARTBEAT,
+            hostname,
+            worker=hostname,
+            active=len(worker_state.active_requests),
+            processed=sum(worker_state.total_count.values()),
+            loadavg=loadavg,
+            freq=self.config.heartbeat_interval,
+            dropped=self.publisher.dropped,
+        )
+
+    def on_worker_shutdown(self, worker: Any) -> None:
+        hostname = getattr(worker, "hostname", None)
+        self.publisher.on_tick = None
+        self.emit(ev.WORKER_OFFLINE, hostname, worker=hostname, dropped=self.publisher.dropped)
+        self.publisher.close(self.config.shutdown_timeout)
+
+    # -- pool child (or the caller, for eager tasks) ----------------------------
+
+    def on_prerun(self, task_id: str, task: Any, args: Any, kwargs: Any) -> None:
+        request = task.request
+        self._started_at[task_id] = time.monotonic()
+        headers = getattr(request, "headers", None) or {}
+        sent_trace = valid_trace_id(headers.get(TRACE_HEADER)) or valid_trace_id(
+            getattr(request, "stemtrace_trace_id", None)
+        )
+        group_id = getattr(request, "group", None)
+        parent_id = getattr(request, "parent_id", None)
+        trace_id = (
+            sent_trace
+            or current_trace_id()
+            or (group_id if group_id and not parent_id else None)
+            or getattr(request, "root_id", None)
+            or task_id
+        )
+        self._trace_tokens[task_id] = set_trace_id(trace_id)
+        eager = bool(getattr(request, "is_eager", False))
+        fields: dict[str, Any] = {
+            "task_id": task_id,
+            "name": task.name,
+            "worker": getattr(request, "hostname", None),
+            "retries": _int_or_none(getattr(request, "retries", None)),
+            "trace_id": trace_id,
+            "parent_id": parent_id,
+            "root_id": getattr(request, "root_id", None),
+            "group_id": group_id,
+        }
+        if eager:
+            fields.update(self.call_fields(task.name, args, kwargs))
+        self.emit(ev.STARTED, getattr(request, "hostname", None), **fields)
+
+    def on_postrun(self, task_id: str) -> None:
+        self._started_at.pop(task_id, None)
+        token = self._trace_tokens.pop(task_id, None)
+        if token is not None:
+            # ValueError: reset from a context that did not set it (another thread)
+            with contextlib.suppress(ValueError):
+                reset_trace_id(token)
+
+    def on_success(self, task: Any, result: Any) -> None:
+        request = task.request
+        fields: dict[str, Any] = {
+            "task_id": request.id,
+            "name": task.name,
+            "worker": getattr(request, "hostname", None),
+            "runtime": self.runtime_of(request.id),
+        }
+        if self.config.capture_result:
+            fields["result"] = self.shaper.value("result", result)
+        self.emit(ev.SUCCEEDED, getattr(request, "hostname", None), **fields)
+
+    def on_failure(self, task: Any, task_id: str, exc: BaseException | None, einfo: Any) -> None:
+        request = task.request
+        self.emit(
+            ev.FAILED,
+            getattr(request, "hostname", None),
+            task_id=task_id,
+            name=task.name,
+            worker=getattr(request, "hostname", None),
+            runtime=self.runtime_of(task_id),
+            **self.exception_fields(exc, getattr(einfo, "traceback", None)),
+        )
+
+    def on_retry(self, task: Any, request: Any, reason: Any, einfo: Any) -> None:
+        exc = getattr(reason, "exc", None) or reason
+        when = getattr(reason, "when", None)
+        now = time.time()
+        retry_at: float | None = None
+        if isinstance(when, datetime):
+            retry_at = when.timestamp()
+        elif isinstance(when, int | float) and not isinstance(when, bool):
+            retry_at = now + float(when)
+        retries = _int_or_none(getattr(request, "retries", None)) or 0
+        self.emit(
+            ev.RETRY,
+            getattr(request, "hostname", None),
+            task_id=request.id,
+            name=getattr(task, "name", None),
+            worker=getattr(request, "hostname", None),
+            attempt=retries + 1,
+            retries=retries,
+            retry_at=retry_at,
+            runtime=self.runtime_of(request.id),
+            **self.exception_fields(exc, getattr(einfo, "traceback", None)),
+        )
+
+
+# -- registry of captures, one per app -------------------------------------------
+
+_captures: weakref.WeakKeyDictionary[Any, Capture] = weakref.WeakKeyDictionary()
+_connect_lock = threading.Lock()
+_connected = False
+_warned_errors = False
+
+
+def init(app: Any, **options: Any) -> Capture | None:
+    """Capture every task of ``app``: call once where tasks are sent and in every worker.
+
+    Options (each also read from ``STEMTRACE_<NAME>``) are the fields of
+    :class:`~stemtrace.capture.config.CaptureConfig`. Returns the app's
+    :class:`Capture` (its ``publisher.stats()`` shows sent and dropped
+    counts), or ``None`` when capture is disabled.
+    """
+    config = CaptureConfig.build(options)
+    old = _captures.pop(app, None)
+    if old is not None:
+        old.publisher.close(0.5)
+    if not config.enabled:
+        return None
+    transport_url = config.transport_url or _broker_url(app)
+    if not transport_url or not is_supported(transport_url):
+        scheme = scheme_of(transport_url) if transport_url else "none"
+        raise ValueError(
+            f"stemtrace: the app's broker ({scheme}://) is not one stemtrace publishes to; "
+            "pass transport_url='redis://host:6379/0' (or set STEMTRACE_TRANSPORT_URL)"
+        )
+    capture = Capture(app, config, transport_url)
+    _captures[app] = capture
+    _connect_receivers()
+    return capture
+
+
+def capture_for(app: Any) -> Capture | None:
+    return _captures.get(app)
+
+
+def _broker_url(app: Any) -> str | None:
+    url = app.conf.broker_url or app.conf.broker_write_url
+    if isinstance(url, str | list | tuple) and url:
+        first = url.split(";")[0] if isinstance(url, str) else url[0]
+        if scheme_of(first) in REDIS_SCHEMES:
+            return str(first)
+    return None
+
+
+def _for_task(task: Any) -> Capture | None:
+    return _captures.get(getattr(task, "app", None)) if task is not None else None
+
+
+def _for_name(name: Any) -> Capture | None:
+    """The capture of the app sending task ``name``.
+
+    ``before_task_publish`` names the task but not the app. With one app (the
+    usual case) that is enough; with several, the app whose registry has the
+    task wins, the current app first, then the most recently initialised.
+    """
+    captures = list(_captures.values())
+    if len(captures) <= 1:
+        return captures[0] if captures else None
+    candidates = [c for c in captures if name in c.app.tasks] or captures
+    from celery import current_app
+
+    current = current_app._get_current_object()
+    for capture in candidates:
+        if capture.app is current:
+            return capture
+    return candidates[-1]
+
+
+def _guard(handler: Callable[..., None]) -> Callable[..., None]:
+    """Run a receiver so that nothing it does can raise into Celery."""
+
+    def receiver(*args: Any, **kwargs: Any) -> None:
+        global _warned_errors
+        try:
+            handler(*args, **kwargs)
+        except Exception:
+            if not _warned_errors:
+                _warned_errors = True
+                logger.warning("stemtrace: capture error (tasks are unaffected)", exc_info=True)
+            else:
+                logger.debug("stemtrace: capture error", exc_info=True)
+
+    receiver.__name__ = receiver.__qualname__ = handler.__name__
+    return receiver
+
+
+@_guard
+def _before_task_publish(
+    sender: Any = None,
+    body: Any = None,
+    exchange: Any = None,
+    routing_key: Any = None,
+    headers: Any = None,
+    declare: Any = None,
+    **_: Any,
+) -> None:
+    capture = _for_name(sender)
+    if capture is not None and isinstance(headers, dict):
+        capture.on_publish(body, headers, exchange, routing_key, declare)
+
+
+@_guard
+def _task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    capture = _captures.get(getattr(sender, "app", None))
+    if capture is not None and request is not None:
+        capture.on_received(request)
+
+
+@_guard
+def _task_prerun(
+    task_id: Any = None, task: Any = None, args: Any = None, kwargs: Any = None, **_: Any
+) -> None:
+    capture = _for_task(task)
+    if capture is not None and isinstance(task_id, str):
+        capture.on_prerun(task_id, task, args, kwargs)
+
+
+@_guard
+def _task_postrun(task_id: Any = None, task: Any = None, **_: Any) -> None:
+    capture = _for_task(task)
+    if capture is not None and isinstance(task_id, str):
+        capture.on_postrun(task_id)
+
+
+@_guard
+def _task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    capture = _for_task(sender)
+    if capture is not None:
+        capture.on_success(sender, result)
+
+
+@_guard
+def _task_failure(
+    sender: Any = None, task_id: Any = None, exception: Any = None, einfo: Any = None, **_: Any
+) -> None:
+    capture = _for_task(sender)
+    if capture is not None and isinstance(task_id, str):
+        capture.on_failure(sender, task_id, exception, einfo)
+
+
+@_guard
+def _task_retry(
+    sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None, **_: Any
+) -> None:
+    capture = _for_task(sender)
+    if capture is not None and request is not None:
+        capture.on_retry(sender, request, reason, einfo)
+
+
+@_guard
+def _task_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: Any = None,
+    signum: Any = None,
+    expired: Any = None,
+    **_: Any,
+) -> None:
+    capture = _for_task(sender)
+    if capture is not None and request is not None:
+        capture.on_revoked(sender, request, terminated, signum, expired)
+
+
+@_guard
+def _task_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    capture = _captures.get(getattr(sender, "app", None))
+    if capture is not None:
+        capture.on_rejected(sender, message, f"rejected: {exc!r}" if exc else "rejected")
+
+
+@_guard
+def _task_unknown(sender: Any = None, message: Any = None, name: Any = None, **_: Any) -> None:
+    capture = _captures.get(getattr(sender, "app", None))
+    if capture is not None:
+        capture.on_rejected(sender, message, f"unknown task {name!r}: not registered in the worker")
+
+
+@_guard
+def _worker_ready(sender: Any = None, **_: Any) -> None:
+    capture = _captures.get(getattr(sender, "app", None))
+    if capture is not None:
+        capture.on_worker_ready(sender)
+
+
+@_guard
+def _worker_shutdown(sender: Any = None, **_: Any) -> None:
+    capture = _captures.get(getattr(sender, "app", None))
+    if capture is not None:
+        capture.on_worker_shutdown(sender)
+
+
+@_guard
+def _worker_process_shutdown(**_: Any) -> None:
+    for capture in list(_captures.values()):
+        capture.publisher.close(capture.config.shutdown_timeout)
+
+
+_RECEIVERS: Iterable[tuple[Any, Callable[..., None]]] = (
+    (signals.before_task_publish, _before_task_publish),
+    (signals.task_received, _task_received),
+    (signals.task_prerun, _task_prerun),
+    (signals.task_postrun, _task_postrun),
+    (signals.task_success, _task_success),
+    (signals.task_failure, _task_failure),
+    (signals.task_retry, _task_retry),
+    (signals.task_revoked, _task_revoked),
+    (signals.task_rejected, _task_rejected),
+    (signals.task_unknown, _task_unknown),
+    (signals.worker_ready, _worker_ready),
+    (signals.worker_shutdown, _worker_shutdown),
+    (signals.worker_process_shutdown, _worker_process_shutdown),
+)
+
+
+def _connect_receivers() -> None:
+    global _connected
+    with _connect_lock:
+        if _connected:
+            return
+        for signal, receiver in _RECEIVERS:
+            signal.connect(receiver, weak=False, dispatch_uid=f"stemtrace.{receiver.__name__}")
+        _connected = True
+
+
+# -- small converters ------------------------------------------------------------
+
+
+def _split_body(body: Any) -> tuple[Any, Any, dict[str, Any]]:
+    if isinstance(body, list | tuple) and len(body) == 3:
+        args, kwargs, embed = body
+        return args, kwargs, embed if isinstance(embed, dict) else {}
+    return (), {}, {}
+
+
+def _link(signature: Any) -> dict[str, Any]:
+    if not isinstance(signature, dict):
+        return {"id": None, "name": None}
+    options = signature.get("options") or {}
+    task_id = options.get("task_id") if isinstance(options, dict) else None
+    name = signature.get("task")
+    return {
+        "id": task_id if isinstance(task_id, str) else None,
+        "name": name if isinstance(name, str) else None,
+    }
+
+
+def _links(signatures: Iterable[Any]) -> list[dict[str, Any]]:
+    return [_link(s) for s in signatures]
+
+
+def _queue_name(declare: Any, routing_key: Any) -> str | None:
+    for queue in declare or ():
+        name = getattr(queue, "name", None)
+        if isinstance(name, str) and name:
+            return name
+    return _str_or_none(routing_key)
+
+
+def _exchange_name(exchange: Any) -> str | None:
+    name = getattr(exchange, "name", exchange)
+    return name if isinstance(name, str) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
+def _qualname(kind: type) -> str:
+    module = getattr(kind, "__module__", "")
+    return kind.__qualname__ if module in ("builtins", "") else f"{module}.{kind.__qualname__}"
+
+
+def _celery_version() -> str | None:
+    import celery
+
+    return getattr(celery, "__version__", None)

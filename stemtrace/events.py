@@ -1,0 +1,205 @@
+"""The versioned wire format of stemtrace events, and its validation.
+
+Capture code builds plain dicts and hands batches of them to a transport as
+*frames*: ``{"v": 1, "events": [...]}`` encoded as compact JSON. Readers call
+:func:`decode_frame`, which keeps every valid event and reports each invalid
+one with a reason, so a consumer can skip and count malformed input instead
+of failing on it. ``docs/events.md`` documents every field; keep the two in
+step (a test checks that each field below is documented).
+
+This module is the core model: it imports nothing outside the standard
+library.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+FORMAT_VERSION: Final = 1
+
+Event = dict[str, Any]
+
+# Event kinds.
+SENT: Final = "sent"
+RECEIVED: Final = "received"
+STARTED: Final = "started"
+RETRY: Final = "retry"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+REVOKED: Final = "revoked"
+REJECTED: Final = "rejected"
+WORKER_ONLINE: Final = "worker_online"
+WORKER_HEARTBEAT: Final = "worker_heartbeat"
+WORKER_OFFLINE: Final = "worker_offline"
+
+TASK_KINDS: Final = frozenset(
+    {SENT, RECEIVED, STARTED, RETRY, SUCCEEDED, FAILED, REVOKED, REJECTED}
+)
+WORKER_KINDS: Final = frozenset({WORKER_ONLINE, WORKER_HEARTBEAT, WORKER_OFFLINE})
+KINDS: Final = TASK_KINDS | WORKER_KINDS
+
+_STR = (str,)
+_OPT_STR = (str, type(None))
+_NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
+_OPT_INT = (int, type(None))
+_BOOL = (bool,)
+_LIST = (list,)
+_ANY: tuple[type, ...] = ()  # any JSON value
+
+# Fields every event carries: name -> accepted JSON types.
+COMMON_FIELDS: Final[dict[str, tuple[type, ...]]] = {
+    "kind": _STR,
+    "eid": _STR,
+    "ts": _NUM,
+    "host": _STR,
+    "pid": (int,),
+}
+
+# Fields every task event carries on top of the common ones.
+TASK_FIELDS: Final[dict[str, tuple[type, ...]]] = {
+    "task_id": _STR,
+    "name": _OPT_STR,
+}
+
+# Optional fields, by the kinds that may carry them. A present field must have
+# the listed type; a missing one is simply unknown.
+OPTIONAL_FIELDS: Final[dict[str, tuple[type, ...]]] = {
+    "trace_id": _OPT_STR,
+    "parent_id": _OPT_STR,
+    "root_id": _OPT_STR,
+    "group_id": _OPT_STR,
+    "group_index": _OPT_INT,
+    "chord_id": _OPT_STR,
+    "chord_name": _OPT_STR,
+    "chain": _LIST,
+    "callbacks": _LIST,
+    "errbacks": _LIST,
+    "eta": _OPT_STR,
+    "expires": _OPT_STR,
+    "queue": _OPT_STR,
+    "exchange": _OPT_STR,
+    "routing_key": _OPT_STR,
+    "retries": _OPT_INT,
+    "args": _ANY,
+    "kwargs": _ANY,
+    "instrumented": _BOOL,
+    "result": _ANY,
+    "runtime": _OPT_NUM,
+    "attempt": _OPT_INT,
+    "exc_type": _OPT_STR,
+    "exc_message": _OPT_STR,
+    "traceback": _OPT_STR,
+    "retry_at": _OPT_NUM,
+    "terminated": _BOOL,
+    "expired": _BOOL,
+    "signum": _OPT_INT,
+    "reason": _OPT_STR,
+    "worker": _OPT_STR,
+    "sw_ver": _OPT_STR,
+    "pool": _OPT_STR,
+    "concurrency": _OPT_INT,
+    "queues": _LIST,
+    "tasks": _LIST,
+    "active": _OPT_INT,
+    "processed": _OPT_INT,
+    "loadavg": _LIST,
+    "freq": _OPT_NUM,
+    "dropped": _OPT_INT,
+}
+
+# A link (chain step, chord callback, link/errback) as stored in ``chain``,
+# ``callbacks`` and ``errbacks``: its planned task id and task name.
+LINK_FIELDS: Final[dict[str, tuple[type, ...]]] = {"id": _OPT_STR, "name": _OPT_STR}
+
+
+class FrameError(ValueError):
+    """A frame that cannot be read at all (not JSON, wrong version, wrong shape)."""
+
+
+@dataclass
+class DecodedFrame:
+    """The valid events of one frame and the reasons the others were skipped."""
+
+    events: list[Event] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def encode_frame(events: list[Event]) -> bytes:
+    """Encode a batch of events as one frame (compact JSON, UTF-8)."""
+    return json.dumps(
+        {"v": FORMAT_VERSION, "events": events},
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=repr,
+    ).encode("utf-8")
+
+
+def decode_frame(data: bytes | str) -> DecodedFrame:
+    """Decode one frame; invalid events are dropped and explained, not raised.
+
+    Raises :class:`FrameError` when the frame as a whole is unreadable.
+    """
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FrameError(f"frame is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FrameError("frame is not a JSON object")
+    version = obj.get("v")
+    if version != FORMAT_VERSION:
+        raise FrameError(f"unsupported frame version {version!r} (expected {FORMAT_VERSION})")
+    events = obj.get("events")
+    if not isinstance(events, list):
+        raise FrameError("frame has no 'events' list")
+    decoded = DecodedFrame()
+    for position, candidate in enumerate(events):
+        problem = validate_event(candidate)
+        if problem is None:
+            decoded.events.append(candidate)
+        else:
+            decoded.errors.append(f"event {position}: {problem}")
+    return decoded
+
+
+def validate_event(obj: object) -> str | None:
+    """Return why ``obj`` is not a valid event, or ``None`` when it is."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    kind = obj.get("kind")
+    if kind not in KINDS:
+        return f"unknown kind {kind!r}"
+    problem = _check_required(obj, COMMON_FIELDS)
+    if problem is None and kind in TASK_KINDS:
+        problem = _check_required(obj, TASK_FIELDS)
+        if problem is None and not obj["task_id"]:
+            problem = "empty task_id"
+    if problem is not None:
+        return problem
+    for name, types in OPTIONAL_FIELDS.items():
+        if types and name in obj and not _is(obj[name], types):
+            return f"field {name!r} has type {type(obj[name]).__name__}"
+    for name in ("chain", "callbacks", "errbacks"):
+        for link in obj.get(name) or ():
+            if not isinstance(link, dict) or _check_required(link, LINK_FIELDS) is not None:
+                return f"field {name!r} holds a malformed link"
+    return None
+
+
+def _check_required(obj: dict[str, Any], spec: dict[str, tuple[type, ...]]) -> str | None:
+    for name, types in spec.items():
+        if name not in obj:
+            return f"missing field {name!r}"
+        if not _is(obj[name], types):
+            return f"field {name!r} has type {type(obj[name]).__name__}"
+    return None
+
+
+def _is(value: object, types: tuple[type, ...]) -> bool:
+    # bool is an int subclass; a boolean where a number belongs is malformed.
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)

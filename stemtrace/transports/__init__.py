@@ -1,0 +1,49 @@
+"""Transports carry frames of events from capture to the server.
+
+One small interface, :class:`Sender`, with an implementation per URL scheme,
+imported only when that scheme is used. Frames are opaque bytes here (see
+:mod:`stemtrace.events` for what is inside).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import urlsplit
+
+
+class Sender(Protocol):
+    """Delivers frames; raises on failure so the caller can keep them and retry."""
+
+    def send(self, frames: Sequence[bytes]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+MEMORY_SCHEMES = frozenset({"memory"})
+
+
+def scheme_of(url: str) -> str:
+    return urlsplit(url).scheme.lower()
+
+
+def is_supported(url: str) -> bool:
+    return scheme_of(url) in REDIS_SCHEMES | MEMORY_SCHEMES
+
+
+def open_sender(url: str, *, stream: str, maxlen: int) -> Sender:
+    """A sender for ``url``, chosen by its scheme."""
+    scheme = scheme_of(url)
+    if scheme in REDIS_SCHEMES:
+        from stemtrace.transports.redis import RedisStreamSender
+
+        return RedisStreamSender(url, stream=stream, maxlen=maxlen)
+    if scheme in MEMORY_SCHEMES:
+        from stemtrace.transports.memory import MemorySender
+
+        return MemorySender(url, stream=stream, maxlen=maxlen)
+    raise ValueError(
+        f"stemtrace: no transport for {scheme or 'a URL without scheme'}:// "
+        "(supported: redis://, rediss://, unix://, memory://)"
+    )

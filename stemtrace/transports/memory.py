@@ -1,0 +1,55 @@
+"""In-process transport (``memory://name``) for the demo and for tests.
+
+Streams live in a process-wide table keyed by name, since sender and reader
+meet only through the URL, as they would on a real broker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+_streams: dict[str, MemoryStream] = {}
+_streams_lock = threading.Lock()
+
+
+class MemoryStream:
+    """A bounded, append-only list of frames with increasing integer ids."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.entries: deque[tuple[int, bytes]] = deque(maxlen=maxlen)
+        self.last_id = 0
+        self.changed = threading.Condition()
+
+    def append(self, frames: Sequence[bytes]) -> None:
+        with self.changed:
+            for frame in frames:
+                self.last_id += 1
+                self.entries.append((self.last_id, frame))
+            self.changed.notify_all()
+
+    def read_after(self, entry_id: int, count: int) -> list[tuple[int, bytes]]:
+        with self.changed:
+            return [entry for entry in self.entries if entry[0] > entry_id][:count]
+
+
+def stream_for(url: str, stream: str, maxlen: int = 100_000) -> MemoryStream:
+    key = f"{urlsplit(url).netloc or 'default'}/{stream}"
+    with _streams_lock:
+        found = _streams.get(key)
+        if found is None:
+            found = _streams[key] = MemoryStream(maxlen)
+        return found
+
+
+class MemorySender:
+    def __init__(self, url: str, *, stream: str, maxlen: int) -> None:
+        self.stream = stream_for(url, stream, maxlen)
+
+    def send(self, frames: Sequence[bytes]) -> None:
+        self.stream.append(frames)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,193 @@
+"""Helpers for the integration tests: Redis, real workers, reading the stream back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from stemtrace.events import decode_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = int(os.environ.get("STEMTRACE_TEST_REDIS_PORT", "6379"))
+
+
+def redis_url(db: int) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_events(url: str, stream: str) -> list[dict[str, Any]]:
+    """Every valid event in ``stream``, in stream order; fails on a malformed one."""
+    client = redis.Redis.from_url(url)
+    try:
+        entries = client.xrange(stream)
+    finally:
+        client.close()
+    found: list[dict[str, Any]] = []
+    for _entry_id, fields in entries:
+        decoded = decode_frame(fields[b"d"])
+        assert not decoded.errors, decoded.errors
+        found.extend(decoded.events)
+    return found
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+@dataclass
+class Scenario:
+    """One test's private broker database, queue and stream key."""
+
+    db: int
+    queue: str = field(default_factory=lambda: f"q-{uuid.uuid4().hex[:12]}")
+    stream: str = field(default_factory=lambda: f"stemtrace-test:{uuid.uuid4().hex[:12]}")
+    transport_url: str | None = None
+
+    @property
+    def broker(self) -> str:
+        return redis_url(self.db)
+
+    @property
+    def events_url(self) -> str:
+        return self.transport_url or self.broker
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_events(self.events_url, self.stream)
+
+    def of(self, task_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events()
+            if e.get("task_id") == task_id and (kind is None or e["kind"] == kind)
+        ]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "STEMTRACE_TEST_BROKER": self.broker,
+            "STEMTRACE_TEST_QUEUE": self.queue,
+            "STEMTRACE_STREAM": self.stream,
+            "STEMTRACE_FLUSH_INTERVAL": "0.05",
+            "PYTHONPATH": str(ROOT),
+            # Pickle is accepted (for the unserializable-arg test) and CI runs as root.
+            "C_FORCE_ROOT": "1",
+        }
+        if self.transport_url:
+            env["STEMTRACE_TRANSPORT_URL"] = self.transport_url
+        env.update(extra)
+        return env
+
+    def cleanup(self) -> None:
+        client = redis.Redis.from_url(self.broker)
+        try:
+            client.delete(self.stream, self.queue)
+        finally:
+            client.close()
+
+
+@contextmanager
+def celery_worker(
+    scenario: Scenario, pool: str = "prefork", concurrency: int = 2, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``celery worker`` process on the scenario's queue, ready when yielded."""
+    name = f"w{uuid.uuid4().hex[:8]}@%h"
+    command = [
+        sys.executable, "-m", "celery", "-A", "tests.proj:app", "worker",
+        "-P", pool, "-c", str(concurrency), "-Q", scenario.queue, "-n", name,
+        "--without-mingle", "--without-gossip", "-l", "warning",
+    ]
+    log_path = ROOT / ".pytest_cache" / f"worker-{scenario.queue}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=scenario.env(**env), stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        try:
+            wait_for(
+                lambda: process.poll() is not None
+                or any(e["kind"] == "worker_online" for e in scenario.events()),
+                timeout=30,
+            )
+        except AssertionError:
+            raise AssertionError(f"worker did not start: {log_path.read_text()[-3000:]}") from None
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited: {log_path.read_text()[-3000:]}")
+        yield process
+    finally:
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+class PrivateRedis:
+    """A throw-away ``redis-server`` on a free port, which a test may stop and restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        try:
+            wait_for(lambda: _ping(client), timeout=10)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+def _ping(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
