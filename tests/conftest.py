@@ -16,8 +16,10 @@ def redis_available() -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis at {REDIS_HOST}:{REDIS_PORT} is not answering ({exc}); "
-                    "run the test command (scripts/test), which starts it")
+        pytest.fail(
+            f"Redis at {REDIS_HOST}:{REDIS_PORT} is not answering ({exc}); "
+            "run the test command (scripts/test), which starts it"
+        )
     finally:
         client.close()
 

@@ -119,9 +119,24 @@ def celery_worker(
     """A real ``celery worker`` process on the scenario's queue, ready when yielded."""
     name = f"w{uuid.uuid4().hex[:8]}@%h"
     command = [
-        sys.executable, "-m", "celery", "-A", "tests.proj:app", "worker",
-        "-P", pool, "-c", str(concurrency), "-Q", scenario.queue, "-n", name,
-        "--without-mingle", "--without-gossip", "-l", "warning",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.proj:app",
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-Q",
+        scenario.queue,
+        "-n",
+        name,
+        "--without-mingle",
+        "--without-gossip",
+        "-l",
+        "warning",
     ]
     log_path = ROOT / ".pytest_cache" / f"worker-{scenario.queue}.log"
     log_path.parent.mkdir(exist_ok=True)
@@ -132,8 +147,10 @@ def celery_worker(
     try:
         try:
             wait_for(
-                lambda: process.poll() is not None
-                or any(e["kind"] == "worker_online" for e in scenario.events()),
+                lambda: (
+                    process.poll() is not None
+                    or any(e["kind"] == "worker_online" for e in scenario.events())
+                ),
                 timeout=30,
             )
         except AssertionError:
@@ -168,8 +185,17 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -59,7 +59,7 @@ def one(events: list[dict[str, Any]], task_id: str, kind: str) -> dict[str, Any]
 def test_chain_records_every_transition_and_the_planned_links(
     scenario: Scenario, client: tuple[Celery, Capture], worker: str
 ) -> None:
-    app, capture = client
+    app, _ = client
     add = app.tasks["proj.add"]
     result = chain(add.s(1, 2), add.s(3), add.s(4)).apply_async()
     assert result.get(timeout=20) == 10
@@ -70,7 +70,10 @@ def test_chain_records_every_transition_and_the_planned_links(
     for task_id in (first, second, result.id):
         # Publisher and worker send on their own schedules: compare, not order.
         assert sorted(e["kind"] for e in events if e.get("task_id") == task_id) == [
-            "received", "sent", "started", "succeeded",
+            "received",
+            "sent",
+            "started",
+            "succeeded",
         ]
     sent = one(events, first, "sent")
     assert sent["chain"] == [
@@ -104,7 +107,7 @@ def test_group_members_share_the_group_and_one_trace(
     sent = [one(events, task_id, "sent") for task_id in ids]
     assert {e["group_id"] for e in sent} == {result.id}
     assert sorted(e["group_index"] for e in sent) == [0, 1, 2, 3]
-    assert {e["trace_id"] for e in events if "trace_id" in e and e["trace_id"]} == {result.id}
+    assert {e["trace_id"] for e in events if e.get("trace_id")} == {result.id}
 
 
 def test_chord_callback_id_is_known_when_the_header_is_sent(
@@ -139,8 +142,11 @@ def test_chain_inside_chord_inside_chain(
         )
         result = workflow.apply_async()
     assert result.get(timeout=30) == 2 + 1 + 1 + 2 + 10 + 100
-    wait_for(lambda: any(e["kind"] == "succeeded" and e["task_id"] == result.id
-                         for e in scenario.events()))
+    wait_for(
+        lambda: any(
+            e["kind"] == "succeeded" and e["task_id"] == result.id for e in scenario.events()
+        )
+    )
     events = scenario.events()
     task_ids = {e["task_id"] for e in events if e["kind"] == "sent"}
     assert len(task_ids) == 6  # 1 + (2 + 1) + callback + last link
@@ -173,7 +179,12 @@ def test_retry_twice_then_succeed_records_three_attempts(
     events = wait_finished(scenario, result.id)
     mine = [e for e in events if e.get("task_id") == result.id]
     assert [e["kind"] for e in mine if e["kind"] in ("started", "retry", "succeeded")] == [
-        "started", "retry", "started", "retry", "started", "succeeded",
+        "started",
+        "retry",
+        "started",
+        "retry",
+        "started",
+        "succeeded",
     ]
     retries = [e for e in mine if e["kind"] == "retry"]
     assert [r["attempt"] for r in retries] == [1, 2]

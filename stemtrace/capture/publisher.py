@@ -131,6 +131,15 @@ class Publisher:
     # -- the sending thread --------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            sender, self._sender = self._sender, None
+            if sender is not None:
+                with contextlib.suppress(Exception):
+                    sender.close()
+
+    def _loop(self) -> None:
         backoff = self.flush_interval
         next_tick = time.monotonic() + self.tick_interval
         pending: list[Event] = []

@@ -67,9 +67,7 @@ def _format_signature(signature: inspect.Signature) -> str:
 
     params = [p.replace(annotation=unquote(p.annotation)) for p in signature.parameters.values()]
     return str(
-        signature.replace(
-            parameters=params, return_annotation=unquote(signature.return_annotation)
-        )
+        signature.replace(parameters=params, return_annotation=unquote(signature.return_annotation))
     )
 
 

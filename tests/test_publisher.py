@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from stemtrace.capture.publisher import Publisher, describe_url
+from stemtrace.events import decode_frame
+from stemtrace.transports import open_sender
+from tests.support import read_events, redis_url, wait_for
+
+
+class FakeSender:
+    """Records frames; can be made to fail or to hang until released."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.failing = False
+        self.release = threading.Event()
+        self.release.set()
+
+    def send(self, frames: Sequence[bytes]) -> None:
+        self.release.wait()
+        if self.failing:
+            raise ConnectionError("broker unreachable")
+        self.frames.extend(frames)
+
+    def close(self) -> None:
+        pass
+
+    def events(self) -> list[dict[str, Any]]:
+        return [e for frame in self.frames for e in decode_frame(frame).events]
+
+
+def event(n: int) -> dict[str, Any]:
+    return {
+        "kind": "started",
+        "eid": str(n),
+        "ts": 1.0,
+        "host": "h",
+        "pid": 1,
+        "task_id": f"t{n}",
+        "name": "x",
+    }
+
+
+def make(sender: FakeSender, **options: Any) -> Publisher:
+    options.setdefault("flush_interval", 0.01)
+    return Publisher(lambda: sender, describe="fake://", **options)
+
+
+def test_events_are_sent_in_batches_in_order() -> None:
+    sender = FakeSender()
+    publisher = make(sender, batch_size=10)
+    for n in range(25):
+        publisher.publish(event(n))
+    assert publisher.flush(5)
+    assert [e["eid"] for e in sender.events()] == [str(n) for n in range(25)]
+    assert len(sender.frames) >= 3  # at most 10 events per frame
+    publisher.close(1)
+
+
+def test_publish_returns_while_the_sender_hangs() -> None:
+    sender = FakeSender()
+    sender.release.clear()
+    publisher = make(sender, buffer_size=100)
+    for n in range(500):  # the sender is stuck: all of this must still return
+        publisher.publish(event(n))
+    assert publisher.dropped >= 400
+    sender.release.set()
+    assert publisher.flush(5)
+    publisher.close(1)
+
+
+def test_outage_drops_are_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="stemtrace")
+    sender = FakeSender()
+    sender.failing = True
+    publisher = make(sender, buffer_size=5)
+    for n in range(50):
+        publisher.publish(event(n))
+    wait_for(lambda: publisher.send_errors >= 2)
+    assert publisher.dropped >= 40
+    assert len([r for r in caplog.records if "cannot publish" in r.message]) == 1
+    sender.failing = False
+    wait_for(lambda: sender.frames, timeout=10)
+    publisher.publish(event(99))
+    assert publisher.flush(5)
+    assert "99" in [e["eid"] for e in sender.events()]
+    resumed = [r.message for r in caplog.records if "resumed" in r.message]
+    assert len(resumed) == 1 and f"{publisher.dropped} events were dropped" in resumed[0]
+    publisher.close(1)
+
+
+def test_describe_url_hides_the_password() -> None:
+    assert describe_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert describe_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_fork_gives_the_child_its_own_publisher(redis_available: None) -> None:
+    stream = f"stemtrace-test:{uuid.uuid4().hex[:12]}"
+    url = redis_url(2)
+    publisher = Publisher(lambda: open_sender(url, stream=stream, maxlen=1000), flush_interval=0.01)
+    publisher.publish(event(1))
+    assert publisher.flush(5)
+    publisher.publish(event(2))  # may still be buffered at fork: the child must not resend it
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            publisher.publish(event(3))
+            code = 0 if publisher.flush(5) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert publisher.flush(5)
+    events = read_events(url, stream)
+    assert sorted(e["eid"] for e in events) == ["1", "2", "3"]
+    publisher.close(1)
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.delete(stream)
+    client.close()
