@@ -68,7 +68,7 @@ class CaptureConfig:
             if name in options:
                 values[name] = options[name]
             elif env_name in environ and name != "scrubber":
-                values[name] = parse_env(env_name, environ[env_name], spec)
+                values[name] = parse_env(env_name, environ[env_name], str(spec.type))
         config = cls(**values)
         config.check()
         return config
@@ -104,10 +104,16 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def parse_env(env_name: str, raw: str, spec: dataclasses.Field[Any]) -> Any:
-    """Convert one environment variable to its field's type, or say clearly why not."""
-    kind = str(spec.type)
+def parse_env(env_name: str, raw: str, kind: str) -> Any:
+    """Convert one environment variable to a field of type ``kind``, or say clearly why not.
+
+    ``kind`` is the field's annotation as text (``"int"``, ``"float | None"``, ...);
+    an empty value means ``None`` for optional fields.
+    """
     text = raw.strip()
+    optional = "None" in kind
+    if not text and optional:
+        return None
     try:
         if kind == "bool":
             if text.lower() in _TRUE:
@@ -115,12 +121,12 @@ def parse_env(env_name: str, raw: str, spec: dataclasses.Field[Any]) -> Any:
             if text.lower() in _FALSE:
                 return False
             raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
-        if kind == "int":
+        if kind.startswith("int"):
             return int(text.replace("_", ""))
-        if kind == "float":
+        if kind.startswith("float"):
             return float(text)
         if kind.startswith("tuple"):
             return tuple(part.strip() for part in text.split(",") if part.strip())
-        return text or None
+        return text
     except ValueError as exc:
         raise ValueError(f"stemtrace: {env_name}={raw!r} is invalid: {exc}") from None

@@ -306,6 +306,7 @@ class Capture:
             "task_id": request.id,
             "name": task.name,
             "worker": getattr(request, "hostname", None),
+            "retries": _int_or_none(getattr(request, "retries", None)),
             "runtime": self.runtime_of(request.id),
         }
         if self.config.capture_result:
@@ -320,6 +321,7 @@ class Capture:
             task_id=task_id,
             name=task.name,
             worker=getattr(request, "hostname", None),
+            retries=_int_or_none(getattr(request, "retries", None)),
             runtime=self.runtime_of(task_id),
             **self.exception_fields(exc, getattr(einfo, "traceback", None)),
         )

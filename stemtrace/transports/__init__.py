@@ -20,6 +20,21 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
+class Reader(Protocol):
+    """Reads frames after a position; positions are opaque strings that sort in stream order."""
+
+    def read(self, after: str | None, count: int, block: float) -> list[tuple[str, bytes]]:
+        """Up to ``count`` ``(position, frame)`` pairs after ``after`` (``None``: from the
+        start), waiting up to ``block`` seconds for the first one."""
+        ...
+
+    def lag(self, after: str | None) -> float | None:
+        """Seconds between the newest entry and ``after``, when the transport knows."""
+        ...
+
+    def close(self) -> None: ...
+
+
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 MEMORY_SCHEMES = frozenset({"memory"})
 
@@ -30,6 +45,23 @@ def scheme_of(url: str) -> str:
 
 def is_supported(url: str) -> bool:
     return scheme_of(url) in REDIS_SCHEMES | MEMORY_SCHEMES
+
+
+def open_reader(url: str, *, stream: str) -> Reader:
+    """A reader for ``url``, chosen by its scheme."""
+    scheme = scheme_of(url)
+    if scheme in REDIS_SCHEMES:
+        from stemtrace.transports.redis import RedisStreamReader
+
+        return RedisStreamReader(url, stream=stream)
+    if scheme in MEMORY_SCHEMES:
+        from stemtrace.transports.memory import MemoryReader
+
+        return MemoryReader(url, stream=stream)
+    raise ValueError(
+        f"stemtrace: cannot read events from {scheme or 'a URL without scheme'}:// "
+        "(supported: redis://, rediss://, unix://, memory://)"
+    )
 
 
 def open_sender(url: str, *, stream: str, maxlen: int) -> Sender:

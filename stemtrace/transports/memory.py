@@ -53,3 +53,21 @@ class MemorySender:
 
     def close(self) -> None:
         pass
+
+
+class MemoryReader:
+    def __init__(self, url: str, *, stream: str) -> None:
+        self.stream = stream_for(url, stream)
+
+    def read(self, after: str | None, count: int, block: float) -> list[tuple[str, bytes]]:
+        start = int(after) if after else 0
+        with self.stream.changed:
+            if self.stream.last_id <= start:
+                self.stream.changed.wait(block)
+        return [(f"{i:020d}", frame) for i, frame in self.stream.read_after(start, count)]
+
+    def lag(self, after: str | None) -> float | None:
+        return None
+
+    def close(self) -> None:
+        pass

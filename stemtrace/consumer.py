@@ -1,0 +1,209 @@
+"""The consumer: transport -> store, from a cursor kept in the database.
+
+One thread reads frames, decodes and validates them, and writes each batch
+together with the cursor that covers it in one transaction: a restarted
+consumer resumes exactly where it stopped, and several servers can each read
+the whole stream into their own store. Malformed frames and events are
+skipped and counted, with the last reasons kept for ``/api/health``. When the
+broker cannot be reached the consumer says so once, reports it in its status
+and keeps retrying. Retention pruning runs in the same thread, between
+batches, a bounded slice at a time, so it never stalls ingestion for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stemtrace.events import FrameError, decode_frame
+from stemtrace.store.ingest import Ingestor
+from stemtrace.store.retention import Retention
+from stemtrace.store.schema import Store
+from stemtrace.transports import Reader
+
+logger = logging.getLogger("stemtrace")
+
+Listener = Callable[[set[str], set[str]], None]
+"""Called after each written batch with the task ids and worker names it touched."""
+
+
+@dataclass
+class ConsumerStatus:
+    source: str
+    connected: bool = False
+    last_error: str | None = None
+    ingested: int = 0
+    skipped: int = 0
+    batches: int = 0
+    lag_seconds: float | None = None
+    last_batch_at: float | None = None
+    position: str | None = None
+    pruned: int = 0
+    skip_reasons: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "connected": self.connected,
+            "last_error": self.last_error,
+            "ingested": self.ingested,
+            "skipped": self.skipped,
+            "batches": self.batches,
+            "lag_seconds": self.lag_seconds,
+            "last_batch_at": self.last_batch_at,
+            "position": self.position,
+            "pruned": self.pruned,
+            "recent_skip_reasons": list(self.skip_reasons),
+        }
+
+
+class Consumer:
+    """Moves events from one reader into one store; run it with :meth:`start`."""
+
+    def __init__(
+        self,
+        store: Store,
+        open_reader: Callable[[], Reader],
+        *,
+        source: str,
+        retention: Retention | None = None,
+        batch_frames: int = 100,
+        block: float = 0.5,
+    ) -> None:
+        self.store = store
+        self._open_reader = open_reader
+        self.retention = retention
+        self.batch_frames = batch_frames
+        self.block = block
+        self.status = ConsumerStatus(source=source)
+        self.listeners: list[Listener] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- control ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self.run, name="stemtrace-consumer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; never raises."""
+        ingestor = Ingestor(self.store.writer())
+        position = self._load_position()
+        self.status.position = position
+        reader: Reader | None = None
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if reader is None:
+                    reader = self._open_reader()
+                entries = reader.read(position, self.batch_frames, self.block)
+                if not self.status.connected:
+                    if self.status.last_error:
+                        logger.warning("stemtrace: reading %s again", self.status.source)
+                    self.status.connected = True
+                    self.status.last_error = None
+                backoff = 0.5
+                if entries:
+                    position = self._write(ingestor, entries)
+                self.status.lag_seconds = reader.lag(position)
+                if self.retention is not None:
+                    self.status.pruned += self.retention.step(self.store.writer())
+            except Exception as exc:
+                self._on_error(exc)
+                if reader is not None:
+                    try:
+                        reader.close()
+                    finally:
+                        reader = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        if reader is not None:
+            reader.close()
+
+    # -- internals -------------------------------------------------------------
+
+    def _load_position(self) -> str | None:
+        row = (
+            self.store.writer()
+            .execute("SELECT position FROM cursors WHERE source = ?", (self.status.source,))
+            .fetchone()
+        )
+        return str(row[0]) if row else None
+
+    def _write(self, ingestor: Ingestor, entries: list[tuple[str, bytes]]) -> str:
+        batch = []
+        for entry_id, frame in entries:
+            try:
+                decoded = decode_frame(frame)
+            except FrameError as exc:
+                self._skip(f"entry {entry_id}: {exc}")
+                continue
+            batch.extend(decoded.events)
+            for reason in decoded.errors:
+                self._skip(f"entry {entry_id}: {reason}")
+        position = entries[-1][0]
+        cursor = (self.status.source, position)
+        try:
+            ingestor.ingest(batch, cursor)
+        except (sqlite3.InterfaceError, sqlite3.DataError, OverflowError, TypeError, ValueError):
+            # A value SQLite cannot bind (an integer over 64 bits, say) made it past
+            # validation: write one event at a time and skip only the bad ones.
+            kept = []
+            for event in batch:
+                try:
+                    ingestor.ingest([event])
+                    kept.append(event)
+                except (sqlite3.InterfaceError, sqlite3.DataError, OverflowError, TypeError,
+                        ValueError) as exc:  # fmt: skip
+                    self._skip(f"event {event.get('eid')}: cannot be stored ({exc})")
+            ingestor.ingest([], cursor)
+            batch = kept
+        self.status.ingested += len(batch)
+        self.status.batches += 1
+        self.status.position = position
+        self.status.last_batch_at = time.time()
+        if self.listeners and batch:
+            tasks = {e["task_id"] for e in batch if "task_id" in e}
+            workers = {
+                e.get("worker") or e["host"] for e in batch if e["kind"].startswith("worker")
+            }
+            for listener in list(self.listeners):
+                try:
+                    listener(tasks, workers)
+                except Exception:
+                    logger.exception("stemtrace: a consumer listener failed")
+        return position
+
+    def _skip(self, reason: str) -> None:
+        self.status.skipped += 1
+        self.status.skip_reasons.append(reason[:500])
+        if self.status.skipped == 1:
+            logger.warning(
+                "stemtrace: skipping malformed input (%s); later ones are counted", reason
+            )
+
+    def _on_error(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if self.status.connected or self.status.last_error is None:
+            logger.warning(
+                "stemtrace: cannot read %s (%s); retrying in the background",
+                self.status.source,
+                message,
+            )
+        self.status.connected = False
+        self.status.last_error = message

@@ -1,0 +1,275 @@
+"""Flow reconstruction: the graph of one workflow from its task rows. Pure functions.
+
+Nodes are tasks plus synthetic ``group`` and ``chord`` nodes; edges are
+
+* ``spawned`` - a task sent another from inside its body;
+* ``chain`` - one chain link to the next (from the links each task was sent with);
+* ``group`` - a group (or chord header) to each member;
+* ``chord`` - each chord header member to the callback (from a collapsed
+  group: the group to the callback).
+
+A task retried under one id is one node with an attempt count. Chain links
+and chord callbacks that were planned but never sent are nodes too: ``NOT_RUN``
+when an earlier link broke (failed, revoked, rejected), else ``PLANNED``. A
+parent that was never captured becomes a ``placeholder`` node.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from stemtrace import states
+
+COLLAPSE_OVER = 200
+"""Groups with more members than this come as one node with counts."""
+
+
+def group_node_id(group_id: str) -> str:
+    return f"group:{group_id}"
+
+
+def build_flow(
+    rows: list[dict[str, Any]],
+    *,
+    collapse_over: int = COLLAPSE_OVER,
+    expand: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """``{"root_id", "nodes", "edges"}`` for the flow made of ``rows``.
+
+    Groups in ``expand`` are never collapsed.
+    """
+    tasks = {row["id"]: row for row in rows}
+    nodes: dict[str, dict[str, Any]] = {}
+    edges: dict[tuple[str, str, str], dict[str, str]] = {}
+
+    def edge(source: str, target: str, kind: str) -> None:
+        if source != target:
+            edges.setdefault(
+                (source, target, kind), {"source": source, "target": target, "kind": kind}
+            )
+
+    members: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("group_id"):
+            members.setdefault(row["group_id"], []).append(row)
+    # A task is in a group as a member only if it is not the chord callback
+    # (Celery gives the callback the header's group id too).
+    callbacks = {row["chord_id"] for row in rows if row.get("chord_id")}
+    for group_id, group_rows in list(members.items()):
+        members[group_id] = [r for r in group_rows if r["id"] not in callbacks]
+        if not members[group_id]:
+            del members[group_id]
+    collapsed = {
+        group_id
+        for group_id, group_rows in members.items()
+        if len(group_rows) > collapse_over and group_id not in expand
+    }
+    member_of = {
+        row["id"]: group_id for group_id, group_rows in members.items() for row in group_rows
+    }
+    header_chain_heads: dict[str, str] = {}
+
+    for group_id, group_rows in members.items():
+        chord_ids = {r["chord_id"] for r in group_rows if r.get("chord_id")}
+        node_id = group_node_id(group_id)
+        counts = Counter(r["state"] for r in group_rows)
+        nodes[node_id] = {
+            "id": node_id,
+            "kind": "chord" if chord_ids else "group",
+            "group_id": group_id,
+            "name": _group_name(group_rows),
+            "state": _group_state(counts, len(group_rows)),
+            "size": len(group_rows),
+            "counts": dict(counts),
+            "collapsed": group_id in collapsed,
+            "callback_id": next(iter(chord_ids)) if chord_ids else None,
+            "started_at": _min(r.get("started_at") for r in group_rows),
+            "finished_at": _max(r.get("finished_at") for r in group_rows)
+            if all(r["state"] in states.TERMINAL for r in group_rows)
+            else None,
+        }
+        for callback_id in chord_ids:
+            if group_id in collapsed:
+                edge(node_id, callback_id, "chord")
+            else:
+                for row in group_rows:
+                    edge(row["id"], callback_id, "chord")
+
+    for row in rows:
+        member = member_of.get(row["id"])
+        if member in collapsed:
+            continue
+        nodes[row["id"]] = _task_node(row)
+        if member is not None:
+            edge(group_node_id(member), row["id"], "group")
+
+    # Chain links: each task lists the links still to come after it. A link
+    # that is a group or chord ends the walk: its callback's own links go on.
+    chain_next: dict[str, str] = {}
+    for row in rows:
+        previous = row["id"]
+        broken = row["state"] in states.BROKEN
+        for link in row.get("chain") or []:
+            link_id = link.get("id") if isinstance(link, dict) else None
+            if not link_id:
+                break
+            chain_next.setdefault(previous, link_id)
+            if link_id in members:
+                edge(
+                    _group_or_self(previous, member_of, collapsed), group_node_id(link_id), "chain"
+                )
+                break
+            if link_id not in tasks and link_id not in nodes:
+                nodes[link_id] = _planned_node(link_id, link.get("name"), broken)
+            elif nodes.get(link_id, {}).get("planned") and broken:
+                nodes[link_id]["state"] = states.NOT_RUN
+            edge(_group_or_self(previous, member_of, collapsed), link_id, "chain")
+            previous = link_id
+            broken = broken or (link_id in tasks and tasks[link_id]["state"] in states.BROKEN)
+
+    # A chain inside a group or chord header: its first link hangs off the
+    # group node, and the member at its end is reached through the chain.
+    for row in rows:
+        links = [str(link.get("id")) for link in row.get("chain") or [] if isinstance(link, dict)]
+        header = member_of.get(links[-1]) if links else None
+        if header is None or row["id"] in member_of or header in collapsed:
+            continue
+        header_chain_heads[row["id"]] = header
+        edge(group_node_id(header), row["id"], "group")
+        for link_id in links:
+            edges.pop((group_node_id(header), link_id, "group"), None)
+
+    # Planned chord callbacks that were never sent.
+    for group_rows in members.values():
+        for callback_id in {r["chord_id"] for r in group_rows if r.get("chord_id")}:
+            if callback_id not in nodes:
+                name = next((r.get("chord_name") for r in group_rows if r.get("chord_name")), None)
+                broken = any(r["state"] in states.BROKEN for r in group_rows)
+                nodes[callback_id] = _planned_node(callback_id, name, broken)
+
+    # Parents: spawned children, and links to groups sent from a task.
+    for row in rows:
+        parent_id = row.get("parent_id")
+        if not parent_id or parent_id == row["id"]:
+            continue
+        in_group = member_of.get(row["id"])
+        target = group_node_id(in_group) if in_group else row["id"]
+        if row["id"] in callbacks and member_of.get(parent_id):
+            continue  # the chord edge already says it: its parent is the last member
+        following = chain_next.get(parent_id)
+        if following is not None and following in (row["id"], in_group):
+            continue  # a chain link, drawn above
+        if row["id"] in header_chain_heads:
+            target = group_node_id(header_chain_heads[row["id"]])
+            if chain_next.get(parent_id) == header_chain_heads[row["id"]]:
+                continue
+        source = _group_or_self(parent_id, member_of, collapsed)
+        if parent_id not in tasks and source not in nodes:
+            nodes[parent_id] = _placeholder_node(parent_id)
+        edge(source, target, "spawned")
+
+    return {
+        "root_id": _root_id(rows, nodes, edges),
+        "nodes": list(nodes.values()),
+        "edges": list(edges.values()),
+    }
+
+
+def group_members(
+    rows: list[dict[str, Any]], group_id: str, offset: int, limit: int
+) -> list[dict[str, Any]]:
+    """One page of a (collapsed) group's member nodes, in group order."""
+    callbacks = {row["chord_id"] for row in rows if row.get("chord_id")}
+    found = [r for r in rows if r.get("group_id") == group_id and r["id"] not in callbacks]
+    found.sort(
+        key=lambda r: (r.get("group_index") is None, r.get("group_index") or 0, r["seen_at"])
+    )
+    return [_task_node(r) for r in found[offset : offset + limit]]
+
+
+def _group_or_self(task_id: str, member_of: dict[str, str], collapsed: set[str]) -> str:
+    group_id = member_of.get(task_id)
+    return group_node_id(group_id) if group_id in collapsed and group_id else task_id
+
+
+def _task_node(row: dict[str, Any]) -> dict[str, Any]:
+    started = row.get("started_at")
+    return {
+        "id": row["id"],
+        "kind": "task",
+        "name": row.get("name"),
+        "state": row["state"],
+        "worker": row.get("worker"),
+        "group_id": row.get("group_id"),
+        "sent_at": row.get("sent_at"),
+        "received_at": row.get("received_at"),
+        "started_at": started,
+        "finished_at": row.get("finished_at"),
+        "runtime": row.get("runtime"),
+        "attempts": (row.get("retries") or 0) + 1 if started is not None else 0,
+        "exc_type": row.get("exc_type"),
+    }
+
+
+def _planned_node(task_id: str, name: Any, broken: bool) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "kind": "task",
+        "name": name if isinstance(name, str) else None,
+        "state": states.NOT_RUN if broken else states.PLANNED,
+        "planned": True,
+        "attempts": 0,
+    }
+
+
+def _placeholder_node(task_id: str) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "kind": "task",
+        "name": None,
+        "state": "UNKNOWN",
+        "placeholder": True,
+        "attempts": 0,
+    }
+
+
+def _group_name(rows: list[dict[str, Any]]) -> str:
+    names = Counter(r.get("name") or "?" for r in rows)
+    if len(names) == 1:
+        return f"{next(iter(names))} x {len(rows)}"
+    return ", ".join(f"{n} x {c}" for n, c in names.most_common(3))
+
+
+def _group_state(counts: Counter[str], size: int) -> str:
+    for state in (states.FAILURE, states.REVOKED, states.REJECTED):
+        if counts.get(state):
+            return state
+    if counts.get(states.SUCCESS) == size:
+        return states.SUCCESS
+    if any(counts.get(s) for s in (states.STARTED, states.RETRY, states.SUCCESS)):
+        return states.STARTED
+    return states.PENDING if not counts.get(states.RECEIVED) else states.RECEIVED
+
+
+def _root_id(
+    rows: list[dict[str, Any]],
+    nodes: dict[str, dict[str, Any]],
+    edges: dict[tuple[str, str, str], Any],
+) -> str | None:
+    targets = {target for _, target, _ in edges}
+    roots = [node_id for node_id in nodes if node_id not in targets]
+    if not roots:
+        return rows[0]["id"] if rows else None
+    by_time = {r["id"]: r.get("seen_at") or 0.0 for r in rows}
+    return min(roots, key=lambda n: (by_time.get(n, float("inf")), n))
+
+
+def _min(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _max(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None

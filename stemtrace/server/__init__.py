@@ -1,0 +1,1 @@
+"""The web layer: the JSON API router, the standalone app and its lifespan."""

@@ -1,0 +1,215 @@
+"""The JSON API: a router factory; every path is relative to where it is mounted.
+
+Read-only. Unknown ids answer 404 with a message, bad parameters 422 with the
+reason. Handlers are plain ``def`` so FastAPI runs them in its thread pool:
+SQLite reads never block the event loop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi import Path as PathParam
+
+from stemtrace import __version__, flows, states, timeline
+from stemtrace.store import queries
+from stemtrace.store.schema import Store
+
+ID = Annotated[str, PathParam(min_length=1, max_length=255, description="a Celery task id")]
+Text = Annotated[str | None, Query(min_length=1, max_length=255)]
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(name: str, value: str | None, now: float) -> float | None:
+    """Epoch seconds, ISO-8601 (UTC when no zone is given), or an age such as ``15m``."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    relative = _RELATIVE.match(text.lower())
+    if relative:
+        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(
+            422,
+            f"{name} must be epoch seconds, an ISO-8601 time or an age like 15m, 2h, 7d;"
+            f" got {value!r}",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def parse_states(values: list[str] | None) -> tuple[str, ...]:
+    found: list[str] = []
+    for value in values or ():
+        for part in value.split(","):
+            state = part.strip().upper()
+            if not state:
+                continue
+            if state not in states.ALL:
+                raise HTTPException(
+                    422, f"unknown state {part.strip()!r}; use one of {', '.join(states.ALL)}"
+                )
+            found.append(state)
+    return tuple(dict.fromkeys(found))
+
+
+def not_found(what: str, value: str) -> HTTPException:
+    return HTTPException(404, f"no {what} {value!r} is known to this stemtrace server")
+
+
+def create_api_router(
+    store: Store, consumer_status: Callable[[], dict[str, Any] | None]
+) -> APIRouter:
+    """The API routes, reading ``store``; ``consumer_status`` feeds ``/api/health``."""
+    router = APIRouter(prefix="/api", tags=["api"])
+
+    def conn() -> Any:
+        return store.reader().conn
+
+    @router.get("/tasks", summary="Task executions, newest first")
+    def list_tasks(
+        state: Annotated[
+            list[str] | None,
+            Query(description="states to keep (repeat, or separate with commas)"),
+        ] = None,
+        name: Text = None,
+        worker: Text = None,
+        trace_id: Text = None,
+        root_id: Text = None,
+        q: Annotated[
+            str | None,
+            Query(max_length=200, description="text in name, id, args or exception"),
+        ] = None,
+        since: Annotated[
+            str | None,
+            Query(max_length=64, description="first seen at or after: epoch, ISO-8601 or age"),
+        ] = None,
+        until: Annotated[
+            str | None, Query(max_length=64, description="first seen before: as since")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[
+            str | None, Query(max_length=512, description="next_cursor of the previous page")
+        ] = None,
+    ) -> dict[str, Any]:
+        now = datetime.now(UTC).timestamp()
+        filters = queries.TaskFilters(
+            states=parse_states(state),
+            name=name,
+            worker=worker,
+            trace_id=trace_id,
+            root_id=root_id,
+            q=q or None,
+            since=parse_time("since", since, now),
+            until=parse_time("until", until, now),
+        )
+        try:
+            rows, next_cursor = queries.list_tasks(conn(), filters, cursor, limit)
+        except queries.BadCursor as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"tasks": rows, "next_cursor": next_cursor}
+
+    @router.get("/tasks/{task_id}", summary="One task: its row, timeline, attempts, children")
+    def get_task(task_id: ID) -> dict[str, Any]:
+        return task_detail(store, task_id)
+
+    @router.get("/flows/{task_id}", summary="The flow graph containing a task (or group)")
+    def get_flow(
+        task_id: ID,
+        expand: Annotated[
+            list[str] | None, Query(description="group ids to show member by member")
+        ] = None,
+        collapse_over: Annotated[int, Query(ge=1, le=100_000)] = flows.COLLAPSE_OVER,
+    ) -> dict[str, Any]:
+        rows = queries.flow_rows(conn(), task_id)
+        if rows is None:
+            raise not_found("task or group", task_id)
+        return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
+
+    @router.get("/groups/{group_id}/members", summary="A page of a group's members")
+    def group_members(
+        group_id: ID,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        total, members = queries.group_page(conn(), group_id, offset, limit)
+        if total == 0:
+            raise not_found("group", group_id)
+        return {"group_id": group_id, "size": total, "offset": offset, "members": members}
+
+    @router.get("/traces/{trace_id}", summary="Every task of one trace, and its roots")
+    def get_trace(trace_id: ID) -> dict[str, Any]:
+        tasks = queries.trace_tasks(conn(), trace_id)
+        if not tasks:
+            raise not_found("trace", trace_id)
+        ids = {t["id"] for t in tasks}
+        roots = [t["id"] for t in tasks if not t["parent_id"] or t["parent_id"] not in ids]
+        starts = [t["sent_at"] or t["seen_at"] for t in tasks]
+        ends = [t["finished_at"] for t in tasks if t["finished_at"] is not None]
+        return {
+            "trace_id": trace_id,
+            "roots": roots,
+            "tasks": tasks,
+            "count": len(tasks),
+            "failures": sum(t["state"] in states.BROKEN for t in tasks),
+            "started_at": min(starts),
+            "finished_at": max(ends) if len(ends) == len(tasks) else None,
+        }
+
+    @router.get("/registry", summary="Task definitions with counts, rates and runtimes")
+    def get_registry() -> dict[str, Any]:
+        return {"tasks": queries.registry(conn())}
+
+    @router.get("/workers", summary="Workers: online or not, last heartbeat, what they run")
+    def get_workers() -> dict[str, Any]:
+        return {"workers": queries.workers(conn())}
+
+    @router.get("/health", summary="Consumer status, lag, counters and store size")
+    def health() -> dict[str, Any]:
+        status = consumer_status()
+        ok = status is None or bool(status.get("connected"))
+        return {
+            "status": "ok" if ok else "degraded",
+            "version": __version__,
+            "consumer": status,
+            "store": {
+                "path": store.path,
+                "size_bytes": store.size_bytes(),
+                **queries.counts(conn()),
+            },
+        }
+
+    return router
+
+
+def task_detail(store: Store, task_id: str) -> dict[str, Any]:
+    """Everything about one task, as ``GET /api/tasks/{id}`` returns it."""
+    conn = store.reader().conn
+    task = queries.get_task(conn, task_id)
+    if task is None:
+        raise not_found("task", task_id)
+    history = queries.task_events(conn, task_id)
+    now = datetime.now(UTC).timestamp()
+    found_phases = timeline.phases(history, now=None if task["state"] in states.TERMINAL else now)
+    task["events"] = history
+    task["phases"] = found_phases
+    task["durations"] = timeline.durations(found_phases)
+    task["attempts"] = timeline.attempts(history)
+    task["children"] = queries.children(conn, task_id)
+    task["exception"] = (
+        {"type": task["exc_type"], "message": task["exc_message"]} if task["exc_type"] else None
+    )
+    return task

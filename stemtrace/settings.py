@@ -1,0 +1,73 @@
+"""Server settings: one frozen object filled from CLI flags and ``STEMTRACE_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from stemtrace.capture.config import parse_env
+from stemtrace.store.schema import DEFAULT_DB
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``stemtrace run`` and ``stemtrace consume`` do; each field is ``STEMTRACE_<NAME>``."""
+
+    broker: str = "redis://127.0.0.1:6379/0"
+    """Where captured events are read from (the Redis that ``init(app)`` publishes to)."""
+    stream: str = "stemtrace:events"
+    """The stream key ``init(app)`` publishes to."""
+    db: str = DEFAULT_DB
+    """The SQLite database file (created when missing)."""
+    host: str = "127.0.0.1"
+    """Address the web server binds to."""
+    port: int = 8000
+    """Port the web server listens on."""
+    retention_days: float | None = 7.0
+    """Forget tasks first seen longer ago than this (0 or empty: keep forever)."""
+    max_tasks: int | None = 1_000_000
+    """Forget the oldest tasks beyond this many (0 or empty: no limit)."""
+    consumer: bool = True
+    """Run the consumer in the server; off when a separate ``stemtrace consume`` feeds the db."""
+    log_level: str = "info"
+    """Logging level: critical, error, warning, info or debug."""
+
+    def __post_init__(self) -> None:
+        if not self.broker or "://" not in self.broker:
+            raise ValueError(
+                f"broker must be a URL such as redis://host:6379/0, not {self.broker!r}"
+            )
+        if not self.stream:
+            raise ValueError("stream must not be empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, not {self.port}")
+        if self.retention_days is not None and self.retention_days < 0:
+            raise ValueError("retention_days must not be negative")
+        if self.max_tasks is not None and self.max_tasks < 0:
+            raise ValueError("max_tasks must not be negative")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def retention_seconds(self) -> float | None:
+        return self.retention_days * 86400 if self.retention_days else None
+
+    @property
+    def task_limit(self) -> int | None:
+        return self.max_tasks or None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``STEMTRACE_*`` variables, then ``overrides`` (not ``None``)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            name = f"STEMTRACE_{spec.name.upper()}"
+            if name in environ:
+                values[spec.name] = parse_env(name, environ[name], str(spec.type))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,359 @@
+"""Write validated events into the store: one transaction per batch, one writer.
+
+Each task event becomes one ``UPSERT`` into ``tasks`` whose ``SET`` clause is
+the merge rule, so SQLite does the merging and a batch is a single
+``executemany``:
+
+* the state follows :func:`stemtrace.states.state_key` (``CASE`` on the row
+  value ``(state_attempt, state_rank, state_ts)``), not arrival order;
+* structural fields (name, parent, root, group, trace, args, ...) keep the
+  first value known (``COALESCE``);
+* first-seen times take the minimum, results and exceptions come from the
+  terminal event.
+
+Every merge is idempotent, so a re-delivered event changes nothing; the
+event history skips it by its unique ``eid``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from stemtrace import events as ev
+from stemtrace import states
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr).encode
+
+TASK_COLUMNS = (
+    "id", "name", "state", "state_attempt", "state_rank", "state_ts", "parent_id", "root_id",
+    "group_id", "group_index", "chord_id", "chord_name", "trace_id", "worker", "retries", "queue",
+    "routing_key", "eta", "expires", "sent_at", "received_at", "started_at", "finished_at",
+    "runtime", "args", "kwargs", "result", "exc_type", "exc_message", "traceback", "chain",
+    "instrumented", "seen_at", "updated_at",
+)  # fmt: skip
+
+_NEWER = (
+    "(excluded.state_attempt, excluded.state_rank, excluded.state_ts)"
+    " > (tasks.state_attempt, tasks.state_rank, tasks.state_ts)"
+)
+
+
+# How each column merges when a task's row meets another event of it.
+FIRST_KNOWN = (
+    "name", "parent_id", "root_id", "group_id", "group_index", "chord_id", "chord_name",
+    "trace_id", "queue", "routing_key", "eta", "expires", "args", "kwargs", "chain",
+    "instrumented",
+)  # fmt: skip
+EARLIEST = ("sent_at", "received_at", "started_at", "seen_at")
+LATEST = ("finished_at", "runtime", "result", "exc_type", "exc_message", "traceback")
+STATE = ("state", "state_attempt", "state_rank", "state_ts")
+
+_NEWER = (
+    "(excluded.state_attempt, excluded.state_rank, excluded.state_ts)"
+    " > (tasks.state_attempt, tasks.state_rank, tasks.state_ts)"
+)
+_SET = [
+    *(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE tasks.{c} END" for c in STATE),
+    f"worker = CASE WHEN {_NEWER} THEN COALESCE(excluded.worker, tasks.worker)"
+    " ELSE COALESCE(tasks.worker, excluded.worker) END",
+    *(f"{c} = COALESCE(tasks.{c}, excluded.{c})" for c in FIRST_KNOWN),
+    *(
+        f"{c} = MIN(COALESCE(tasks.{c}, excluded.{c}), COALESCE(excluded.{c}, tasks.{c}))"
+        for c in EARLIEST
+    ),
+    *(f"{c} = COALESCE(excluded.{c}, tasks.{c})" for c in LATEST),
+    "retries = MAX(tasks.retries, excluded.retries)",
+    "updated_at = MAX(tasks.updated_at, excluded.updated_at)",
+]
+UPSERT_TASK = (
+    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in TASK_COLUMNS)})"
+    f" ON CONFLICT (id) DO UPDATE SET {', '.join(_SET)}"
+)
+
+INSERT_EVENT = "INSERT OR IGNORE INTO events (task_id, eid, kind, ts, data) VALUES (?, ?, ?, ?, ?)"
+
+# Fields kept in the task row, not repeated in each event's history entry.
+_ROW_ONLY = frozenset({"args", "kwargs", "result", "chain", "callbacks", "errbacks"})
+
+UPSERT_CURSOR = """
+INSERT INTO cursors (source, position, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (source) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
+"""
+
+
+@dataclass
+class IngestResult:
+    task_events: int = 0
+    worker_events: int = 0
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else _dumps(value)
+
+
+def task_row(event: ev.Event, now: float) -> tuple[Any, ...]:
+    """The ``tasks`` row one event contributes (``None`` where it knows nothing)."""
+    kind = event["kind"]
+    task_id = event["task_id"]
+    ts = event["ts"]
+    retries = event.get("retries")
+    state, attempt, rank = states.state_key(kind, retries)
+    parent_id = event.get("parent_id")
+    if parent_id == task_id:  # a retry names itself as parent
+        parent_id = None
+    terminal = state in states.TERMINAL
+    args = event.get("args")
+    kwargs = event.get("kwargs")
+    chain = event.get("chain")
+    instrumented = event.get("instrumented")
+    if kind == ev.SENT:
+        instrumented = True
+    return (
+        task_id,
+        event.get("name"),
+        state,
+        attempt,
+        rank,
+        ts,
+        parent_id,
+        event.get("root_id"),
+        event.get("group_id"),
+        event.get("group_index"),
+        event.get("chord_id"),
+        event.get("chord_name"),
+        event.get("trace_id"),
+        event.get("worker"),
+        retries if isinstance(retries, int) and retries > 0 else 0,
+        event.get("queue"),
+        event.get("routing_key"),
+        event.get("eta"),
+        event.get("expires"),
+        ts if kind == ev.SENT else None,
+        ts if kind == ev.RECEIVED else None,
+        ts if kind == ev.STARTED else None,
+        ts if terminal else None,
+        event.get("runtime") if terminal else None,
+        None if args is None else _dumps(args),
+        None if kwargs is None else _dumps(kwargs),
+        _json_or_none(event.get("result")) if kind == ev.SUCCEEDED else None,
+        event.get("exc_type") if kind == ev.FAILED else None,
+        event.get("exc_message") if kind == ev.FAILED else None,
+        event.get("traceback") if kind == ev.FAILED else None,
+        _dumps(chain) if chain else None,
+        None if instrumented is None else int(bool(instrumented)),
+        ts,
+        now,
+    )
+
+
+_COL = {name: i for i, name in enumerate(TASK_COLUMNS)}
+_STATE_COLS = tuple(_COL[c] for c in STATE)
+_WORKER = _COL["worker"]
+_FIRST_COLS = tuple(_COL[c] for c in FIRST_KNOWN)
+_EARLIEST_COLS = tuple(_COL[c] for c in EARLIEST)
+_LATEST_COLS = tuple(_COL[c] for c in LATEST)
+_RETRIES = _COL["retries"]
+_UPDATED = _COL["updated_at"]
+
+
+def merge_rows(old: list[Any], new: tuple[Any, ...]) -> None:
+    """Merge ``new`` into ``old`` in place by the same rules as :data:`UPSERT_TASK`.
+
+    Events of one task in one batch collapse into one row before SQLite sees
+    them, which saves most of the index updates.
+    """
+    a, r, t = _STATE_COLS[1:]
+    if (new[a], new[r], new[t]) > (old[a], old[r], old[t]):
+        for i in _STATE_COLS:
+            old[i] = new[i]
+        if new[_WORKER] is not None:
+            old[_WORKER] = new[_WORKER]
+    elif old[_WORKER] is None:
+        old[_WORKER] = new[_WORKER]
+    for i in _FIRST_COLS:
+        if old[i] is None:
+            old[i] = new[i]
+    for i in _EARLIEST_COLS:
+        value = new[i]
+        if value is not None and (old[i] is None or value < old[i]):
+            old[i] = value
+    for i in _LATEST_COLS:
+        if new[i] is not None:
+            old[i] = new[i]
+    if new[_RETRIES] > old[_RETRIES]:
+        old[_RETRIES] = new[_RETRIES]
+    if new[_UPDATED] > old[_UPDATED]:
+        old[_UPDATED] = new[_UPDATED]
+
+
+def event_row(event: ev.Event) -> tuple[Any, ...]:
+    history = {k: v for k, v in event.items() if k not in _ROW_ONLY}
+    return (event["task_id"], event["eid"], event["kind"], event["ts"], _dumps(history))
+
+
+class Ingestor:
+    """Applies batches of events to the store through the writer connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def ingest(
+        self, batch: Iterable[ev.Event], cursor: tuple[str, str] | None = None
+    ) -> IngestResult:
+        """Write a batch (and the cursor that covers it) in one transaction."""
+        now = time.time()
+        result = IngestResult()
+        merged: dict[str, list[Any]] = {}
+        event_rows: list[tuple[Any, ...]] = []
+        worker_events: list[ev.Event] = []
+        task_kinds = ev.TASK_KINDS
+        for event in batch:
+            if event["kind"] in task_kinds:
+                row = task_row(event, now)
+                known = merged.get(row[0])
+                if known is None:
+                    merged[row[0]] = list(row)
+                else:
+                    merge_rows(known, row)
+                event_rows.append(event_row(event))
+            else:
+                worker_events.append(event)
+        task_rows = list(merged.values())
+        result.task_events = len(event_rows)
+        result.worker_events = len(worker_events)
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if event_rows:
+                conn.executemany(INSERT_EVENT, event_rows)
+                conn.executemany(UPSERT_TASK, task_rows)
+            for event in worker_events:
+                self._worker_event(event, now)
+            if task_rows:
+                self._touch_workers(task_rows)
+            if cursor is not None:
+                conn.execute(UPSERT_CURSOR, (cursor[0], cursor[1], now))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _touch_workers(self, rows: list[list[Any]]) -> None:
+        """Workers seen through their tasks count as alive at that moment."""
+        latest: dict[str, float] = {}
+        ts_at = _COL["state_ts"]
+        for row in rows:
+            worker = row[_WORKER]
+            if worker and row[ts_at] > latest.get(worker, 0.0):
+                latest[worker] = row[ts_at]
+        if latest:
+            self.conn.executemany(
+                "INSERT INTO workers (hostname, state, last_seen) VALUES (?, 'online', ?)"
+                " ON CONFLICT (hostname)"
+                " DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
+                list(latest.items()),
+            )
+
+    def _worker_event(self, event: ev.Event, now: float) -> None:
+        kind = event["kind"]
+        hostname = event.get("worker") or event["host"]
+        ts = event["ts"]
+        conn = self.conn
+        conn.execute(
+            "INSERT INTO workers (hostname, state, last_seen) VALUES (?, 'online', ?)"
+            " ON CONFLICT (hostname) DO NOTHING",
+            (hostname, ts),
+        )
+        if kind == ev.WORKER_ONLINE:
+            conn.execute(
+                """UPDATE workers SET
+                    state = CASE WHEN offline_at IS NULL OR offline_at < ? THEN 'online'
+                                 ELSE state END,
+                    online_at = MAX(COALESCE(online_at, 0), ?),
+                    last_seen = MAX(last_seen, ?), pool = ?, concurrency = ?, sw_ver = ?,
+                    queues = ?, heartbeat_freq = ?, pid = ?
+                WHERE hostname = ?""",
+                (ts, ts, ts, event.get("pool"), event.get("concurrency"), event.get("sw_ver"),
+                 _json_or_none(event.get("queues")), event.get("freq"), event["pid"], hostname),
+            )  # fmt: skip
+            self._registry(hostname, event.get("tasks") or [], now)
+        elif kind == ev.WORKER_HEARTBEAT:
+            conn.execute(
+                """UPDATE workers SET
+                    last_seen = MAX(last_seen, ?),
+                    last_heartbeat = MAX(COALESCE(last_heartbeat, 0), ?),
+                    active = CASE WHEN ? >= COALESCE(last_heartbeat, 0) THEN ? ELSE active END,
+                    processed = MAX(COALESCE(processed, 0), COALESCE(?, 0)),
+                    loadavg = ?, dropped = MAX(COALESCE(dropped, 0), COALESCE(?, 0)),
+                    heartbeat_freq = COALESCE(?, heartbeat_freq),
+                    state = CASE WHEN offline_at IS NULL OR offline_at < ? THEN 'online'
+                                 ELSE state END
+                WHERE hostname = ?""",
+                (ts, ts, ts, event.get("active"), event.get("processed"),
+                 _json_or_none(event.get("loadavg")), event.get("dropped"), event.get("freq"),
+                 ts, hostname),
+            )  # fmt: skip
+        else:
+            conn.execute(
+                """UPDATE workers SET
+                    offline_at = MAX(COALESCE(offline_at, 0), ?),
+                    last_seen = MAX(last_seen, ?),
+                    state = CASE WHEN COALESCE(online_at, 0) <= ? THEN 'offline' ELSE state END,
+                    dropped = MAX(COALESCE(dropped, 0), COALESCE(?, 0))
+                WHERE hostname = ?""",
+                (ts, ts, ts, event.get("dropped"), hostname),
+            )
+
+    def _registry(self, hostname: str, tasks: list[Any], now: float) -> None:
+        rows = []
+        for task in tasks:
+            if not isinstance(task, dict) or not isinstance(task.get("name"), str):
+                continue
+            rows.append(
+                (
+                    task["name"], _str(task.get("module")), _str(task.get("signature")),
+                    _str(task.get("queue")), _num(task.get("max_retries")),
+                    _num(task.get("default_retry_delay")),
+                    _json_or_none(task.get("autoretry_for") or None),
+                    _str(task.get("retry_backoff")), _str(task.get("rate_limit")),
+                    _num(task.get("time_limit")), _num(task.get("soft_time_limit")),
+                    _num(task.get("acks_late")), _num(task.get("ignore_result")),
+                    _dumps([hostname]), now,
+                )
+            )  # fmt: skip
+        self.conn.executemany(
+            """INSERT INTO registry (name, module, signature, queue, max_retries,
+                default_retry_delay, autoretry_for, retry_backoff, rate_limit, time_limit,
+                soft_time_limit, acks_late, ignore_result, workers, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (name) DO UPDATE SET
+                module = excluded.module, signature = excluded.signature,
+                queue = excluded.queue, max_retries = excluded.max_retries,
+                default_retry_delay = excluded.default_retry_delay,
+                autoretry_for = excluded.autoretry_for, retry_backoff = excluded.retry_backoff,
+                rate_limit = excluded.rate_limit, time_limit = excluded.time_limit,
+                soft_time_limit = excluded.soft_time_limit, acks_late = excluded.acks_late,
+                ignore_result = excluded.ignore_result,
+                workers = (SELECT json_group_array(value) FROM (
+                    SELECT DISTINCT value FROM json_each(registry.workers)
+                    UNION SELECT value FROM json_each(excluded.workers))),
+                updated_at = excluded.updated_at""",
+            rows,
+        )
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _num(value: Any) -> float | int | None:
+    if isinstance(value, bool):
+        return int(value)
+    return value if isinstance(value, int | float) else None

@@ -1,0 +1,366 @@
+"""Read queries behind the API and the pages; every function takes a read connection."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stemtrace import states
+
+LIST_COLUMNS = (
+    "id", "name", "state", "worker", "trace_id", "root_id", "parent_id", "group_id", "retries",
+    "queue", "seen_at", "sent_at", "received_at", "started_at", "finished_at", "runtime",
+    "exc_type", "exc_message",
+)  # fmt: skip
+
+FLOW_COLUMNS = (
+    "id", "name", "state", "parent_id", "root_id", "group_id", "group_index", "chord_id",
+    "chord_name", "trace_id", "worker", "retries", "seen_at", "sent_at", "received_at",
+    "started_at", "finished_at", "runtime", "chain", "exc_type",
+)  # fmt: skip
+
+JSON_COLUMNS = ("args", "kwargs", "result", "chain")
+
+
+class BadCursor(ValueError):
+    """A pagination cursor that this server did not make."""
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    states: tuple[str, ...] = ()
+    name: str | None = None
+    worker: str | None = None
+    trace_id: str | None = None
+    root_id: str | None = None
+    q: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+def encode_cursor(seen_at: float, task_id: str) -> str:
+    raw = json.dumps([seen_at, task_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        seen_at, task_id = json.loads(raw)
+        if isinstance(seen_at, int | float) and isinstance(task_id, str):
+            return float(seen_at), task_id
+    except (ValueError, TypeError):
+        pass
+    raise BadCursor("invalid cursor: pass the next_cursor of a previous page")
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_tasks(
+    conn: sqlite3.Connection, filters: TaskFilters, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first (by first-seen time), ``limit`` rows and the cursor of the next page."""
+    where: list[str] = []
+    params: list[Any] = []
+    if filters.states:
+        where.append(f"state IN ({', '.join('?' for _ in filters.states)})")
+        params.extend(filters.states)
+    for column in ("name", "worker", "trace_id", "root_id"):
+        value = getattr(filters, column)
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if filters.since is not None:
+        where.append("seen_at >= ?")
+        params.append(filters.since)
+    if filters.until is not None:
+        where.append("seen_at < ?")
+        params.append(filters.until)
+    if filters.q:
+        pattern = _like(filters.q)
+        where.append(
+            "(name LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\' OR args LIKE ? ESCAPE '\\'"
+            " OR kwargs LIKE ? ESCAPE '\\' OR exc_type LIKE ? ESCAPE '\\'"
+            " OR exc_message LIKE ? ESCAPE '\\')"
+        )
+        params.extend([pattern] * 6)
+    if cursor is not None:
+        seen_at, task_id = decode_cursor(cursor)
+        where.append("(seen_at < ? OR (seen_at = ? AND id < ?))")
+        params.extend([seen_at, seen_at, task_id])
+    sql = f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seen_at DESC, id DESC LIMIT ?"
+    params.append(limit + 1)
+    rows = [_list_row(row) for row in conn.execute(sql, params)]
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["seen_at"], rows[-1]["id"])
+    return rows, next_cursor
+
+
+def _list_row(row: sqlite3.Row) -> dict[str, Any]:
+    found = dict(zip(LIST_COLUMNS, row, strict=True))
+    found["queue_wait"] = _span(found["sent_at"], found["started_at"])
+    message = found["exc_message"]
+    if isinstance(message, str) and len(message) > 300:
+        found["exc_message"] = message[:300] + "…"
+    return found
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round(max(end - start, 0.0), 6)
+
+
+def _loads(text: Any) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def get_task(conn: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
+    """The whole row of one task (JSON columns decoded), or ``None``."""
+    cursor = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    names = [d[0] for d in cursor.description]
+    found = dict(zip(names, row, strict=True))
+    for column in JSON_COLUMNS:
+        found[column] = _loads(found[column])
+    found["instrumented"] = None if found["instrumented"] is None else bool(found["instrumented"])
+    found["queue_wait"] = _span(found["sent_at"], found["started_at"])
+    for internal in ("state_attempt", "state_rank", "state_ts"):
+        found.pop(internal)
+    return found
+
+
+def task_events(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
+    """The task's event history in lifecycle order (see :func:`_lifecycle_order`)."""
+    rows = conn.execute(
+        "SELECT kind, ts, data FROM events WHERE task_id = ? ORDER BY ts", (task_id,)
+    ).fetchall()
+    found = []
+    for kind, ts, data in rows:
+        event = _loads(data)
+        if not isinstance(event, dict):
+            event = {}
+        event["kind"], event["ts"] = kind, ts
+        found.append(event)
+    found.sort(key=_lifecycle_order)
+    return found
+
+
+def _lifecycle_order(event: dict[str, Any]) -> tuple[int, int, float]:
+    """Precedence first, time second: clocks of different hosts may disagree."""
+    if event["kind"] not in states.KIND_STATE:
+        return (states.TERMINAL_ATTEMPT + 1, 0, event["ts"])
+    retries = event.get("retries")
+    _, attempt, rank = states.state_key(
+        event["kind"], retries if isinstance(retries, int) else None
+    )
+    return (attempt, rank, event["ts"])
+
+
+def children(conn: sqlite3.Connection, task_id: str, limit: int = 500) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks WHERE parent_id = ? AND id != ?"
+        " ORDER BY seen_at LIMIT ?",
+        (task_id, task_id, limit),
+    )
+    return [_list_row(row) for row in rows]
+
+
+def flow_rows(
+    conn: sqlite3.Connection, task_id: str, limit: int = 100_000
+) -> list[dict[str, Any]] | None:
+    """Every task in the flow containing ``task_id`` (or the group ``task_id``).
+
+    Follows root ids, group ids, parents and chord callbacks until nothing new
+    turns up. ``None`` when nothing is known of ``task_id``.
+    """
+    seeds = _fetch(conn, "id", [task_id]) or _fetch(conn, "group_id", [task_id])
+    if not seeds:
+        return None
+    found: dict[str, dict[str, Any]] = {row["id"]: row for row in seeds}
+    asked: dict[str, set[str]] = {"root_id": set(), "group_id": set(), "id": {task_id}}
+    fresh = list(found.values())
+    while fresh and len(found) < limit:
+        wanted: dict[str, set[str]] = {"root_id": set(), "group_id": set(), "id": set()}
+        for row in fresh:
+            for column, value in (
+                ("root_id", row["root_id"]),
+                ("group_id", row["group_id"]),
+                ("id", row["parent_id"]),
+                ("id", row["chord_id"]),
+            ):
+                if not value or value in asked[column]:
+                    continue
+                if column != "id" or value not in found:
+                    wanted[column].add(value)
+        fresh = []
+        for column, values in wanted.items():
+            asked[column] |= values
+            for row in _fetch(conn, column, sorted(values)):
+                if row["id"] not in found:
+                    found[row["id"]] = row
+                    fresh.append(row)
+    return list(found.values())
+
+
+def _fetch(conn: sqlite3.Connection, column: str, values: Sequence[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    select = f"SELECT {', '.join(FLOW_COLUMNS)} FROM tasks WHERE {column} IN "
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        sql = select + f"({', '.join('?' for _ in chunk)})"
+        for row in conn.execute(sql, chunk):
+            found = dict(zip(FLOW_COLUMNS, row, strict=True))
+            found["chain"] = _loads(found["chain"]) or []
+            rows.append(found)
+    return rows
+
+
+def trace_tasks(
+    conn: sqlite3.Connection, trace_id: str, limit: int = 10_000
+) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks WHERE trace_id = ? ORDER BY seen_at LIMIT ?",
+        (trace_id, limit),
+    )
+    return [_list_row(row) for row in rows]
+
+
+def registry(conn: sqlite3.Connection, sample: int = 10_000) -> list[dict[str, Any]]:
+    """Task definitions (announced by workers or seen in executions) with their numbers.
+
+    Counts and rates cover every stored execution; p50/p95 runtime the latest
+    ``sample`` successful ones of each task.
+    """
+    defined = {
+        row["name"]: dict(row) for row in _dict_rows(conn, "SELECT * FROM registry ORDER BY name")
+    }
+    stats = {
+        row["name"]: dict(row)
+        for row in _dict_rows(
+            conn,
+            """SELECT name, COUNT(*) AS total,
+                SUM(state = 'SUCCESS') AS succeeded, SUM(state = 'FAILURE') AS failed,
+                SUM(state IN ('REVOKED', 'REJECTED')) AS revoked,
+                SUM(state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'REJECTED')) AS active,
+                SUM(retries > 0) AS retried, MAX(seen_at) AS last_seen
+            FROM tasks WHERE name IS NOT NULL GROUP BY name""",
+        )
+    }
+    found = []
+    for name in sorted(set(defined) | set(stats)):
+        entry: dict[str, Any] = {"name": name, "defined": name in defined}
+        definition = defined.get(name, {})
+        for key in ("module", "signature", "queue", "max_retries", "default_retry_delay",
+                    "retry_backoff", "rate_limit", "time_limit", "soft_time_limit"):  # fmt: skip
+            entry[key] = definition.get(key)
+        entry["autoretry_for"] = _loads(definition.get("autoretry_for")) or []
+        entry["workers"] = _loads(definition.get("workers")) or []
+        numbers = stats.get(name, {})
+        total = int(numbers.get("total") or 0)
+        entry["counts"] = {
+            key: int(numbers.get(key) or 0)
+            for key in ("total", "succeeded", "failed", "revoked", "active", "retried")
+        }
+        entry["failure_rate"] = _rate(numbers.get("failed"), total)
+        entry["retry_rate"] = _rate(numbers.get("retried"), total)
+        entry["last_seen"] = numbers.get("last_seen")
+        runtimes = [
+            row[0]
+            for row in conn.execute(
+                "SELECT runtime FROM tasks WHERE name = ? AND state = 'SUCCESS'"
+                " AND runtime IS NOT NULL ORDER BY seen_at DESC LIMIT ?",
+                (name, sample),
+            )
+        ]
+        entry["runtime_p50"] = percentile(runtimes, 0.50)
+        entry["runtime_p95"] = percentile(runtimes, 0.95)
+        found.append(entry)
+    return found
+
+
+def percentile(values: Iterable[float], fraction: float) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    index = min(round(fraction * (len(ordered) - 1)), len(ordered) - 1)
+    return float(ordered[index])
+
+
+def _rate(part: Any, total: int) -> float | None:
+    return round(int(part or 0) / total, 4) if total else None
+
+
+def _dict_rows(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
+    cursor = conn.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def workers(conn: sqlite3.Connection, now: float | None = None) -> list[dict[str, Any]]:
+    """Every worker; one not heard from for three heartbeats (or 60 s) counts as offline."""
+    now = time.time() if now is None else now
+    found = []
+    for row in _dict_rows(conn, "SELECT * FROM workers ORDER BY hostname"):
+        silence = max(3 * float(row["heartbeat_freq"] or 20.0), 60.0)
+        state = row["state"]
+        if state == "online" and now - row["last_seen"] > silence:
+            state = "lost"
+        row["state"] = state
+        row["queues"] = _loads(row["queues"]) or []
+        row["loadavg"] = _loads(row["loadavg"]) or []
+        row["running"] = [
+            dict(zip(("id", "name", "started_at"), r, strict=True))
+            for r in conn.execute(
+                "SELECT id, name, started_at FROM tasks WHERE worker = ? AND state = 'STARTED'"
+                " ORDER BY seen_at DESC LIMIT 100",
+                (row["hostname"],),
+            )
+        ]
+        found.append(row)
+    return found
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    tasks = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+    return {"tasks": int(tasks)}
+
+
+def group_page(
+    conn: sqlite3.Connection, group_id: str, offset: int, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """``(size, members)`` of a group in group order; its chord callback is not a member."""
+    member = (
+        "group_id = ? AND id NOT IN"
+        " (SELECT chord_id FROM tasks WHERE group_id = ? AND chord_id IS NOT NULL)"
+    )
+    total = conn.execute(f"SELECT COUNT(*) FROM tasks WHERE {member}", (group_id, group_id))
+    size = int(total.fetchone()[0])
+    rows = conn.execute(
+        f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks WHERE {member}"
+        " ORDER BY group_index, seen_at LIMIT ? OFFSET ?",
+        (group_id, group_id, limit, offset),
+    )
+    return size, [_list_row(row) for row in rows]

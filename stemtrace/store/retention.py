@@ -1,0 +1,69 @@
+"""Retention: forget tasks older than an age, or beyond a count, a slice at a time."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Retention:
+    """Prunes the oldest tasks (by first-seen time) and their event history.
+
+    ``step`` deletes at most ``slice_size`` tasks per call and only every
+    ``interval`` seconds, so the writer thread that calls it between batches
+    is never held for long.
+    """
+
+    max_age: float | None = None
+    """Seconds a task is kept after it was first seen; ``None`` keeps forever."""
+    max_tasks: int | None = None
+    """Most tasks kept; ``None`` for no limit."""
+    slice_size: int = 2000
+    interval: float = 5.0
+    _next_run: float = 0.0
+
+    def step(self, conn: sqlite3.Connection, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        if (self.max_age is None and self.max_tasks is None) or now < self._next_run:
+            return 0
+        cutoff = self._cutoff(conn, now)
+        if cutoff is None:
+            self._next_run = now + self.interval
+            return 0
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM tasks WHERE seen_at < ? ORDER BY seen_at LIMIT ?",
+                (cutoff, self.slice_size),
+            )
+        ]
+        if not ids:
+            self._next_run = now + self.interval
+            return 0
+        marks = ",".join("?" for _ in ids)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"DELETE FROM events WHERE task_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", ids)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if len(ids) < self.slice_size:
+            self._next_run = now + self.interval
+        return len(ids)
+
+    def _cutoff(self, conn: sqlite3.Connection, now: float) -> float | None:
+        cutoffs: list[float] = []
+        if self.max_age is not None:
+            cutoffs.append(now - self.max_age)
+        if self.max_tasks is not None:
+            row = conn.execute(
+                "SELECT seen_at FROM tasks ORDER BY seen_at DESC, id DESC LIMIT 1 OFFSET ?",
+                (self.max_tasks,),
+            ).fetchone()
+            if row is not None:
+                cutoffs.append(float(row[0]) + 1e-9)
+        return max(cutoffs) if cutoffs else None

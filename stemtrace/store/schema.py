@@ -1,0 +1,202 @@
+"""The database file: schema migrations, connections, and what lives in which table.
+
+Tables:
+
+* ``tasks`` - one row per task id: its current state and everything known of it.
+* ``events`` - the append-only history of task events (the timeline), one row
+  per event, unique by ``eid`` so a re-delivered event is ignored.
+* ``workers`` - one row per worker node.
+* ``registry`` - task definitions announced by workers.
+* ``cursors`` - how far each consumer has read each source, written in the
+  same transaction as the events it covers.
+
+Flow edges are not a table: they follow from ``parent_id``, ``group_id``,
+``chord_id`` and the planned ``chain`` of each row, all indexed, and are
+rebuilt per flow by :mod:`stemtrace.flows`.
+
+Writes go through one connection owned by the consumer's writer thread; reads
+use one connection per reading thread. WAL lets them run side by side.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database, Migrations
+
+DEFAULT_DB = "stemtrace.db"
+
+migrations = Migrations("stemtrace")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE tasks (
+            id TEXT PRIMARY KEY,
+            name TEXT,
+            state TEXT NOT NULL,
+            state_attempt INTEGER NOT NULL,
+            state_rank INTEGER NOT NULL,
+            state_ts REAL NOT NULL,
+            parent_id TEXT,
+            root_id TEXT,
+            group_id TEXT,
+            group_index INTEGER,
+            chord_id TEXT,
+            chord_name TEXT,
+            trace_id TEXT,
+            worker TEXT,
+            retries INTEGER NOT NULL DEFAULT 0,
+            queue TEXT,
+            routing_key TEXT,
+            eta TEXT,
+            expires TEXT,
+            sent_at REAL,
+            received_at REAL,
+            started_at REAL,
+            finished_at REAL,
+            runtime REAL,
+            args TEXT,
+            kwargs TEXT,
+            result TEXT,
+            exc_type TEXT,
+            exc_message TEXT,
+            traceback TEXT,
+            chain TEXT,
+            instrumented INTEGER,
+            seen_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX tasks_seen ON tasks (seen_at DESC, id DESC);
+        CREATE INDEX tasks_state ON tasks (state, seen_at DESC);
+        CREATE INDEX tasks_name ON tasks (name, seen_at DESC);
+        CREATE INDEX tasks_worker ON tasks (worker, seen_at DESC);
+        CREATE INDEX tasks_trace ON tasks (trace_id);
+        CREATE INDEX tasks_root ON tasks (root_id);
+        CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL;
+        CREATE INDEX tasks_group ON tasks (group_id) WHERE group_id IS NOT NULL;
+        CREATE INDEX tasks_chord ON tasks (chord_id) WHERE chord_id IS NOT NULL;
+
+        CREATE TABLE events (
+            task_id TEXT NOT NULL,
+            eid TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            ts REAL NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (task_id, eid)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE workers (
+            hostname TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            online_at REAL,
+            offline_at REAL,
+            last_seen REAL NOT NULL,
+            last_heartbeat REAL,
+            heartbeat_freq REAL,
+            pool TEXT,
+            concurrency INTEGER,
+            sw_ver TEXT,
+            queues TEXT,
+            active INTEGER,
+            processed INTEGER,
+            loadavg TEXT,
+            dropped INTEGER,
+            pid INTEGER
+        );
+
+        CREATE TABLE registry (
+            name TEXT PRIMARY KEY,
+            module TEXT,
+            signature TEXT,
+            queue TEXT,
+            max_retries INTEGER,
+            default_retry_delay REAL,
+            autoretry_for TEXT,
+            retry_backoff TEXT,
+            rate_limit TEXT,
+            time_limit REAL,
+            soft_time_limit REAL,
+            acks_late INTEGER,
+            ignore_result INTEGER,
+            workers TEXT,
+            updated_at REAL NOT NULL
+        );
+
+        CREATE TABLE cursors (
+            source TEXT PRIMARY KEY,
+            position TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        """
+    )
+
+
+class Store:
+    """One stemtrace database file; migrated to the current schema when opened."""
+
+    def __init__(self, path: str | Path = DEFAULT_DB) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._writer: sqlite3.Connection | None = None
+        self._writer_lock = threading.Lock()
+        migrations.apply(Database(self.writer()))
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        return conn
+
+    def writer(self) -> sqlite3.Connection:
+        """The one connection that writes; used only by the writer thread."""
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = self._connect()
+            return self._writer
+
+    def reader(self) -> Database:
+        """A read connection for the calling thread."""
+        db: Database | None = getattr(self._local, "db", None)
+        if db is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            conn.row_factory = sqlite3.Row
+            db = Database(conn)
+            self._local.db = db
+        return db
+
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database file plus its write-ahead log."""
+        if self.path == ":memory:":
+            return 0
+        total = 0
+        for suffix in ("", "-wal"):
+            candidate = Path(self.path + suffix)
+            if candidate.exists():
+                total += candidate.stat().st_size
+        return total
+
+    def close(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        db: Database | None = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    return dict(row) if row is not None else {}

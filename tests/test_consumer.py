@@ -1,0 +1,141 @@
+"""The consumer against a real Redis stream: cursor, restarts, malformed input, outages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from stemtrace.consumer import Consumer
+from stemtrace.events import encode_frame
+from stemtrace.store import Store
+from stemtrace.transports import open_reader
+from stemtrace.transports.redis import FRAME_FIELD
+from tests.support import PrivateRedis, Scenario, wait_for
+
+
+def started(n: int) -> dict[str, Any]:
+    return {"kind": "started", "eid": f"e{n}", "ts": 100.0 + n, "host": "celery@w", "pid": 1,
+            "task_id": f"task-{n:04}", "name": "proj.add", "retries": 0}  # fmt: skip
+
+
+@pytest.fixture
+def client(scenario: Scenario) -> Iterator[redis.Redis]:
+    found = redis.Redis.from_url(scenario.broker)
+    yield found
+    found.close()
+
+
+def add_frames(
+    client: redis.Redis, stream: str, first: int, count: int, per_frame: int = 10
+) -> None:
+    for start in range(first, first + count, per_frame):
+        frame = encode_frame(
+            [started(n) for n in range(start, min(start + per_frame, first + count))]
+        )
+        client.xadd(stream, {FRAME_FIELD: frame})
+
+
+def consumer_for(scenario: Scenario, store: Store, url: str | None = None) -> Consumer:
+    broker = url or scenario.broker
+    return Consumer(
+        store,
+        lambda: open_reader(broker, stream=scenario.stream),
+        source=f"{broker}#{scenario.stream}",
+        block=0.1,
+    )
+
+
+def task_count(store: Store) -> int:
+    return int(store.reader().conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+
+
+def test_restart_in_the_middle_loses_and_doubles_nothing(
+    scenario: Scenario, client: redis.Redis, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "a.db")
+    add_frames(client, scenario.stream, 0, 300)
+    first = consumer_for(scenario, store)
+    first.batch_frames = 7  # stop somewhere in the middle of the stream
+    first.start()
+    wait_for(lambda: first.status.ingested > 0)
+    first.stop()
+    assert first.status.ingested > 0
+    add_frames(client, scenario.stream, 300, 200)
+    store.close()
+
+    reopened = Store(tmp_path / "a.db")
+    second = consumer_for(scenario, reopened)
+    second.start()
+    wait_for(lambda: task_count(reopened) == 500)
+    second.stop()
+    assert first.status.ingested + second.status.ingested == 500
+    events = reopened.reader().conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    assert events == 500
+    reopened.close()
+
+
+def test_two_servers_each_read_the_whole_stream(
+    scenario: Scenario, client: redis.Redis, tmp_path: Path
+) -> None:
+    add_frames(client, scenario.stream, 0, 120)
+    stores = [Store(tmp_path / f"{name}.db") for name in ("one", "two")]
+    consumers = [consumer_for(scenario, store) for store in stores]
+    for consumer in consumers:
+        consumer.start()
+    for store in stores:
+        wait_for(lambda store=store: task_count(store) == 120)
+    for consumer, store in zip(consumers, stores, strict=True):
+        consumer.stop()
+        store.close()
+
+
+def test_malformed_entries_are_skipped_counted_and_explained(
+    scenario: Scenario, client: redis.Redis, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "m.db")
+    add_frames(client, scenario.stream, 0, 5)
+    client.xadd(scenario.stream, {FRAME_FIELD: b"not json"})
+    client.xadd(scenario.stream, {b"other": b"field"})
+    client.xadd(scenario.stream, {FRAME_FIELD: b'{"v": 99, "events": []}'})
+    bad = [started(10), {"kind": "started", "ts": "x"}, {**started(11), "group_index": 2**70}]
+    client.xadd(scenario.stream, {FRAME_FIELD: encode_frame(bad)})
+    add_frames(client, scenario.stream, 20, 5)
+    consumer = consumer_for(scenario, store)
+    consumer.start()
+    wait_for(lambda: task_count(store) == 11)
+    consumer.stop()
+    status = consumer.status.as_dict()
+    assert status["skipped"] == 5
+    reasons = " | ".join(status["recent_skip_reasons"])
+    assert "not JSON" in reasons and "unsupported frame version 99" in reasons
+    assert "missing field" in reasons and "cannot be stored" in reasons
+    ids = {r[0] for r in store.reader().conn.execute("SELECT id FROM tasks")}
+    assert "task-0010" in ids and "task-0011" not in ids
+    store.close()
+
+
+def test_an_unreachable_broker_is_reported_then_read_when_it_returns(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    later = PrivateRedis()  # its port is chosen, but nothing listens there yet
+    store = Store(tmp_path / "u.db")
+    consumer = consumer_for(scenario, store, url=later.url)
+    consumer.start()
+    try:
+        wait_for(lambda: consumer.status.last_error is not None)
+        assert consumer.status.connected is False
+        assert "Connection" in (consumer.status.last_error or "")
+        later.start()
+        client = redis.Redis.from_url(later.url)
+        add_frames(client, scenario.stream, 0, 30)
+        client.close()
+        wait_for(lambda: task_count(store) == 30, timeout=30)
+        assert consumer.status.connected is True and consumer.status.last_error is None
+    finally:
+        consumer.stop()
+        store.close()
+        later.stop()

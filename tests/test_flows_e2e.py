@@ -1,0 +1,175 @@
+"""Real worker -> Redis stream -> consumer -> SQLite -> JSON API, for each canvas shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery, chain, chord, group
+from starlette.testclient import TestClient
+
+import stemtrace
+from stemtrace.server.app import create_app
+from stemtrace.settings import Settings
+from tests.proj import make_app
+from tests.support import Scenario, celery_worker, wait_for
+
+
+class Observed:
+    """A sending app with ``init(app)``, a real worker, and the API reading the stream."""
+
+    def __init__(self, app: Celery, http: TestClient) -> None:
+        self.app = app
+        self.http = http
+
+    def task(self, task_id: str, state: str | None = None) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            response = self.http.get(f"/api/tasks/{task_id}")
+            if response.status_code != 200:
+                return None
+            found: dict[str, Any] = response.json()
+            return found if state is None or found["state"] == state else None
+
+        found: dict[str, Any] = wait_for(ready, timeout=30)
+        return found
+
+    def flow(self, task_id: str, settled: int, **params: Any) -> dict[str, Any]:
+        """The flow, once ``settled`` task nodes are in a final state."""
+
+        def ready() -> dict[str, Any] | None:
+            response = self.http.get(f"/api/flows/{task_id}", params=params)
+            if response.status_code != 200:
+                return None
+            flow: dict[str, Any] = response.json()
+            done = [
+                n for n in flow["nodes"]
+                if n["kind"] == "task" and n["state"] in ("SUCCESS", "FAILURE", "REVOKED")
+            ]  # fmt: skip
+            return flow if len(done) >= settled else None
+
+        found: dict[str, Any] = wait_for(ready, timeout=40)
+        return found
+
+
+@pytest.fixture
+def observed(scenario: Scenario, tmp_path: Path) -> Iterator[Observed]:
+    app = make_app(scenario.broker, scenario.queue)
+    capture = stemtrace.init(app, stream=scenario.stream, flush_interval=0.05)
+    assert capture is not None
+    settings = Settings(broker=scenario.broker, stream=scenario.stream, db=str(tmp_path / "e.db"))
+    with celery_worker(scenario), TestClient(create_app(settings)) as http:
+        yield Observed(app, http)
+    capture.publisher.close(1)
+    app.close()
+
+
+def edges(flow: dict[str, Any], kind: str) -> set[tuple[str, str]]:
+    return {(e["source"], e["target"]) for e in flow["edges"] if e["kind"] == kind}
+
+
+def node(flow: dict[str, Any], node_id: str) -> dict[str, Any]:
+    return next(n for n in flow["nodes"] if n["id"] == node_id)
+
+
+def test_canvas_shapes_through_the_api(observed: Observed) -> None:
+    app = observed.app
+    add, tsum, fail = (app.tasks[n] for n in ("proj.add", "proj.tsum", "proj.fail"))
+
+    # A chain that breaks in the middle: the links after it are NOT_RUN.
+    broken = chain(add.s(1, 1), fail.s(), add.s(5), add.s(6)).apply_async()
+    first, failing, third = (
+        broken.parent.parent.parent.id,
+        broken.parent.parent.id,
+        broken.parent.id,
+    )
+    flow = observed.flow(first, settled=2)
+    assert flow["root_id"] == first
+    assert edges(flow, "chain") == {(first, failing), (failing, third), (third, broken.id)}
+    assert node(flow, failing)["state"] == "FAILURE"
+    assert node(flow, third)["state"] == node(flow, broken.id)["state"] == "NOT_RUN"
+    assert node(flow, third)["name"] == "proj.add"
+    assert observed.task(failing, "FAILURE")["exception"]["type"] == "ValueError"
+
+    # A chord: fan-out to the members, fan-in to the callback.
+    fanned = chord([add.s(i, i) for i in range(3)], tsum.s()).apply_async()
+    assert fanned.get(timeout=20) == 6
+    flow = observed.flow(fanned.id, settled=4)
+    members = [t["id"] for t in wait_for(lambda: _members(observed, fanned.id), timeout=30)]
+    [chord_node] = [n for n in flow["nodes"] if n["kind"] == "chord"]
+    assert chord_node["size"] == 3 and chord_node["counts"] == {"SUCCESS": 3}
+    assert edges(flow, "group") == {(chord_node["id"], m) for m in members}
+    assert edges(flow, "chord") == {(m, fanned.id) for m in members}
+    assert flow["root_id"] == chord_node["id"]
+
+    # Nested: chain(add, chord([chain(add, add), add], tsum), add)
+    nested = chain(
+        add.s(1, 1), chord([chain(add.s(1), add.s(1)), add.s(10)], tsum.s()), add.s(100)
+    ).apply_async()
+    assert nested.get(timeout=30) == 116
+    flow = observed.flow(nested.id, settled=6)
+    tasks = [n for n in flow["nodes"] if n["kind"] == "task"]
+    assert len(tasks) == 6 and {n["state"] for n in tasks} == {"SUCCESS"}
+    [inner] = [n for n in flow["nodes"] if n["kind"] == "chord"]
+    assert inner["size"] == 2
+    head = flow["root_id"]
+    assert (head, inner["id"]) in edges(flow, "chain")
+    assert len(edges(flow, "chord")) == 2
+    assert any(target == nested.id for _, target in edges(flow, "chain"))
+
+
+def _members(observed: Observed, callback_id: str) -> list[dict[str, Any]] | None:
+    response = observed.http.get(f"/api/tasks/{callback_id}")
+    if response.status_code != 200:
+        return None
+    group_id = response.json()["group_id"]
+    page = observed.http.get(f"/api/groups/{group_id}/members")
+    if page.status_code != 200 or page.json()["size"] != 3:
+        return None
+    members: list[dict[str, Any]] = page.json()["members"]
+    return members
+
+
+def test_retries_spawned_children_and_a_trace(observed: Observed) -> None:
+    app = observed.app
+    with stemtrace.trace("order-17"):
+        retried = app.tasks["proj.flaky"].delay(3)
+        spawner = app.tasks["proj.spawn"].delay(2)
+        fanned = group(app.tasks["proj.add"].s(i, 1) for i in range(2)).apply_async()
+    assert retried.get(timeout=20) == 3
+    children = spawner.get(timeout=20)
+    fanned.get(timeout=20)
+
+    task = observed.task(retried.id, "SUCCESS")
+    assert task["retries"] == 2 and task["trace_id"] == "order-17"
+    assert [a["state"] for a in task["attempts"]] == ["RETRY", "RETRY", "SUCCESS"]
+    assert [a["exc_message"] for a in task["attempts"][:2]] == [
+        "attempt 1 failed", "attempt 2 failed",
+    ]  # fmt: skip
+    assert all("Traceback" in a["traceback"] for a in task["attempts"][:2])
+    assert task["durations"]["waiting for retry"] > 0 and task["durations"]["running"] >= 0
+    assert task["parent_id"] is None
+
+    flow = observed.flow(spawner.id, settled=3)
+    assert edges(flow, "spawned") == {(spawner.id, child) for child in children}
+    assert {c["id"] for c in observed.task(spawner.id, "SUCCESS")["children"]} == set(children)
+
+    def whole_trace() -> dict[str, Any] | None:
+        response = observed.http.get("/api/traces/order-17")
+        found: dict[str, Any] = response.json()
+        return found if response.status_code == 200 and found["count"] == 6 else None
+
+    trace = wait_for(whole_trace, timeout=30)
+    assert set(trace["roots"]) == {retried.id, spawner.id, *(r.id for r in fanned.results)}
+    assert trace["failures"] == 0
+
+    listed = observed.http.get("/api/tasks", params={"trace_id": "order-17", "limit": 100})
+    assert len(listed.json()["tasks"]) == 6
+    registry = {t["name"]: t for t in observed.http.get("/api/registry").json()["tasks"]}
+    assert registry["proj.flaky"]["defined"] and registry["proj.flaky"]["max_retries"] == 3
+    assert registry["proj.flaky"]["retry_rate"] == 1.0
+    [worker] = observed.http.get("/api/workers").json()["workers"]
+    assert worker["state"] == "online" and worker["pool"] == "prefork"
+    health = observed.http.get("/api/health").json()
+    assert health["status"] == "ok" and health["consumer"]["ingested"] > 0

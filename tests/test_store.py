@@ -1,0 +1,152 @@
+"""Ingest rules: precedence over arrival order, idempotence, retention."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stemtrace.store import Store, queries
+from stemtrace.store.ingest import Ingestor
+from stemtrace.store.retention import Retention
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    found = Store(tmp_path / "store.db")
+    yield found
+    found.close()
+
+
+def event(kind: str, task_id: str, ts: float, **fields: Any) -> dict[str, Any]:
+    return {"kind": kind, "eid": uuid.uuid4().hex, "ts": ts, "host": "celery@w1", "pid": 10,
+            "task_id": task_id, "name": "proj.flaky", **fields}  # fmt: skip
+
+
+def retried_twice(task_id: str = "t1") -> list[dict[str, Any]]:
+    """A task that failed twice, was retried, and then succeeded: its whole life."""
+    return [
+        event("sent", task_id, 1.0, retries=0, args=[1], kwargs={}, trace_id="tr", root_id=task_id),
+        event("received", task_id, 1.1, retries=0, worker="celery@w1"),
+        event("started", task_id, 1.2, retries=0, worker="celery@w1"),
+        event("sent", task_id, 1.3, retries=1, parent_id=task_id, root_id=task_id),
+        event("retry", task_id, 1.31, retries=0, attempt=1, exc_type="ConnectionError",
+              exc_message="attempt 1 failed", traceback="Traceback...1"),
+        event("received", task_id, 1.4, retries=1, worker="celery@w2"),
+        event("started", task_id, 1.5, retries=1, worker="celery@w2"),
+        event("sent", task_id, 1.6, retries=2, parent_id=task_id, root_id=task_id),
+        event("retry", task_id, 1.61, retries=1, attempt=2, exc_type="ConnectionError",
+              exc_message="attempt 2 failed", traceback="Traceback...2"),
+        event("received", task_id, 1.7, retries=2, worker="celery@w1"),
+        event("started", task_id, 1.8, retries=2, worker="celery@w1"),
+        event("succeeded", task_id, 1.9, retries=2, worker="celery@w1", result=7, runtime=0.1),
+    ]  # fmt: skip
+
+
+def row(store: Store, task_id: str = "t1") -> dict[str, Any]:
+    found = queries.get_task(store.reader().conn, task_id)
+    assert found is not None
+    return found
+
+
+def test_a_retried_task_ends_in_one_row(store: Store) -> None:
+    Ingestor(store.writer()).ingest(retried_twice())
+    task = row(store)
+    assert task["state"] == "SUCCESS" and task["retries"] == 2
+    assert task["parent_id"] is None  # a retry's self-parent is not a parent
+    assert task["args"] == [1] and task["result"] == 7 and task["trace_id"] == "tr"
+    assert task["sent_at"] == 1.0 and task["started_at"] == 1.2 and task["finished_at"] == 1.9
+    assert task["worker"] == "celery@w1" and task["queue_wait"] == pytest.approx(0.2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(list(range(12))), st.integers(min_value=1, max_value=12))
+def test_any_arrival_order_and_batching_gives_the_same_row(
+    tmp_path_factory: pytest.TempPathFactory, order: list[int], batch: int
+) -> None:
+    store = Store(tmp_path_factory.mktemp("p") / "p.db")
+    try:
+        life = retried_twice()
+        shuffled = [life[i] for i in order]
+        ingestor = Ingestor(store.writer())
+        for start in range(0, len(shuffled), batch):
+            ingestor.ingest(shuffled[start : start + batch])
+        task = row(store)
+        assert (task["state"], task["retries"], task["result"]) == ("SUCCESS", 2, 7)
+        assert (task["sent_at"], task["started_at"], task["finished_at"]) == (1.0, 1.2, 1.9)
+        assert task["worker"] == "celery@w1" and task["args"] == [1]
+        history = queries.task_events(store.reader().conn, "t1")
+        assert [e["ts"] for e in history] == [e["ts"] for e in life]
+    finally:
+        store.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["sent", "received", "started", "retry"]), max_size=6),
+       st.sampled_from(["succeeded", "failed", "revoked", "rejected"]))  # fmt: skip
+def test_a_terminal_state_wins_whatever_comes_after(
+    tmp_path_factory: pytest.TempPathFactory, later: list[str], terminal: str
+) -> None:
+    store = Store(tmp_path_factory.mktemp("t") / "t.db")
+    try:
+        ingestor = Ingestor(store.writer())
+        ingestor.ingest([event(terminal, "t1", 5.0)])
+        ingestor.ingest([event(kind, "t1", 6.0 + i, retries=0) for i, kind in enumerate(later)])
+        expected = {"succeeded": "SUCCESS", "failed": "FAILURE", "revoked": "REVOKED",
+                    "rejected": "REJECTED"}[terminal]  # fmt: skip
+        assert row(store)["state"] == expected
+    finally:
+        store.close()
+
+
+def test_redelivered_events_change_nothing(store: Store) -> None:
+    ingestor = Ingestor(store.writer())
+    life = retried_twice()
+    ingestor.ingest(life)
+    before = row(store)
+    ingestor.ingest(life[3:7])
+    ingestor.ingest(list(reversed(life)))
+    after = row(store)
+    before.pop("updated_at"), after.pop("updated_at")
+    assert after == before
+    assert len(queries.task_events(store.reader().conn, "t1")) == len(life)
+
+
+def test_waiting_for_a_retry_is_its_own_state(store: Store) -> None:
+    Ingestor(store.writer()).ingest(retried_twice()[:5])
+    assert row(store)["state"] == "RETRY"
+
+
+def test_retention_by_count_and_by_age(store: Store) -> None:
+    ingestor = Ingestor(store.writer())
+    ingestor.ingest([event("succeeded", f"t{i:03}", 1000.0 + i) for i in range(50)])
+    pruned = Retention(max_tasks=20, slice_size=7).step(store.writer(), now=2000.0)
+    assert pruned == 7  # one bounded slice per step
+    retention = Retention(max_tasks=20, slice_size=7, interval=0)
+    while retention.step(store.writer(), now=2000.0):
+        pass
+    conn = store.reader().conn
+    left = [r[0] for r in conn.execute("SELECT id FROM tasks ORDER BY id")]
+    assert left == [f"t{i:03}" for i in range(30, 50)]
+    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 20
+    by_age = Retention(max_age=10.0, interval=0)
+    while by_age.step(store.writer(), now=1049.5):
+        pass
+    assert [r[0] for r in conn.execute("SELECT id FROM tasks ORDER BY id")] == [
+        f"t{i:03}" for i in range(40, 50)
+    ]
+
+
+def test_the_schema_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "again.db"
+    first = Store(path)
+    Ingestor(first.writer()).ingest(retried_twice())
+    first.close()
+    second = Store(path)  # migrations already applied: nothing to redo
+    assert row(second)["state"] == "SUCCESS"
+    second.close()
