@@ -128,3 +128,29 @@ def test_fork_gives_the_child_its_own_publisher(redis_available: None) -> None:
     client = redis.Redis.from_url(url)
     client.delete(stream)
     client.close()
+
+
+def test_a_script_that_exits_at_once_still_delivers(redis_available: None) -> None:
+    import subprocess
+    import sys
+
+    stream = f"stemtrace-test:{uuid.uuid4().hex[:12]}"
+    url = redis_url(3)
+    script = (
+        "import stemtrace\n"
+        "from celery import Celery\n"
+        f"app = Celery('x', broker={url!r}, set_as_current=False)\n"
+        f"stemtrace.init(app, stream={stream!r}, flush_interval=60)\n"
+        "@app.task(shared=False)\n"
+        "def noop(): pass\n"
+        "for _ in range(50): noop.apply_async(queue='stemtrace-exit-test')\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    events = read_events(url, stream)
+    assert [e["kind"] for e in events] == ["sent"] * 50
+    assert len({e["eid"] for e in events}) == 50
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.delete(stream, "stemtrace-exit-test")
+    client.close()

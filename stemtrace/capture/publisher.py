@@ -14,7 +14,9 @@ afresh (empty buffer, no thread, new connection) through ``os.register_at_fork``
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -51,11 +53,17 @@ class Publisher:
         self.on_tick: Callable[[], None] | None = None
         """Called from the sending thread about every ``tick_interval`` seconds."""
         self.tick_interval = 10.0
+        self.exit_timeout = 2.0
+        """Most seconds spent flushing at interpreter exit."""
         self._reset()
         _live_publishers.add(self)
 
     def _reset(self) -> None:
         self._pid = os.getpid()
+        self.pid = self._pid
+        """This process's id, kept here so that events need no system call."""
+        self._eid_prefix = os.urandom(8).hex()
+        self._eid_counter = itertools.count()
         self._buffer: deque[Event] = deque()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -72,6 +80,10 @@ class Publisher:
 
     # -- hot path ------------------------------------------------------------
 
+    def next_eid(self) -> str:
+        """A unique event id: random per process (and per fork), then a counter."""
+        return f"{self._eid_prefix}{next(self._eid_counter):08x}"
+
     def publish(self, event: Event) -> None:
         """Queue one event; drop and count it when the buffer is full."""
         buffer = self._buffer
@@ -82,7 +94,7 @@ class Publisher:
         buffer.append(event)
         if self._thread is None:
             self._start()
-        elif len(buffer) >= self.batch_size:
+        elif len(buffer) == self.batch_size:  # once per batch: the thread drains it all
             self._wake.set()
 
     # -- control -------------------------------------------------------------
@@ -227,7 +239,15 @@ def _reset_all_after_fork() -> None:
         publisher._after_fork_in_child()
 
 
+def _flush_all_at_exit() -> None:
+    """A script that sends tasks and exits at once still delivers its events."""
+    for publisher in list(_live_publishers):
+        if publisher._buffer:
+            publisher.flush(publisher.exit_timeout)
+
+
 os.register_at_fork(after_in_child=_reset_all_after_fork)
+atexit.register(_flush_all_at_exit)
 
 
 def describe_url(url: str) -> str:

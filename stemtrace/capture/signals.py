@@ -20,7 +20,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -69,6 +68,7 @@ class Capture:
             describe=describe_url(transport_url),
         )
         self.publisher.tick_interval = config.heartbeat_interval
+        self.publisher.exit_timeout = config.shutdown_timeout
         self.internal_errors = 0
         self._params: dict[str, tuple[str, ...]] = {}
         self._started_at: dict[str, float] = {}
@@ -77,12 +77,13 @@ class Capture:
     # -- helpers ---------------------------------------------------------------
 
     def emit(self, kind: str, host: str | None, **fields: Any) -> None:
+        publisher = self.publisher
         fields["kind"] = kind
-        fields["eid"] = uuid.uuid4().hex
+        fields["eid"] = publisher.next_eid()
         fields["ts"] = time.time()
         fields["host"] = host or _HOST
-        fields["pid"] = os.getpid()
-        self.publisher.publish(fields)
+        fields["pid"] = publisher.pid
+        publisher.publish(fields)
 
     def params_of(self, name: str) -> tuple[str, ...]:
         found = self._params.get(name)
@@ -170,21 +171,26 @@ class Capture:
     # -- worker main process ---------------------------------------------------
 
     def on_received(self, request: Any) -> None:
+        # The worker's main process is its busiest: when the sender ran
+        # init(app), its ``sent`` event already holds the structure.
         headers = getattr(request, "request_dict", None) or {}
-        instrumented = TRACE_HEADER in headers
         fields: dict[str, Any] = {
             "task_id": request.id,
             "name": request.name,
             "worker": request.hostname,
             "retries": _int_or_none(headers.get("retries")),
-            "trace_id": valid_trace_id(headers.get(TRACE_HEADER)),
-            "parent_id": headers.get("parent_id"),
-            "root_id": headers.get("root_id"),
-            "group_id": headers.get("group"),
-            "eta": _str_or_none(headers.get("eta")),
-            "instrumented": instrumented,
         }
-        if not instrumented:
+        eta = headers.get("eta")
+        if eta is not None:
+            fields["eta"] = _str_or_none(eta)
+        if TRACE_HEADER in headers:
+            fields["instrumented"] = True
+        else:
+            fields["instrumented"] = False
+            fields["trace_id"] = None
+            fields["parent_id"] = headers.get("parent_id")
+            fields["root_id"] = headers.get("root_id")
+            fields["group_id"] = headers.get("group")
             fields.update(self.call_fields(request.name, request.args, request.kwargs))
         self.emit(ev.RECEIVED, request.hostname, **fields)
 

@@ -7,6 +7,7 @@ SQLite reads never block the event loop.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,9 +33,13 @@ def parse_time(name: str, value: str | None, now: float) -> float | None:
         return None
     text = value.strip()
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):
+            raise HTTPException(422, f"{name} must be a finite time, not {value!r}")
+        return number
     relative = _RELATIVE.match(text.lower())
     if relative:
         return now - float(relative.group(1)) * _UNITS[relative.group(2)]
@@ -142,7 +147,7 @@ def create_api_router(
     @router.get("/groups/{group_id}/members", summary="A page of a group's members")
     def group_members(
         group_id: ID,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         total, members = queries.group_page(conn(), group_id, offset, limit)

@@ -291,13 +291,14 @@ class Ingestor:
                     last_heartbeat = MAX(COALESCE(last_heartbeat, 0), ?),
                     active = CASE WHEN ? >= COALESCE(last_heartbeat, 0) THEN ? ELSE active END,
                     processed = MAX(COALESCE(processed, 0), COALESCE(?, 0)),
-                    loadavg = ?, dropped = MAX(COALESCE(dropped, 0), COALESCE(?, 0)),
+                    loadavg = CASE WHEN ? >= COALESCE(last_heartbeat, 0) THEN ? ELSE loadavg END,
+                    dropped = MAX(COALESCE(dropped, 0), COALESCE(?, 0)),
                     heartbeat_freq = COALESCE(?, heartbeat_freq),
                     state = CASE WHEN offline_at IS NULL OR offline_at < ? THEN 'online'
                                  ELSE state END
                 WHERE hostname = ?""",
                 (ts, ts, ts, event.get("active"), event.get("processed"),
-                 _json_or_none(event.get("loadavg")), event.get("dropped"), event.get("freq"),
+                 ts, _json_or_none(event.get("loadavg")), event.get("dropped"), event.get("freq"),
                  ts, hostname),
             )  # fmt: skip
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -53,8 +54,10 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         seen_at, task_id = json.loads(raw)
         if isinstance(seen_at, int | float) and isinstance(task_id, str):
-            return float(seen_at), task_id
-    except (ValueError, TypeError):
+            task_id.encode("utf-8")  # a lone surrogate cannot be bound as a parameter
+            if math.isfinite(float(seen_at)):
+                return float(seen_at), task_id
+    except (ValueError, TypeError, OverflowError):
         pass
     raise BadCursor("invalid cursor: pass the next_cursor of a previous page")
 
@@ -274,6 +277,9 @@ def registry(conn: sqlite3.Connection, sample: int = 10_000) -> list[dict[str, A
         for key in ("module", "signature", "queue", "max_retries", "default_retry_delay",
                     "retry_backoff", "rate_limit", "time_limit", "soft_time_limit"):  # fmt: skip
             entry[key] = definition.get(key)
+        for key in ("acks_late", "ignore_result"):
+            value = definition.get(key)
+            entry[key] = None if value is None else bool(value)
         entry["autoretry_for"] = _loads(definition.get("autoretry_for")) or []
         entry["workers"] = _loads(definition.get("workers")) or []
         numbers = stats.get(name, {})
