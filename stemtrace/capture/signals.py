@@ -8,7 +8,7 @@ reaches the task, the publisher or the worker.
 Where each signal fires (prefork): ``before_task_publish`` in whichever
 process sends; ``task_received``, ``task_revoked``, ``task_rejected``,
 ``task_unknown``, ``worker_ready`` and ``worker_shutdown`` in the worker's main
-process; ``task_prerun``/``postrun``/``success``/``failure``/``retry`` in the pool
+process; ``task_prerun``/``success``/``failure``/``retry`` in the pool
 child that runs the task.
 """
 
@@ -268,9 +268,12 @@ class Capture:
 
     def on_prerun(self, task_id: str, task: Any, args: Any, kwargs: Any) -> None:
         request = task.request
+        if len(self._started_at) > 10_000:  # tasks killed without a closing signal
+            self._started_at.clear()
+            self._trace_tokens.clear()
         self._started_at[task_id] = time.monotonic()
         headers = getattr(request, "headers", None) or {}
-        sent_trace = valid_trace_id(headers.get(TRACE_HEADER)) or valid_trace_id(
+        sent_trace = _fast_trace_id(headers.get(TRACE_HEADER)) or _fast_trace_id(
             getattr(request, "stemtrace_trace_id", None)
         )
         group_id = getattr(request, "group", None)
@@ -298,22 +301,29 @@ class Capture:
             fields.update(self.call_fields(task.name, args, kwargs))
         self.emit(ev.STARTED, getattr(request, "hostname", None), **fields)
 
-    def on_postrun(self, task_id: str) -> None:
-        self._started_at.pop(task_id, None)
-        token = self._trace_tokens.pop(task_id, None)
+    def end_run(self, task_id: str | None) -> float | None:
+        """Close a run of the task body: restore the trace context, return its runtime.
+
+        Called from the success, failure and retry signals, which fire after
+        chain links and chord callbacks are sent, in the thread that ran the
+        task; so no ``task_postrun`` receiver is needed on the hot path.
+        """
+        token = self._trace_tokens.pop(task_id, None) if task_id else None
         if token is not None:
             # ValueError: reset from a context that did not set it (another thread)
             with contextlib.suppress(ValueError):
                 reset_trace_id(token)
+        return self.runtime_of(task_id)
 
-    def on_success(self, task: Any, result: Any) -> None:
+    def on_success(self, task: Any, result: Any, runtime: Any) -> None:
         request = task.request
+        measured = self.end_run(request.id)
         fields: dict[str, Any] = {
             "task_id": request.id,
             "name": task.name,
             "worker": getattr(request, "hostname", None),
             "retries": _int_or_none(getattr(request, "retries", None)),
-            "runtime": self.runtime_of(request.id),
+            "runtime": round(runtime, 6) if isinstance(runtime, float) else measured,
         }
         if self.config.capture_result:
             fields["result"] = self.shaper.value("result", result)
@@ -328,7 +338,7 @@ class Capture:
             name=task.name,
             worker=getattr(request, "hostname", None),
             retries=_int_or_none(getattr(request, "retries", None)),
-            runtime=self.runtime_of(task_id),
+            runtime=self.end_run(task_id),
             **self.exception_fields(exc, getattr(einfo, "traceback", None)),
         )
 
@@ -351,7 +361,7 @@ class Capture:
             attempt=retries + 1,
             retries=retries,
             retry_at=retry_at,
-            runtime=self.runtime_of(request.id),
+            runtime=self.end_run(request.id),
             **self.exception_fields(exc, getattr(einfo, "traceback", None)),
         )
 
@@ -478,17 +488,10 @@ def _task_prerun(
 
 
 @_guard
-def _task_postrun(task_id: Any = None, task: Any = None, **_: Any) -> None:
-    capture = _for_task(task)
-    if capture is not None and isinstance(task_id, str):
-        capture.on_postrun(task_id)
-
-
-@_guard
-def _task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+def _task_success(sender: Any = None, result: Any = None, runtime: Any = None, **_: Any) -> None:
     capture = _for_task(sender)
     if capture is not None:
-        capture.on_success(sender, result)
+        capture.on_success(sender, result, runtime)
 
 
 @_guard
@@ -561,7 +564,6 @@ _RECEIVERS: Iterable[tuple[Any, Callable[..., None]]] = (
     (signals.before_task_publish, _before_task_publish),
     (signals.task_received, _task_received),
     (signals.task_prerun, _task_prerun),
-    (signals.task_postrun, _task_postrun),
     (signals.task_success, _task_success),
     (signals.task_failure, _task_failure),
     (signals.task_retry, _task_retry),
@@ -635,6 +637,13 @@ def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool):
         return int(value)
     return value if isinstance(value, int) else None
+
+
+def _fast_trace_id(value: Any) -> str | None:
+    """A trace id from a message header, checked cheaply (hot path in every task)."""
+    if type(value) is str and 0 < len(value) <= 128:
+        return value
+    return None
 
 
 def _qualname(kind: type) -> str:

@@ -1,0 +1,47 @@
+"""Eager tasks (``.apply()``, ``task_always_eager``) run in the caller: no leaks into it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Celery
+
+import stemtrace
+from stemtrace.events import decode_frame
+from stemtrace.transports.memory import stream_for
+
+
+def test_eager_runs_are_captured_and_leave_the_callers_trace_alone() -> None:
+    stream = f"eager-{uuid.uuid4().hex[:8]}"
+    app = Celery("eager", broker="memory://", set_as_current=False)
+
+    @app.task(shared=False, name="eager.login")
+    def login(user: str, password: str) -> str:
+        return user
+
+    @app.task(shared=False, name="eager.boom")
+    def boom() -> None:
+        raise KeyError("nope")
+
+    capture = stemtrace.init(app, transport_url="memory://eager", stream=stream)
+    assert capture is not None
+    assert stemtrace.current_trace_id() is None
+    login.apply(("ada", "hunter2"))
+    assert stemtrace.current_trace_id() is None
+    with stemtrace.trace("outer"):
+        boom.apply()
+        assert stemtrace.current_trace_id() == "outer"
+    assert stemtrace.current_trace_id() is None
+    assert capture.publisher.flush(5)
+
+    events: list[dict[str, Any]] = []
+    for _, frame in stream_for("memory://eager", stream).read_after(0, 1000):
+        events.extend(decode_frame(frame).events)
+    started = [e for e in events if e["kind"] == "started"]
+    assert [e["name"] for e in started] == ["eager.login", "eager.boom"]
+    assert started[0]["args"] == ["ada", {"__stemtrace__": "scrubbed"}]
+    assert started[1]["trace_id"] == "outer"
+    failed = next(e for e in events if e["kind"] == "failed")
+    assert failed["exc_type"] == "KeyError" and failed["runtime"] >= 0
+    capture.publisher.close(1)
