@@ -37,6 +37,11 @@ def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
     add("--log-level", choices=LOG_LEVELS, help="logging level (STEMTRACE_LOG_LEVEL)")
     if web:
         add("--host", help="address to bind (STEMTRACE_HOST; default 127.0.0.1)")
+        add("--auth-user", help="HTTP basic auth user, with --auth-password (STEMTRACE_AUTH_USER)")
+        add("--auth-password", help="HTTP basic auth password (STEMTRACE_AUTH_PASSWORD)")
+        add("--auth-token", help="accept 'Authorization: Bearer TOKEN' (STEMTRACE_AUTH_TOKEN)")
+        add("--no-auth", action="store_const", const=True,
+            help="serve a non-loopback --host without auth (STEMTRACE_NO_AUTH=1)")  # fmt: skip
         add("--port", type=int, help="port to listen on (STEMTRACE_PORT; default 8000)")
         add("--no-consumer", dest="consumer", action="store_const", const=False,
             help="do not read the stream here: a separate `stemtrace consume` feeds the db"
@@ -81,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "run":
+        try:
+            settings.check_exposure()
+        except ValueError as exc:
+            parser.error(str(exc))
         return run(settings)
     if args.command == "consume":
         return consume(settings)
@@ -99,7 +108,7 @@ def run(settings: Settings) -> int:
 
 
 def consume(settings: Settings) -> int:
-    from stemtrace.server.app import build_consumer, source_name
+    from stemtrace.consumer import build_consumer, source_name
     from stemtrace.store.schema import Store
 
     store = Store(settings.db)

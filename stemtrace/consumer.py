@@ -21,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stemtrace.capture.publisher import describe_url
 from stemtrace.events import FrameError, decode_frame
+from stemtrace.settings import Settings
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
 from stemtrace.store.schema import Store
-from stemtrace.transports import Reader
+from stemtrace.transports import Reader, open_reader
 
 logger = logging.getLogger("stemtrace")
 
@@ -207,3 +209,18 @@ class Consumer:
             )
         self.status.connected = False
         self.status.last_error = message
+
+
+def source_name(settings: Settings) -> str:
+    """The cursor key of one stream: the broker URL (without password) and the stream key."""
+    return f"{describe_url(settings.broker)}#{settings.stream}"
+
+
+def build_consumer(settings: Settings, store: Store) -> Consumer:
+    """The consumer ``stemtrace run`` and ``stemtrace consume`` use."""
+    return Consumer(
+        store,
+        lambda: open_reader(settings.broker, stream=settings.stream),
+        source=source_name(settings),
+        retention=Retention(max_age=settings.retention_seconds, max_tasks=settings.task_limit),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -35,6 +36,14 @@ class Settings:
     """Run the consumer in the server; off when a separate ``stemtrace consume`` feeds the db."""
     log_level: str = "info"
     """Logging level: critical, error, warning, info or debug."""
+    auth_user: str | None = None
+    """Standalone server: HTTP basic auth user name (with ``auth_password``)."""
+    auth_password: str | None = None
+    """Standalone server: HTTP basic auth password."""
+    auth_token: str | None = None
+    """Standalone server: a bearer token accepted in ``Authorization: Bearer ...``."""
+    no_auth: bool = False
+    """Allow binding to a non-loopback address without any auth."""
 
     def __post_init__(self) -> None:
         if not self.broker or "://" not in self.broker:
@@ -51,6 +60,21 @@ class Settings:
             raise ValueError("max_tasks must not be negative")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if bool(self.auth_user) != bool(self.auth_password):
+            raise ValueError("auth_user and auth_password go together: set both or neither")
+
+    @property
+    def has_auth(self) -> bool:
+        return bool(self.auth_token or (self.auth_user and self.auth_password))
+
+    def check_exposure(self) -> None:
+        """Refuse to serve a non-loopback address without auth unless told to."""
+        if not is_loopback(self.host) and not self.has_auth and not self.no_auth:
+            raise ValueError(
+                f"refusing to serve {self.host} without authentication: task arguments and "
+                "results would be open to the network. Set --auth-token or --auth-user and "
+                "--auth-password, or pass --no-auth if something in front already checks users"
+            )
 
     @property
     def retention_seconds(self) -> float | None:
@@ -71,3 +95,12 @@ class Settings:
                 values[spec.name] = parse_env(name, environ[name], str(spec.type))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,1 +1,5 @@
-"""The web layer: the JSON API router, the standalone app and its lifespan."""
+"""The web layer: ``StemtraceExtension`` (pages, JSON API, live updates) and the standalone app."""
+
+from stemtrace.server.extension import StemtraceExtension
+
+__all__ = ["StemtraceExtension"]

@@ -147,6 +147,7 @@ class Store:
         self._local = threading.local()
         self._writer: sqlite3.Connection | None = None
         self._writer_lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
         migrations.apply(Database(self.writer()))
 
     def _connect(self) -> sqlite3.Connection:
@@ -171,9 +172,10 @@ class Store:
         if db is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only=ON")
-            conn.row_factory = sqlite3.Row
             db = Database(conn)
             self._local.db = db
+            with self._writer_lock:
+                self._readers.append(conn)
         return db
 
     def size_bytes(self) -> int:
@@ -188,14 +190,15 @@ class Store:
         return total
 
     def close(self) -> None:
+        """Close every connection, the readers of other threads included."""
         with self._writer_lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-        db: Database | None = getattr(self._local, "db", None)
-        if db is not None:
-            db.conn.close()
-            self._local.db = None
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        self._local = threading.local()
 
 
 def row_dict(row: Any) -> dict[str, Any]:

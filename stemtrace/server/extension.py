@@ -1,0 +1,120 @@
+"""``StemtraceExtension``: stemtrace inside an existing FastAPI app, or standing alone.
+
+```python
+flow = StemtraceExtension(broker_url="redis://localhost:6379/0")
+app = FastAPI(lifespan=flow.lifespan)
+app.include_router(flow.router, prefix="/stemtrace")
+```
+
+Everything (pages, API, static files, the live stream) hangs off ``router``,
+so the host app's prefix and ``dependencies=`` (its auth) cover all of it.
+The consumer runs in the lifespan as a background thread, or not at all when
+a separate ``stemtrace consume`` feeds the same database; live updates work
+either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, params
+
+from stemtrace.consumer import Consumer, build_consumer
+from stemtrace.server.api import create_api_router
+from stemtrace.server.live import Broadcaster
+from stemtrace.server.pages import create_pages_router
+from stemtrace.server.security import SecureRoute
+from stemtrace.settings import Settings
+from stemtrace.store.schema import Store
+
+logger = logging.getLogger("stemtrace")
+
+
+class StemtraceExtension:
+    """The store, the consumer, the live broadcaster and the routes of one stemtrace."""
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        stream: str | None = None,
+        db: str | None = None,
+        consumer: bool | None = None,
+        retention_days: float | None = None,
+        max_tasks: int | None = None,
+        dependencies: Sequence[params.Depends] = (),
+        settings: Settings | None = None,
+    ) -> None:
+        """Keyword arguments win over ``STEMTRACE_*`` variables; ``settings`` replaces both.
+
+        ``dependencies`` guard every route (pages, API, live stream, static
+        files): pass the host app's auth here.
+        """
+        self.settings = settings or Settings.from_env(
+            broker=broker_url,
+            stream=stream,
+            db=db,
+            consumer=consumer,
+            retention_days=retention_days,
+            max_tasks=max_tasks,
+        )
+        self.store = Store(self.settings.db)
+        self.broadcaster = Broadcaster()
+        self.consumer: Consumer | None = None
+        if self.settings.consumer:
+            self.consumer = build_consumer(self.settings, self.store)
+            self.consumer.listeners.append(self.broadcaster.notify)
+        self.router = APIRouter(dependencies=list(dependencies), route_class=SecureRoute)
+        self.router.include_router(create_api_router(self.store, self.consumer_status))
+        self.router.include_router(create_pages_router(self))
+
+    def consumer_status(self) -> dict[str, Any] | None:
+        return self.consumer.status.as_dict() if self.consumer is not None else None
+
+    def broker_problem(self) -> str | None:
+        """Why the consumer cannot read the broker right now, if it cannot."""
+        if self.consumer is None or self.consumer.status.connected:
+            return None
+        return self.consumer.status.last_error
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI | None = None) -> AsyncIterator[None]:
+        """Start the consumer (or watch the database) for the app's lifetime."""
+        watcher: asyncio.Task[None] | None = None
+        if self.consumer is not None:
+            self.consumer.start()
+        else:
+            watcher = asyncio.create_task(self._watch_database())
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            if self.consumer is not None:
+                await asyncio.to_thread(self.consumer.stop)
+            self.store.close()
+
+    async def _watch_database(self, interval: float = 0.5) -> None:
+        """With a separate consumer, notice its writes by the cursor it keeps."""
+        last: object = None
+        while True:
+            try:
+                now = await asyncio.to_thread(self._last_write)
+            except Exception:  # the db is being created, locked for long, ...
+                logger.debug("stemtrace: cannot watch the database", exc_info=True)
+            else:
+                if now != last and last is not None:
+                    self.broadcaster.notify(None)
+                last = now
+            await asyncio.sleep(interval)
+
+    def _last_write(self) -> object:
+        row = self.store.reader().conn.execute("SELECT MAX(updated_at) FROM cursors").fetchone()
+        return row[0] if row else None

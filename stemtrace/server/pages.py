@@ -1,0 +1,201 @@
+"""Server-rendered pages (Jinja2), the static files, and the live stream.
+
+Every link is made with ``request.url_for``, so pages work under any mount
+prefix. Values that came from tasks are rendered only through Jinja's
+autoescaping or :func:`stemtrace.server.render.pretty` (which escapes): they
+are hostile text. Handlers are plain ``def``: SQLite reads run in the thread
+pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+from sse_starlette import EventSourceResponse
+
+from stemtrace import __version__, flows, states
+from stemtrace.server import render
+from stemtrace.server.api import parse_states, parse_time, task_detail
+from stemtrace.server.security import SecureRoute
+from stemtrace.store import queries
+
+if TYPE_CHECKING:
+    from stemtrace.server.extension import StemtraceExtension
+
+PACKAGE = Path(__file__).resolve().parent.parent
+STATIC = PACKAGE / "static"
+Text = Annotated[str | None, Query(max_length=255)]
+
+
+def create_templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(PACKAGE / "templates"))
+    env = templates.env
+    env.filters.update(
+        when=render.when,
+        ago=render.ago,
+        duration=render.duration,
+        pretty=render.pretty,
+        short_id=render.short_id,
+    )
+    env.globals.update(
+        STATE_ICONS=render.STATE_ICONS, version=__version__, json_text=render.json_text
+    )
+    return templates
+
+
+def create_pages_router(ext: StemtraceExtension) -> APIRouter:
+    router = APIRouter(route_class=SecureRoute, include_in_schema=False)
+    templates = create_templates()
+    store = ext.store
+
+    def page(
+        request: Request, name: str, context: dict[str, Any], status_code: int = 200
+    ) -> HTMLResponse:
+        def url(route: str, /, query: dict[str, Any] | None = None, **path: Any) -> str:
+            found = str(request.url_for(route, **path).path)
+            if query:
+                pairs = [(k, v) for k, v in query.items() if v not in (None, "", [], ())]
+                if pairs:
+                    found += "?" + urlencode(pairs, doseq=True)
+            return found
+
+        response = templates.TemplateResponse(
+            request,
+            name,
+            {
+                "url": url,
+                "broker_problem": ext.broker_problem(),
+                "now": datetime.now(UTC).timestamp(),
+                **context,
+            },
+            status_code=status_code,
+        )
+        response.headers["Vary"] = "HX-Request"
+        return response
+
+    def not_found(request: Request, what: str, value: str) -> HTMLResponse:
+        return page(request, "404.html", {"what": what, "value": value}, status_code=404)
+
+    @router.get("/", name="stemtrace.executions")
+    def executions(
+        request: Request,
+        state: Annotated[list[str] | None, Query()] = None,
+        name: Text = None,
+        worker: Text = None,
+        trace_id: Text = None,
+        q: Text = None,
+        since: Text = None,
+        until: Text = None,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> HTMLResponse:
+        chosen = [s for s in state or () if s]
+        form: dict[str, Any] = {
+            "state": chosen,
+            "name": name or "",
+            "worker": worker or "",
+            "trace_id": trace_id or "",
+            "q": q or "",
+            "since": since or "",
+            "until": until or "",
+        }
+        now = datetime.now(UTC).timestamp()
+        error = None
+        rows: list[dict[str, Any]] = []
+        next_cursor = None
+        try:
+            filters = queries.TaskFilters(
+                states=parse_states(chosen),
+                name=name or None,
+                worker=worker or None,
+                trace_id=trace_id or None,
+                q=q or None,
+                since=parse_time("since", since or None, now),
+                until=parse_time("until", until or None, now),
+            )
+            rows, next_cursor = queries.list_tasks(store.reader().conn, filters, cursor, limit)
+        except (HTTPException, queries.BadCursor) as exc:
+            error = exc.detail if isinstance(exc, HTTPException) else str(exc)
+        conn = store.reader().conn
+        context = {
+            "rows": rows,
+            "form": form,
+            "error": error,
+            "cursor": cursor,
+            "next_cursor": next_cursor,
+            "limit": limit,
+            "states": states.ALL,
+            "names": [r[0] for r in conn.execute("SELECT name FROM registry ORDER BY name")],
+            "workers": [r[0] for r in conn.execute("SELECT hostname FROM workers ORDER BY 1")],
+            "empty_store": not rows and not any(form.values()) and _store_is_empty(conn),
+        }
+        if request.headers.get("HX-Request"):
+            return page(request, "_rows.html", context, 422 if error else 200)
+        return page(request, "executions.html", context, 422 if error else 200)
+
+    @router.get("/tasks/{task_id}", name="stemtrace.task")
+    def task(request: Request, task_id: Annotated[str, render.PathId]) -> HTMLResponse:
+        try:
+            detail = task_detail(store, task_id)
+        except HTTPException:
+            return not_found(request, "task", task_id)
+        context = {"task": detail, "bar": render.timeline_bar(detail["phases"])}
+        name = "_task.html" if request.headers.get("HX-Request") else "task.html"
+        return page(request, name, context)
+
+    @router.get("/flows/{task_id}", name="stemtrace.flow")
+    def flow(request: Request, task_id: Annotated[str, render.PathId]) -> HTMLResponse:
+        rows = queries.flow_rows(store.reader().conn, task_id)
+        if rows is None:
+            return not_found(request, "task or group", task_id)
+        graph = flows.build_flow(rows)
+        context = {"flow": graph, "tree": render.flow_tree(graph), "task_id": task_id}
+        return page(request, "flow.html", context)
+
+    @router.get("/traces/{trace_id}", name="stemtrace.trace")
+    def trace(request: Request, trace_id: Annotated[str, render.PathId]) -> HTMLResponse:
+        tasks = queries.trace_tasks(store.reader().conn, trace_id)
+        if not tasks:
+            return not_found(request, "trace", trace_id)
+        context = {"trace_id": trace_id, "groups": render.trace_groups(tasks), "count": len(tasks)}
+        return page(request, "trace.html", context)
+
+    @router.get("/registry", name="stemtrace.registry")
+    def registry(request: Request) -> HTMLResponse:
+        return page(request, "registry.html", {"tasks": queries.registry(store.reader().conn)})
+
+    @router.get("/workers", name="stemtrace.workers")
+    def workers(request: Request) -> HTMLResponse:
+        return page(request, "workers.html", {"workers": queries.workers(store.reader().conn)})
+
+    @router.get("/static/{path:path}", name="stemtrace.static")
+    def static(path: str) -> Response:
+        target = (STATIC / path).resolve()
+        if not target.is_relative_to(STATIC) or not target.is_file():
+            raise HTTPException(404, "no such file")
+        media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        return FileResponse(
+            target, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"}
+        )
+
+    @router.get("/live", name="stemtrace.live")
+    async def live(
+        request: Request,
+        task: Annotated[list[str] | None, Query(max_length=255)] = None,
+    ) -> EventSourceResponse:
+        wanted = frozenset(task) if task else None
+        stream = ext.broadcaster.events(wanted, is_disconnected=request.is_disconnected)
+        return EventSourceResponse(stream, ping=None)
+
+    return router
+
+
+def _store_is_empty(conn: Any) -> bool:
+    return conn.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None

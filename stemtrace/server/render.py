@@ -1,0 +1,219 @@
+"""Turning data into what the pages show: times, durations, values, trees, bars.
+
+:func:`pretty` is the one place task data becomes HTML outside Jinja's own
+autoescaping, so it escapes every string it emits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Path
+from markupsafe import Markup
+
+from stemtrace import states
+from stemtrace.capture.payload import MARKER, MORE_KEY
+
+PathId = Path(min_length=1, max_length=255)
+
+STATE_ICONS = {
+    states.PENDING: "◷",
+    states.RECEIVED: "⇣",
+    states.STARTED: "▶",
+    states.RETRY: "↻",
+    states.SUCCESS: "✓",
+    states.FAILURE: "✗",
+    states.REVOKED: "⊘",
+    states.REJECTED: "⊘",
+    states.NOT_RUN: "○",
+    states.PLANNED: "◌",
+    "UNKNOWN": "?",
+}
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    moment = datetime.fromtimestamp(ts, UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "—"
+    age = max(now - ts, 0.0)
+    return (duration(age) if age < 10 else duration(float(int(age)))) + " ago"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def short_id(value: str | None) -> str:
+    if not value:
+        return ""
+    return value if len(value) <= 13 else value[:8] + "…"
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
+
+
+def pretty(value: Any, depth: int = 0) -> Markup:
+    """A JSON value as nested HTML; stemtrace's markers become visible badges."""
+    if isinstance(value, dict):
+        marker = value.get(MARKER)
+        if isinstance(marker, str) and depth < 50:
+            return _marker(marker, value)
+        if not value:
+            return Markup('<span class="v-empty">{}</span>')
+        items = []
+        for key, item in value.items():
+            if key == MORE_KEY and isinstance(item, dict):
+                items.append(Markup("<li>{}</li>").format(pretty(item, depth + 1)))
+                continue
+            items.append(
+                Markup('<li><span class="v-key">{}</span>: {}</li>').format(
+                    key, pretty(item, depth + 1)
+                )
+            )
+        return Markup('<ul class="v-map">{}</ul>').format(Markup("").join(items))
+    if isinstance(value, list):
+        if not value:
+            return Markup('<span class="v-empty">[]</span>')
+        items = [Markup("<li>{}</li>").format(pretty(item, depth + 1)) for item in value]
+        return Markup('<ol class="v-list" start="0">{}</ol>').format(Markup("").join(items))
+    if isinstance(value, str):
+        return Markup('<span class="v-str">"{}"</span>').format(value)
+    if value is None:
+        return Markup('<span class="v-null">null</span>')
+    if isinstance(value, bool):
+        return Markup('<span class="v-bool">{}</span>').format("true" if value else "false")
+    return Markup('<span class="v-num">{}</span>').format(value)
+
+
+def _marker(kind: str, value: dict[str, Any]) -> Markup:
+    if kind == "scrubbed":
+        return Markup(
+            '<span class="badge scrubbed" title="removed by scrubbing">🔒 scrubbed</span>'
+        )
+    if kind == "truncated":
+        return Markup(
+            '<span class="badge cut" title="cut by stemtrace">truncated: {} characters</span> '
+            '<span class="v-str">{}…</span>'
+        ).format(value.get("length"), str(value.get("preview", ""))[:2000])
+    if kind == "repr":
+        return Markup(
+            '<span class="badge repr" title="not JSON: shown as repr">{}</span> <code>{}</code>'
+        ).format(value.get("type"), value.get("repr"))
+    if kind == "more":
+        return Markup('<span class="badge cut">… {} more</span>').format(value.get("count"))
+    if kind == "error":
+        return Markup('<span class="badge cut">not recorded: {}</span>').format(value.get("error"))
+    return Markup("<code>{}</code>").format(json.dumps(value, default=str))
+
+
+def timeline_bar(phases: list[dict[str, Any]], width: float = 1000.0) -> list[dict[str, Any]]:
+    """SVG rectangles (x, width in a 0..``width`` box) for the task's phases."""
+    timed = [p for p in phases if p["phase"] != "finished" and p["duration"] is not None]
+    total = sum(p["duration"] for p in timed)
+    if total <= 0:
+        return []
+    bar, x = [], 0.0
+    for phase in timed:
+        size = max(width * phase["duration"] / total, 2.0)
+        bar.append({**phase, "x": round(x, 2), "width": round(size, 2)})
+        x += size
+    scale = width / x
+    for item in bar:
+        item["x"] = round(item["x"] * scale, 2)
+        item["width"] = round(item["width"] * scale, 2)
+    return bar
+
+
+def flow_tree(flow: dict[str, Any]) -> list[dict[str, Any]]:
+    """The flow as an indented list: ``{node, depth, edge, seen}`` in depth-first order.
+
+    A node reached again (a chord callback from each member) is listed once in
+    full; later mentions are marked ``seen``.
+    """
+    nodes = {n["id"]: n for n in flow["nodes"]}
+    children: dict[str, list[dict[str, str]]] = {}
+    targets = set()
+    for edge in flow["edges"]:
+        children.setdefault(edge["source"], []).append(edge)
+        targets.add(edge["target"])
+    roots = [n for n in nodes if n not in targets]
+    if flow.get("root_id") in roots:
+        roots.remove(flow["root_id"])
+        roots.insert(0, flow["root_id"])
+    order: list[dict[str, Any]] = []
+    shown: set[str] = set()
+
+    def visit(node_id: str, depth: int, edge: str | None) -> None:
+        node = nodes.get(node_id)
+        if node is None:
+            return
+        seen = node_id in shown
+        order.append({"node": node, "depth": depth, "edge": edge, "seen": seen})
+        if seen or depth > 200:
+            return
+        shown.add(node_id)
+        for child in children.get(node_id, ()):
+            visit(child["target"], depth + 1, child["kind"])
+
+    for root in roots:
+        visit(root, 0, None)
+    for node_id in nodes:  # cycles or detached parts
+        if node_id not in shown:
+            visit(node_id, 0, None)
+    return order
+
+
+def trace_groups(tasks: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trace's tasks grouped by the root they descend from, failures first."""
+    by_id = {t["id"]: t for t in tasks}
+
+    def root_of(task: dict[str, Any]) -> str:
+        seen = set()
+        while task["parent_id"] in by_id and task["id"] not in seen:
+            seen.add(task["id"])
+            task = by_id[task["parent_id"]]
+        return str(task["root_id"] if task["root_id"] in by_id else task["id"])
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for task in by_id.values():
+        groups.setdefault(root_of(task), []).append(task)
+    found = []
+    for root_id, members in groups.items():
+        starts = [t["sent_at"] or t["seen_at"] for t in members]
+        ends = [t["finished_at"] for t in members if t["finished_at"] is not None]
+        done = len(ends) == len(members)
+        failures = sum(t["state"] in states.BROKEN for t in members)
+        found.append(
+            {
+                "root": by_id.get(root_id, members[0]),
+                "tasks": sorted(members, key=lambda t: t["seen_at"]),
+                "failures": failures,
+                "started_at": min(starts),
+                "wall_time": (max(ends) - min(starts)) if done and ends else None,
+                "running": not done,
+            }
+        )
+    found.sort(key=lambda g: (-g["failures"], g["started_at"]))
+    return found
