@@ -5,8 +5,9 @@ each batch with the task ids it touched (``None`` when a separate consumer
 process wrote and only "something changed" is known). Each SSE client has a
 small queue; notifications are coalesced per client, so a slow browser never
 holds the writer back and never grows memory. Messages carry only an event
-name (``changed``), never task data: the page fetches what it shows through
-its normal, escaped, authorised routes.
+name, never task data: the page fetches what it shows through its normal,
+escaped, authorised routes. ``ready`` opens every connection (and every
+reconnection), so a page refreshes once for whatever it may have missed.
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
             "workers": [r[0] for r in conn.execute("SELECT hostname FROM workers ORDER BY 1")],
             "empty_store": not rows and not any(form.values()) and _store_is_empty(conn),
         }
-        if request.headers.get("HX-Request"):
+        if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "rows":
             return page(request, "_rows.html", context, 422 if error else 200)
         return page(request, "executions.html", context, 422 if error else 200)
 
@@ -147,7 +147,10 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         except HTTPException:
             return not_found(request, "task", task_id)
         context = {"task": detail, "bar": render.timeline_bar(detail["phases"])}
-        name = "_task.html" if request.headers.get("HX-Request") else "task.html"
+        partial = (
+            request.headers.get("HX-Request") and request.headers.get("HX-Target") == "task-live"
+        )
+        name = "_task.html" if partial else "task.html"
         return page(request, name, context)
 
     @router.get("/flows/{task_id}", name="stemtrace.flow")

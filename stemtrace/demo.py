@@ -1,0 +1,259 @@
+"""``stemtrace demo``: a real Celery app, running in this process, making realistic flows.
+
+Nothing to install or start: the broker is kombu's in-process ``memory://``
+transport, results live in ``cache+memory://`` (so chords work), a real
+Celery worker runs in a thread with the ``threads`` pool, and ``init(app)``
+publishes to the in-process ``memory://demo`` stream that the server reads.
+
+The tasks are a small shop, and also an example of what stemtrace shows:
+
+* an order (with its own trace id) fans out into a chord: stock is reserved
+  for each item in parallel, then the payment is charged, then a receipt sent;
+* the payment gateway times out now and then: the charge retries and succeeds;
+* a supplier's feed is malformed: its import chain breaks, later links never run;
+* a newsletter sends one email task per subscriber from inside its body;
+* a sales report takes several seconds;
+* API keys and passwords in task arguments arrive scrubbed.
+"""
+
+# Celery ships no type hints, so mypy sees ``@app.task`` as an untyped decorator.
+# mypy: disable-error-code="untyped-decorator"
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, chain, chord, signals
+
+import stemtrace
+
+EVENTS_URL = "memory://demo"
+"""Where ``init(app)`` publishes and the demo server reads: an in-process stream."""
+
+logger = logging.getLogger("stemtrace.demo")
+
+app = Celery("shop", broker="memory://localhost/", backend="cache+memory://")
+app.conf.update(
+    # The memory transport polls its queues; once a second by default.
+    broker_transport_options={"polling_interval": 0.05},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+stopping = threading.Event()
+"""Set when the demo stops: pretend work ends at once, so Ctrl-C is quick."""
+
+
+def work(seconds: float) -> None:
+    """Pretend to work (a real task would call a database or an API here)."""
+    stopping.wait(seconds)
+
+
+# -- an order: chord(reserve each item) -> charge (flaky, retries) -> receipt ----------
+
+
+@app.task(name="shop.reserve_stock")
+def reserve_stock(order_id: str, sku: str, quantity: int) -> dict[str, Any]:
+    work(random.uniform(0.2, 1.0))
+    return {"sku": sku, "reserved": quantity, "warehouse": random.choice(["ams-1", "fra-2"])}
+
+
+@app.task(
+    bind=True,
+    name="shop.charge_payment",
+    autoretry_for=(ConnectionError,),
+    retry_kwargs={"max_retries": 4, "countdown": 1},
+)
+def charge_payment(
+    self: Any, reservations: list[dict[str, Any]], order_id: str, amount: float, api_key: str
+) -> dict[str, Any]:
+    work(0.3)
+    if self.request.retries < 2 and random.random() < 0.6:
+        raise ConnectionError("payment gateway timed out after 0.3s")
+    return {"order_id": order_id, "charged": amount, "items": len(reservations)}
+
+
+@app.task(name="shop.send_receipt")
+def send_receipt(charge: dict[str, Any], email: str) -> str:
+    work(0.2)
+    return f"receipt for {charge['order_id']} sent to {email}"
+
+
+CATALOG = {"mug-blue": 12.5, "tee-black-m": 24.0, "poster-a2": 18.0, "stickers": 4.5,
+           "notebook": 9.0, "socks-stripes": 7.5}  # fmt: skip
+CUSTOMERS = ["ada@example.com", "grace@example.com", "alan@example.com", "edsger@example.com"]
+
+
+def place_order(number: int) -> None:
+    """What a web request would do: one trace id for everything the order sets off."""
+    order_id = f"order-{number}"
+    items = {sku: random.randint(1, 3) for sku in random.sample(sorted(CATALOG), 3)}
+    amount = round(sum(CATALOG[sku] * quantity for sku, quantity in items.items()), 2)
+    with stemtrace.trace(order_id):
+        workflow = chain(
+            chord(
+                [reserve_stock.s(order_id, sku, quantity) for sku, quantity in items.items()],
+                charge_payment.s(order_id, amount, api_key="sk_live_51Hx9demo"),
+            ),
+            send_receipt.s(email=random.choice(CUSTOMERS)),
+        )
+        workflow.apply_async()
+
+
+# -- a supplier feed import: a chain that breaks on a malformed feed --------------------
+
+
+@app.task(name="shop.download_feed")
+def download_feed(supplier: str) -> dict[str, Any]:
+    work(0.5)
+    return {"supplier": supplier, "rows": random.randint(200, 900)}
+
+
+@app.task(name="shop.parse_feed")
+def parse_feed(feed: dict[str, Any]) -> dict[str, Any]:
+    work(0.3)
+    if feed["supplier"] == "initech":
+        raise ValueError("malformed CSV at line 42: expected 5 columns, got 3")
+    return {**feed, "parsed": feed["rows"]}
+
+
+@app.task(name="shop.update_prices")
+def update_prices(feed: dict[str, Any]) -> int:
+    work(0.4)
+    return int(feed["parsed"])
+
+
+@app.task(name="shop.publish_catalog")
+def publish_catalog(changed: int) -> str:
+    work(0.2)
+    return f"catalog published ({changed} prices changed)"
+
+
+def import_feed(number: int) -> None:
+    supplier = ["acme", "initech", "globex"][number % 3]
+    chain(
+        download_feed.s(supplier), parse_feed.s(), update_prices.s(), publish_catalog.s()
+    ).apply_async()
+
+
+# -- a newsletter: children sent with .delay() from inside a task -----------------------
+
+
+@app.task(name="shop.send_newsletter")
+def send_newsletter(campaign: str, subscribers: list[str]) -> int:
+    for address in subscribers:
+        send_email.delay(address, subject=f"{campaign}: new arrivals")
+    return len(subscribers)
+
+
+@app.task(name="shop.send_email")
+def send_email(address: str, subject: str) -> str:
+    work(random.uniform(0.1, 0.4))
+    return f"sent {subject!r} to {address}"
+
+
+def newsletter(number: int) -> None:
+    send_newsletter.delay(f"campaign-{number}", random.sample(CUSTOMERS, random.randint(2, 4)))
+
+
+# -- a sign-up (a password in the kwargs) and a slow report -----------------------------
+
+
+@app.task(name="shop.create_account")
+def create_account(email: str, password: str) -> str:
+    work(0.3)
+    return f"account {email} created"
+
+
+def sign_up(number: int) -> None:
+    with stemtrace.trace(f"signup-{number}"):
+        create_account.delay(email=f"user{number}@example.com", password="correct horse battery")
+
+
+@app.task(name="shop.build_sales_report")
+def build_sales_report(day: str) -> dict[str, Any]:
+    work(random.uniform(4.0, 7.0))
+    return {"day": day, "orders": random.randint(80, 300), "revenue": random.randint(2, 9) * 1000}
+
+
+def sales_report(number: int) -> None:
+    build_sales_report.delay(day=f"2025-06-{number % 28 + 1:02d}")
+
+
+FLOWS: list[Callable[[int], None]] = [
+    place_order, import_feed, place_order, newsletter,
+    place_order, sign_up, place_order, sales_report,
+]  # fmt: skip
+"""One flow starts every interval, in this order, round and round."""
+
+
+# -- running it all in this process ---------------------------------------------------
+
+
+class Demo:
+    """The worker thread, and a thread that starts one flow every ``interval`` seconds."""
+
+    def __init__(self, *, interval: float = 2.0, stream: str = "stemtrace:events") -> None:
+        self.interval = interval
+        self.stream = stream
+        self.worker: Any = None
+        self._ready = threading.Event()
+        self._worker_thread: threading.Thread | None = None
+        self._flows_thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the worker and, once it is ready, the flows."""
+        stopping.clear()
+        stemtrace.init(app, transport_url=EVENTS_URL, stream=self.stream, enabled=True)
+        # Pool threads find the app of the task they run as the default app.
+        app.set_current()
+        app.set_default()
+        self.worker = app.WorkController(
+            pool_cls="threads",
+            concurrency=4,
+            hostname=f"shop@{socket.gethostname()}",
+            without_mingle=True,
+            without_gossip=True,
+            without_heartbeat=True,
+            ready_callback=self._on_ready,
+        )
+        self._worker_thread = _thread(self.worker.start, "demo-worker")
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"the demo's Celery worker did not start within {timeout}s")
+        self._flows_thread = _thread(self._make_flows, "demo-flows")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop making flows, then the worker: a warm shutdown, quick since ``work`` ends."""
+        stopping.set()
+        if self._flows_thread is not None:
+            self._flows_thread.join(timeout)
+        if self._worker_thread is not None:
+            self.worker.stop(in_sighandler=False)
+            self._worker_thread.join(timeout)
+
+    def _on_ready(self, consumer: Any) -> None:
+        # What ``celery worker`` does when ready; stemtrace announces the worker then.
+        signals.worker_ready.send(sender=consumer)
+        self._ready.set()
+
+    def _make_flows(self) -> None:
+        numbers = itertools.count(1001)
+        for flow in itertools.cycle(FLOWS):
+            try:
+                flow(next(numbers))
+            except Exception:
+                logger.exception("stemtrace demo: could not start %s", flow.__name__)
+            if stopping.wait(self.interval):
+                return
+
+
+def _thread(target: Callable[[], None], name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
