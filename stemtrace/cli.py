@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stemtrace import __version__
+from stemtrace.capture.config import parse_env
 from stemtrace.settings import LOG_LEVELS, Settings
 from stemtrace.store.schema import DEFAULT_DB
+
+DEMO_DB = "stemtrace-demo.db"
+"""The demo's made-up shop gets its own file, so it never mixes into ``stemtrace.db``."""
+DEMO_INTERVAL = 2.0
 
 
 def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
@@ -36,16 +42,22 @@ def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
     )
     add("--log-level", choices=LOG_LEVELS, help="logging level (STEMTRACE_LOG_LEVEL)")
     if web:
-        add("--host", help="address to bind (STEMTRACE_HOST; default 127.0.0.1)")
-        add("--auth-user", help="HTTP basic auth user, with --auth-password (STEMTRACE_AUTH_USER)")
-        add("--auth-password", help="HTTP basic auth password (STEMTRACE_AUTH_PASSWORD)")
-        add("--auth-token", help="accept 'Authorization: Bearer TOKEN' (STEMTRACE_AUTH_TOKEN)")
-        add("--no-auth", action="store_const", const=True,
-            help="serve a non-loopback --host without auth (STEMTRACE_NO_AUTH=1)")  # fmt: skip
-        add("--port", type=int, help="port to listen on (STEMTRACE_PORT; default 8000)")
+        _web_options(parser)
         add("--no-consumer", dest="consumer", action="store_const", const=False,
             help="do not read the stream here: a separate `stemtrace consume` feeds the db"
             " (STEMTRACE_CONSUMER=0)")  # fmt: skip
+
+
+def _web_options(parser: argparse.ArgumentParser) -> None:
+    """Where to listen, and the built-in auth: flags of every command that serves pages."""
+    add = parser.add_argument
+    add("--host", help="address to bind (STEMTRACE_HOST; default 127.0.0.1)")
+    add("--auth-user", help="HTTP basic auth user, with --auth-password (STEMTRACE_AUTH_USER)")
+    add("--auth-password", help="HTTP basic auth password (STEMTRACE_AUTH_PASSWORD)")
+    add("--auth-token", help="accept 'Authorization: Bearer TOKEN' (STEMTRACE_AUTH_TOKEN)")
+    add("--no-auth", action="store_const", const=True,
+        help="serve a non-loopback --host without auth (STEMTRACE_NO_AUTH=1)")  # fmt: skip
+    add("--port", type=int, help="port to listen on (STEMTRACE_PORT; default 8000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--from-start", action="store_true", help="print the whole stream first, then follow"
     )
+    demo = commands.add_parser(
+        "demo",
+        help="serve the UI on a real Celery app making example flows in this process (no Redis)",
+    )
+    demo.add_argument(
+        "--db",
+        help=f"SQLite database file (STEMTRACE_DB; default ./{DEMO_DB}, apart from the real one)",
+    )
+    demo.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help=f"seconds between new flows (STEMTRACE_INTERVAL; default {DEMO_INTERVAL:g})",
+    )
+    demo.add_argument("--log-level", choices=LOG_LEVELS, help="logging level (STEMTRACE_LOG_LEVEL)")
+    _web_options(demo)
     return parser
 
 
@@ -77,20 +105,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "from_start")}
+    overrides = {
+        k: v for k, v in vars(args).items() if k not in ("command", "from_start", "interval")
+    }
+    environ: Mapping[str, str] = os.environ
+    if args.command == "demo":
+        from stemtrace.demo import EVENTS_URL
+
+        # The demo's own database unless told otherwise, and always its in-process stream.
+        environ = {"STEMTRACE_DB": DEMO_DB, **os.environ}
+        overrides.update(broker=EVENTS_URL, consumer=True)
     try:
-        settings = Settings.from_env(**overrides)
+        settings = Settings.from_env(environ, **overrides)
+        interval = _demo_interval(args.interval) if args.command == "demo" else 0.0
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "run":
+    if args.command in ("run", "demo"):
         try:
             settings.check_exposure()
         except ValueError as exc:
             parser.error(str(exc))
+    if args.command == "run":
         return run(settings)
+    if args.command == "demo":
+        return demo(settings, interval)
     if args.command == "consume":
         return consume(settings)
     return tail(settings.broker, settings.stream, args.from_start)
@@ -105,6 +146,64 @@ def run(settings: Settings) -> int:
     print(f"stemtrace {__version__}: http://{settings.host}:{settings.port}/  (db: {settings.db})")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
+
+
+def _demo_interval(flag: float | None) -> float:
+    if flag is not None:
+        interval = flag
+    else:
+        raw = os.environ.get("STEMTRACE_INTERVAL")
+        interval = DEMO_INTERVAL if raw is None else parse_env("STEMTRACE_INTERVAL", raw, "float")
+    if not interval > 0:
+        raise ValueError(f"interval must be a positive number of seconds, not {interval}")
+    return interval
+
+
+def demo(settings: Settings, interval: float) -> int:
+    import uvicorn
+
+    from stemtrace.consumer import source_name
+    from stemtrace.demo import Demo
+    from stemtrace.server.app import create_app
+    from stemtrace.store.schema import Store
+
+    # The memory:// stream starts empty in every process, so a cursor saved by an
+    # earlier demo in this database would skip the new events: forget it.
+    store = Store(settings.db)
+    store.writer().execute("DELETE FROM cursors WHERE source = ?", (source_name(settings),))
+    store.close()
+    _quiet_celery(settings.log_level)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host=settings.host, port=settings.port,
+            log_level=settings.log_level,
+        )
+    )  # fmt: skip
+    flows = Demo(interval=interval, stream=settings.stream)
+    # SIGTERM stops the demo as Ctrl-C does (uvicorn re-raises it once it has shut down).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        flows.start()
+        print(
+            f"stemtrace {__version__} demo: http://{settings.host}:{settings.port}/  "
+            f"(db: {settings.db}; a Celery worker runs in this process, a new flow "
+            f"every {interval:g}s; Ctrl-C to stop)",
+            flush=True,
+        )
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        flows.stop()
+    return 0
+
+
+def _quiet_celery(level: str) -> None:
+    """Keep the console readable: the demo's failures are deliberate, see them in the UI."""
+    if level != "debug":
+        threshold = max(logging.WARNING, logging.getLevelName(level.upper()))
+        logging.getLogger("celery").setLevel(threshold)
+        logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)
 
 
 def consume(settings: Settings) -> int:

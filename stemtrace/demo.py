@@ -10,7 +10,7 @@ The tasks are a small shop, and also an example of what stemtrace shows:
 * an order (with its own trace id) fans out into a chord: stock is reserved
   for each item in parallel, then the payment is charged, then a receipt sent;
 * the payment gateway times out now and then: the charge retries and succeeds;
-* a supplier's feed is malformed: its import chain breaks, later links never run;
+* one supplier's feed is malformed: its import chain breaks, later links never run;
 * a newsletter sends one email task per subscriber from inside its body;
 * a sales report takes several seconds;
 * API keys and passwords in task arguments arrive scrubbed.
@@ -135,11 +135,16 @@ def publish_catalog(changed: int) -> str:
     return f"catalog published ({changed} prices changed)"
 
 
-def import_feed(number: int) -> None:
-    supplier = ["acme", "initech", "globex"][number % 3]
-    chain(
-        download_feed.s(supplier), parse_feed.s(), update_prices.s(), publish_catalog.s()
-    ).apply_async()
+SUPPLIERS = ["acme", "globex", "initech"]
+
+
+def import_feeds(number: int) -> None:
+    """One chain per supplier: download, parse, update prices, publish the catalog."""
+    with stemtrace.trace(f"feeds-{number}"):
+        for supplier in SUPPLIERS:
+            chain(
+                download_feed.s(supplier), parse_feed.s(), update_prices.s(), publish_catalog.s()
+            ).apply_async()
 
 
 # -- a newsletter: children sent with .delay() from inside a task -----------------------
@@ -187,7 +192,7 @@ def sales_report(number: int) -> None:
 
 
 FLOWS: list[Callable[[int], None]] = [
-    place_order, import_feed, place_order, newsletter,
+    place_order, import_feeds, place_order, newsletter,
     place_order, sign_up, place_order, sales_report,
 ]  # fmt: skip
 """One flow starts every interval, in this order, round and round."""
@@ -210,7 +215,9 @@ class Demo:
     def start(self, timeout: float = 30.0) -> None:
         """Start the worker and, once it is ready, the flows."""
         stopping.clear()
-        stemtrace.init(app, transport_url=EVENTS_URL, stream=self.stream, enabled=True)
+        capture = stemtrace.init(
+            app, transport_url=EVENTS_URL, stream=self.stream, stream_maxlen=5000, enabled=True
+        )
         # Pool threads find the app of the task they run as the default app.
         app.set_current()
         app.set_default()
@@ -226,6 +233,11 @@ class Demo:
         self._worker_thread = _thread(self.worker.start, "demo-worker")
         if not self._ready.wait(timeout):
             raise RuntimeError(f"the demo's Celery worker did not start within {timeout}s")
+        # Send the worker's first event now: the in-process stream then exists with the
+        # cap above (not the reader's default) before the server opens it, so memory stays
+        # bounded however long the demo runs.
+        assert capture is not None
+        capture.publisher.flush(timeout)
         self._flows_thread = _thread(self._make_flows, "demo-flows")
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -273,3 +273,132 @@ def _min(values: Any) -> float | None:
 def _max(values: Any) -> float | None:
     present = [v for v in values if v is not None]
     return max(present) if present else None
+
+
+def _span_of(node: dict[str, Any], now: float) -> tuple[float, float] | None:
+    start = _first_known(node.get("sent_at"), node.get("received_at"), node.get("started_at"))
+    if start is None:
+        return None
+    end = node.get("finished_at")
+    if end is None:
+        end = now if node.get("state") not in states.TERMINAL else start
+    return float(start), float(max(end, start))
+
+
+def critical_path(flow: dict[str, Any], now: float) -> dict[str, Any]:
+    """The chain of tasks that set the flow's total duration, with the time it spans.
+
+    Walks back from the task that finished last, each time to the predecessor
+    that finished latest (the one it waited for: the slowest chord member, the
+    previous chain link, the parent that spawned it). Group and chord nodes are
+    fan-out points: the walk passes through them to their own predecessors.
+    ``{"nodes": [ids from first to last], "edges": [...], "duration", "start", "end"}``.
+    """
+    nodes = {n["id"]: n for n in flow["nodes"]}
+    spans = {
+        node_id: span
+        for node_id, node in nodes.items()
+        if node["kind"] == "task" and (span := _span_of(node, now)) is not None
+    }
+    empty: dict[str, Any] = {"nodes": [], "edges": [], "duration": 0.0, "start": None, "end": None}
+    if not spans:
+        return empty
+    preds: dict[str, list[dict[str, str]]] = {}
+    for edge in flow["edges"]:
+        preds.setdefault(edge["target"], []).append(edge)
+    last = max(spans, key=lambda n: (spans[n][1], n))
+    path, path_edges = [last], []
+    current, seen = last, {last}
+    while True:
+        candidates = []
+        frontier = list(preds.get(current, ()))
+        hops: dict[str, dict[str, str]] = {}
+        while frontier:  # look through group and chord nodes
+            edge = frontier.pop()
+            source = edge["source"]
+            if source in seen:
+                continue
+            if nodes.get(source, {}).get("kind") in ("group", "chord"):
+                seen.add(source)
+                for further in preds.get(source, ()):
+                    hops.setdefault(further["source"], further)
+                    frontier.append(further)
+                continue
+            if source in spans:
+                candidates.append(source)
+                hops.setdefault(source, edge)
+        if not candidates:
+            break
+        best = max(candidates, key=lambda n: (spans[n][1], n))
+        path.append(best)
+        path_edges.append({"source": best, "target": current})
+        seen.add(best)
+        current = best
+    path.reverse()
+    path_edges.reverse()
+    start = min(spans[n][0] for n in path)
+    end = spans[last][1]
+    return {
+        "nodes": path,
+        "edges": path_edges,
+        "duration": round(end - start, 6),
+        "start": start,
+        "end": end,
+    }
+
+
+def waterfall(
+    flow: dict[str, Any],
+    now: float,
+    retry_waits: dict[str, list[tuple[float, float]]] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of a Gantt chart of the flow: per task, its queued, waiting, running spans.
+
+    ``retry_waits`` maps a task id to its waiting-for-retry intervals (from
+    its events), which are cut out of its running span.
+    """
+    rows = []
+    for node in flow["nodes"]:
+        if node["kind"] != "task" or node.get("planned") or node.get("placeholder"):
+            continue
+        sent, received = node.get("sent_at"), node.get("received_at")
+        started, finished = node.get("started_at"), node.get("finished_at")
+        end = (
+            finished
+            if finished is not None
+            else (now if node["state"] not in states.TERMINAL else None)
+        )
+        segments = []
+        picked_up = _first_known(received, started)
+        if sent is not None and picked_up is not None:
+            segments.append({"phase": "queued", "start": sent, "end": picked_up})
+        if received is not None and started is not None:
+            segments.append({"phase": "waiting", "start": received, "end": started})
+        if started is not None and end is not None:
+            cursor = started
+            for wait_start, wait_end in sorted((retry_waits or {}).get(node["id"], ())):
+                if wait_start > cursor:
+                    segments.append({"phase": "running", "start": cursor, "end": wait_start})
+                segments.append({"phase": "retry", "start": wait_start, "end": wait_end})
+                cursor = max(cursor, wait_end)
+            if end >= cursor:
+                segments.append({"phase": "running", "start": cursor, "end": end})
+        first = min((s["start"] for s in segments), default=_first_known(sent, started))
+        if first is None:
+            continue
+        rows.append(
+            {
+                "id": node["id"],
+                "name": node.get("name"),
+                "state": node["state"],
+                "start": first,
+                "end": max((s["end"] for s in segments), default=first),
+                "segments": segments,
+            }
+        )
+    rows.sort(key=lambda r: (r["start"], r["id"]))
+    return rows
+
+
+def _first_known(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)

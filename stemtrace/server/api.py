@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi import Path as PathParam
 
-from stemtrace import __version__, flows, states, timeline
+from stemtrace import __version__, export, flows, states, timeline
 from stemtrace.store import queries
 from stemtrace.store.schema import Store
 
@@ -139,10 +140,61 @@ def create_api_router(
         ] = None,
         collapse_over: Annotated[int, Query(ge=1, le=100_000)] = flows.COLLAPSE_OVER,
     ) -> dict[str, Any]:
-        rows = queries.flow_rows(conn(), task_id)
-        if rows is None:
-            raise not_found("task or group", task_id)
-        return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
+        graph = load_flow(store, task_id, collapse_over, expand)
+        graph["critical_path"] = flows.critical_path(graph, time.time())
+        return graph
+
+    @router.get(
+        "/flows/{task_id}/waterfall", summary="The flow as a timeline, with its critical path"
+    )
+    def get_waterfall(task_id: ID) -> dict[str, Any]:
+        graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
+        now = time.time()
+        rows = flows.waterfall(graph, now, retry_waits(store, graph))
+        return {
+            "root_id": graph["root_id"],
+            "rows": rows,
+            "start": min((r["start"] for r in rows), default=None),
+            "end": max((r["end"] for r in rows), default=None),
+            "critical_path": flows.critical_path(graph, now),
+        }
+
+    @router.get(
+        "/flows/{task_id}/graph.dot",
+        summary="The flow as Graphviz DOT",
+        name="stemtrace.api.flow_dot",
+    )
+    def get_dot(task_id: ID) -> Response:
+        graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
+        critical = set(flows.critical_path(graph, time.time())["nodes"])
+        return Response(
+            export.to_dot(graph, critical),
+            media_type="text/vnd.graphviz",
+            headers={
+                "Content-Disposition": f'attachment; filename="flow-{_safe_name(task_id)}.dot"'
+            },
+        )
+
+    @router.get(
+        "/flows/{task_id}/graph.svg",
+        summary="The flow as SVG (needs Graphviz's dot)",
+        name="stemtrace.api.flow_svg",
+    )
+    def get_svg(task_id: ID) -> Response:
+        graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
+        critical = set(flows.critical_path(graph, time.time())["nodes"])
+        try:
+            svg = export.to_svg(graph, critical)
+        except export.DotNotInstalled as exc:
+            raise HTTPException(501, str(exc)) from None
+        return Response(
+            svg,
+            media_type="image/svg+xml",
+            headers={
+                "Content-Disposition": f'inline; filename="flow-{_safe_name(task_id)}.svg"',
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+            },
+        )
 
     @router.get("/groups/{group_id}/members", summary="A page of a group's members")
     def group_members(
@@ -198,6 +250,37 @@ def create_api_router(
         }
 
     return router
+
+
+def load_flow(
+    store: Store, task_id: str, collapse_over: int, expand: list[str] | None
+) -> dict[str, Any]:
+    rows = queries.flow_rows(store.reader().conn, task_id)
+    if rows is None:
+        raise not_found("task or group", task_id)
+    return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
+
+
+def retry_waits(
+    store: Store, graph: dict[str, Any], limit: int = 200
+) -> dict[str, list[tuple[float, float]]]:
+    """Waiting-for-retry intervals of the flow's retried tasks (the first ``limit``)."""
+    found: dict[str, list[tuple[float, float]]] = {}
+    retried = [n["id"] for n in graph["nodes"] if n["kind"] == "task" and n.get("attempts", 0) > 1]
+    conn = store.reader().conn
+    for task_id in retried[:limit]:
+        waits = [
+            (p["start"], p["end"])
+            for p in timeline.phases(queries.task_events(conn, task_id))
+            if p["state"] == states.RETRY and p["end"] is not None
+        ]
+        if waits:
+            found[task_id] = waits
+    return found
+
+
+def _safe_name(task_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:80]
 
 
 def task_detail(store: Store, task_id: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ pool, never on the event loop.
 from __future__ import annotations
 
 import mimetypes
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,7 +23,7 @@ from sse_starlette import EventSourceResponse
 
 from stemtrace import __version__, flows, states
 from stemtrace.server import render
-from stemtrace.server.api import parse_states, parse_time, task_detail
+from stemtrace.server.api import parse_states, parse_time, retry_waits, task_detail
 from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
 
@@ -159,7 +160,18 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         if rows is None:
             return not_found(request, "task or group", task_id)
         graph = flows.build_flow(rows)
-        context = {"flow": graph, "tree": render.flow_tree(graph), "task_id": task_id}
+        now = datetime.now(UTC).timestamp()
+        critical = flows.critical_path(graph, now)
+        lines = flows.waterfall(graph, now, retry_waits(store, graph))
+        context = {
+            "flow": graph,
+            "tree": render.flow_tree(graph),
+            "task_id": task_id,
+            "critical": critical,
+            "critical_ids": set(critical["nodes"]),
+            "waterfall": render.waterfall_svg(lines, set(critical["nodes"])),
+            "can_svg": shutil.which("dot") is not None,
+        }
         return page(request, "flow.html", context)
 
     @router.get("/traces/{trace_id}", name="stemtrace.trace")

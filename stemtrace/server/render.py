@@ -217,3 +217,37 @@ def trace_groups(tasks: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         )
     found.sort(key=lambda g: (-g["failures"], g["started_at"]))
     return found
+
+
+def waterfall_svg(
+    rows: list[dict[str, Any]], critical: set[str], width: float = 1000.0, limit: int = 500
+) -> dict[str, Any]:
+    """Positions for a server-drawn waterfall: one bar row per task, time across."""
+    shown = rows[:limit]
+    if not shown:
+        return {"rows": [], "height": 0, "hidden": 0, "ticks": []}
+    start = min(r["start"] for r in shown)
+    end = max(r["end"] for r in shown)
+    span = max(end - start, 1e-6)
+    row_height = 18
+    placed = []
+    for index, row in enumerate(shown):
+        segments = [
+            {
+                **segment,
+                "x": round((segment["start"] - start) / span * width, 2),
+                "width": round(max((segment["end"] - segment["start"]) / span * width, 1.0), 2),
+            }
+            for segment in row["segments"]
+        ]
+        placed.append({**row, "y": index * row_height, "bars": segments,
+                       "critical": row["id"] in critical})  # fmt: skip
+    ticks = [{"x": round(width * i / 4, 2), "label": duration(span * i / 4)} for i in range(5)]
+    return {
+        "rows": placed,
+        "height": len(placed) * row_height,
+        "row_height": row_height,
+        "hidden": len(rows) - len(shown),
+        "ticks": ticks,
+        "span": span,
+    }
