@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from stemtrace import __version__
@@ -173,13 +175,12 @@ def demo(settings: Settings, interval: float) -> int:
     store.writer().execute("DELETE FROM cursors WHERE source = ?", (source_name(settings),))
     store.close()
     _quiet_celery(settings.log_level)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings), host=settings.host, port=settings.port,
-            log_level=settings.log_level,
-        )
-    )  # fmt: skip
     flows = Demo(interval=interval, stream=settings.stream)
+    app = create_app(settings)
+    _stop_first(app, flows.stop)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    )
     # SIGTERM stops the demo as Ctrl-C does (uvicorn re-raises it once it has shut down).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -196,6 +197,22 @@ def demo(settings: Settings, interval: float) -> int:
     finally:
         flows.stop()
     return 0
+
+
+def _stop_first(app: Any, stop: Callable[[], None]) -> None:
+    """Call ``stop`` as the server shuts down, before its consumer does, so that the
+    demo's last events (tasks finishing, the worker going offline) reach the database."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with inner(app) as state:
+            try:
+                yield state
+            finally:
+                await asyncio.to_thread(stop)
+
+    app.router.lifespan_context = lifespan
 
 
 def _quiet_celery(level: str) -> None:

@@ -46,6 +46,7 @@ class ConsumerStatus:
     lag_seconds: float | None = None
     last_batch_at: float | None = None
     position: str | None = None
+    backlog: int | None = None
     pruned: int = 0
     skip_reasons: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
@@ -60,6 +61,7 @@ class ConsumerStatus:
             "lag_seconds": self.lag_seconds,
             "last_batch_at": self.last_batch_at,
             "position": self.position,
+            "backlog": self.backlog,
             "pruned": self.pruned,
             "recent_skip_reasons": list(self.skip_reasons),
         }
@@ -87,6 +89,7 @@ class Consumer:
         self.listeners: list[Listener] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_backlog = 0.0
 
     # -- control ---------------------------------------------------------------
 
@@ -122,7 +125,12 @@ class Consumer:
                 backoff = 0.5
                 if entries:
                     position = self._write(ingestor, entries)
+                    reader.commit(position)
                 self.status.lag_seconds = reader.lag(position)
+                backlog = getattr(reader, "backlog", None)
+                if backlog is not None and time.monotonic() >= self._next_backlog:
+                    self._next_backlog = time.monotonic() + 2.0
+                    self.status.backlog = backlog()
                 if self.retention is not None:
                     self.status.pruned += self.retention.step(self.store.writer())
             except Exception as exc:
@@ -220,7 +228,7 @@ def build_consumer(settings: Settings, store: Store) -> Consumer:
     """The consumer ``stemtrace run`` and ``stemtrace consume`` use."""
     return Consumer(
         store,
-        lambda: open_reader(settings.broker, stream=settings.stream),
+        lambda: open_reader(settings.broker, stream=settings.stream, queue=settings.queue_name),
         source=source_name(settings),
         retention=Retention(max_age=settings.retention_seconds, max_tasks=settings.task_limit),
     )

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, chain, chord, signals
+from celery.app.trace import setup_worker_optimizations
 
 import stemtrace
 
@@ -218,13 +219,14 @@ class Demo:
         capture = stemtrace.init(
             app, transport_url=EVENTS_URL, stream=self.stream, stream_maxlen=5000, enabled=True
         )
-        # Pool threads find the app of the task they run as the default app.
-        app.set_current()
-        app.set_default()
+        hostname = f"shop@{socket.gethostname()}"
+        # As ``celery worker`` does: make this the default app (pool threads look their
+        # tasks up there) and tell tasks which worker runs them.
+        setup_worker_optimizations(app, hostname)
         self.worker = app.WorkController(
             pool_cls="threads",
             concurrency=4,
-            hostname=f"shop@{socket.gethostname()}",
+            hostname=hostname,
             without_mingle=True,
             without_gossip=True,
             without_heartbeat=True,
@@ -243,11 +245,13 @@ class Demo:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop making flows, then the worker: a warm shutdown, quick since ``work`` ends."""
         stopping.set()
-        if self._flows_thread is not None:
-            self._flows_thread.join(timeout)
-        if self._worker_thread is not None:
+        flows, self._flows_thread = self._flows_thread, None
+        if flows is not None:
+            flows.join(timeout)
+        worker, self._worker_thread = self._worker_thread, None
+        if worker is not None:
             self.worker.stop(in_sighandler=False)
-            self._worker_thread.join(timeout)
+            worker.join(timeout)
 
     def _on_ready(self, consumer: Any) -> None:
         # What ``celery worker`` does when ready; stemtrace announces the worker then.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -21,7 +23,9 @@ class Settings:
     broker: str = "redis://127.0.0.1:6379/0"
     """Where captured events are read from (the Redis that ``init(app)`` publishes to)."""
     stream: str = "stemtrace:events"
-    """The stream key ``init(app)`` publishes to."""
+    """The stream key (Redis) or exchange name (RabbitMQ) ``init(app)`` publishes to."""
+    queue: str | None = None
+    """RabbitMQ: this server's own queue (default: from the host name and the db path)."""
     db: str = DEFAULT_DB
     """The SQLite database file (created when missing)."""
     host: str = "127.0.0.1"
@@ -62,6 +66,14 @@ class Settings:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         if bool(self.auth_user) != bool(self.auth_password):
             raise ValueError("auth_user and auth_password go together: set both or neither")
+
+    @property
+    def queue_name(self) -> str:
+        """Stable per database file, so a restarted server resumes its own queue."""
+        if self.queue:
+            return self.queue
+        digest = hashlib.sha1(os.path.abspath(self.db).encode()).hexdigest()[:10]
+        return f"stemtrace.{socket.gethostname()}.{digest}"
 
     @property
     def has_auth(self) -> bool:

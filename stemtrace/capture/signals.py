@@ -39,7 +39,13 @@ from stemtrace.capture.context import (
 from stemtrace.capture.payload import Shaper
 from stemtrace.capture.publisher import Publisher, describe_url
 from stemtrace.capture.registry import describe_tasks, positional_params
-from stemtrace.transports import REDIS_SCHEMES, is_supported, open_sender, scheme_of
+from stemtrace.transports import (
+    AMQP_SCHEMES,
+    REDIS_SCHEMES,
+    is_supported,
+    open_sender,
+    scheme_of,
+)
 
 logger = logging.getLogger("stemtrace")
 
@@ -393,7 +399,8 @@ def init(app: Any, **options: Any) -> Capture | None:
         scheme = scheme_of(transport_url) if transport_url else "none"
         raise ValueError(
             f"stemtrace: the app's broker ({scheme}://) is not one stemtrace publishes to; "
-            "pass transport_url='redis://host:6379/0' (or set STEMTRACE_TRANSPORT_URL)"
+            "pass transport_url='redis://host:6379/0' or 'amqp://...' "
+            "(or set STEMTRACE_TRANSPORT_URL)"
         )
     capture = Capture(app, config, transport_url)
     _captures[app] = capture
@@ -409,7 +416,7 @@ def _broker_url(app: Any) -> str | None:
     url = app.conf.broker_url or app.conf.broker_write_url
     if isinstance(url, str | list | tuple) and url:
         first = url.split(";")[0] if isinstance(url, str) else url[0]
-        if scheme_of(first) in REDIS_SCHEMES:
+        if scheme_of(first) in REDIS_SCHEMES | AMQP_SCHEMES:
             return str(first)
     return None
 

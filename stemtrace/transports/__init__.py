@@ -1,6 +1,7 @@
 """Transports carry frames of events from capture to the server.
 
-One small interface, :class:`Sender`, with an implementation per URL scheme,
+Two small interfaces, :class:`Sender` and :class:`Reader`, with an
+implementation per URL scheme (Redis Streams, RabbitMQ, in-process memory),
 imported only when that scheme is used. Frames are opaque bytes here (see
 :mod:`stemtrace.events` for what is inside).
 """
@@ -32,11 +33,17 @@ class Reader(Protocol):
         """Seconds between the newest entry and ``after``, when the transport knows."""
         ...
 
+    def commit(self, position: str) -> None:
+        """The store has written everything up to ``position`` (RabbitMQ acks here)."""
+        ...
+
     def close(self) -> None: ...
 
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 MEMORY_SCHEMES = frozenset({"memory"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+SUPPORTED = REDIS_SCHEMES | MEMORY_SCHEMES | AMQP_SCHEMES
 
 
 def scheme_of(url: str) -> str:
@@ -44,11 +51,17 @@ def scheme_of(url: str) -> str:
 
 
 def is_supported(url: str) -> bool:
-    return scheme_of(url) in REDIS_SCHEMES | MEMORY_SCHEMES
+    return scheme_of(url) in SUPPORTED
 
 
-def open_reader(url: str, *, stream: str) -> Reader:
-    """A reader for ``url``, chosen by its scheme."""
+def _unsupported(url: str, what: str) -> ValueError:
+    scheme = scheme_of(url) or "a URL without scheme"
+    names = ", ".join(f"{s}://" for s in sorted(SUPPORTED))
+    return ValueError(f"stemtrace: cannot {what} {scheme}:// (supported: {names})")
+
+
+def open_reader(url: str, *, stream: str, queue: str = "stemtrace") -> Reader:
+    """A reader for ``url``, chosen by its scheme; ``queue`` names this server's AMQP queue."""
     scheme = scheme_of(url)
     if scheme in REDIS_SCHEMES:
         from stemtrace.transports.redis import RedisStreamReader
@@ -58,10 +71,11 @@ def open_reader(url: str, *, stream: str) -> Reader:
         from stemtrace.transports.memory import MemoryReader
 
         return MemoryReader(url, stream=stream)
-    raise ValueError(
-        f"stemtrace: cannot read events from {scheme or 'a URL without scheme'}:// "
-        "(supported: redis://, rediss://, unix://, memory://)"
-    )
+    if scheme in AMQP_SCHEMES:
+        from stemtrace.transports.amqp import AmqpReader
+
+        return AmqpReader(url, stream=stream, queue=queue)
+    raise _unsupported(url, "read events from")
 
 
 def open_sender(url: str, *, stream: str, maxlen: int) -> Sender:
@@ -75,7 +89,8 @@ def open_sender(url: str, *, stream: str, maxlen: int) -> Sender:
         from stemtrace.transports.memory import MemorySender
 
         return MemorySender(url, stream=stream, maxlen=maxlen)
-    raise ValueError(
-        f"stemtrace: no transport for {scheme or 'a URL without scheme'}:// "
-        "(supported: redis://, rediss://, unix://, memory://)"
-    )
+    if scheme in AMQP_SCHEMES:
+        from stemtrace.transports.amqp import AmqpSender
+
+        return AmqpSender(url, stream=stream, maxlen=maxlen)
+    raise _unsupported(url, "publish events to")

@@ -66,6 +66,9 @@ class MemoryReader:
                 self.stream.changed.wait(block)
         return [(f"{i:020d}", frame) for i, frame in self.stream.read_after(start, count)]
 
+    def commit(self, position: str) -> None:
+        pass
+
     def lag(self, after: str | None) -> float | None:
         return None
 

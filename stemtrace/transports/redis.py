@@ -59,6 +59,9 @@ class RedisStreamReader:
                 found.append((position, fields.get(FRAME_FIELD, b"")))
         return found
 
+    def commit(self, position: str) -> None:
+        """Nothing to do: the position is kept in the store, with the events."""
+
     def lag(self, after: str | None) -> float | None:
         try:
             info: Any = self.client.xinfo_stream(self.stream)
