@@ -41,12 +41,13 @@ def test_unknown_options_are_refused() -> None:
         CaptureConfig.build({"bufer_size": 3}, {})
 
 
-def test_init_defaults_to_a_redis_broker_and_refuses_others() -> None:
-    redis_app = Celery("a", broker="redis://127.0.0.1:6379/3", set_as_current=False)
-    capture = stemtrace.init(redis_app)
-    assert capture is not None and capture.transport_url == "redis://127.0.0.1:6379/3"
-    capture.publisher.close(0.1)
-    other = Celery("b", broker="amqp://guest@127.0.0.1//", set_as_current=False)
+def test_init_defaults_to_a_redis_or_rabbitmq_broker_and_refuses_others() -> None:
+    for broker in ("redis://127.0.0.1:6379/3", "amqp://guest@127.0.0.1//"):
+        app = Celery("a", broker=broker, set_as_current=False)
+        capture = stemtrace.init(app)
+        assert capture is not None and capture.transport_url == broker
+        capture.publisher.close(0.1)
+    other = Celery("b", broker="sqs://", set_as_current=False)
     with pytest.raises(ValueError, match="transport_url="):
         stemtrace.init(other)
     explicit = stemtrace.init(other, transport_url="memory://x")

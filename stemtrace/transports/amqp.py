@@ -11,6 +11,7 @@ store turns into exactly-once effects.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
