@@ -27,8 +27,9 @@ DEMO_INTERVAL = 2.0
 def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
     """Flags of the settings object; each defaults to its ``STEMTRACE_*`` variable."""
     add = parser.add_argument
-    add("--broker", help="Redis URL the events are read from (STEMTRACE_BROKER)")
-    add("--stream", help="stream key init(app) publishes to (STEMTRACE_STREAM)")
+    add("--broker", help="Redis or RabbitMQ URL the events come from (STEMTRACE_BROKER)")
+    add("--stream", help="stream key or exchange init(app) publishes to (STEMTRACE_STREAM)")
+    add("--queue", help="RabbitMQ: this server's own queue (STEMTRACE_QUEUE)")
     add("--db", help=f"SQLite database file (STEMTRACE_DB; default ./{DEFAULT_DB})")
     add(
         "--retention-days",

@@ -26,7 +26,9 @@ import logging
 import random
 import socket
 import threading
+import uuid
 from collections.abc import Callable
+from datetime import date, timedelta
 from typing import Any
 
 from celery import Celery, chain, chord, signals
@@ -91,9 +93,9 @@ CATALOG = {"mug-blue": 12.5, "tee-black-m": 24.0, "poster-a2": 18.0, "stickers":
 CUSTOMERS = ["ada@example.com", "grace@example.com", "alan@example.com", "edsger@example.com"]
 
 
-def place_order(number: int) -> None:
+def place_order() -> None:
     """What a web request would do: one trace id for everything the order sets off."""
-    order_id = f"order-{number}"
+    order_id = f"order-{_new_id()}"
     items = {sku: random.randint(1, 3) for sku in random.sample(sorted(CATALOG), 3)}
     amount = round(sum(CATALOG[sku] * quantity for sku, quantity in items.items()), 2)
     with stemtrace.trace(order_id):
@@ -139,9 +141,9 @@ def publish_catalog(changed: int) -> str:
 SUPPLIERS = ["acme", "globex", "initech"]
 
 
-def import_feeds(number: int) -> None:
+def import_feeds() -> None:
     """One chain per supplier: download, parse, update prices, publish the catalog."""
-    with stemtrace.trace(f"feeds-{number}"):
+    with stemtrace.trace(f"feed-import-{_new_id()}"):
         for supplier in SUPPLIERS:
             chain(
                 download_feed.s(supplier), parse_feed.s(), update_prices.s(), publish_catalog.s()
@@ -154,7 +156,7 @@ def import_feeds(number: int) -> None:
 @app.task(name="shop.send_newsletter")
 def send_newsletter(campaign: str, subscribers: list[str]) -> int:
     for address in subscribers:
-        send_email.delay(address, subject=f"{campaign}: new arrivals")
+        send_email.delay(address, subject=f"{campaign} at the shop")
     return len(subscribers)
 
 
@@ -164,8 +166,9 @@ def send_email(address: str, subject: str) -> str:
     return f"sent {subject!r} to {address}"
 
 
-def newsletter(number: int) -> None:
-    send_newsletter.delay(f"campaign-{number}", random.sample(CUSTOMERS, random.randint(2, 4)))
+def newsletter() -> None:
+    campaign = random.choice(["Summer sale", "New arrivals", "Back in stock"])
+    send_newsletter.delay(campaign, random.sample(CUSTOMERS, random.randint(2, 4)))
 
 
 # -- a sign-up (a password in the kwargs) and a slow report -----------------------------
@@ -177,9 +180,10 @@ def create_account(email: str, password: str) -> str:
     return f"account {email} created"
 
 
-def sign_up(number: int) -> None:
-    with stemtrace.trace(f"signup-{number}"):
-        create_account.delay(email=f"user{number}@example.com", password="correct horse battery")
+def sign_up() -> None:
+    user = f"user-{_new_id()}"
+    with stemtrace.trace(f"signup-{user}"):
+        create_account.delay(email=f"{user}@example.com", password="correct horse battery")
 
 
 @app.task(name="shop.build_sales_report")
@@ -188,11 +192,15 @@ def build_sales_report(day: str) -> dict[str, Any]:
     return {"day": day, "orders": random.randint(80, 300), "revenue": random.randint(2, 9) * 1000}
 
 
-def sales_report(number: int) -> None:
-    build_sales_report.delay(day=f"2025-06-{number % 28 + 1:02d}")
+def sales_report() -> None:
+    build_sales_report.delay(day=(date.today() - timedelta(days=1)).isoformat())
 
 
-FLOWS: list[Callable[[int], None]] = [
+def _new_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+FLOWS: list[Callable[[], None]] = [
     place_order, import_feeds, place_order, newsletter,
     place_order, sign_up, place_order, sales_report,
 ]  # fmt: skip
@@ -259,10 +267,9 @@ class Demo:
         self._ready.set()
 
     def _make_flows(self) -> None:
-        numbers = itertools.count(1001)
         for flow in itertools.cycle(FLOWS):
             try:
-                flow(next(numbers))
+                flow()
             except Exception:
                 logger.exception("stemtrace demo: could not start %s", flow.__name__)
             if stopping.wait(self.interval):

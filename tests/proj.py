@@ -2,7 +2,8 @@
 
 Configured from the environment so that each test gets its own broker
 database, queue and stream key: ``STEMTRACE_TEST_BROKER``,
-``STEMTRACE_TEST_QUEUE`` and the usual ``STEMTRACE_*`` capture options.
+``STEMTRACE_TEST_QUEUE``, ``STEMTRACE_TEST_BACKEND`` (default: the broker)
+and the usual ``STEMTRACE_*`` capture options.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class BadRepr:
         raise RuntimeError("repr exploded")
 
 
-def make_app(broker: str, queue: str) -> Celery:
-    app = Celery("proj", broker=broker, backend=broker, set_as_current=False)
+def make_app(broker: str, queue: str, backend: str | None = None) -> Celery:
+    app = Celery("proj", broker=broker, backend=backend or broker, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
         accept_content=["json", "pickle"],
@@ -84,6 +85,7 @@ def make_app(broker: str, queue: str) -> Celery:
 app = make_app(
     os.environ.get("STEMTRACE_TEST_BROKER", "redis://127.0.0.1:6379/0"),
     os.environ.get("STEMTRACE_TEST_QUEUE", "stemtrace-tests"),
+    os.environ.get("STEMTRACE_TEST_BACKEND"),
 )
 if os.environ.get("STEMTRACE_TEST_CAPTURE", "1") == "1":
     stemtrace.init(app)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from stemtrace.events import decode_frame
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = int(os.environ.get("STEMTRACE_TEST_REDIS_PORT", "6379"))
+AMQP_URL = os.environ.get("STEMTRACE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def redis_url(db: int) -> str:
@@ -69,9 +72,15 @@ class Scenario:
     queue: str = field(default_factory=lambda: f"q-{uuid.uuid4().hex[:12]}")
     stream: str = field(default_factory=lambda: f"stemtrace-test:{uuid.uuid4().hex[:12]}")
     transport_url: str | None = None
+    amqp: bool = False
+    """Celery's broker and the events on RabbitMQ; results stay in Redis."""
 
     @property
     def broker(self) -> str:
+        return AMQP_URL if self.amqp else redis_url(self.db)
+
+    @property
+    def backend(self) -> str:
         return redis_url(self.db)
 
     @property
@@ -79,6 +88,8 @@ class Scenario:
         return self.transport_url or self.broker
 
     def events(self) -> list[dict[str, Any]]:
+        if self.amqp:
+            raise AssertionError("events on RabbitMQ are read through a consumer, not XRANGE")
         return read_events(self.events_url, self.stream)
 
     def of(self, task_id: str, kind: str | None = None) -> list[dict[str, Any]]:
@@ -92,6 +103,7 @@ class Scenario:
         env = {
             **os.environ,
             "STEMTRACE_TEST_BROKER": self.broker,
+            "STEMTRACE_TEST_BACKEND": self.backend,
             "STEMTRACE_TEST_QUEUE": self.queue,
             "STEMTRACE_STREAM": self.stream,
             "STEMTRACE_FLUSH_INTERVAL": "0.05",
@@ -105,7 +117,7 @@ class Scenario:
         return env
 
     def cleanup(self) -> None:
-        client = redis.Redis.from_url(self.broker)
+        client = redis.Redis.from_url(self.backend)
         try:
             client.delete(self.stream, self.queue)
         finally:
@@ -136,7 +148,7 @@ def celery_worker(
         "--without-mingle",
         "--without-gossip",
         "-l",
-        "warning",
+        "info",
     ]
     log_path = ROOT / ".pytest_cache" / f"worker-{scenario.queue}.log"
     log_path.parent.mkdir(exist_ok=True)
@@ -146,13 +158,7 @@ def celery_worker(
         )
     try:
         try:
-            wait_for(
-                lambda: (
-                    process.poll() is not None
-                    or any(e["kind"] == "worker_online" for e in scenario.events())
-                ),
-                timeout=30,
-            )
+            wait_for(lambda: process.poll() is not None or ready(scenario, log_path), timeout=30)
         except AssertionError:
             raise AssertionError(f"worker did not start: {log_path.read_text()[-3000:]}") from None
         if process.poll() is not None:
@@ -160,6 +166,11 @@ def celery_worker(
         yield process
     finally:
         stop_process(process)
+
+
+def ready(scenario: Scenario, log_path: Path) -> bool:
+    """Celery logs "<name> ready." once it consumes; the events may go anywhere."""
+    return b" ready." in log_path.read_bytes()
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -217,3 +228,81 @@ def _ping(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+class PrivateRabbit:
+    """A throw-away RabbitMQ node on free ports, which a test may stop and restart.
+
+    Its data lives under ``base``, so durable queues and persistent messages
+    survive a restart, as on a real broker.
+    """
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: its parents are private to root, and the
+        # broker runs as the rabbitmq user.
+        base = Path(tempfile.mkdtemp(prefix="stemtrace-rabbit-"))
+        base.chmod(0o755)
+        self.port = free_port()
+        self.node = f"stemtrace{self.port}@localhost"
+        self.base = base
+        for sub in ("mnesia", "log"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "plugins").write_text("[].\n")
+        shutil.chown(base / "plugins", "rabbitmq", "rabbitmq")
+        for path in (base, base / "mnesia", base / "log"):
+            shutil.chown(path, "rabbitmq", "rabbitmq")
+        self.env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "plugins"),
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(base / "mnesia" / "feature_flags"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": str(base / "mnesia" / "plugins-expand"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["rabbitmq-server"], env=self.env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        wait_for(self._answers, timeout=60, interval=0.5)
+
+    def _answers(self) -> bool:
+        from kombu.connection import Connection
+
+        connection = Connection(self.url, connect_timeout=1)
+        try:
+            connection.ensure_connection(max_retries=1)
+            return True
+        except Exception:
+            return False
+        finally:
+            connection.release()
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.node, "stop"], env=self.env, capture_output=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        process = getattr(self, "process", None)
+        if process is not None:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+            self.process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi import Path as PathParam
 
 from stemtrace import __version__, export, flows, states, timeline
+from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
 from stemtrace.store.schema import Store
 
@@ -80,7 +81,7 @@ def create_api_router(
     store: Store, consumer_status: Callable[[], dict[str, Any] | None]
 ) -> APIRouter:
     """The API routes, reading ``store``; ``consumer_status`` feeds ``/api/health``."""
-    router = APIRouter(prefix="/api", tags=["api"])
+    router = APIRouter(prefix="/api", tags=["api"], route_class=SecureRoute)
 
     def conn() -> Any:
         return store.reader().conn

@@ -14,7 +14,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
@@ -60,7 +60,8 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         request: Request, name: str, context: dict[str, Any], status_code: int = 200
     ) -> HTMLResponse:
         def url(route: str, /, query: dict[str, Any] | None = None, **path: Any) -> str:
-            found = str(request.url_for(route, **path).path)
+            quoted = {k: quote(str(v), safe="/" if k == "path" else "") for k, v in path.items()}
+            found = str(request.url_for(route, **quoted).path)
             if query:
                 pairs = [(k, v) for k, v in query.items() if v not in (None, "", [], ())]
                 if pairs:
@@ -78,7 +79,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
             },
             status_code=status_code,
         )
-        response.headers["Vary"] = "HX-Request"
+        response.headers["Vary"] = "HX-Request, HX-Target"
         return response
 
     def not_found(request: Request, what: str, value: str) -> HTMLResponse:
@@ -141,7 +142,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
             return page(request, "_rows.html", context, 422 if error else 200)
         return page(request, "executions.html", context, 422 if error else 200)
 
-    @router.get("/tasks/{task_id}", name="stemtrace.task")
+    @router.get("/tasks/{task_id:path}", name="stemtrace.task")
     def task(request: Request, task_id: Annotated[str, render.PathId]) -> HTMLResponse:
         try:
             detail = task_detail(store, task_id)
@@ -154,7 +155,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         name = "_task.html" if partial else "task.html"
         return page(request, name, context)
 
-    @router.get("/flows/{task_id}", name="stemtrace.flow")
+    @router.get("/flows/{task_id:path}", name="stemtrace.flow")
     def flow(request: Request, task_id: Annotated[str, render.PathId]) -> HTMLResponse:
         rows = queries.flow_rows(store.reader().conn, task_id)
         if rows is None:
@@ -174,7 +175,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         }
         return page(request, "flow.html", context)
 
-    @router.get("/traces/{trace_id}", name="stemtrace.trace")
+    @router.get("/traces/{trace_id:path}", name="stemtrace.trace")
     def trace(request: Request, trace_id: Annotated[str, render.PathId]) -> HTMLResponse:
         tasks = queries.trace_tasks(store.reader().conn, trace_id)
         if not tasks:

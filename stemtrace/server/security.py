@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSP = (
@@ -33,7 +34,11 @@ class SecureRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def secured(request: Request) -> Response:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except StarletteHTTPException as exc:  # 401, 404, 422 raised by us or a dependency
+                exc.headers = {**HEADERS, **(exc.headers or {})}
+                raise
             for name, value in HEADERS.items():
                 response.headers.setdefault(name, value)
             return response
