@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -30,6 +31,8 @@ def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
     add("--broker", help="Redis or RabbitMQ URL the events come from (STEMTRACE_BROKER)")
     add("--stream", help="stream key or exchange init(app) publishes to (STEMTRACE_STREAM)")
     add("--queue", help="RabbitMQ: this server's own queue (STEMTRACE_QUEUE)")
+    add("--no-celery-events", dest="celery_events", action="store_const", const=False,
+        help="do not read Celery's own events (-E) (STEMTRACE_CELERY_EVENTS=0)")  # fmt: skip
     add("--db", help=f"SQLite database file (STEMTRACE_DB; default ./{DEFAULT_DB})")
     add(
         "--retention-days",
@@ -157,7 +160,7 @@ def _demo_interval(flag: float | None) -> float:
     else:
         raw = os.environ.get("STEMTRACE_INTERVAL")
         interval = DEMO_INTERVAL if raw is None else parse_env("STEMTRACE_INTERVAL", raw, "float")
-    if not interval > 0:
+    if not (math.isfinite(interval) and interval > 0):
         raise ValueError(f"interval must be a positive number of seconds, not {interval}")
     return interval
 
@@ -225,18 +228,23 @@ def _quiet_celery(level: str) -> None:
 
 
 def consume(settings: Settings) -> int:
-    from stemtrace.consumer import build_consumer, source_name
+    from stemtrace.consumer import build_celery_events_consumer, build_consumer, source_name
     from stemtrace.store.schema import Store
 
     store = Store(settings.db)
-    consumer = build_consumer(settings, store)
+    consumers = [build_consumer(settings, store)]
+    celery_events = build_celery_events_consumer(settings, store)
+    if celery_events is not None:
+        consumers.append(celery_events)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    consumer.start()
+    for consumer in consumers:
+        consumer.start()
     print(f"stemtrace {__version__}: reading {source_name(settings)} into {settings.db}")
     stop.wait()
-    consumer.stop()
+    for consumer in consumers:
+        consumer.stop()
     store.close()
     return 0
 

@@ -27,7 +27,9 @@ from stemtrace.settings import Settings
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
 from stemtrace.store.schema import Store
-from stemtrace.transports import Reader, open_reader
+from stemtrace.transports import AMQP_SCHEMES, REDIS_SCHEMES, Reader, open_reader, scheme_of
+
+CELERY_EVENT_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
 
 logger = logging.getLogger("stemtrace")
 
@@ -79,8 +81,10 @@ class Consumer:
         retention: Retention | None = None,
         batch_frames: int = 100,
         block: float = 0.5,
+        writer: sqlite3.Connection | None = None,
     ) -> None:
         self.store = store
+        self.writer = writer
         self._open_reader = open_reader
         self.retention = retention
         self.batch_frames = batch_frames
@@ -107,7 +111,7 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until :meth:`stop`; never raises."""
-        ingestor = Ingestor(self.store.writer())
+        ingestor = Ingestor(self.writer or self.store.writer())
         position = self._load_position()
         self.status.position = position
         reader: Reader | None = None
@@ -132,7 +136,7 @@ class Consumer:
                     self._next_backlog = time.monotonic() + 2.0
                     self.status.backlog = backlog()
                 if self.retention is not None:
-                    self.status.pruned += self.retention.step(self.store.writer())
+                    self.status.pruned += self.retention.step(self.writer or self.store.writer())
             except Exception as exc:
                 self._on_error(exc)
                 if reader is not None:
@@ -149,7 +153,7 @@ class Consumer:
 
     def _load_position(self) -> str | None:
         row = (
-            self.store.writer()
+            (self.writer or self.store.writer())
             .execute("SELECT position FROM cursors WHERE source = ?", (self.status.source,))
             .fetchone()
         )
@@ -231,4 +235,18 @@ def build_consumer(settings: Settings, store: Store) -> Consumer:
         lambda: open_reader(settings.broker, stream=settings.stream, queue=settings.queue_name),
         source=source_name(settings),
         retention=Retention(max_age=settings.retention_seconds, max_tasks=settings.task_limit),
+    )
+
+
+def build_celery_events_consumer(settings: Settings, store: Store) -> Consumer | None:
+    """A second consumer for Celery's own events (workers without ``init(app)``)."""
+    if not settings.celery_events or scheme_of(settings.broker) not in CELERY_EVENT_SCHEMES:
+        return None
+    from stemtrace.celery_events import CeleryEventsReader
+
+    return Consumer(
+        store,
+        lambda: CeleryEventsReader(settings.broker),
+        source=f"celery-events:{describe_url(settings.broker)}",
+        writer=store.new_writer(),
     )

@@ -102,14 +102,14 @@ def place_order() -> None:
         workflow = chain(
             chord(
                 [reserve_stock.s(order_id, sku, quantity) for sku, quantity in items.items()],
-                charge_payment.s(order_id, amount, api_key="sk_live_51Hx9demo"),
+                charge_payment.s(order_id, amount, api_key="sk_test_not_a_real_key"),
             ),
             send_receipt.s(email=random.choice(CUSTOMERS)),
         )
         workflow.apply_async()
 
 
-# -- a supplier feed import: a chain that breaks on a malformed feed --------------------
+# -- a supplier feed import: a chain that breaks on a malformed feed -------------------
 
 
 @app.task(name="shop.download_feed")
@@ -150,7 +150,7 @@ def import_feeds() -> None:
             ).apply_async()
 
 
-# -- a newsletter: children sent with .delay() from inside a task -----------------------
+# -- a newsletter: children sent with .delay() from inside a task ----------------------
 
 
 @app.task(name="shop.send_newsletter")
@@ -171,7 +171,7 @@ def newsletter() -> None:
     send_newsletter.delay(campaign, random.sample(CUSTOMERS, random.randint(2, 4)))
 
 
-# -- a sign-up (a password in the kwargs) and a slow report -----------------------------
+# -- a sign-up (a password in the kwargs) and a slow report ----------------------------
 
 
 @app.task(name="shop.create_account")
@@ -207,7 +207,7 @@ FLOWS: list[Callable[[], None]] = [
 """One flow starts every interval, in this order, round and round."""
 
 
-# -- running it all in this process ---------------------------------------------------
+# -- running it all in this process ----------------------------------------------------
 
 
 class Demo:

@@ -108,6 +108,7 @@ OPTIONAL_FIELDS: Final[dict[str, tuple[type, ...]]] = {
     "loadavg": _LIST,
     "freq": _OPT_NUM,
     "dropped": _OPT_INT,
+    "source": _OPT_STR,
 }
 
 # A link (chain step, chord callback, link/errback) as stored in ``chain``,

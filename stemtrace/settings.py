@@ -36,6 +36,8 @@ class Settings:
     """Forget tasks first seen longer ago than this (0 or empty: keep forever)."""
     max_tasks: int | None = 1_000_000
     """Forget the oldest tasks beyond this many (0 or empty: no limit)."""
+    celery_events: bool = True
+    """Also read Celery's own events (workers started with ``-E`` but without ``init(app)``)."""
     consumer: bool = True
     """Run the consumer in the server; off when a separate ``stemtrace consume`` feeds the db."""
     log_level: str = "info"

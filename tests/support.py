@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +126,11 @@ class Scenario:
 
 @contextmanager
 def celery_worker(
-    scenario: Scenario, pool: str = "prefork", concurrency: int = 2, **env: str
+    scenario: Scenario,
+    pool: str = "prefork",
+    concurrency: int = 2,
+    extra_args: Sequence[str] = (),
+    **env: str,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``celery worker`` process on the scenario's queue, ready when yielded."""
     name = f"w{uuid.uuid4().hex[:8]}@%h"
@@ -149,6 +153,7 @@ def celery_worker(
         "--without-gossip",
         "-l",
         "info",
+        *extra_args,
     ]
     log_path = ROOT / ".pytest_cache" / f"worker-{scenario.queue}.log"
     log_path.parent.mkdir(exist_ok=True)

@@ -121,3 +121,25 @@ def _full_page(base: str, size: int) -> list[dict[str, Any]] | None:
         "tasks"
     ]
     return tasks if len(tasks) == size else None
+
+
+def test_celery_subcommand_takes_the_broker_from_the_app(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "STEMTRACE_TEST_BROKER": "redis://127.0.0.1:6379/9",
+        "STEMTRACE_TEST_CAPTURE": "0",
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.proj:app", "stemtrace",
+         "--port", str(port), "--db", str(tmp_path / "c.db"), "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(base) or process.poll() is not None, timeout=30)
+        health = httpx.get(f"{base}/api/health").json()
+        assert health["consumer"]["source"] == "redis://127.0.0.1:6379/9#stemtrace:events"
+    finally:
+        stop_process(process)

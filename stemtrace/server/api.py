@@ -291,6 +291,9 @@ def task_detail(store: Store, task_id: str) -> dict[str, Any]:
     if task is None:
         raise not_found("task", task_id)
     history = queries.task_events(conn, task_id)
+    for field in ("args", "kwargs", "result"):  # seen only through Celery's events
+        if task[field] is None:
+            task[field] = next((e[field] for e in history if e.get(field) is not None), None)
     now = datetime.now(UTC).timestamp()
     found_phases = timeline.phases(history, now=None if task["state"] in states.TERMINAL else now)
     task["events"] = history

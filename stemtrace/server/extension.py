@@ -24,7 +24,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, params
 
-from stemtrace.consumer import Consumer, build_consumer
+from stemtrace.consumer import Consumer, build_celery_events_consumer, build_consumer
 from stemtrace.server.api import create_api_router
 from stemtrace.server.live import Broadcaster
 from stemtrace.server.pages import create_pages_router
@@ -66,15 +66,24 @@ class StemtraceExtension:
         self.store = Store(self.settings.db)
         self.broadcaster = Broadcaster()
         self.consumer: Consumer | None = None
+        self.celery_events: Consumer | None = None
         if self.settings.consumer:
             self.consumer = build_consumer(self.settings, self.store)
             self.consumer.listeners.append(self.broadcaster.notify)
+            self.celery_events = build_celery_events_consumer(self.settings, self.store)
+            if self.celery_events is not None:
+                self.celery_events.listeners.append(self.broadcaster.notify)
         self.router = APIRouter(dependencies=list(dependencies), route_class=SecureRoute)
         self.router.include_router(create_api_router(self.store, self.consumer_status))
         self.router.include_router(create_pages_router(self))
 
     def consumer_status(self) -> dict[str, Any] | None:
-        return self.consumer.status.as_dict() if self.consumer is not None else None
+        if self.consumer is None:
+            return None
+        status = self.consumer.status.as_dict()
+        if self.celery_events is not None:
+            status["celery_events"] = self.celery_events.status.as_dict()
+        return status
 
     def broker_problem(self) -> str | None:
         """Why the consumer cannot read the broker right now, if it cannot."""
@@ -88,6 +97,8 @@ class StemtraceExtension:
         watcher: asyncio.Task[None] | None = None
         if self.consumer is not None:
             self.consumer.start()
+            if self.celery_events is not None:
+                self.celery_events.start()
         else:
             watcher = asyncio.create_task(self._watch_database())
         try:
@@ -97,6 +108,8 @@ class StemtraceExtension:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            if self.celery_events is not None:
+                await asyncio.to_thread(self.celery_events.stop)
             if self.consumer is not None:
                 await asyncio.to_thread(self.consumer.stop)
             self.store.close()

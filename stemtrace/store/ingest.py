@@ -34,7 +34,7 @@ TASK_COLUMNS = (
     "group_id", "group_index", "chord_id", "chord_name", "trace_id", "worker", "retries", "queue",
     "routing_key", "eta", "expires", "sent_at", "received_at", "started_at", "finished_at",
     "runtime", "args", "kwargs", "result", "exc_type", "exc_message", "traceback", "chain",
-    "instrumented", "seen_at", "updated_at",
+    "instrumented", "seen_at", "updated_at", "sources", "detail_rank",
 )  # fmt: skip
 
 _NEWER = (
@@ -57,18 +57,32 @@ _NEWER = (
     "(excluded.state_attempt, excluded.state_rank, excluded.state_ts)"
     " > (tasks.state_attempt, tasks.state_rank, tasks.state_ts)"
 )
+_RICHER = "excluded.detail_rank > tasks.detail_rank"
+_AS_RICH = "excluded.detail_rank >= tasks.detail_rank"
 _SET = [
     *(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE tasks.{c} END" for c in STATE),
     f"worker = CASE WHEN {_NEWER} THEN COALESCE(excluded.worker, tasks.worker)"
     " ELSE COALESCE(tasks.worker, excluded.worker) END",
-    *(f"{c} = COALESCE(tasks.{c}, excluded.{c})" for c in FIRST_KNOWN),
+    # First known wins, except that stemtrace's own capture replaces what only
+    # Celery's events said (repr strings, no structure).
+    *(
+        f"{c} = CASE WHEN {_RICHER} THEN COALESCE(excluded.{c}, tasks.{c})"
+        f" ELSE COALESCE(tasks.{c}, excluded.{c}) END"
+        for c in FIRST_KNOWN
+    ),
     *(
         f"{c} = MIN(COALESCE(tasks.{c}, excluded.{c}), COALESCE(excluded.{c}, tasks.{c}))"
         for c in EARLIEST
     ),
-    *(f"{c} = COALESCE(excluded.{c}, tasks.{c})" for c in LATEST),
+    *(
+        f"{c} = CASE WHEN {_AS_RICH} THEN COALESCE(excluded.{c}, tasks.{c})"
+        f" ELSE COALESCE(tasks.{c}, excluded.{c}) END"
+        for c in LATEST
+    ),
     "retries = MAX(tasks.retries, excluded.retries)",
     "updated_at = MAX(tasks.updated_at, excluded.updated_at)",
+    "sources = tasks.sources | excluded.sources",
+    "detail_rank = MAX(tasks.detail_rank, excluded.detail_rank)",
 ]
 UPSERT_TASK = (
     f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)})"
@@ -108,11 +122,14 @@ def task_row(event: ev.Event, now: float) -> tuple[Any, ...]:
     if parent_id == task_id:  # a retry names itself as parent
         parent_id = None
     terminal = state in states.TERMINAL
-    args = event.get("args")
-    kwargs = event.get("kwargs")
+    from_celery = event.get("source") == "celery"
+    # Celery's events carry repr strings: they stay in the history, and the row
+    # keeps room for stemtrace's structured capture whenever it arrives.
+    args = None if from_celery else event.get("args")
+    kwargs = None if from_celery else event.get("kwargs")
     chain = event.get("chain")
     instrumented = event.get("instrumented")
-    if kind == ev.SENT:
+    if kind == ev.SENT and not from_celery:
         instrumented = True
     return (
         task_id,
@@ -141,7 +158,7 @@ def task_row(event: ev.Event, now: float) -> tuple[Any, ...]:
         event.get("runtime") if terminal else None,
         None if args is None else _dumps(args),
         None if kwargs is None else _dumps(kwargs),
-        _json_or_none(event.get("result")) if kind == ev.SUCCEEDED else None,
+        _json_or_none(event.get("result")) if kind == ev.SUCCEEDED and not from_celery else None,
         event.get("exc_type") if kind == ev.FAILED else None,
         event.get("exc_message") if kind == ev.FAILED else None,
         event.get("traceback") if kind == ev.FAILED else None,
@@ -149,6 +166,8 @@ def task_row(event: ev.Event, now: float) -> tuple[Any, ...]:
         None if instrumented is None else int(bool(instrumented)),
         ts,
         now,
+        SOURCE_CELERY if from_celery else SOURCE_CAPTURE,
+        1 if from_celery else 2,
     )
 
 
@@ -160,6 +179,11 @@ _EARLIEST_COLS = tuple(_COL[c] for c in EARLIEST)
 _LATEST_COLS = tuple(_COL[c] for c in LATEST)
 _RETRIES = _COL["retries"]
 _UPDATED = _COL["updated_at"]
+_SOURCES = _COL["sources"]
+_RANK = _COL["detail_rank"]
+
+SOURCE_CAPTURE = 1
+SOURCE_CELERY = 2
 
 
 def merge_rows(old: list[Any], new: tuple[Any, ...]) -> None:
@@ -176,24 +200,32 @@ def merge_rows(old: list[Any], new: tuple[Any, ...]) -> None:
             old[_WORKER] = new[_WORKER]
     elif old[_WORKER] is None:
         old[_WORKER] = new[_WORKER]
+    richer = new[_RANK] > old[_RANK]
     for i in _FIRST_COLS:
-        if old[i] is None:
+        if old[i] is None or (richer and new[i] is not None):
             old[i] = new[i]
     for i in _EARLIEST_COLS:
         value = new[i]
         if value is not None and (old[i] is None or value < old[i]):
             old[i] = value
+    as_rich = new[_RANK] >= old[_RANK]
     for i in _LATEST_COLS:
-        if new[i] is not None:
+        if new[i] is not None and (as_rich or old[i] is None):
             old[i] = new[i]
     if new[_RETRIES] > old[_RETRIES]:
         old[_RETRIES] = new[_RETRIES]
     if new[_UPDATED] > old[_UPDATED]:
         old[_UPDATED] = new[_UPDATED]
+    old[_SOURCES] |= new[_SOURCES]
+    if richer:
+        old[_RANK] = new[_RANK]
 
 
 def event_row(event: ev.Event) -> tuple[Any, ...]:
-    history = {k: v for k, v in event.items() if k not in _ROW_ONLY}
+    if event.get("source") == "celery":
+        history = event  # its args and result live nowhere else
+    else:
+        history = {k: v for k, v in event.items() if k not in _ROW_ONLY}
     return (event["task_id"], event["eid"], event["kind"], event["ts"], _dumps(history))
 
 

@@ -148,7 +148,9 @@ def get_task(conn: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
         found[column] = _loads(found[column])
     found["instrumented"] = None if found["instrumented"] is None else bool(found["instrumented"])
     found["queue_wait"] = _span(found["sent_at"], found["started_at"])
-    for internal in ("state_attempt", "state_rank", "state_ts"):
+    bits = found.pop("sources") or 1
+    found["sources"] = [name for bit, name in ((1, "stemtrace"), (2, "celery")) if bits & bit]
+    for internal in ("state_attempt", "state_rank", "state_ts", "detail_rank"):
         found.pop(internal)
     return found
 
@@ -166,7 +168,22 @@ def task_events(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
         event["kind"], event["ts"] = kind, ts
         found.append(event)
     found.sort(key=_lifecycle_order)
-    return found
+    return _without_echoes(found)
+
+
+def _without_echoes(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop Celery's events that repeat a transition stemtrace's capture recorded."""
+    captured = {(e["kind"], e.get("retries")) for e in history if e.get("source") != "celery"}
+    kinds = {kind for kind, _ in captured}
+    return [
+        e
+        for e in history
+        if e.get("source") != "celery"
+        or not (
+            (e["kind"], e.get("retries")) in captured
+            or (e.get("retries") is None and e["kind"] in kinds)
+        )
+    ]
 
 
 def _lifecycle_order(event: dict[str, Any]) -> tuple[int, int, float]:

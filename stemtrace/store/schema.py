@@ -137,6 +137,21 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_sources(db: Database) -> None:
+    """Which sources described a task, and how rich the best one was.
+
+    ``sources`` is a bit set (1: stemtrace's own capture, 2: Celery's events);
+    ``detail_rank`` lets richer capture data replace what Celery's events said.
+    """
+    db.executescript(
+        """
+        ALTER TABLE tasks ADD COLUMN sources INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE tasks ADD COLUMN detail_rank INTEGER NOT NULL DEFAULT 2;
+        """
+    )
+
+
 class Store:
     """One stemtrace database file; migrated to the current schema when opened."""
 
@@ -165,6 +180,13 @@ class Store:
             if self._writer is None:
                 self._writer = self._connect()
             return self._writer
+
+    def new_writer(self) -> sqlite3.Connection:
+        """Another writing connection, for a second consumer (SQLite serialises them)."""
+        conn = self._connect()
+        with self._writer_lock:
+            self._readers.append(conn)  # closed with the others
+        return conn
 
     def reader(self) -> Database:
         """A read connection for the calling thread."""

@@ -1,0 +1,190 @@
+"""Celery's own events (``celery worker -E``), read like Flower reads them.
+
+Workers that run without ``init(app)`` still show up: this reader listens on
+Celery's event exchange (``celeryev``), turns each Celery event into a
+stemtrace event marked ``"source": "celery"``, and hands them to the usual
+consumer as frames. The store merges them with what ``init(app)`` captured
+for the same task id, its richer data winning (see ``detail_rank`` in
+:mod:`stemtrace.store.ingest`). Celery's events carry args and results as
+repr strings and no group, chord or chain structure; the pages say so.
+
+Events are transient, as in Flower: while no server listens they are lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+import socket
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+
+from stemtrace import events as ev
+from stemtrace.events import encode_frame
+
+EXCHANGE = "celeryev"
+
+_KINDS = {
+    "task-sent": ev.SENT,
+    "task-received": ev.RECEIVED,
+    "task-started": ev.STARTED,
+    "task-succeeded": ev.SUCCEEDED,
+    "task-failed": ev.FAILED,
+    "task-retried": ev.RETRY,
+    "task-revoked": ev.REVOKED,
+    "task-rejected": ev.REJECTED,
+    "worker-online": ev.WORKER_ONLINE,
+    "worker-heartbeat": ev.WORKER_HEARTBEAT,
+    "worker-offline": ev.WORKER_OFFLINE,
+}
+_EXCEPTION = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.DOTALL)
+
+
+def _repr_marker(value: Any) -> Any:
+    """Celery sends args, kwargs and results as repr strings: show them as such."""
+    if value is None:
+        return None
+    return {"__stemtrace__": "repr", "type": "celery event", "repr": str(value)[:8192]}
+
+
+def _exception(text: Any) -> tuple[str | None, str | None]:
+    if not isinstance(text, str) or not text:
+        return None, None
+    match = _EXCEPTION.match(text)
+    if not match:
+        return None, text
+    message = match.group(2).strip()
+    if len(message) >= 2 and message[0] == message[-1] and message[0] in "'\"":
+        message = message[1:-1]
+    return match.group(1), message
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def convert(event: Any) -> ev.Event | None:
+    """One Celery event as a stemtrace event, or ``None`` for what it cannot use."""
+    if not isinstance(event, dict):
+        return None
+    kind = _KINDS.get(event.get("type", ""))
+    ts = _num(event.get("timestamp"))
+    if kind is None or ts is None:
+        return None
+    host = _str(event.get("hostname")) or "unknown"
+    found: ev.Event = {
+        "kind": kind,
+        "ts": ts,
+        "host": host,
+        "pid": _int(event.get("pid")) or 0,
+        "source": "celery",
+    }
+    if kind in ev.WORKER_KINDS:
+        found["eid"] = f"celery:{event['type']}:{host}:{ts}"
+        found["worker"] = host
+        found["sw_ver"] = _str(event.get("sw_ver"))
+        found["freq"] = _num(event.get("freq"))
+        found["active"] = _int(event.get("active"))
+        found["processed"] = _int(event.get("processed"))
+        loadavg = event.get("loadavg")
+        found["loadavg"] = [x for x in loadavg if isinstance(x, int | float)] if isinstance(
+            loadavg, list | tuple
+        ) else []  # fmt: skip
+        return found
+    task_id = _str(event.get("uuid"))
+    if task_id is None:
+        return None
+    found["eid"] = f"celery:{event['type']}:{task_id}:{ts}"
+    found["task_id"] = task_id
+    found["name"] = _str(event.get("name"))
+    if kind != ev.SENT:
+        found["worker"] = host
+    for field in ("root_id", "parent_id", "eta", "expires", "queue", "exchange", "routing_key"):
+        if field in event:
+            found[field] = _str(event.get(field))
+    if "retries" in event:
+        found["retries"] = _int(event.get("retries"))
+    if kind in (ev.SENT, ev.RECEIVED):
+        found["args"] = _repr_marker(event.get("args"))
+        found["kwargs"] = _repr_marker(event.get("kwargs"))
+        found["instrumented"] = False
+    if kind == ev.SUCCEEDED:
+        found["result"] = _repr_marker(event.get("result"))
+        found["runtime"] = _num(event.get("runtime"))
+    if kind in (ev.FAILED, ev.RETRY):
+        found["exc_type"], found["exc_message"] = _exception(event.get("exception"))
+        found["traceback"] = _str(event.get("traceback"))
+    if kind == ev.REVOKED:
+        found["terminated"] = bool(event.get("terminated"))
+        found["expired"] = bool(event.get("expired"))
+        found["signum"] = _int(event.get("signum"))
+    if kind == ev.REJECTED:
+        found["reason"] = "rejected (requeued)" if event.get("requeue") else "rejected"
+    return found
+
+
+class CeleryEventsReader:
+    """A :class:`~stemtrace.transports.Reader` over Celery's event exchange."""
+
+    def __init__(self, url: str) -> None:
+        self.connection = Connection(url, connect_timeout=5, heartbeat=0)
+        self.connection.ensure_connection(max_retries=1)
+        self.channel = self.connection.channel()
+        # As Celery does (celery.events.event.get_exchange): fanout on Redis, topic elsewhere.
+        redis = self.connection.transport.driver_type == "redis"
+        queue = Queue(
+            f"stemtrace.celeryev.{socket.gethostname()}.{id(self):x}",
+            exchange=Exchange(EXCHANGE, type="fanout" if redis else "topic"),
+            routing_key="#",
+            auto_delete=True,
+            durable=False,
+            queue_arguments={"x-message-ttl": 60_000, "x-expires": 120_000},
+        )
+        self.consumer = self.connection.Consumer(
+            queue(self.channel), channel=self.channel, callbacks=[self._on_message],
+            accept=["json"], no_ack=True,
+        )  # fmt: skip
+        self.consumer.consume()
+        self._pending: list[ev.Event] = []
+        self._counter = itertools.count(1)
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        for item in body if isinstance(body, list) else [body]:
+            converted = convert(item)
+            if converted is not None and ev.validate_event(converted) is None:
+                self._pending.append(converted)
+
+    def read(self, after: str | None, count: int, block: float) -> list[tuple[str, bytes]]:
+        with contextlib.suppress(TimeoutError):
+            self.connection.drain_events(timeout=block)
+            while len(self._pending) < count * 50:
+                self.connection.drain_events(timeout=0.001)
+        if not self._pending:
+            return []
+        batch, self._pending = self._pending, []
+        return [(f"{next(self._counter):020d}", encode_frame(batch))]
+
+    def commit(self, position: str) -> None:
+        """Celery's events are not acknowledged: they are transient by design."""
+
+    def lag(self, after: str | None) -> float | None:
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.consumer.cancel()
+        with contextlib.suppress(Exception):
+            self.connection.release()
