@@ -133,7 +133,11 @@ def create_api_router(
     def get_task(task_id: ID) -> dict[str, Any]:
         return task_detail(store, task_id)
 
-    @router.get("/flows/{task_id}", summary="The flow graph containing a task (or group)")
+    @router.get(
+        "/flows/{task_id}",
+        summary="The flow graph containing a task (or group)",
+        name="stemtrace.api.flow",
+    )
     def get_flow(
         task_id: ID,
         expand: Annotated[
@@ -197,7 +201,11 @@ def create_api_router(
             },
         )
 
-    @router.get("/groups/{group_id}/members", summary="A page of a group's members")
+    @router.get(
+        "/groups/{group_id}/members",
+        summary="A page of a group's members",
+        name="stemtrace.api.group_members",
+    )
     def group_members(
         group_id: ID,
         offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,

@@ -172,6 +172,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
             "critical_ids": set(critical["nodes"]),
             "waterfall": render.waterfall_svg(lines, set(critical["nodes"])),
             "can_svg": shutil.which("dot") is not None,
+            "current": _current_node(graph, rows, task_id),
         }
         return page(request, "flow.html", context)
 
@@ -211,6 +212,16 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         return EventSourceResponse(stream, ping=None)
 
     return router
+
+
+def _current_node(graph: dict[str, Any], rows: list[dict[str, Any]], task_id: str) -> str:
+    """The graph node to highlight: the task, or the collapsed group it is in."""
+    ids = {node["id"] for node in graph["nodes"]}
+    if task_id in ids:
+        return task_id
+    group_id = next((r["group_id"] for r in rows if r["id"] == task_id), None) or task_id
+    group_node = flows.group_node_id(group_id)
+    return group_node if group_node in ids else task_id
 
 
 def _store_is_empty(conn: Any) -> bool:

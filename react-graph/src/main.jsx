@@ -1,0 +1,73 @@
+// Entry point of the built bundle (stemtrace-graph.js, an IIFE loaded with
+// `defer`): mounts the graph on #flow-graph. The page's contract is in
+// react-graph/README.md. No inline scripts or styles are needed: the flow JSON
+// is read from a non-executable <script type="application/json"> element and
+// all CSS is in stemtrace-graph.css.
+
+import '@xyflow/react/dist/style.css';
+import './graph.css';
+import { StrictMode } from 'react';
+import { createRoot } from 'react-dom/client';
+import { FlowGraph } from './FlowGraph.jsx';
+
+function readFlow(element) {
+  const source = document.getElementById(element.dataset.flowData || 'flow-data');
+  if (!source) return null;
+  try {
+    return JSON.parse(source.textContent);
+  } catch {
+    return null;
+  }
+}
+
+async function loadFlow(url) {
+  const response = await fetch(url, { headers: { Accept: 'application/json' }, credentials: 'same-origin' });
+  if (!response.ok) throw new Error(`${response.status} ${response.statusText}`.trim());
+  return response.json();
+}
+
+export async function mount(element) {
+  if (!element || element.dataset.graphState) return;
+  element.dataset.graphState = 'loading';
+  const config = {
+    flowUrl: element.dataset.flowUrl || null,
+    taskUrlTemplate: element.dataset.taskUrlTemplate || null,
+    membersUrlTemplate: element.dataset.membersUrlTemplate || null,
+    liveUrl: element.dataset.liveUrl || null,
+    current: element.dataset.current || null,
+  };
+  let flow = readFlow(element);
+  if (!flow && config.flowUrl) {
+    try {
+      flow = await loadFlow(config.flowUrl);
+    } catch (error) {
+      element.dataset.graphState = 'error';
+      element.textContent = `The flow graph could not be loaded: ${error.message}`;
+      return;
+    }
+  }
+  if (!flow || !Array.isArray(flow.nodes)) {
+    element.dataset.graphState = 'error';
+    element.textContent = 'The flow graph has no data.';
+    return;
+  }
+  element.classList.add('stg-mounted');
+  const onReady = ({ nodes, edges, layout }) => {
+    element.dataset.graphState = 'ready';
+    element.dataset.graphNodes = String(nodes);
+    element.dataset.graphEdges = String(edges);
+    element.dataset.graphLayout = layout;
+  };
+  createRoot(element).render(
+    <StrictMode>
+      <FlowGraph initialFlow={flow} config={config} onReady={onReady} />
+    </StrictMode>,
+  );
+}
+
+function start() {
+  mount(document.getElementById('flow-graph'));
+}
+
+if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+else start();

@@ -1,0 +1,185 @@
+// The flow graph as the island sees it: the server's flow JSON plus the
+// members of collapsed groups that the user loaded. Pure functions, no DOM.
+//
+// Everything in a node (names, ids, exception types) comes from untrusted
+// tasks: it is only ever rendered as React text or attribute values.
+
+export const GHOST_STATES = new Set(['NOT_RUN', 'PLANNED']);
+export const TERMINAL_STATES = new Set([
+  'SUCCESS', 'FAILURE', 'REVOKED', 'REJECTED', 'NOT_RUN', 'UNKNOWN',
+]);
+
+// Colour is never the only cue: every state has an icon and a word.
+const STATES = {
+  SUCCESS: { icon: '✓', word: 'success', cls: 'success' },
+  FAILURE: { icon: '✗', word: 'failure', cls: 'failure' },
+  REJECTED: { icon: '✗', word: 'rejected', cls: 'failure' },
+  REVOKED: { icon: '⊘', word: 'revoked', cls: 'revoked' },
+  RETRY: { icon: '↻', word: 'retry', cls: 'retry' },
+  STARTED: { icon: '▶', word: 'running', cls: 'started' },
+  RECEIVED: { icon: '◷', word: 'received', cls: 'waiting' },
+  PENDING: { icon: '◷', word: 'pending', cls: 'waiting' },
+  NOT_RUN: { icon: '–', word: 'not run', cls: 'ghost' },
+  PLANNED: { icon: '○', word: 'planned', cls: 'ghost' },
+  UNKNOWN: { icon: '?', word: 'unknown', cls: 'unknown' },
+};
+
+export function stateInfo(state) {
+  const known = Object.prototype.hasOwnProperty.call(STATES, state) ? STATES[state] : null;
+  return known || { icon: '?', word: String(state ?? 'unknown').toLowerCase(), cls: 'unknown' };
+}
+
+// Group counts folded into the buckets a group node shows, in display order.
+export const COUNT_BUCKETS = [
+  { key: 'succeeded', icon: '✓', states: ['SUCCESS'], cls: 'success' },
+  { key: 'failed', icon: '✗', states: ['FAILURE', 'REJECTED'], cls: 'failure' },
+  { key: 'revoked', icon: '⊘', states: ['REVOKED'], cls: 'revoked' },
+  { key: 'running', icon: '▶', states: ['STARTED'], cls: 'started' },
+  { key: 'retrying', icon: '↻', states: ['RETRY'], cls: 'retry' },
+  { key: 'waiting', icon: '◷', states: ['PENDING', 'RECEIVED'], cls: 'waiting' },
+];
+
+export function countBuckets(counts) {
+  const found = [];
+  const known = new Set();
+  for (const bucket of COUNT_BUCKETS) {
+    let n = 0;
+    for (const state of bucket.states) {
+      known.add(state);
+      n += Number(counts?.[state]) || 0;
+    }
+    if (n) found.push({ ...bucket, n });
+  }
+  let other = 0;
+  for (const [state, n] of Object.entries(counts || {})) {
+    if (!known.has(state)) other += Number(n) || 0;
+  }
+  if (other) found.push({ key: 'other', icon: '?', cls: 'unknown', n: other });
+  return found;
+}
+
+export function isTerminalFlow(flow) {
+  return (flow?.nodes || []).every((n) => TERMINAL_STATES.has(n.state));
+}
+
+/** A member row of `GET /api/groups/{gid}/members` as a task node of the flow JSON. */
+export function memberNode(row) {
+  const started = row.started_at ?? null;
+  return {
+    id: String(row.id),
+    kind: 'task',
+    name: row.name ?? null,
+    state: row.state,
+    worker: row.worker ?? null,
+    group_id: row.group_id ?? null,
+    sent_at: row.sent_at ?? null,
+    received_at: row.received_at ?? null,
+    started_at: started,
+    finished_at: row.finished_at ?? null,
+    runtime: row.runtime ?? null,
+    attempts: row.attempts ?? (started !== null ? (Number(row.retries) || 0) + 1 : 0),
+    exc_type: row.exc_type ?? null,
+  };
+}
+
+/**
+ * The graph to draw: flow nodes and edges plus loaded members of collapsed
+ * groups (`expansions`: group node id -> {members}), with adjacency.
+ */
+export function buildGraph(flow, expansions) {
+  const nodes = new Map();
+  const edges = [];
+  const seen = new Set();
+  const addEdge = (source, target, kind) => {
+    const id = `${kind}\u0000${source}\u0000${target}`;
+    if (source === target || seen.has(id)) return;
+    seen.add(id);
+    edges.push({ id, source, target, kind });
+  };
+  for (const node of flow?.nodes || []) {
+    if (node && node.id != null) nodes.set(String(node.id), node);
+  }
+  for (const edge of flow?.edges || []) {
+    const source = String(edge.source);
+    const target = String(edge.target);
+    if (nodes.has(source) && nodes.has(target)) addEdge(source, target, String(edge.kind));
+  }
+  for (const [groupNodeId, expansion] of expansions || []) {
+    const group = nodes.get(groupNodeId);
+    if (!group || !group.collapsed) continue;
+    for (const member of expansion.members) {
+      if (!nodes.has(member.id)) nodes.set(member.id, member);
+      addEdge(groupNodeId, member.id, 'group');
+    }
+  }
+  const children = new Map();
+  const parents = new Map();
+  for (const id of nodes.keys()) {
+    children.set(id, []);
+    parents.set(id, []);
+  }
+  for (const edge of edges) {
+    children.get(edge.source).push(edge);
+    parents.get(edge.target).push(edge);
+  }
+  return { nodes, edges, children, parents };
+}
+
+/** The ids and edges, as one string: equal strings need no new layout. */
+export function structureKey(graph) {
+  const parts = [];
+  for (const [id, node] of graph.nodes) parts.push(`${id}\u0001${node.kind}`);
+  for (const edge of graph.edges) parts.push(edge.id);
+  return parts.join('\u0002');
+}
+
+export function fillTemplate(template, id) {
+  if (!template) return null;
+  const value = encodeURIComponent(String(id));
+  return template.split('{id}').join(value).split('%7Bid%7D').join(value);
+}
+
+// Times are epoch seconds (floats) in the flow JSON.
+
+function pad(n, width = 2) {
+  return String(n).padStart(width, '0');
+}
+
+export function formatClock(ts) {
+  if (typeof ts !== 'number' || !Number.isFinite(ts)) return null;
+  const d = new Date(ts * 1000);
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+export function formatDateTime(ts) {
+  if (typeof ts !== 'number' || !Number.isFinite(ts)) return null;
+  const d = new Date(ts * 1000);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${formatClock(ts)}`;
+}
+
+export function formatDuration(seconds) {
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 0) return null;
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
+  const m = Math.floor(seconds / 60);
+  if (m < 60) return `${m} m ${Math.round(seconds - m * 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} m`;
+}
+
+/** Run time of a task node: its runtime, else finished - started, else so far (running). */
+export function duration(node, now) {
+  if (typeof node.runtime === 'number') return { seconds: node.runtime, running: false };
+  if (typeof node.started_at === 'number') {
+    if (typeof node.finished_at === 'number') {
+      return { seconds: node.finished_at - node.started_at, running: false };
+    }
+    if (!TERMINAL_STATES.has(node.state) && typeof now === 'number') {
+      return { seconds: Math.max(0, now - node.started_at), running: true };
+    }
+  }
+  return null;
+}
+
+export function plural(n, word, many = `${word}s`) {
+  return `${n.toLocaleString('en-US')} ${n === 1 ? word : many}`;
+}
