@@ -307,35 +307,34 @@ def critical_path(flow: dict[str, Any], now: float) -> dict[str, Any]:
     for edge in flow["edges"]:
         preds.setdefault(edge["target"], []).append(edge)
     last = max(spans, key=lambda n: (spans[n][1], n))
-    path, path_edges = [last], []
+    path: list[str] = [last]
+    path_edges: list[dict[str, str]] = []
     current, seen = last, {last}
     while True:
-        candidates = []
-        frontier = list(preds.get(current, ()))
-        hops: dict[str, dict[str, str]] = {}
-        while frontier:  # look through group and chord nodes
-            edge = frontier.pop()
+        # Predecessor tasks, each with the drawn edges that lead from it to here
+        # (through group and chord nodes, which are fan-out points).
+        trails: dict[str, list[dict[str, str]]] = {}
+        frontier = [(edge, [edge]) for edge in preds.get(current, ())]
+        while frontier:
+            edge, trail = frontier.pop()
             source = edge["source"]
             if source in seen:
                 continue
             if nodes.get(source, {}).get("kind") in ("group", "chord"):
                 seen.add(source)
-                for further in preds.get(source, ()):
-                    hops.setdefault(further["source"], further)
-                    frontier.append(further)
-                continue
-            if source in spans:
-                candidates.append(source)
-                hops.setdefault(source, edge)
-        if not candidates:
+                frontier.extend((further, [further, *trail]) for further in preds.get(source, ()))
+            elif source in spans:
+                trails.setdefault(source, trail)
+        if not trails:
             break
-        best = max(candidates, key=lambda n: (spans[n][1], n))
+        best = max(trails, key=lambda n: (spans[n][1], n))
         path.append(best)
-        path_edges.append({"source": best, "target": current})
+        path_edges[:0] = [
+            {"source": e["source"], "target": e["target"], "kind": e["kind"]} for e in trails[best]
+        ]
         seen.add(best)
         current = best
     path.reverse()
-    path_edges.reverse()
     start = min(spans[n][0] for n in path)
     end = spans[last][1]
     return {

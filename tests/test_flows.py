@@ -38,7 +38,12 @@ def test_the_critical_path_runs_through_the_slowest_chord_member() -> None:
     path = flows.critical_path(chord_flow(), now=100.0)
     assert path["nodes"] == ["a", "b2", "c"]
     assert path["duration"] == pytest.approx(10.0)
-    assert path["edges"] == [{"source": "a", "target": "b2"}, {"source": "b2", "target": "c"}]
+    # the drawn edges along the path, through the chord node
+    assert path["edges"] == [
+        {"source": "a", "target": "group:g", "kind": "chain"},
+        {"source": "group:g", "target": "b2", "kind": "group"},
+        {"source": "b2", "target": "c", "kind": "chord"},
+    ]
 
 
 def test_the_critical_path_of_a_running_flow_ends_now() -> None:

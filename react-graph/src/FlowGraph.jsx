@@ -157,8 +157,9 @@ function Graph({ initialFlow, config, onReady }) {
       const place = layout.positions.get(id);
       const selected = id === selectedId;
       const current = id === config.current;
+      const critical = graph.critical.has(id);
       const expansion = node.kind !== 'task' ? expansions.get(id) : undefined;
-      keep(id, [node, place, selected, current, expansion, overview], () => ({
+      keep(id, [node, place, selected, current, expansion, overview, critical], () => ({
         id,
         type: node.kind === 'task' ? 'stTask' : 'stGroup',
         position: { x: place.x, y: place.y },
@@ -166,7 +167,7 @@ function Graph({ initialFlow, config, onReady }) {
         height: place.h,
         measured: { width: place.w, height: place.h },
         handles: taskHandles(place.w, place.h),
-        data: { node, current, expansion, onExpand: expand },
+        data: { node, current, critical, expansion, onExpand: expand },
         selected,
         draggable: false,
         ariaLabel: ariaLabel(node),
@@ -179,11 +180,12 @@ function Graph({ initialFlow, config, onReady }) {
 
   const edges = useMemo(() => layout.edges.map((edge) => {
     const kind = edgeClass(edge.kind);
+    const critical = graph.criticalEdges.has(`${edge.source}\u0000${edge.target}`);
     return {
       id: edge.id,
       source: edge.source,
       target: edge.target,
-      className: `stg-edge kind-${kind}`,
+      className: `stg-edge kind-${kind}${critical ? ' stg-critical-edge' : ''}`,
       markerEnd: {
         type: MarkerType.ArrowClosed,
         color: EDGE_COLOURS[kind],
@@ -193,7 +195,7 @@ function Graph({ initialFlow, config, onReady }) {
       focusable: false,
       selectable: false,
     };
-  }), [layout]);
+  }), [layout, graph]);
 
   // The first view: everything for small flows, else the current task (or root) at a readable zoom.
   useLayoutEffect(() => {
@@ -496,6 +498,7 @@ function Legend({ kinds, live, problem, engine, count, overview }) {
         ))}
         <li><span className="stg-sample stg-ghost" aria-hidden="true" />not run / planned</li>
         <li><span className="stg-sample stg-current" aria-hidden="true" />this task</li>
+        <li><span className="stg-sample stg-critical" aria-hidden="true" />critical path</li>
       </ul>
       {overview && <p className="stg-note">Zoomed out: an overview of every node. Zoom in to see and open them.</p>}
       {engine === 'layered' && (

@@ -122,7 +122,11 @@ export function buildGraph(flow, expansions) {
     children.get(edge.source).push(edge);
     parents.get(edge.target).push(edge);
   }
-  return { nodes, edges, children, parents };
+  const critical = new Set((flow?.critical_path?.nodes || []).map(String));
+  const criticalEdges = new Set(
+    (flow?.critical_path?.edges || []).map((e) => `${e.source}\u0000${e.target}`),
+  );
+  return { nodes, edges, children, parents, critical, criticalEdges };
 }
 
 /** The ids and edges, as one string: equal strings need no new layout. */

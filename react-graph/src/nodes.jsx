@@ -31,7 +31,7 @@ export function StateLabel({ state }) {
 }
 
 function TaskNodeView({ data, selected }) {
-  const { node, current } = data;
+  const { node, current, critical } = data;
   const info = stateInfo(node.state);
   const started = formatClock(node.started_at);
   const took = duration(node, Date.now() / 1000);
@@ -44,6 +44,7 @@ function TaskNodeView({ data, selected }) {
         GHOST_STATES.has(node.state) && 'stg-ghost',
         node.placeholder && 'stg-placeholder',
         current && 'stg-current',
+        critical && 'stg-critical',
         selected && 'stg-selected',
       )}
     >

@@ -163,6 +163,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         graph = flows.build_flow(rows)
         now = datetime.now(UTC).timestamp()
         critical = flows.critical_path(graph, now)
+        graph["critical_path"] = critical  # the graph island highlights it too
         lines = flows.waterfall(graph, now, retry_waits(store, graph))
         context = {
             "flow": graph,
