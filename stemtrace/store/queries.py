@@ -224,7 +224,7 @@ def flow_rows(
         wanted: dict[str, set[str]] = {"root_id": set(), "group_id": set(), "id": set()}
         for row in fresh:
             for column, value in (
-                ("root_id", row["root_id"]),
+                ("root_id", row["root_id"] or row["id"]),  # a root whose own root is unknown
                 ("group_id", row["group_id"]),
                 ("id", row["parent_id"]),
                 ("id", row["chord_id"]),
