@@ -168,16 +168,9 @@ def _demo_interval(flag: float | None) -> float:
 def demo(settings: Settings, interval: float) -> int:
     import uvicorn
 
-    from stemtrace.consumer import source_name
     from stemtrace.demo import Demo
     from stemtrace.server.app import create_app
-    from stemtrace.store.schema import Store
 
-    # The memory:// stream starts empty in every process, so a cursor saved by an
-    # earlier demo in this database would skip the new events: forget it.
-    store = Store(settings.db)
-    store.writer().execute("DELETE FROM cursors WHERE source = ?", (source_name(settings),))
-    store.close()
     _quiet_celery(settings.log_level)
     flows = Demo(interval=interval, stream=settings.stream)
     app = create_app(settings)

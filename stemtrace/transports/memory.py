@@ -1,12 +1,16 @@
 """In-process transport (``memory://name``) for the demo and for tests.
 
 Streams live in a process-wide table keyed by name, since sender and reader
-meet only through the URL, as they would on a real broker.
+meet only through the URL, as they would on a real broker. A stream lives as
+long as its process: positions name the stream instance they belong to, so a
+cursor saved by an earlier process reads the new stream from its start. The
+sender sets the size cap; a reader that comes first does not.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -15,13 +19,24 @@ _streams: dict[str, MemoryStream] = {}
 _streams_lock = threading.Lock()
 
 
+DEFAULT_MAXLEN = 10_000
+
+
 class MemoryStream:
     """A bounded, append-only list of frames with increasing integer ids."""
 
-    def __init__(self, maxlen: int) -> None:
-        self.entries: deque[tuple[int, bytes]] = deque(maxlen=maxlen)
+    def __init__(self, maxlen: int | None) -> None:
+        self.entries: deque[tuple[int, bytes]] = deque(maxlen=maxlen or DEFAULT_MAXLEN)
+        self.capped = maxlen is not None
         self.last_id = 0
         self.changed = threading.Condition()
+        self.token = uuid.uuid4().hex[:12]
+
+    def cap(self, maxlen: int) -> None:
+        with self.changed:
+            if not self.capped:
+                self.entries = deque(self.entries, maxlen=maxlen)
+                self.capped = True
 
     def append(self, frames: Sequence[bytes]) -> None:
         with self.changed:
@@ -35,12 +50,14 @@ class MemoryStream:
             return [entry for entry in self.entries if entry[0] > entry_id][:count]
 
 
-def stream_for(url: str, stream: str, maxlen: int = 100_000) -> MemoryStream:
+def stream_for(url: str, stream: str, maxlen: int | None = None) -> MemoryStream:
     key = f"{urlsplit(url).netloc or 'default'}/{stream}"
     with _streams_lock:
         found = _streams.get(key)
         if found is None:
             found = _streams[key] = MemoryStream(maxlen)
+        elif maxlen is not None:
+            found.cap(maxlen)
         return found
 
 
@@ -60,11 +77,13 @@ class MemoryReader:
         self.stream = stream_for(url, stream)
 
     def read(self, after: str | None, count: int, block: float) -> list[tuple[str, bytes]]:
-        start = int(after) if after else 0
+        token, _, number = (after or "").partition(":")
+        start = int(number) if token == self.stream.token and number.isdigit() else 0
         with self.stream.changed:
             if self.stream.last_id <= start:
                 self.stream.changed.wait(block)
-        return [(f"{i:020d}", frame) for i, frame in self.stream.read_after(start, count)]
+        found = self.stream.read_after(start, count)
+        return [(f"{self.stream.token}:{i:020d}", frame) for i, frame in found]
 
     def commit(self, position: str) -> None:
         pass
