@@ -94,6 +94,8 @@ INSERT_EVENT = "INSERT OR IGNORE INTO events (task_id, eid, kind, ts, data) VALU
 
 # Fields kept in the task row, not repeated in each event's history entry.
 _ROW_ONLY = frozenset({"args", "kwargs", "result", "chain", "callbacks", "errbacks"})
+# Fields the events table has as columns.
+_COLUMNS = frozenset({"task_id", "eid", "kind", "ts"})
 
 UPSERT_CURSOR = """
 INSERT INTO cursors (source, position, updated_at) VALUES (?, ?, ?)
@@ -222,10 +224,9 @@ def merge_rows(old: list[Any], new: tuple[Any, ...]) -> None:
 
 
 def event_row(event: ev.Event) -> tuple[Any, ...]:
-    if event.get("source") == "celery":
-        history = event  # its args and result live nowhere else
-    else:
-        history = {k: v for k, v in event.items() if k not in _ROW_ONLY}
+    # Celery's events keep their args and result here: they live nowhere else.
+    dropped = _COLUMNS if event.get("source") == "celery" else _COLUMNS | _ROW_ONLY
+    history = {k: v for k, v in event.items() if k not in dropped}
     return (event["task_id"], event["eid"], event["kind"], event["ts"], _dumps(history))
 
 

@@ -158,14 +158,14 @@ def get_task(conn: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
 def task_events(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
     """The task's event history in lifecycle order (see :func:`_lifecycle_order`)."""
     rows = conn.execute(
-        "SELECT kind, ts, data FROM events WHERE task_id = ? ORDER BY ts", (task_id,)
+        "SELECT eid, kind, ts, data FROM events WHERE task_id = ? ORDER BY ts", (task_id,)
     ).fetchall()
     found = []
-    for kind, ts, data in rows:
+    for eid, kind, ts, data in rows:
         event = _loads(data)
         if not isinstance(event, dict):
             event = {}
-        event["kind"], event["ts"] = kind, ts
+        event.update(eid=eid, kind=kind, ts=ts, task_id=task_id)
         found.append(event)
     found.sort(key=_lifecycle_order)
     return _without_echoes(found)
