@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 PACKAGE = Path(__file__).resolve().parent.parent
 STATIC = PACKAGE / "static"
 Text = Annotated[str | None, Query(max_length=255)]
+TREE_LIMIT = 500
+"""Steps listed under a flow's graph; the graph itself shows every node."""
+EMBED_LIMIT = 2000
+"""Flows up to this many nodes travel inside the page; bigger ones the graph fetches."""
 
 
 def create_templates() -> Jinja2Templates:
@@ -165,9 +169,12 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         critical = flows.critical_path(graph, now)
         graph["critical_path"] = critical  # the graph island highlights it too
         lines = flows.waterfall(graph, now, retry_waits(store, graph))
+        tree = render.flow_tree(graph)
         context = {
             "flow": graph,
-            "tree": render.flow_tree(graph),
+            "tree": tree[:TREE_LIMIT],
+            "tree_hidden": max(len(tree) - TREE_LIMIT, 0),
+            "embed": len(graph["nodes"]) <= EMBED_LIMIT,
             "task_id": task_id,
             "critical": critical,
             "critical_ids": set(critical["nodes"]),
