@@ -74,8 +74,7 @@ def test_a_running_flow_updates_live(
     app, _ = sender
     flow = chain(app.tasks["proj.slow"].s(2.0), app.tasks["proj.add"].s(1)).apply_async()
     first = flow.parent.id
-    page.goto(f"{server.base}/tasks/{first}")  # wait until the server knows it
-    expect(page.locator("h1")).to_contain_text("proj.slow", timeout=15_000)
+    once_stored(page, f"{server.base}/tasks/{first}", "h1 .task-name", 1)
     open_graph(page, f"{server.base}/flows/{first}")
     page.evaluate("window.__sameDocument = true")
     node = page.locator(f'.react-flow__node[data-id="{first}"]')
