@@ -4,10 +4,15 @@ Built from environment variables so that one module serves every
 configuration (``python -m celery -A bench.benchapp:app worker`` and
 ``python -m bench.benchapp``):
 
-``BENCH_BROKER``   Redis broker URL (a private database number).
+``BENCH_BROKER``   Celery broker URL: Redis (a private database number) or
+                   RabbitMQ (``amqp://...``). ``init(app)`` publishes its
+                   events to it.
+``BENCH_REDIS``    Redis URL the no-op task counts and stamps the time in
+                   (default: ``BENCH_BROKER`` when that is Redis).
 ``BENCH_QUEUE``    queue the worker consumes and the sender pre-fills.
 ``BENCH_MODE``     ``plain`` | ``stemtrace`` | ``celery-events``.
-``BENCH_STREAM``   stemtrace stream key (mode ``stemtrace``).
+``BENCH_STREAM``   stemtrace stream key, or exchange name on RabbitMQ (mode
+                   ``stemtrace``).
 ``BENCH_COUNTER``  key prefix the no-op task counts under.
 ``BENCH_TOTAL``    tasks in the batch; the task that makes the count reach it
                    stamps the end time.
@@ -34,6 +39,9 @@ from celery import Celery
 from bench import MODES
 
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/13")
+COUNTS = os.environ.get(
+    "BENCH_REDIS", BROKER if BROKER.startswith("redis") else "redis://127.0.0.1:6379/13"
+)
 QUEUE = os.environ.get("BENCH_QUEUE", "bench-capture")
 MODE = os.environ.get("BENCH_MODE", "plain")
 STREAM = os.environ.get("BENCH_STREAM", "bench-capture:events")
@@ -60,7 +68,7 @@ def _redis() -> redis.Redis:
     """One connection per process (redis-py replaces its pool after a fork)."""
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(BROKER)
+        _client = redis.Redis.from_url(COUNTS)
     return _client
 
 

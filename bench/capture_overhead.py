@@ -8,6 +8,12 @@ and noisy, so only ratios measured together mean much):
 * ``celery-events``: Celery's own events (worker ``-E``,
   ``task_send_sent_event``), for comparison.
 
+With ``--broker rabbitmq`` (or ``both``, the default, which interleaves the
+two) Celery's broker is RabbitMQ and ``init(app)`` publishes its events there
+too, to a durable fanout exchange named after the run; a queue bound to it
+before the sender starts receives them, so that every event can be counted.
+The counter and the time stamps stay in Redis either way.
+
 Per round and configuration a sender process (``python -m bench.benchapp``)
 times ``--calls`` ``apply_async`` calls to a throw-away queue, then pre-fills
 the worker queue with ``--tasks`` no-op tasks while no worker runs. Then a real
@@ -15,9 +21,11 @@ the worker queue with ``--tasks`` no-op tasks while no worker runs. Then a real
 and the first and last task stamp the time, so throughput is
 ``(tasks - 1) / (last - first)`` without polling in the timed window.
 
-Usage, from the repository root, with Redis on 127.0.0.1:6379::
+Usage, from the repository root, with Redis on 127.0.0.1:6379 and RabbitMQ on
+127.0.0.1:5672::
 
-    python -m bench.capture_overhead [--tasks N] [--rounds R] [--calls K] [--json PATH]
+    python -m bench.capture_overhead [--broker redis|rabbitmq|both] [--tasks N]
+        [--rounds R] [--calls K] [--json PATH]
 """
 
 from __future__ import annotations
@@ -39,11 +47,15 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from kombu import Connection
 
 from bench import MODES
+from stemtrace.capture.publisher import describe_url
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = {"plain": "plain", "stemtrace": "stemtrace", "celery-events": "celery -E"}
+BROKERS = ("redis", "rabbitmq")
+BROKER_LABELS = {"redis": "Redis", "rabbitmq": "RabbitMQ"}
 TARGET_RATIO = 0.95
 
 
@@ -52,80 +64,109 @@ class BenchError(RuntimeError):
 
 
 class Run:
-    """One invocation: its keys in Redis, its log directory, the processes it started."""
+    """One invocation: its keys in Redis, its queues and exchanges in RabbitMQ, its logs,
+    the processes it started."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.run_id = uuid.uuid4().hex[:8]
-        self.broker = f"redis://{args.host}:{args.port}/{args.db}"
-        self.client = redis.Redis.from_url(self.broker)
+        self.brokers = BROKERS if args.broker == "both" else (args.broker,)
+        # Counters and time stamps, and the Celery broker of the Redis runs.
+        self.redis_url = f"redis://{args.host}:{args.port}/{args.db}"
+        self.client = redis.Redis.from_url(self.redis_url)
+        self.amqp_url = args.amqp_url
+        self.amqp: Connection | None = None
+        self.amqp_names: set[str] = set()  # queues and exchanges of ours, each named alike
         self.logs = Path(tempfile.mkdtemp(prefix=f"bench-capture-{self.run_id}-"))
         self.processes: list[subprocess.Popen[bytes]] = []
         self.prefix = f"bench-capture:{self.run_id}"
 
-    def env(self, mode: str, round_no: int) -> dict[str, str]:
+    def broker_url(self, broker: str) -> str:
+        return self.amqp_url if broker == "rabbitmq" else self.redis_url
+
+    def connect(self) -> None:
+        """Fail early, with the address, when a broker of this run is not there."""
+        self.client.ping()
+        if "rabbitmq" in self.brokers:
+            self.amqp = Connection(self.amqp_url, connect_timeout=5, heartbeat=0)
+            self.amqp.ensure_connection(max_retries=1)
+
+    def env(self, broker: str, mode: str, round_no: int) -> dict[str, str]:
+        name = f"{self.prefix}:{{}}:{broker}:{mode}:{round_no}"
         env = {
             **os.environ,
-            "BENCH_BROKER": self.broker,
-            "BENCH_QUEUE": f"{self.prefix}:q:{mode}:{round_no}",
+            "BENCH_BROKER": self.broker_url(broker),
+            "BENCH_REDIS": self.redis_url,
+            "BENCH_QUEUE": name.format("q"),
             "BENCH_MODE": mode,
-            "BENCH_STREAM": f"{self.prefix}:events:{mode}:{round_no}",
-            "BENCH_COUNTER": f"{self.prefix}:count:{mode}:{round_no}",
+            "BENCH_STREAM": name.format("events"),
+            "BENCH_COUNTER": name.format("count"),
             "BENCH_TOTAL": str(self.args.tasks),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "C_FORCE_ROOT": "1",
         }
         # A stray STEMTRACE_* setting (say, STEMTRACE_ENABLED=0) would skew the comparison.
-        for name in [n for n in env if n.startswith("STEMTRACE_")]:
-            del env[name]
+        for key in [n for n in env if n.startswith("STEMTRACE_")]:
+            del env[key]
         return env
 
     # -- one measurement -----------------------------------------------------
 
-    def send(self, mode: str, round_no: int) -> dict[str, Any]:
+    def send(self, broker: str, mode: str, round_no: int) -> dict[str, Any]:
         """Time apply_async and pre-fill the worker queue, in a sender process of ``mode``."""
-        throwaway = f"{self.prefix}:throwaway:{mode}:{round_no}"
+        env = self.env(broker, mode, round_no)
+        throwaway = f"{self.prefix}:throwaway:{broker}:{mode}:{round_no}"
+        if broker == "rabbitmq":
+            # Celery declares a queue and an exchange named after each queue it sends to.
+            self.amqp_names.update((throwaway, env["BENCH_QUEUE"]))
+            if mode == "stemtrace":
+                # Frames sent to a fanout exchange without a queue are dropped: bind one first.
+                self.bind_events_queue(env["BENCH_STREAM"])
         command = [
             sys.executable, "-m", "bench.benchapp",
             "--calls", str(self.args.calls), "--throwaway", throwaway,
         ]  # fmt: skip
-        log = self.logs / f"send-{mode}-{round_no}.log"
+        log = self.logs / f"send-{broker}-{mode}-{round_no}.log"
         try:
             with open(log, "wb") as err:
-                env = self.env(mode, round_no)
                 process = self.start(command, env, stdout=subprocess.PIPE, stderr=err)
                 out, _ = process.communicate(timeout=300)
             if process.returncode != 0:
-                raise BenchError(f"sender ({mode}) failed:\n{tail(log)}")
+                raise BenchError(f"sender ({broker}, {mode}) failed:\n{tail(log)}")
             return dict(json.loads(out.decode().strip().splitlines()[-1]))
         finally:
-            self.delete(throwaway, f"_kombu.binding.{throwaway}")
+            if broker == "rabbitmq":
+                self.amqp_delete(throwaway)
+            else:
+                self.delete(throwaway, f"_kombu.binding.{throwaway}")
 
-    def drain(self, mode: str, round_no: int) -> dict[str, Any]:
+    def drain(self, broker: str, mode: str, round_no: int) -> dict[str, Any]:
         """Start a worker on the pre-filled queue; return its throughput once it is empty."""
-        env = self.env(mode, round_no)
+        env = self.env(broker, mode, round_no)
         counter, total = env["BENCH_COUNTER"], self.args.tasks
-        queued = int(self.client.llen(env["BENCH_QUEUE"]))
+        queued = self.queued(broker, env["BENCH_QUEUE"], total)
         if queued != total:
-            raise BenchError(f"{mode}: expected {total} queued tasks, found {queued}")
+            raise BenchError(f"{broker} {mode}: expected {total} queued tasks, found {queued}")
         command = [
             sys.executable, "-m", "celery", "-A", "bench.benchapp:app", "worker",
             "-P", "prefork", "-c", "2", "-Q", env["BENCH_QUEUE"],
-            "-n", f"bench{self.run_id}{mode.replace('-', '')}{round_no}@%h",
+            "-n", f"bench{self.run_id}{broker}{mode.replace('-', '')}{round_no}@%h",
             "--without-mingle", "--without-gossip", "-l", "warning",
         ]  # fmt: skip
         if mode == "celery-events":
             command.append("-E")
-        log = self.logs / f"worker-{mode}-{round_no}.log"
+        log = self.logs / f"worker-{broker}-{mode}-{round_no}.log"
         with open(log, "wb") as out:
             worker = self.start(command, env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60 + total / 20
             while int(self.client.get(f"{counter}:done") or 0) < total:
                 if worker.poll() is not None:
-                    raise BenchError(f"{mode} worker exited ({worker.returncode}):\n{tail(log)}")
+                    raise BenchError(
+                        f"{broker} {mode} worker exited ({worker.returncode}):\n{tail(log)}"
+                    )
                 if time.monotonic() > deadline:
-                    raise BenchError(f"{mode} worker too slow or stuck:\n{tail(log)}")
+                    raise BenchError(f"{broker} {mode} worker too slow or stuck:\n{tail(log)}")
                 time.sleep(0.25)
             first = float(self.client.get(f"{counter}:first") or "nan")
             last = float(self.client.get(f"{counter}:last") or "nan")
@@ -133,12 +174,81 @@ class Run:
             self.stop(worker)
         result: dict[str, Any] = {"tasks_per_s": (total - 1) / (last - first)}
         if mode == "stemtrace":
-            result["events"] = count_events(self.client, env["BENCH_STREAM"])
-        self.delete(
-            env["BENCH_QUEUE"], env["BENCH_STREAM"],
-            f"{counter}:done", f"{counter}:first", f"{counter}:last",
-        )  # fmt: skip
+            if broker == "rabbitmq":
+                result["events"] = self.count_amqp_events(env["BENCH_STREAM"])
+            else:
+                result["events"] = count_events(self.client, env["BENCH_STREAM"])
+        self.delete(f"{counter}:done", f"{counter}:first", f"{counter}:last")
+        if broker == "rabbitmq":
+            self.amqp_delete(env["BENCH_QUEUE"], env["BENCH_STREAM"])
+        else:
+            self.delete(env["BENCH_QUEUE"], env["BENCH_STREAM"])
         return result
+
+    # -- RabbitMQ ------------------------------------------------------------
+
+    def queued(self, broker: str, queue: str, expected: int) -> int:
+        """Tasks waiting in ``queue``: LLEN on Redis, a passive declare on RabbitMQ."""
+        if broker == "redis":
+            return int(self.client.llen(queue))
+        # The sender has closed its connection, but the broker may still be routing
+        # its last messages into the queue: give the count a moment to settle.
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                with self.amqp_channel() as channel:
+                    count = int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except Exception as exc:  # amqp's NotFound when the sender never declared it
+                raise BenchError(f"cannot count the tasks in {queue}: {exc}") from exc
+            if count >= expected or time.monotonic() > deadline:
+                return count
+            time.sleep(0.1)
+
+    def bind_events_queue(self, stream: str) -> None:
+        from stemtrace.transports.amqp import exchange_for
+
+        self.amqp_names.add(stream)
+        with self.amqp_channel() as channel:
+            exchange = exchange_for(stream)(channel)
+            exchange.declare()
+            channel.queue_declare(queue=stream, durable=True, auto_delete=False)
+            channel.queue_bind(queue=stream, exchange=stream, routing_key="")
+
+    def count_amqp_events(self, stream: str) -> int:
+        """Consume the queue bound to the events exchange; count the events in its frames."""
+        from stemtrace.events import decode_frame
+
+        events = 0
+        with self.amqp_channel() as channel:
+            while True:
+                message = channel.basic_get(queue=stream, no_ack=True)
+                if message is None:
+                    time.sleep(0.2)  # anything still being routed
+                    if channel.queue_declare(queue=stream, passive=True).message_count == 0:
+                        return events
+                    continue
+                events += len(decode_frame(message.body).events)
+
+    @contextlib.contextmanager
+    def amqp_channel(self) -> Iterator[Any]:
+        """A channel of its own per use: a failed (say, passive) declare closes it."""
+        assert self.amqp is not None
+        channel = self.amqp.channel()
+        try:
+            yield channel
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+
+    def amqp_delete(self, *names: str) -> None:
+        """Delete the queues and the exchanges of these names (both are named alike)."""
+        if self.amqp is None:
+            return
+        for name in names:
+            for delete in ("queue_delete", "exchange_delete"):
+                with contextlib.suppress(Exception), self.amqp_channel() as channel:
+                    getattr(channel, delete)(name)
+            self.amqp_names.discard(name)
 
     # -- processes and keys --------------------------------------------------
 
@@ -168,6 +278,10 @@ class Run:
     def cleanup(self) -> None:
         for process in list(self.processes):
             self.stop(process, timeout=5.0)
+        if self.amqp is not None:
+            self.amqp_delete(*sorted(self.amqp_names))
+            with contextlib.suppress(Exception):
+                self.amqp.release()
         ours = list(self.client.scan_iter(match=f"*{self.prefix}*", count=1000))
         if ours:
             self.client.delete(*ours)
@@ -219,69 +333,94 @@ def sigterm_as_exit() -> Iterator[None]:
 
 
 def measure(run: Run) -> dict[str, Any]:
-    rounds = run.args.rounds
-    worker: dict[str, list[float]] = {m: [] for m in MODES}
-    publish: dict[str, list[float]] = {m: [] for m in MODES}
-    events: list[int] = []
+    rounds, brokers = run.args.rounds, run.brokers
+    worker = {b: {m: [] for m in MODES} for b in brokers}
+    publish = {b: {m: [] for m in MODES} for b in brokers}
+    events: dict[str, list[int]] = {b: [] for b in brokers}
+    missing: dict[str, list[int]] = {b: [] for b in brokers}
     for round_no in range(rounds):
         # Rotate the order so no configuration always runs first or last.
         order = MODES[round_no % len(MODES) :] + MODES[: round_no % len(MODES)]
-        for mode in order:
-            sent = run.send(mode, round_no)
-            publisher = sent.get("publisher")
-            if publisher and (publisher["dropped"] or not sent.get("flushed")):
-                print(f"  note: sender publisher {publisher}", file=sys.stderr)
-            drained = run.drain(mode, round_no)
-            worker[mode].append(drained["tasks_per_s"])
-            publish[mode].append(sent["per_call_us"])
-            extra = ""
-            if "events" in drained:
-                events.append(drained["events"])
-                extra = f", {drained['events']} stemtrace events"
-            print(
-                f"round {round_no + 1}/{rounds} {LABELS[mode]:>10}: "
-                f"{drained['tasks_per_s']:7.0f} tasks/s, "
-                f"apply_async {sent['per_call_us']:6.0f} us/call{extra}",
-                flush=True,
-            )
-    median_worker = {m: statistics.median(v) for m, v in worker.items()}
-    median_publish = {m: statistics.median(v) for m, v in publish.items()}
+        for broker in brokers if round_no % 2 == 0 else brokers[::-1]:
+            for mode in order:
+                sent = run.send(broker, mode, round_no)
+                publisher = sent.get("publisher")
+                if publisher and (publisher["dropped"] or not sent.get("flushed")):
+                    print(f"  note: {broker} sender publisher {publisher}", file=sys.stderr)
+                drained = run.drain(broker, mode, round_no)
+                worker[broker][mode].append(drained["tasks_per_s"])
+                publish[broker][mode].append(sent["per_call_us"])
+                extra = ""
+                if "events" in drained:
+                    # At least: what the sender published, and received, started and
+                    # succeeded per task (plus worker online, heartbeats, offline).
+                    least = (publisher["sent"] if publisher else 0) + 3 * run.args.tasks
+                    events[broker].append(drained["events"])
+                    missing[broker].append(max(0, least - drained["events"]))
+                    extra = f", {drained['events']} stemtrace events"
+                    if drained["events"] < least:
+                        extra += f" (MISSING at least {least - drained['events']})"
+                print(
+                    f"round {round_no + 1}/{rounds} {BROKER_LABELS[broker]:>8} "
+                    f"{LABELS[mode]:>10}: {drained['tasks_per_s']:7.0f} tasks/s, "
+                    f"apply_async {sent['per_call_us']:6.0f} us/call{extra}",
+                    flush=True,
+                )
+    per_broker = {}
+    for broker in brokers:
+        median_worker = {m: statistics.median(v) for m, v in worker[broker].items()}
+        median_publish = {m: statistics.median(v) for m, v in publish[broker].items()}
+        per_broker[broker] = {
+            "broker": describe_url(run.broker_url(broker)),
+            "worker_tasks_per_s": {"rounds": worker[broker], "median": median_worker},
+            "worker_ratio": {m: median_worker[m] / median_worker["plain"] for m in MODES[1:]},
+            "apply_async_us": {"rounds": publish[broker], "median": median_publish},
+            "apply_async_ratio": {
+                m: median_publish[m] / median_publish["plain"] for m in MODES[1:]
+            },
+            # sent + received + started + succeeded per task, plus worker online/heartbeats
+            "stemtrace_events_per_round": events[broker],
+            "stemtrace_events_missing_per_round": missing[broker],
+        }
     return {
         "settings": {
             "tasks": run.args.tasks,
             "rounds": rounds,
             "calls": run.args.calls,
-            "broker": run.broker,
+            "counters": run.redis_url,
             "pool": "prefork",
             "concurrency": 2,
         },
-        "worker_tasks_per_s": {"rounds": worker, "median": median_worker},
-        "worker_ratio": {m: median_worker[m] / median_worker["plain"] for m in MODES[1:]},
-        "apply_async_us": {"rounds": publish, "median": median_publish},
-        "apply_async_ratio": {m: median_publish[m] / median_publish["plain"] for m in MODES[1:]},
-        # sent + received + started + succeeded per task, plus worker online/heartbeats
-        "stemtrace_events_per_round": events,
+        "brokers": per_broker,
     }
 
 
 def report(result: dict[str, Any]) -> str:
-    w, wr = result["worker_tasks_per_s"]["median"], result["worker_ratio"]
-    p, pr = result["apply_async_us"]["median"], result["apply_async_ratio"]
     s = result["settings"]
-    verdict = "meets" if wr["stemtrace"] >= TARGET_RATIO else "BELOW"
-    return "\n".join(
-        [
-            f"medians of {s['rounds']} interleaved rounds; {s['tasks']} no-op tasks per worker "
-            f"run (prefork -c 2), {s['calls']} apply_async calls per sender run",
-            f"worker throughput (tasks/s): plain {w['plain']:.0f}, "
-            f"stemtrace {w['stemtrace']:.0f} (ratio {wr['stemtrace']:.2f}), "
-            f"celery -E {w['celery-events']:.0f} (ratio {wr['celery-events']:.2f})",
-            f"apply_async (us/call): plain {p['plain']:.0f}, "
-            f"stemtrace {p['stemtrace']:.0f} (ratio {pr['stemtrace']:.2f}), "
-            f"sent events {p['celery-events']:.0f} (ratio {pr['celery-events']:.2f})",
-            f"stemtrace worker ratio {wr['stemtrace']:.3f} {verdict} the target {TARGET_RATIO:.2f}",
-        ]
-    )
+    lines = [
+        f"medians of {s['rounds']} interleaved rounds; {s['tasks']} no-op tasks per worker "
+        f"run (prefork -c 2), {s['calls']} apply_async calls per sender run"
+    ]
+    header = f"{'':<10} {'worker tasks/s':>14} {'/plain':>6} {'apply_async us':>14} {'/plain':>6}"
+    for broker, numbers in result["brokers"].items():
+        w, wr = numbers["worker_tasks_per_s"]["median"], numbers["worker_ratio"]
+        p, pr = numbers["apply_async_us"]["median"], numbers["apply_async_ratio"]
+        lines += ["", f"{BROKER_LABELS[broker]} ({numbers['broker']})", header]
+        for mode in MODES:
+            wratio, pratio = (
+                (f"{wr[mode]:6.2f}", f"{pr[mode]:6.2f}") if mode != "plain" else ("", "")
+            )
+            row = f"{LABELS[mode]:<10} {w[mode]:14.0f} {wratio:>6} {p[mode]:14.0f} {pratio:>6}"
+            lines.append(row.rstrip())
+        ratio = wr["stemtrace"]
+        verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
+        missing = sum(numbers["stemtrace_events_missing_per_round"])
+        lost = f", {missing} MISSING" if missing else ", none missing"
+        lines.append(
+            f"stemtrace worker ratio {ratio:.3f} {verdict} the target {TARGET_RATIO:.2f}; "
+            f"stemtrace events per round {numbers['stemtrace_events_per_round']}{lost}"
+        )
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -293,9 +432,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=5000, help="timed apply_async calls per run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
+    parser.add_argument(
+        "--broker",
+        choices=(*BROKERS, "both"),
+        default="both",
+        help="Celery broker (and so stemtrace transport) to measure; both: interleaved",
+    )
+    parser.add_argument(
+        "--amqp-url",
+        default="amqp://guest:guest@127.0.0.1:5672//",
+        help="RabbitMQ URL (broker rabbitmq)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="Redis host")
     parser.add_argument("--port", type=int, default=6379, help="Redis port")
-    parser.add_argument("--db", type=int, default=13, help="Redis database used only by this")
+    parser.add_argument(
+        "--db", type=int, default=13, help="Redis database used only by this (counters too)"
+    )
     args = parser.parse_args(argv)
     if args.tasks < 2 or args.rounds < 1 or args.calls < 1:
         parser.error("need --tasks >= 2, --rounds >= 1, --calls >= 1")
@@ -306,9 +458,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = Run(args)
     try:
-        run.client.ping()
+        run.connect()
     except redis.RedisError as exc:
-        print(f"cannot reach Redis at {run.broker}: {exc}", file=sys.stderr)
+        print(f"cannot reach Redis at {run.redis_url}: {exc}", file=sys.stderr)
+        shutil.rmtree(run.logs, ignore_errors=True)
+        return 2
+    except Exception as exc:
+        print(
+            f"cannot reach RabbitMQ at {describe_url(run.amqp_url)}: {exc} "
+            "(--broker redis measures Redis alone)",
+            file=sys.stderr,
+        )
+        run.cleanup()
+        shutil.rmtree(run.logs, ignore_errors=True)
         return 2
     print(f"run {run.run_id}: logs in {run.logs}", flush=True)
     try:

@@ -180,14 +180,19 @@ def validate_event(obj: object) -> str | None:
             problem = "empty task_id"
     if problem is not None:
         return problem
-    for name, types in OPTIONAL_FIELDS.items():
-        if types and name in obj and not _is(obj[name], types):
-            return f"field {name!r} has type {type(obj[name]).__name__}"
-    for name in ("chain", "callbacks", "errbacks"):
-        for link in obj.get(name) or ():
-            if not isinstance(link, dict) or _check_required(link, LINK_FIELDS) is not None:
-                return f"field {name!r} holds a malformed link"
+    optional = OPTIONAL_FIELDS
+    for name, value in obj.items():  # the event's own fields: fewer than the known ones
+        types = optional.get(name)
+        if types and type(value) not in types and not _is(value, types):
+            return f"field {name!r} has type {type(value).__name__}"
+        if name in _LINK_LISTS and value:
+            for link in value:
+                if not isinstance(link, dict) or _check_required(link, LINK_FIELDS) is not None:
+                    return f"field {name!r} holds a malformed link"
     return None
+
+
+_LINK_LISTS = frozenset({"chain", "callbacks", "errbacks"})
 
 
 def _check_required(obj: dict[str, Any], spec: dict[str, tuple[type, ...]]) -> str | None:

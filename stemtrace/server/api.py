@@ -237,7 +237,7 @@ def create_api_router(
 
     @router.get("/registry", summary="Task definitions with counts, rates and runtimes")
     def get_registry() -> dict[str, Any]:
-        return {"tasks": queries.registry(conn())}
+        return {"tasks": store.cached("registry", 10.0, lambda: queries.registry(conn()))}
 
     @router.get("/workers", summary="Workers: online or not, last heartbeat, what they run")
     def get_workers() -> dict[str, Any]:
@@ -254,7 +254,7 @@ def create_api_router(
             "store": {
                 "path": store.path,
                 "size_bytes": store.size_bytes(),
-                **queries.counts(conn()),
+                **store.cached("counts", 5.0, lambda: queries.counts(conn())),
             },
         }
 

@@ -194,7 +194,8 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
 
     @router.get("/registry", name="stemtrace.registry")
     def registry(request: Request) -> HTMLResponse:
-        return page(request, "registry.html", {"tasks": queries.registry(store.reader().conn)})
+        tasks = store.cached("registry", 10.0, lambda: queries.registry(store.reader().conn))
+        return page(request, "registry.html", {"tasks": tasks})
 
     @router.get("/workers", name="stemtrace.workers")
     def workers(request: Request) -> HTMLResponse:

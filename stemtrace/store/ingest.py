@@ -96,6 +96,7 @@ INSERT_EVENT = "INSERT OR IGNORE INTO events (task_id, eid, kind, ts, data) VALU
 _ROW_ONLY = frozenset({"args", "kwargs", "result", "chain", "callbacks", "errbacks"})
 # Fields the events table has as columns.
 _COLUMNS = frozenset({"task_id", "eid", "kind", "ts"})
+_NOT_IN_HISTORY = _COLUMNS | _ROW_ONLY
 
 UPSERT_CURSOR = """
 INSERT INTO cursors (source, position, updated_at) VALUES (?, ?, ?)
@@ -225,7 +226,7 @@ def merge_rows(old: list[Any], new: tuple[Any, ...]) -> None:
 
 def event_row(event: ev.Event) -> tuple[Any, ...]:
     # Celery's events keep their args and result here: they live nowhere else.
-    dropped = _COLUMNS if event.get("source") == "celery" else _COLUMNS | _ROW_ONLY
+    dropped = _COLUMNS if event.get("source") == "celery" else _NOT_IN_HISTORY
     history = {k: v for k, v in event.items() if k not in dropped}
     return (event["task_id"], event["eid"], event["kind"], event["ts"], _dumps(history))
 

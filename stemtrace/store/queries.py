@@ -357,8 +357,8 @@ def workers(conn: sqlite3.Connection, now: float | None = None) -> list[dict[str
         row["running"] = [
             dict(zip(("id", "name", "started_at"), r, strict=True))
             for r in conn.execute(
-                "SELECT id, name, started_at FROM tasks WHERE worker = ? AND state = 'STARTED'"
-                " ORDER BY seen_at DESC LIMIT 100",
+                "SELECT id, name, started_at FROM tasks INDEXED BY tasks_running"
+                " WHERE worker = ? AND state = 'STARTED' ORDER BY seen_at DESC LIMIT 100",
                 (row["hostname"],),
             )
         ]

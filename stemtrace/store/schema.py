@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,34 @@ def m002_sources(db: Database) -> None:
     )
 
 
+@migrations()
+def m003_events_by_rowid(db: Database) -> None:
+    """History rows appended in arrival order, found through an index.
+
+    A table clustered on random task ids wrote each row to a random page,
+    which slowed ingestion as the store grew; the unique index keeps the
+    de-duplication by ``(task_id, eid)``. Also an index for the tasks a
+    worker is running now.
+    """
+    db.executescript(
+        """
+        CREATE TABLE events_new (
+            task_id TEXT NOT NULL,
+            eid TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            ts REAL NOT NULL,
+            data TEXT NOT NULL
+        );
+        INSERT INTO events_new (task_id, eid, kind, ts, data)
+            SELECT task_id, eid, kind, ts, data FROM events;
+        DROP TABLE events;
+        ALTER TABLE events_new RENAME TO events;
+        CREATE UNIQUE INDEX events_task ON events (task_id, eid);
+        CREATE INDEX tasks_running ON tasks (worker, seen_at DESC) WHERE state = 'STARTED';
+        """
+    )
+
+
 class Store:
     """One stemtrace database file; migrated to the current schema when opened."""
 
@@ -163,6 +193,7 @@ class Store:
         self._writer: sqlite3.Connection | None = None
         self._writer_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
+        self._cache: dict[str, tuple[float, Any]] = {}
         migrations.apply(Database(self.writer()))
 
     def _connect(self) -> sqlite3.Connection:
@@ -199,6 +230,16 @@ class Store:
             with self._writer_lock:
                 self._readers.append(conn)
         return db
+
+    def cached(self, key: str, ttl: float, compute: Callable[[], Any]) -> Any:
+        """``compute()``'s value, reused for ``ttl`` seconds (aggregates over the whole store)."""
+        now = time.monotonic()
+        found = self._cache.get(key)
+        if found is not None and now - found[0] < ttl:
+            return found[1]
+        value = compute()
+        self._cache[key] = (now, value)
+        return value
 
     def size_bytes(self) -> int:
         """Bytes on disk: the database file plus its write-ahead log."""

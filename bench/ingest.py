@@ -1,0 +1,289 @@
+"""Ingestion throughput: the real consumer, Redis stream to SQLite, against Celery's State.
+
+``--events`` events from :mod:`bench.workload` (tasks with sent, received,
+started and succeeded events, retries, failures, chains, groups, chords, worker
+heartbeats) are encoded in frames of ``--frame`` events and appended to a
+fresh Redis stream with the capture sender (``RedisStreamSender``, one entry
+``{"d": frame}`` per frame). Then, in interleaved rounds:
+
+* ``stemtrace``: the real :class:`stemtrace.consumer.Consumer` with
+  :func:`stemtrace.transports.open_reader` reads the whole stream into a fresh
+  :class:`stemtrace.store.Store` on a temporary file. Timed from the start of
+  its loop until ``status.ingested`` reaches the event count (wall clock), and
+  the CPU time of this process over the same span (``time.process_time``: the
+  consumer thread, plus the Redis client; the Redis server runs elsewhere and
+  is reported apart).
+* ``celery State``: Celery's in-memory ``celery.events.state.State()`` (default
+  ``max_tasks_in_memory``, as Flower uses it) fed the same number of the
+  events Celery itself sends for the same transitions. No transport, no
+  decoding, no disk: an upper bound for what Celery's event tooling does.
+
+``--profile`` adds one more stemtrace run under cProfile and prints its top frames.
+
+Usage, from the repository root, with Redis on 127.0.0.1:6379::
+
+    python -m bench.ingest [--events N] [--rounds R] [--frame 200] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import itertools
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.workload import CeleryTranslator, Event, Workload, frames
+from stemtrace.consumer import Consumer
+from stemtrace.events import encode_frame
+from stemtrace.store import Store
+from stemtrace.transports import open_reader
+from stemtrace.transports.redis import RedisStreamSender
+
+TARGET_PER_CORE = 50_000
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def make_events(count: int) -> list[Event]:
+    """``count`` events of a busy deployment (~300 units of work a second), ending now."""
+    workload = Workload(start=time.time() - count / 1500, rate=300)
+    return list(itertools.islice(workload.events(), count))
+
+
+def fill_stream(url: str, stream: str, encoded: list[bytes]) -> None:
+    sender = RedisStreamSender(url, stream=stream, maxlen=len(encoded) + 1000)
+    try:
+        for start in range(0, len(encoded), 100):
+            sender.send(encoded[start : start + 100])
+    finally:
+        sender.close()
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info: Any = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def run_consumer(
+    url: str, stream: str, expected: int, workdir: Path, *, profile: cProfile.Profile | None
+) -> dict[str, Any]:
+    """Drain the stream into a fresh store; time until ``ingested == expected``."""
+    path = workdir / f"stemtrace-{uuid.uuid4().hex[:8]}.db"
+    store = Store(path)
+    consumer = Consumer(
+        store, lambda: open_reader(url, stream=stream), source=f"bench#{stream}", retention=None
+    )
+    status = consumer.status
+    done: dict[str, float] = {}
+    finished = threading.Event()
+
+    def watch() -> None:
+        # Polls the counter; the end time is the consumer's own stamp of its last batch.
+        while status.ingested + status.skipped < expected:
+            if finished.wait(0.002):
+                return
+        done["cpu"] = time.process_time()
+        done["wall"] = status.last_batch_at or time.time()
+        consumer.stop()
+
+    watcher = threading.Thread(target=watch, name="bench-watch", daemon=True)
+    deadline = threading.Timer(max(60.0, expected / 2000), consumer.stop)
+    deadline.daemon = True
+    watcher.start()
+    deadline.start()
+    start_wall, start_cpu = time.time(), time.process_time()
+    # The consumer's loop runs here, in this thread, exactly as Consumer.start() runs it
+    # in its own: the watcher stops it, and cProfile can see it.
+    if profile is not None:
+        profile.runcall(consumer.run)
+    else:
+        consumer.run()
+    finished.set()
+    deadline.cancel()
+    watcher.join(5)
+    if "wall" not in done:
+        raise BenchError(
+            f"consumer stopped at {status.ingested}/{expected} events"
+            f" (skipped {status.skipped}, last error {status.last_error})"
+        )
+    if status.skipped:
+        raise BenchError(f"consumer skipped {status.skipped}: {list(status.skip_reasons)[:3]}")
+    tasks = store.writer().execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+    store.close()  # the last connection checkpoints and removes the WAL
+    size = store.size_bytes()
+    path.unlink(missing_ok=True)
+    return {
+        "wall": done["wall"] - start_wall,
+        "cpu": done["cpu"] - start_cpu,
+        "batches": status.batches,
+        "tasks": int(tasks),
+        "bytes": size,
+    }
+
+
+def run_celery(events: list[dict[str, Any]]) -> dict[str, float]:
+    from celery.events.state import State
+
+    state = State()
+    feed = state.event
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    for event in events:
+        feed(event)
+    return {"wall": time.perf_counter() - start_wall, "cpu": time.process_time() - start_cpu}
+
+
+def top_frames(profile: cProfile.Profile, count: int = 25) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("tottime").print_stats(count)
+    stats.sort_stats("cumulative").print_stats(count)
+    return out.getvalue()
+
+
+def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str, Any]:
+    count = args.events
+    print(f"generating {count} events ...", flush=True)
+    events = make_events(count)
+    encoded = [encode_frame(batch) for batch in frames(events, args.frame)]
+    wire = sum(len(f) for f in encoded)
+    translate = CeleryTranslator()
+    celery_events = [translate(e) for e in events]
+    stream = f"bench-ingest:{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    results: dict[str, list[dict[str, Any]]] = {"stemtrace": [], "celery": []}
+    redis_cpu_used: list[float] = []
+    try:
+        fill_stream(url, stream, encoded)
+        print(
+            f"{count} events ({sum(e['kind'] == 'sent' for e in events)} sent) in "
+            f"{len(encoded)} frames of {args.frame} on {url} {stream}, "
+            f"{wire / count:.0f} bytes/event on the wire",
+            flush=True,
+        )
+        for round_no in range(args.rounds):
+            order = ("stemtrace", "celery") if round_no % 2 == 0 else ("celery", "stemtrace")
+            for which in order:
+                if which == "stemtrace":
+                    before = redis_cpu(client)
+                    found = run_consumer(url, stream, count, workdir, profile=None)
+                    redis_cpu_used.append(redis_cpu(client) - before)
+                    line = (
+                        f"stemtrace {count / found['wall']:8.0f} events/s wall, "
+                        f"{count / found['cpu']:8.0f} per CPU s ({found['batches']} batches)"
+                    )
+                else:
+                    # Fresh dicts each round: State keeps references to what it is fed.
+                    found = run_celery([dict(e) for e in celery_events])
+                    line = (
+                        f"celery State {count / found['wall']:8.0f} events/s wall, "
+                        f"{count / found['cpu']:8.0f} per CPU s"
+                    )
+                results[which].append(found)
+                print(f"round {round_no + 1}/{args.rounds} {line}", flush=True)
+        profile_text = None
+        if args.profile:
+            profile = cProfile.Profile()
+            run_consumer(url, stream, count, workdir, profile=profile)
+            profile_text = top_frames(profile)
+    finally:
+        client.delete(stream)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "events": count,
+        "wire_bytes": wire,
+        "stemtrace": results["stemtrace"],
+        "celery": results["celery"],
+        "redis_cpu": redis_cpu_used,
+        "profile": profile_text,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    count = result["events"]
+    st, ce = result["stemtrace"], result["celery"]
+    st_wall = statistics.median(count / r["wall"] for r in st)
+    st_cpu = statistics.median(count / r["cpu"] for r in st)
+    ce_wall = statistics.median(count / r["wall"] for r in ce)
+    ce_cpu = statistics.median(count / r["cpu"] for r in ce)
+    last = st[-1]
+    verdict = "meets" if st_cpu >= TARGET_PER_CORE else "BELOW"
+    return "\n".join(
+        [
+            f"medians of {len(st)} interleaved rounds, {count} events each",
+            f"stemtrace consumer (Redis -> decode -> SQLite): {st_wall:.0f} events/s wall, "
+            f"{st_cpu:.0f} events/s per CPU second of this process "
+            f"(+ Redis server {statistics.median(result['redis_cpu']):.2f} CPU s per run)",
+            f"celery State (in memory, no transport): {ce_wall:.0f} events/s wall, "
+            f"{ce_cpu:.0f} per CPU second",
+            f"ratio stemtrace/celery: {st_wall / ce_wall:.2f} wall, "
+            f"{st_cpu / ce_cpu:.2f} per CPU s",
+            f"on disk: {last['bytes'] / 1e6:.1f} MB for {last['tasks']} tasks: "
+            f"{last['bytes'] / last['tasks']:.0f} bytes/task, {last['bytes'] / count:.0f} "
+            f"bytes/event (wire: {result['wire_bytes'] / count:.0f} bytes/event)",
+            f"stemtrace {st_cpu:.0f} events/s per core {verdict} the target {TARGET_PER_CORE}",
+        ]
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ingest",
+        description="Consumer throughput (Redis stream -> SQLite) against Celery's State.",
+    )
+    parser.add_argument("--events", type=int, default=200_000, help="events per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--frame", type=int, default=200, help="events per frame")
+    parser.add_argument("--profile", action="store_true", help="profile one more consumer run")
+    parser.add_argument("--host", default="127.0.0.1", help="Redis host")
+    parser.add_argument("--port", type=int, default=6379, help="Redis port")
+    parser.add_argument("--db", type=int, default=13, help="Redis database used only by this")
+    args = parser.parse_args(argv)
+    if args.events < 1 or args.rounds < 1 or args.frame < 1:
+        parser.error("need --events, --rounds and --frame >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    url = f"redis://{args.host}:{args.port}/{args.db}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        print(f"cannot reach Redis at {url}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = measure(args, client, url)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        client.close()
+    print()
+    print(report(result))
+    if result["profile"]:
+        print()
+        print("cProfile of one consumer run (the consumer loop, in this thread):")
+        print(result["profile"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
