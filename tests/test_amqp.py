@@ -82,6 +82,22 @@ def test_canvas_shapes_through_rabbitmq(rabbit: Scenario, tmp_path: Path) -> Non
             task = observed.task(retried.id, "SUCCESS")
             assert [a["state"] for a in task["attempts"]] == ["RETRY", "RETRY", "SUCCESS"]
             assert task["trace_id"] == "rabbit-trace"
+
+            nested = chain(
+                add.s(1, 1), chord([chain(add.s(1), add.s(1)), add.s(10)], tsum.s()), add.s(100)
+            ).apply_async()
+            spawner = app.tasks["proj.spawn"].delay(2)
+            secret = app.tasks["proj.login"].delay("ada", "hunter2")
+            assert nested.get(timeout=30) == 116 and len(spawner.get(timeout=20)) == 2
+            secret.get(timeout=20)
+            flow = observed.flow(nested.id, settled=6)
+            assert len([n for n in flow["nodes"] if n["kind"] == "task"]) == 6
+            assert len(edges(flow, "chord")) == 2
+            children = spawner.get(timeout=1)
+            flow = observed.flow(spawner.id, settled=3)
+            assert edges(flow, "spawned") == {(spawner.id, child) for child in children}
+            login = observed.task(secret.id, "SUCCESS")
+            assert login["args"] == ["ada", {"__stemtrace__": "scrubbed"}]
         capture.publisher.close(1)
     app.close()
     _delete(AMQP_URL, queues=[settings.queue_name], exchanges=[])
