@@ -170,8 +170,7 @@ def create_api_router(
         name="stemtrace.api.flow_dot",
     )
     def get_dot(task_id: ID) -> Response:
-        graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
-        critical = set(flows.critical_path(graph, time.time())["nodes"])
+        graph, critical = flow_and_path(store, task_id)
         return Response(
             export.to_dot(graph, critical),
             media_type="text/vnd.graphviz",
@@ -186,8 +185,7 @@ def create_api_router(
         name="stemtrace.api.flow_svg",
     )
     def get_svg(task_id: ID) -> Response:
-        graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
-        critical = set(flows.critical_path(graph, time.time())["nodes"])
+        graph, critical = flow_and_path(store, task_id)
         try:
             svg = export.to_svg(graph, critical)
         except export.DotNotInstalled as exc:
@@ -268,6 +266,12 @@ def load_flow(
     if rows is None:
         raise not_found("task or group", task_id)
     return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
+
+
+def flow_and_path(store: Store, task_id: str) -> tuple[dict[str, Any], set[str]]:
+    """A flow as exports draw it, and the ids on its critical path."""
+    graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
+    return graph, set(flows.critical_path(graph, time.time())["nodes"])
 
 
 def retry_waits(
