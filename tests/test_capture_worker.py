@@ -283,3 +283,24 @@ def test_worker_lifecycle_and_registry(scenario: Scenario) -> None:
     heartbeat = next(e for e in events if e["kind"] == "worker_heartbeat")
     assert heartbeat["worker"] == online["worker"] and heartbeat["active"] == 0
     assert events[-1]["kind"] == "worker_offline"
+
+
+def test_the_threads_pool_keeps_each_tasks_trace_apart(
+    scenario: Scenario, client: tuple[Celery, Capture]
+) -> None:
+    """Tasks running side by side in threads: each keeps its own trace for its children."""
+    app, _ = client
+    spawn = app.tasks["proj.spawn"]
+    with celery_worker(scenario, pool="threads", concurrency=4):
+        results = {}
+        for name in ("alpha", "beta", "gamma"):
+            with stemtrace.trace(f"trace-{name}"):
+                results[name] = spawn.delay(3)
+        children = {name: result.get(timeout=20) for name, result in results.items()}
+        every = [r.id for r in results.values()] + [c for cs in children.values() for c in cs]
+        events = wait_finished(scenario, *every)
+    for name, result in results.items():
+        for child in children[name]:
+            sent = one(events, child, "sent")
+            assert sent["trace_id"] == f"trace-{name}" and sent["parent_id"] == result.id
+        assert one(events, result.id, "started")["trace_id"] == f"trace-{name}"
