@@ -182,6 +182,12 @@ def m003_events_by_rowid(db: Database) -> None:
     )
 
 
+@migrations()
+def m004_drop_unused_chord_index(db: Database) -> None:
+    """Nothing looks tasks up by ``chord_id``: callbacks are found by their own id."""
+    db.execute("DROP INDEX IF EXISTS tasks_chord")
+
+
 class Store:
     """One stemtrace database file; migrated to the current schema when opened."""
 
