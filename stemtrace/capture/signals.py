@@ -292,20 +292,21 @@ class Capture:
             or task_id
         )
         self._trace_tokens[task_id] = set_trace_id(trace_id)
-        eager = bool(getattr(request, "is_eager", False))
+        hostname = getattr(request, "hostname", None)
         fields: dict[str, Any] = {
             "task_id": task_id,
             "name": task.name,
-            "worker": getattr(request, "hostname", None),
+            "worker": hostname,
             "retries": _int_or_none(getattr(request, "retries", None)),
             "trace_id": trace_id,
-            "parent_id": parent_id,
-            "root_id": getattr(request, "root_id", None),
-            "group_id": group_id,
         }
-        if eager:
+        if not sent_trace:  # the sender had no init(app): its sent event is missing
+            fields["parent_id"] = parent_id
+            fields["root_id"] = getattr(request, "root_id", None)
+            fields["group_id"] = group_id
+        if getattr(request, "is_eager", False):
             fields.update(self.call_fields(task.name, args, kwargs))
-        self.emit(ev.STARTED, getattr(request, "hostname", None), **fields)
+        self.emit(ev.STARTED, hostname, **fields)
 
     def end_run(self, task_id: str | None) -> float | None:
         """Close a run of the task body: restore the trace context, return its runtime.
