@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from bench.workload import CeleryTranslator, Event, Workload, frames
 from stemtrace.consumer import Consumer
 from stemtrace.events import encode_frame
 from stemtrace.store import Store
-from stemtrace.transports import open_reader
+from stemtrace.transports import Reader, open_reader
 from stemtrace.transports.redis import RedisStreamSender
 
 TARGET_PER_CORE = 50_000
@@ -79,14 +80,20 @@ def redis_cpu(client: redis.Redis) -> float:
 
 
 def run_consumer(
-    url: str, stream: str, expected: int, workdir: Path, *, profile: cProfile.Profile | None
+    reader: Callable[[], Reader],
+    source: str,
+    expected: int,
+    workdir: Path,
+    *,
+    profile: cProfile.Profile | None = None,
 ) -> dict[str, Any]:
-    """Drain the stream into a fresh store; time until ``ingested == expected``."""
+    """Drain a transport into a fresh store; time until ``ingested == expected``.
+
+    Shared by ``bench.ingest`` (Redis) and ``bench.ingest_rabbitmq``.
+    """
     path = workdir / f"stemtrace-{uuid.uuid4().hex[:8]}.db"
     store = Store(path)
-    consumer = Consumer(
-        store, lambda: open_reader(url, stream=stream), source=f"bench#{stream}", retention=None
-    )
+    consumer = Consumer(store, reader, source=source, retention=None)
     status = consumer.status
     done: dict[str, float] = {}
     finished = threading.Event()
@@ -108,29 +115,34 @@ def run_consumer(
     start_wall, start_cpu = time.time(), time.process_time()
     # The consumer's loop runs here, in this thread, exactly as Consumer.start() runs it
     # in its own: the watcher stops it, and cProfile can see it.
-    if profile is not None:
-        profile.runcall(consumer.run)
-    else:
-        consumer.run()
-    finished.set()
-    deadline.cancel()
-    watcher.join(5)
-    if "wall" not in done:
-        raise BenchError(
-            f"consumer stopped at {status.ingested}/{expected} events"
-            f" (skipped {status.skipped}, last error {status.last_error})"
-        )
-    if status.skipped:
-        raise BenchError(f"consumer skipped {status.skipped}: {list(status.skip_reasons)[:3]}")
-    tasks = store.writer().execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
-    store.close()  # the last connection checkpoints and removes the WAL
-    size = store.size_bytes()
-    path.unlink(missing_ok=True)
+    try:
+        if profile is not None:
+            profile.runcall(consumer.run)
+        else:
+            consumer.run()
+    finally:
+        finished.set()
+        deadline.cancel()
+        watcher.join(5)
+    try:
+        if "wall" not in done:
+            raise BenchError(
+                f"{source}: consumer stopped at {status.ingested}/{expected} events"
+                f" (skipped {status.skipped}, last error {status.last_error})"
+            )
+        if status.skipped:
+            raise BenchError(f"consumer skipped {status.skipped}: {list(status.skip_reasons)[:3]}")
+        tasks = int(store.writer().execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+    finally:
+        store.close()  # the last connection checkpoints and removes the WAL
+        size = store.size_bytes()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
     return {
         "wall": done["wall"] - start_wall,
         "cpu": done["cpu"] - start_cpu,
         "batches": status.batches,
-        "tasks": int(tasks),
+        "tasks": tasks,
         "bytes": size,
     }
 
@@ -179,7 +191,9 @@ def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str
             for which in order:
                 if which == "stemtrace":
                     before = redis_cpu(client)
-                    found = run_consumer(url, stream, count, workdir, profile=None)
+                    found = run_consumer(
+                        lambda: open_reader(url, stream=stream), f"bench#{stream}", count, workdir
+                    )
                     redis_cpu_used.append(redis_cpu(client) - before)
                     line = (
                         f"stemtrace {count / found['wall']:8.0f} events/s wall, "
@@ -197,7 +211,13 @@ def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str
         profile_text = None
         if args.profile:
             profile = cProfile.Profile()
-            run_consumer(url, stream, count, workdir, profile=profile)
+            run_consumer(
+                lambda: open_reader(url, stream=stream),
+                f"bench#{stream}",
+                count,
+                workdir,
+                profile=profile,
+            )
             profile_text = top_frames(profile)
     finally:
         client.delete(stream)

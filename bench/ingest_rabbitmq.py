@@ -38,7 +38,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -49,12 +48,10 @@ import redis
 from kombu import Connection
 
 from bench.capture_overhead import sigterm_as_exit
-from bench.ingest import make_events
+from bench.ingest import BenchError, make_events, run_consumer
 from bench.workload import frames
 from stemtrace.capture.publisher import describe_url
-from stemtrace.consumer import Consumer
 from stemtrace.events import encode_frame
-from stemtrace.store import Store
 from stemtrace.transports import Reader, open_reader
 from stemtrace.transports.amqp import AmqpSender
 from stemtrace.transports.redis import RedisStreamSender
@@ -63,10 +60,6 @@ TRANSPORTS = ("redis", "rabbitmq")
 LABELS = {"redis": "Redis", "rabbitmq": "RabbitMQ"}
 SEND_CHUNK = 100
 """Frames handed to a sender's ``send`` at a time."""
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 class Run:
@@ -197,73 +190,6 @@ def process_cpu(pids: list[int]) -> float | None:
     except (OSError, IndexError, ValueError):
         return None
     return total / os.sysconf("SC_CLK_TCK")
-
-
-# -- one consumer run ----------------------------------------------------------
-
-
-def run_consumer(
-    reader: Callable[[], Reader],
-    source: str,
-    expected: int,
-    workdir: Path,
-    *,
-    profile: cProfile.Profile | None = None,
-) -> dict[str, Any]:
-    """Drain a transport into a fresh store; time until ``ingested == expected``."""
-    path = workdir / f"stemtrace-{uuid.uuid4().hex[:8]}.db"
-    store = Store(path)
-    consumer = Consumer(store, reader, source=source, retention=None)
-    status = consumer.status
-    done: dict[str, float] = {}
-    finished = threading.Event()
-
-    def watch() -> None:
-        # Polls the counter; the end time is the consumer's own stamp of its last batch.
-        while status.ingested + status.skipped < expected:
-            if finished.wait(0.002):
-                return
-        done["cpu"] = time.process_time()
-        done["wall"] = status.last_batch_at or time.time()
-        consumer.stop()
-
-    watcher = threading.Thread(target=watch, name="bench-watch", daemon=True)
-    deadline = threading.Timer(max(60.0, expected / 2000), consumer.stop)
-    deadline.daemon = True
-    watcher.start()
-    deadline.start()
-    start_wall, start_cpu = time.time(), time.process_time()
-    # The consumer's loop runs in this thread, as Consumer.start() runs it in its own:
-    # the watcher stops it, and cProfile can see it.
-    try:
-        if profile is not None:
-            profile.runcall(consumer.run)
-        else:
-            consumer.run()
-    finally:
-        finished.set()
-        deadline.cancel()
-        watcher.join(5)
-    try:
-        if "wall" not in done:
-            raise BenchError(
-                f"{source}: consumer stopped at {status.ingested}/{expected} events"
-                f" (skipped {status.skipped}, last error {status.last_error})"
-            )
-        if status.skipped:
-            raise BenchError(f"consumer skipped {status.skipped}: {list(status.skip_reasons)[:3]}")
-        tasks = int(store.writer().execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
-    finally:
-        store.close()
-        path.unlink(missing_ok=True)
-        for suffix in ("-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return {
-        "wall": done["wall"] - start_wall,
-        "cpu": done["cpu"] - start_cpu,
-        "batches": status.batches,
-        "tasks": tasks,
-    }
 
 
 # -- the benchmark -------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,4 +202,3 @@ def test_unique_queue_names_per_database(tmp_path: Path) -> None:
     two = Settings(db=str(tmp_path / "two.db")).queue_name
     assert one != two and one == Settings(db=str(tmp_path / "one.db")).queue_name
     assert Settings(queue="mine").queue_name == "mine"
-    assert uuid.UUID(int=0)  # keep uuid imported for queue naming in other tests
