@@ -167,32 +167,55 @@ def decode_frame(data: bytes | str) -> DecodedFrame:
 
 
 def validate_event(obj: object) -> str | None:
-    """Return why ``obj`` is not a valid event, or ``None`` when it is."""
-    if not isinstance(obj, dict):
+    """Return why ``obj`` is not a valid event, or ``None`` when it is.
+
+    Events of one producer share a few shapes (the same fields, of the same
+    types), so the type checks of a shape seen valid before are remembered;
+    what depends on values (an empty task id, the links in a chain) is checked
+    every time.
+    """
+    if type(obj) is not dict:
         return "not a JSON object"
     kind = obj.get("kind")
-    if kind not in KINDS:
-        return f"unknown kind {kind!r}"
-    problem = _check_required(obj, COMMON_FIELDS)
-    if problem is None and kind in TASK_KINDS:
-        problem = _check_required(obj, TASK_FIELDS)
-        if problem is None and not obj["task_id"]:
-            problem = "empty task_id"
-    if problem is not None:
-        return problem
-    optional = OPTIONAL_FIELDS
-    for name, value in obj.items():  # the event's own fields: fewer than the known ones
-        types = optional.get(name)
-        if types and type(value) not in types and not _is(value, types):
-            return f"field {name!r} has type {type(value).__name__}"
-        if name in _LINK_LISTS and value:
-            for link in value:
-                if not isinstance(link, dict) or _check_required(link, LINK_FIELDS) is not None:
-                    return f"field {name!r} holds a malformed link"
+    if type(kind) is not str or kind not in KINDS:
+        return f"unknown kind {kind!r:.100}"
+    shape = (kind, tuple(obj), tuple(map(type, obj.values())))
+    if shape not in _valid_shapes:
+        problem = _check_types(obj, kind)
+        if problem is not None:
+            return problem
+        if len(_valid_shapes) >= _MAX_SHAPES:
+            _valid_shapes.clear()
+        _valid_shapes.add(shape)
+    if kind in TASK_KINDS and not obj["task_id"]:
+        return "empty task_id"
+    for name in _LINK_LISTS:
+        for link in obj.get(name) or ():
+            if type(link) is not dict or _check_required(link, LINK_FIELDS) is not None:
+                return f"field {name!r} holds a malformed link"
     return None
 
 
-_LINK_LISTS = frozenset({"chain", "callbacks", "errbacks"})
+# Shapes (kind, field names and value types, in order) whose types passed the checks.
+_valid_shapes: set[tuple[str, tuple[str, ...], tuple[type, ...]]] = set()
+_MAX_SHAPES = 4096
+
+
+def _check_types(obj: dict[str, Any], kind: str) -> str | None:
+    problem = _check_required(obj, COMMON_FIELDS)
+    if problem is None and kind in TASK_KINDS:
+        problem = _check_required(obj, TASK_FIELDS)
+    if problem is not None:
+        return problem
+    optional = OPTIONAL_FIELDS
+    for name, value in obj.items():
+        types = optional.get(name)
+        if types and not _is(value, types):
+            return f"field {name!r} has type {type(value).__name__}"
+    return None
+
+
+_LINK_LISTS = ("chain", "callbacks", "errbacks")
 
 
 def _check_required(obj: dict[str, Any], spec: dict[str, tuple[type, ...]]) -> str | None:

@@ -33,6 +33,8 @@ def test_a_frame_round_trips() -> None:
     [
         ("text", "not a JSON object"),
         (task_event(kind="exploded"), "unknown kind"),
+        (task_event(kind=["sent"]), "unknown kind"),
+        (task_event(kind={"a": 1}), "unknown kind"),
         (task_event(ts="yesterday"), "field 'ts' has type str"),
         (task_event(pid=True), "field 'pid' has type bool"),
         ({k: v for k, v in task_event().items() if k != "task_id"}, "missing field 'task_id'"),
@@ -67,3 +69,14 @@ def test_unreadable_frames_raise_frame_error(frame: bytes, reason: str) -> None:
 def test_unknown_fields_are_kept_for_forward_compatibility() -> None:
     decoded = ev.decode_frame(ev.encode_frame([task_event(future_field={"x": 1})]))
     assert decoded.events[0]["future_field"] == {"x": 1}
+
+
+def test_a_remembered_shape_still_gets_its_value_and_kind_checks() -> None:
+    worker = {"kind": "worker_heartbeat", "eid": "w", "ts": 1.0, "host": "h", "pid": 1}
+    assert ev.validate_event(worker) is None
+    assert ev.validate_event({**worker, "kind": "sent"}) == "missing field 'task_id'"
+    assert ev.validate_event(task_event(chain=[{"id": "a", "name": "x"}])) is None
+    assert ev.validate_event(task_event(chain=[{"id": "a", "name": "x"}], task_id="")) == (
+        "empty task_id"
+    )
+    assert "malformed link" in str(ev.validate_event(task_event(chain=[{"id": "a"}])))

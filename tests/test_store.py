@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +152,65 @@ def test_the_schema_survives_reopening(tmp_path: Path) -> None:
     second = Store(path)  # migrations already applied: nothing to redo
     assert row(second)["state"] == "SUCCESS"
     second.close()
+
+
+def test_history_written_as_json_documents_is_migrated(tmp_path: Path) -> None:
+    """A store from before migration 5 (one JSON document per event) keeps its history."""
+    path = tmp_path / "old.db"
+    Store(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        """
+        DROP TABLE events;
+        CREATE TABLE events (task_id TEXT NOT NULL, eid TEXT NOT NULL, kind TEXT NOT NULL,
+                             ts REAL NOT NULL, data TEXT NOT NULL);
+        CREATE UNIQUE INDEX events_task ON events (task_id, eid);
+        DELETE FROM _sqlite_migrations WHERE name = 'm005_history_columns';
+        """
+    )
+    old = [
+        ("t1", "e1", "sent", 1.0, {"host": "web", "pid": 1, "name": "proj.t", "queue": "q"}),
+        ("t1", "e2", "retry", 2.0, {"host": "celery@w", "pid": 2, "worker": "celery@w",
+                                    "retries": 0, "attempt": 1, "exc_type": "KeyError",
+                                    "traceback": "Traceback ...", "retry_at": 3.0}),
+        ("t1", "e3", "started", 3.0, {"host": "celery@w", "pid": 2, "source": "celery",
+                                      "args": "(1,)", "retries": 1}),
+    ]  # fmt: skip
+    conn.executemany(
+        "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+        [(t, e, k, ts, json.dumps(data)) for t, e, k, ts, data in old],
+    )
+    conn.execute(
+        "INSERT INTO tasks (id, name, state, state_attempt, state_rank, state_ts, seen_at,"
+        " updated_at) VALUES ('t1', 'proj.t', 'STARTED', 1, 2, 3.0, 1.0, 3.0)"
+    )
+    conn.close()
+    migrated = Store(path)
+    history = queries.task_events(migrated.reader().conn, "t1")
+    migrated.close()
+    assert history == [
+        {"eid": "e1", "kind": "sent", "ts": 1.0, "task_id": "t1", "host": "web", "pid": 1},
+        {"eid": "e2", "kind": "retry", "ts": 2.0, "task_id": "t1", "host": "celery@w", "pid": 2,
+         "worker": "celery@w", "retries": 0, "attempt": 1, "exc_type": "KeyError",
+         "traceback": "Traceback ...", "retry_at": 3.0},
+        {"eid": "e3", "kind": "started", "ts": 3.0, "task_id": "t1", "host": "celery@w",
+         "pid": 2, "source": "celery", "args": "(1,)", "retries": 1},
+    ]  # fmt: skip
+
+
+def test_a_history_row_keeps_what_the_task_row_does_not(store: Store) -> None:
+    Ingestor(store.writer()).ingest(
+        [
+            event("sent", "t1", 1.0, args=[1], queue="q", future_field={"x": [1]}),
+            event("revoked", "t1", 2.0, terminated=True, signum=15, worker="celery@w1"),
+        ]
+    )
+    conn = store.reader().conn
+    extras = [r[0] for r in conn.execute("SELECT extra FROM events ORDER BY ts")]
+    assert [json.loads(e) for e in extras] == [
+        {"future_field": {"x": [1]}},
+        {"signum": 15, "terminated": True},
+    ]
+    first, second = queries.task_events(conn, "t1")
+    assert "args" not in first and "queue" not in first and first["future_field"] == {"x": [1]}
+    assert second["terminated"] is True and second["worker"] == "celery@w1"

@@ -26,6 +26,7 @@ from typing import Any
 
 from stemtrace import events as ev
 from stemtrace import states
+from stemtrace.store.schema import CELERY_ROW_FIELDS, HISTORY_COLUMNS, ROW_FIELDS
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr).encode
 
@@ -90,13 +91,16 @@ UPSERT_TASK = (
     f" ON CONFLICT (id) DO UPDATE SET {', '.join(_SET)}"
 )
 
-INSERT_EVENT = "INSERT OR IGNORE INTO events (task_id, eid, kind, ts, data) VALUES (?, ?, ?, ?, ?)"
+INSERT_EVENT = (
+    f"INSERT OR IGNORE INTO events (task_id, eid, kind, ts, {', '.join(HISTORY_COLUMNS)}, extra)"
+    f" VALUES (?, ?, ?, ?, {', '.join('?' for _ in HISTORY_COLUMNS)}, ?)"
+)
 
-# Fields kept in the task row, not repeated in each event's history entry.
-_ROW_ONLY = frozenset({"args", "kwargs", "result", "chain", "callbacks", "errbacks"})
-# Fields the events table has as columns.
-_COLUMNS = frozenset({"task_id", "eid", "kind", "ts"})
-_NOT_IN_HISTORY = _COLUMNS | _ROW_ONLY
+# What an event's history row leaves out of ``extra``: its columns, and what
+# the task row holds.
+_IN_HISTORY_ROW = frozenset({"task_id", "eid", "kind", "ts", *HISTORY_COLUMNS})
+_COVERED = _IN_HISTORY_ROW | frozenset(ROW_FIELDS)
+_COVERED_CELERY = _IN_HISTORY_ROW | frozenset(CELERY_ROW_FIELDS)
 
 UPSERT_CURSOR = """
 INSERT INTO cursors (source, position, updated_at) VALUES (?, ?, ?)
@@ -225,10 +229,15 @@ def merge_rows(old: list[Any], new: tuple[Any, ...]) -> None:
 
 
 def event_row(event: ev.Event) -> tuple[Any, ...]:
-    # Celery's events keep their args and result here: they live nowhere else.
-    dropped = _COLUMNS if event.get("source") == "celery" else _NOT_IN_HISTORY
-    history = {k: v for k, v in event.items() if k not in dropped}
-    return (event["task_id"], event["eid"], event["kind"], event["ts"], _dumps(history))
+    """The ``events`` (history) row of a task event."""
+    get = event.get
+    rest = event.keys() - (_COVERED_CELERY if get("source") == "celery" else _COVERED)
+    return (
+        event["task_id"], event["eid"], event["kind"], event["ts"], event["host"], event["pid"],
+        get("worker"), get("retries"), get("runtime"), get("exc_type"), get("exc_message"),
+        get("traceback"), get("retry_at"),
+        _dumps({name: event[name] for name in sorted(rest)}) if rest else None,
+    )  # fmt: skip
 
 
 class Ingestor:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemtrace import states
+from stemtrace.store.schema import HISTORY_COLUMNS
 
 LIST_COLUMNS = (
     "id", "name", "state", "worker", "trace_id", "root_id", "parent_id", "group_id", "retries",
@@ -156,19 +157,36 @@ def get_task(conn: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
 
 
 def task_events(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
-    """The task's event history in lifecycle order (see :func:`_lifecycle_order`)."""
-    rows = conn.execute(
-        "SELECT eid, kind, ts, data FROM events WHERE task_id = ? ORDER BY ts", (task_id,)
-    ).fetchall()
+    """The task's event history in lifecycle order (see :func:`_lifecycle_order`).
+
+    Each event has ``eid``, ``kind``, ``ts``, ``task_id``, ``host`` and ``pid``,
+    and those of its other fields that are not the task's own (``worker``,
+    ``retries``, ``runtime``, the exception of a retry ...).
+    """
+    cursor = conn.execute(
+        f"SELECT eid, kind, ts, {', '.join(HISTORY_COLUMNS)}, extra"
+        " FROM events WHERE task_id = ? ORDER BY ts",
+        (task_id,),
+    )
     found = []
-    for eid, kind, ts, data in rows:
-        event = _loads(data)
-        if not isinstance(event, dict):
-            event = {}
+    for eid, kind, ts, *values, extra in cursor.fetchall():
+        event: dict[str, Any] = {}
+        if extra is not None:
+            decoded = _loads(extra)
+            if isinstance(decoded, dict):
+                event.update(decoded)
+        event.update(
+            (name, value)
+            for name, value in zip(HISTORY_COLUMNS, values, strict=True)
+            if value is not None or name in _ALWAYS
+        )
         event.update(eid=eid, kind=kind, ts=ts, task_id=task_id)
         found.append(event)
     found.sort(key=_lifecycle_order)
     return _without_echoes(found)
+
+
+_ALWAYS = frozenset({"host", "pid"})
 
 
 def _without_echoes(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,7 +4,9 @@ Tables:
 
 * ``tasks`` - one row per task id: its current state and everything known of it.
 * ``events`` - the append-only history of task events (the timeline), one row
-  per event, unique by ``eid`` so a re-delivered event is ignored.
+  per event, unique by ``eid`` so a re-delivered event is ignored. It keeps
+  what varies per event (host, worker, retries, runtime, exception ...); the
+  structure every event repeats is the task row's.
 * ``workers`` - one row per worker node.
 * ``registry`` - task definitions announced by workers.
 * ``cursors`` - how far each consumer has read each source, written in the
@@ -25,11 +27,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlite_utils import Database, Migrations
 
 DEFAULT_DB = "stemtrace.db"
+
+# Binding ``None`` goes through sqlite3's adapter look-up (a key tuple, a
+# registry miss, then ``__adapt__`` and ``__conform__`` probes) unless an
+# adapter for it is registered; rows of mostly unknown fields bound twice as
+# slowly without one. ``{}.get`` returns ``None`` for ``None``: a C-level
+# identity, so ``None`` still binds as NULL, for every user of sqlite3 in the
+# process.
+_none_to_null = cast(Callable[[None], None], {}.get)
+sqlite3.register_adapter(type(None), _none_to_null)
 
 migrations = Migrations("stemtrace")
 
@@ -186,6 +197,68 @@ def m003_events_by_rowid(db: Database) -> None:
 def m004_drop_unused_chord_index(db: Database) -> None:
     """Nothing looks tasks up by ``chord_id``: callbacks are found by their own id."""
     db.execute("DROP INDEX IF EXISTS tasks_chord")
+
+
+# The fields of a task event that vary from one event to the next: columns of
+# its history row. The rest of an event is held by the task row (ROW_FIELDS)
+# or, when neither, kept as JSON in the history row's ``extra``.
+HISTORY_COLUMNS = (
+    "host", "pid", "worker", "retries", "runtime", "exc_type", "exc_message", "traceback",
+    "retry_at",
+)  # fmt: skip
+ROW_FIELDS = (
+    "name", "trace_id", "parent_id", "root_id", "group_id", "group_index", "chord_id",
+    "chord_name", "chain", "callbacks", "errbacks", "queue", "exchange", "routing_key", "eta",
+    "expires", "instrumented", "args", "kwargs", "result",
+)  # fmt: skip
+# Celery's own events: the task row keeps no args, kwargs or result of theirs
+# (repr strings), so their history rows do.
+CELERY_ROW_FIELDS = ROW_FIELDS[:-3]
+
+
+@migrations()
+def m005_history_columns(db: Database) -> None:
+    """History rows as columns instead of one JSON document per event.
+
+    Encoding each event again cost more than writing it. An event's structure
+    (name, parent, group, args ...) is its task row's, so a history row keeps
+    what varies per event, and anything else in ``extra``.
+    """
+
+    def paths(names: tuple[str, ...]) -> str:
+        return ", ".join(f"'$.{name}'" for name in names)
+
+    columns = ", ".join(HISTORY_COLUMNS)
+    extracted = ", ".join(f"json_extract(data, '$.{c}')" for c in HISTORY_COLUMNS)
+    db.executescript(
+        f"""
+        CREATE TABLE events_new (
+            task_id TEXT NOT NULL,
+            eid TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            ts REAL NOT NULL,
+            host TEXT,
+            pid INTEGER,
+            worker TEXT,
+            retries INTEGER,
+            runtime REAL,
+            exc_type TEXT,
+            exc_message TEXT,
+            traceback TEXT,
+            retry_at REAL,
+            extra TEXT
+        );
+        INSERT INTO events_new (task_id, eid, kind, ts, {columns}, extra)
+            SELECT task_id, eid, kind, ts, {extracted},
+                NULLIF(CASE WHEN json_extract(data, '$.source') = 'celery'
+                    THEN json_remove(data, {paths(HISTORY_COLUMNS + CELERY_ROW_FIELDS)})
+                    ELSE json_remove(data, {paths(HISTORY_COLUMNS + ROW_FIELDS)}) END, '{{}}')
+            FROM events WHERE json_valid(data);
+        DROP TABLE events;
+        ALTER TABLE events_new RENAME TO events;
+        CREATE UNIQUE INDEX events_task ON events (task_id, eid);
+        """
+    )
 
 
 class Store:
