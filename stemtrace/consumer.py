@@ -167,6 +167,10 @@ class Consumer:
             except FrameError as exc:
                 self._skip(f"entry {entry_id}: {exc}")
                 continue
+            except Exception as exc:  # a decoder bug must not stall the stream on one entry
+                logger.exception("stemtrace: cannot decode entry %s", entry_id)
+                self._skip(f"entry {entry_id}: cannot be decoded ({type(exc).__name__}: {exc})")
+                continue
             batch.extend(decoded.events)
             for reason in decoded.errors:
                 self._skip(f"entry {entry_id}: {reason}")

@@ -101,7 +101,8 @@ def test_malformed_entries_are_skipped_counted_and_explained(
     client.xadd(scenario.stream, {FRAME_FIELD: b"not json"})
     client.xadd(scenario.stream, {b"other": b"field"})
     client.xadd(scenario.stream, {FRAME_FIELD: b'{"v": 99, "events": []}'})
-    bad = [started(10), {"kind": "started", "ts": "x"}, {**started(11), "group_index": 2**70}]
+    bad = [started(10), {"kind": "started", "ts": "x"}, {**started(11), "group_index": 2**70},
+           {**started(12), "kind": ["started"]}]  # fmt: skip
     client.xadd(scenario.stream, {FRAME_FIELD: encode_frame(bad)})
     add_frames(client, scenario.stream, 20, 5)
     consumer = consumer_for(scenario, store)
@@ -109,9 +110,10 @@ def test_malformed_entries_are_skipped_counted_and_explained(
     wait_for(lambda: task_count(store) == 11)
     consumer.stop()
     status = consumer.status.as_dict()
-    assert status["skipped"] == 5
+    assert status["skipped"] == 6
     reasons = " | ".join(status["recent_skip_reasons"])
     assert "not JSON" in reasons and "unsupported frame version 99" in reasons
+    assert "unknown kind ['started']" in reasons
     assert "missing field" in reasons and "cannot be stored" in reasons
     ids = {r[0] for r in store.reader().conn.execute("SELECT id FROM tasks")}
     assert "task-0010" in ids and "task-0011" not in ids
@@ -139,3 +141,27 @@ def test_an_unreachable_broker_is_reported_then_read_when_it_returns(
         consumer.stop()
         store.close()
         later.stop()
+
+
+def test_a_decoder_failure_skips_only_its_entry(
+    scenario: Scenario, client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stemtrace import consumer as consumer_module
+
+    real = consumer_module.decode_frame
+
+    def flaky(frame: bytes) -> Any:
+        if b"task-0003" in frame:
+            raise RuntimeError("decoder bug")
+        return real(frame)
+
+    monkeypatch.setattr(consumer_module, "decode_frame", flaky)
+    store = Store(tmp_path / "d.db")
+    add_frames(client, scenario.stream, 0, 6, per_frame=1)
+    consumer = consumer_for(scenario, store)
+    consumer.start()
+    wait_for(lambda: task_count(store) == 5)
+    consumer.stop()
+    assert consumer.status.skipped == 1
+    assert "RuntimeError: decoder bug" in consumer.status.skip_reasons[0]
+    store.close()
