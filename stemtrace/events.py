@@ -7,8 +7,8 @@ one with a reason, so a consumer can skip and count malformed input instead
 of failing on it. ``docs/events.md`` documents every field; keep the two in
 step (a test checks that each field below is documented).
 
-This module is the core model: it imports nothing outside the standard
-library.
+This module is the core model: it imports nothing but the standard library
+and :mod:`stemtrace.jsonio` (orjson, exact).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+from stemtrace.jsonio import loads as json_loads
 
 FORMAT_VERSION: Final = 1
 
@@ -145,7 +147,7 @@ def decode_frame(data: bytes | str) -> DecodedFrame:
     Raises :class:`FrameError` when the frame as a whole is unreadable.
     """
     try:
-        obj = json.loads(data)
+        obj = json_loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FrameError(f"frame is not JSON: {exc}") from None
     if not isinstance(obj, dict):

@@ -13,9 +13,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "stemtrace"
 
 # module prefix -> stemtrace modules it may import
 ALLOWED = {
-    "stemtrace.events": set(),
+    "stemtrace.jsonio": set(),
+    "stemtrace.events": {"stemtrace.jsonio"},
     "stemtrace.transports": {"stemtrace.transports"},
-    "stemtrace.capture": {"stemtrace.events", "stemtrace.transports", "stemtrace.capture"},
+    "stemtrace.capture": {
+        "stemtrace.events",
+        "stemtrace.jsonio",
+        "stemtrace.transports",
+        "stemtrace.capture",
+    },
 }
 WEB_AND_STORE = ("fastapi", "starlette", "jinja2", "sqlite_utils", "sse_starlette", "uvicorn")
 
@@ -45,9 +51,11 @@ def test_each_module_imports_only_the_layers_below(path: Path) -> None:
         if imported.startswith("stemtrace."):
             assert any(imported.startswith(ok) for ok in ALLOWED[layer]), (name, imported)
         assert not imported.startswith(WEB_AND_STORE), (name, imported)
-    if layer == "stemtrace.events":
+    if layer in ("stemtrace.events", "stemtrace.jsonio"):  # the core: stdlib and orjson only
         assert all(
-            i.split(".")[0] in sys.stdlib_module_names or i == "__future__"
+            i.split(".")[0] in sys.stdlib_module_names
+            or i in ("__future__", "orjson")
+            or i in ALLOWED[layer]
             for i in imports_of(path)
         ), name
 

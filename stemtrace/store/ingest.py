@@ -17,7 +17,6 @@ event history skips it by its unique ``eid``.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -25,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemtrace import events as ev
-from stemtrace import states
+from stemtrace import jsonio, states
 from stemtrace.store.schema import CELERY_ROW_FIELDS, HISTORY_COLUMNS, ROW_FIELDS
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr).encode
+_dumps = jsonio.dumps
 
 TASK_COLUMNS = (
     "id", "name", "state", "state_attempt", "state_rank", "state_ts", "parent_id", "root_id",
