@@ -13,10 +13,10 @@ and :mod:`stemtrace.jsonio` (orjson, exact).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from stemtrace.jsonio import encode as json_encode
 from stemtrace.jsonio import loads as json_loads
 
 FORMAT_VERSION: Final = 1
@@ -131,14 +131,12 @@ class DecodedFrame:
 
 
 def encode_frame(events: list[Event]) -> bytes:
-    """Encode a batch of events as one frame (compact JSON, UTF-8)."""
-    return json.dumps(
-        {"v": FORMAT_VERSION, "events": events},
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-        default=repr,
-    ).encode("utf-8")
+    """Encode a batch of events as one frame (compact JSON, UTF-8).
+
+    What JSON cannot hold is written as its ``repr`` (capture shapes values
+    before they get here), ``NaN`` as ``null``, a lone surrogate as ``?``.
+    """
+    return json_encode({"v": FORMAT_VERSION, "events": events})
 
 
 def decode_frame(data: bytes | str) -> DecodedFrame:

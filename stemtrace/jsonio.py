@@ -1,4 +1,4 @@
-"""JSON on the consumer's hot path: orjson where it is exact, the standard library otherwise.
+"""JSON on the hot paths: orjson where it is exact, the standard library otherwise.
 
 orjson parses and writes several times faster than :mod:`json`, but reads an
 integer beyond 64 bits as an imprecise float, and refuses what :mod:`json`
@@ -6,6 +6,8 @@ accepts (a lone surrogate, ``NaN``, a number beyond double range). So
 :func:`loads` hands text with a run of 20 or more digits, and anything orjson
 refuses, to :mod:`json`; :func:`dumps` does the same for values orjson cannot
 write. Results are the same as with :mod:`json` alone, only faster.
+:func:`encode` never fails on text: a lone surrogate, which UTF-8 cannot hold,
+becomes ``?``.
 """
 
 from __future__ import annotations
@@ -40,3 +42,11 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value).decode("utf-8")
     except TypeError:  # orjson.JSONEncodeError: a big integer, a surrogate, an unknown type
         return _std_dumps(value)
+
+
+def encode(value: Any) -> bytes:
+    """Compact UTF-8 JSON of ``value``, as :func:`dumps`; a lone surrogate becomes ``?``."""
+    try:
+        return orjson.dumps(value, default=repr)
+    except TypeError:
+        return _std_dumps(value).encode("utf-8", "replace")

@@ -97,6 +97,41 @@ def test_outage_drops_are_counted_and_logged_once(caplog: pytest.LogCaptureFixtu
     publisher.close(1)
 
 
+def test_text_json_cannot_encode_does_not_block_later_events() -> None:
+    sender = FakeSender()
+    publisher = make(sender, batch_size=10)
+    publisher.publish({**event(1), "name": "bad \ud800 surrogate", "args": [2**70]})
+    publisher.publish(event(2))
+    assert publisher.flush(5)
+    found = sender.events()
+    assert [e["eid"] for e in found] == ["1", "2"]
+    assert found[0]["name"] == "bad ? surrogate" and found[0]["args"] == [2**70]
+    publisher.close(1)
+
+
+def test_a_batch_that_cannot_be_encoded_is_dropped_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stemtrace.capture import publisher as publisher_module
+
+    real = publisher_module.encode_frame
+
+    def refuse_poison(batch: list[dict[str, Any]]) -> bytes:
+        if any(e["eid"] == "poison" for e in batch):
+            raise ValueError("cannot encode")
+        return real(batch)
+
+    monkeypatch.setattr(publisher_module, "encode_frame", refuse_poison)
+    sender = FakeSender()
+    publisher = make(sender, batch_size=1)
+    publisher.publish({**event(0), "eid": "poison"})
+    publisher.publish(event(1))
+    assert publisher.flush(5)
+    assert [e["eid"] for e in sender.events()] == ["1"]
+    assert publisher.dropped == 1 and publisher.send_errors == 0
+    publisher.close(1)
+
+
 def test_describe_url_hides_the_password() -> None:
     assert describe_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert describe_url("redis://host:6379/0") == "redis://host:6379/0"

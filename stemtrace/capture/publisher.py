@@ -190,9 +190,15 @@ class Publisher:
         return batch
 
     def _send(self, batch: list[Event]) -> None:
+        try:
+            frame = encode_frame(batch)
+        except Exception:  # not the transport's fault: retrying would block every later event
+            self.dropped += len(batch)
+            logger.exception("stemtrace: dropped %d events that could not be encoded", len(batch))
+            return
         if self._sender is None:
             self._sender = self._open_sender()
-        self._sender.send([encode_frame(batch)])
+        self._sender.send([frame])
         self.sent += len(batch)
         if self._failing:
             self._failing = False
