@@ -83,6 +83,10 @@ class Capture:
     # -- helpers ---------------------------------------------------------------
 
     def emit(self, kind: str, host: str | None, **fields: Any) -> None:
+        self.emit_fields(kind, host, fields)
+
+    def emit_fields(self, kind: str, host: str | None, fields: dict[str, Any]) -> None:
+        """Complete ``fields`` (taken over, not copied) into an event and queue it."""
         publisher = self.publisher
         fields["kind"] = kind
         fields["eid"] = publisher.next_eid()
@@ -172,7 +176,7 @@ class Capture:
         if errbacks:
             fields["errbacks"] = _links(errbacks)
         fields.update(self.call_fields(str(name), args, kwargs))
-        self.emit(ev.SENT, None, **fields)
+        self.emit_fields(ev.SENT, None, fields)
 
     # -- worker main process ---------------------------------------------------
 
@@ -198,7 +202,7 @@ class Capture:
             fields["root_id"] = headers.get("root_id")
             fields["group_id"] = headers.get("group")
             fields.update(self.call_fields(request.name, request.args, request.kwargs))
-        self.emit(ev.RECEIVED, request.hostname, **fields)
+        self.emit_fields(ev.RECEIVED, request.hostname, fields)
 
     def on_revoked(
         self, sender: Any, request: Any, terminated: Any, signum: Any, expired: Any
@@ -306,7 +310,7 @@ class Capture:
             fields["group_id"] = group_id
         if getattr(request, "is_eager", False):
             fields.update(self.call_fields(task.name, args, kwargs))
-        self.emit(ev.STARTED, hostname, **fields)
+        self.emit_fields(ev.STARTED, hostname, fields)
 
     def end_run(self, task_id: str | None) -> float | None:
         """Close a run of the task body: restore the trace context, return its runtime.
@@ -334,7 +338,7 @@ class Capture:
         }
         if self.config.capture_result:
             fields["result"] = self.shaper.value("result", result)
-        self.emit(ev.SUCCEEDED, getattr(request, "hostname", None), **fields)
+        self.emit_fields(ev.SUCCEEDED, getattr(request, "hostname", None), fields)
 
     def on_failure(self, task: Any, task_id: str, exc: BaseException | None, einfo: Any) -> None:
         request = task.request
