@@ -8,6 +8,8 @@ skipped and counted, with the last reasons kept for ``/api/health``. When the
 broker cannot be reached the consumer says so once, reports it in its status
 and keeps retrying. Retention pruning runs in the same thread, between
 batches, a bounded slice at a time, so it never stalls ingestion for long.
+The search indexer too, but only once a read came back short (the consumer
+has caught up): in a burst ingestion goes first and indexing catches up after.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from stemtrace.settings import Settings
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
 from stemtrace.store.schema import Store
+from stemtrace.store.search import SearchIndexer
 from stemtrace.transports import AMQP_SCHEMES, REDIS_SCHEMES, Reader, open_reader, scheme_of
 
 CELERY_EVENT_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
@@ -50,6 +53,7 @@ class ConsumerStatus:
     position: str | None = None
     backlog: int | None = None
     pruned: int = 0
+    search: dict[str, Any] | None = None
     skip_reasons: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
     def as_dict(self) -> dict[str, Any]:
@@ -65,6 +69,7 @@ class ConsumerStatus:
             "position": self.position,
             "backlog": self.backlog,
             "pruned": self.pruned,
+            "search": self.search,
             "recent_skip_reasons": list(self.skip_reasons),
         }
 
@@ -79,6 +84,7 @@ class Consumer:
         *,
         source: str,
         retention: Retention | None = None,
+        indexer: SearchIndexer | None = None,
         batch_frames: int = 100,
         block: float = 0.5,
         writer: sqlite3.Connection | None = None,
@@ -87,6 +93,7 @@ class Consumer:
         self.writer = writer
         self._open_reader = open_reader
         self.retention = retention
+        self.indexer = indexer
         self.batch_frames = batch_frames
         self.block = block
         self.status = ConsumerStatus(source=source)
@@ -116,11 +123,14 @@ class Consumer:
         self.status.position = position
         reader: Reader | None = None
         backoff = 0.5
+        more_to_index = False
         while not self._stop.is_set():
             try:
                 if reader is None:
                     reader = self._open_reader()
-                entries = reader.read(position, self.batch_frames, self.block)
+                # With indexing left to do, only look for new entries, do not wait for them.
+                block = 0.0 if more_to_index else self.block
+                entries = reader.read(position, self.batch_frames, block)
                 if not self.status.connected:
                     if self.status.last_error:
                         logger.warning("stemtrace: reading %s again", self.status.source)
@@ -137,6 +147,11 @@ class Consumer:
                     self.status.backlog = backlog()
                 if self.retention is not None:
                     self.status.pruned += self.retention.step(self.writer or self.store.writer())
+                more_to_index = False
+                if self.indexer is not None and len(entries) < self.batch_frames:
+                    indexed = self.indexer.step(self.writer or self.store.writer())
+                    more_to_index = indexed >= self.indexer.slice_size
+                    self.status.search = self.indexer.status
             except Exception as exc:
                 self._on_error(exc)
                 if reader is not None:
@@ -239,11 +254,15 @@ def build_consumer(settings: Settings, store: Store) -> Consumer:
         lambda: open_reader(settings.broker, stream=settings.stream, queue=settings.queue_name),
         source=source_name(settings),
         retention=Retention(max_age=settings.retention_seconds, max_tasks=settings.task_limit),
+        indexer=SearchIndexer(),
     )
 
 
 def build_celery_events_consumer(settings: Settings, store: Store) -> Consumer | None:
-    """A second consumer for Celery's own events (workers without ``init(app)``)."""
+    """A second consumer for Celery's own events (workers without ``init(app)``).
+
+    It indexes nothing: the main consumer's indexer covers the whole store.
+    """
     if not settings.celery_events or scheme_of(settings.broker) not in CELERY_EVENT_SCHEMES:
         return None
     from stemtrace.celery_events import CeleryEventsReader

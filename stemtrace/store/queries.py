@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemtrace import states
+from stemtrace.store import search
 from stemtrace.store.schema import HISTORY_COLUMNS
 
 LIST_COLUMNS = (
@@ -71,7 +72,11 @@ def _like(text: str) -> str:
 def list_tasks(
     conn: sqlite3.Connection, filters: TaskFilters, cursor: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first (by first-seen time), ``limit`` rows and the cursor of the next page."""
+    """Newest first (by first-seen time), ``limit`` rows and the cursor of the next page.
+
+    ``q`` of three characters or more checks only the rows :func:`search.narrow`
+    leaves, with the same ``LIKE``; otherwise, or for a common text, it scans.
+    """
     where: list[str] = []
     params: list[Any] = []
     if filters.states:
@@ -101,11 +106,20 @@ def list_tasks(
         where.append("(seen_at < ? OR (seen_at = ? AND id < ?))")
         params.extend([seen_at, seen_at, task_id])
     sql = f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seen_at DESC, id DESC LIMIT ?"
-    params.append(limit + 1)
-    rows = [_list_row(row) for row in conn.execute(sql, params)]
+    with search.snapshot(conn):
+        narrowed = search.narrow(conn, filters.q) if filters.q else None
+        if narrowed is not None:
+            # Only the rows the text index leaves: the same LIKE decides on them.
+            sql = (
+                f"WITH found(r) AS ({search.FOUND}) SELECT {', '.join(LIST_COLUMNS)}"
+                " FROM found CROSS JOIN tasks ON tasks.rowid = found.r"
+            )
+            params[:0] = [narrowed.candidates, narrowed.position]
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seen_at DESC, id DESC LIMIT ?"
+        params.append(limit + 1)
+        rows = [_list_row(row) for row in conn.execute(sql, params)]
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

@@ -6,10 +6,12 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from stemtrace.store import search
+
 
 @dataclass
 class Retention:
-    """Prunes the oldest tasks (by first-seen time) and their event history.
+    """Prunes the oldest tasks (by first-seen time), their event history and search documents.
 
     ``step`` deletes at most ``slice_size`` tasks per call and only every
     ``interval`` seconds, so the writer thread that calls it between batches
@@ -32,21 +34,21 @@ class Retention:
         if cutoff is None:
             self._next_run = now + self.interval
             return 0
-        ids = [
-            row[0]
-            for row in conn.execute(
-                "SELECT id FROM tasks WHERE seen_at < ? ORDER BY seen_at LIMIT ?",
-                (cutoff, self.slice_size),
-            )
-        ]
-        if not ids:
+        found = conn.execute(
+            "SELECT id, rowid FROM tasks WHERE seen_at < ? ORDER BY seen_at LIMIT ?",
+            (cutoff, self.slice_size),
+        ).fetchall()
+        if not found:
             self._next_run = now + self.interval
             return 0
+        ids = [task_id for task_id, _ in found]
         marks = ",".join("?" for _ in ids)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(f"DELETE FROM events WHERE task_id IN ({marks})", ids)
+            search.forget(conn, [rowid for _, rowid in found])
             conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", ids)
+            search.forgotten(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

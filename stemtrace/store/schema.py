@@ -11,6 +11,9 @@ Tables:
 * ``registry`` - task definitions announced by workers.
 * ``cursors`` - how far each consumer has read each source, written in the
   same transaction as the events it covers.
+* ``task_search`` (FTS5, trigrams), ``task_search_state`` and
+  ``task_search_pending`` - the text index behind ``q``, see
+  :mod:`stemtrace.store.search`.
 
 Flow edges are not a table: they follow from ``parent_id``, ``group_id``,
 ``chord_id`` and the planned ``chain`` of each row, all indexed, and are
@@ -257,6 +260,37 @@ def m005_history_columns(db: Database) -> None:
         DROP TABLE events;
         ALTER TABLE events_new RENAME TO events;
         CREATE UNIQUE INDEX events_task ON events (task_id, eid);
+        """
+    )
+
+
+@migrations()
+def m006_task_search(db: Database) -> None:
+    """A trigram index of the text ``q`` searches, filled by :mod:`stemtrace.store.search`.
+
+    ``task_search`` holds one document per task under the task's rowid, with
+    its own copy of the text so that a document can be deleted whatever the
+    task row says by then; ``detail='none'`` keeps only which documents hold a
+    trigram, enough to narrow a search down before the real ``LIKE`` runs on
+    the task rows. Every task with a rowid at or below
+    ``task_search_state.position`` has an up-to-date document, except those in
+    ``task_search_pending`` (not settled yet, see the indexer). The index starts
+    empty and the indexer fills it, the tasks already stored included.
+    """
+    db.executescript(
+        """
+        CREATE VIRTUAL TABLE task_search USING fts5(
+            name, id, args, kwargs, exc_type, exc_message, tokenize='trigram', detail='none'
+        );
+        CREATE TABLE task_search_state (
+            one INTEGER PRIMARY KEY CHECK (one = 1),
+            position INTEGER NOT NULL
+        );
+        INSERT INTO task_search_state (one, position) VALUES (1, 0);
+        CREATE TABLE task_search_pending (
+            task_rowid INTEGER PRIMARY KEY,
+            indexed INTEGER NOT NULL
+        );
         """
     )
 

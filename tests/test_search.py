@@ -1,0 +1,355 @@
+"""The text index behind ``q``: the same answers as the ``LIKE`` scan, kept up by the indexer."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlite_utils import Database
+from starlette.testclient import TestClient
+
+from stemtrace.consumer import Consumer
+from stemtrace.events import encode_frame
+from stemtrace.server.api import create_api_router
+from stemtrace.store import Store, queries, search
+from stemtrace.store.ingest import Ingestor
+from stemtrace.store.queries import TaskFilters
+from stemtrace.store.retention import Retention
+from stemtrace.store.schema import migrations
+from stemtrace.store.search import SearchIndexer
+
+NOW = 1_000_000.0
+"""The indexer's clock in these tests; every task was written long before."""
+
+WORDS = ["Timeout", "timeout", "ord-0042", "50%_off", "back\\slash", 'say "hi"', "café",
+         "CAFÉ", "ǅemal", "naïve", "x_y%z", "abcabc", "ab", "TIMEOUTERROR", "a\x00b"]  # fmt: skip
+ALPHABET = "abcotiTOemu%_\\\"'-0 4éÉ\x00"
+
+
+def sent(task_id: str, ts: float, name: str, args: list[Any], **fields: Any) -> dict[str, Any]:
+    return {"kind": "sent", "eid": uuid.uuid4().hex, "ts": ts, "host": "web", "pid": 1,
+            "task_id": task_id, "name": name, "args": args, "kwargs": {"note": fields.pop(
+                "note", "")}, "retries": 0, **fields}  # fmt: skip
+
+
+def ended(task_id: str, ts: float, kind: str = "succeeded", **fields: Any) -> dict[str, Any]:
+    return {"kind": kind, "eid": uuid.uuid4().hex, "ts": ts, "host": "w", "pid": 2,
+            "task_id": task_id, "retries": 0, **fields}  # fmt: skip
+
+
+def fill(store: Store, count: int, seed: int = 7) -> None:
+    """``count`` tasks (a few with equal first-seen times), mostly finished."""
+    import random
+
+    rng = random.Random(seed)
+    batch = []
+    for n in range(count):
+        task_id = f"{n:04d}-{uuid.UUID(int=rng.getrandbits(128))}"
+        ts = 1000.0 + n // 3  # ties on seen_at: the id decides the order
+        words = rng.sample(WORDS, 2)
+        batch.append(sent(task_id, ts, f"proj.{words[0]}", [words[1], n], note=rng.choice(WORDS)))
+        if n % 7 == 0:
+            batch.append(ended(task_id, ts + 1, "failed", exc_type="TimeoutError",
+                               exc_message=rng.choice(WORDS)))  # fmt: skip
+        elif n % 11 != 0:  # the rest stay PENDING
+            batch.append(ended(task_id, ts + 1))
+    Ingestor(store.writer()).ingest(batch)
+
+
+def index_all(store: Store, indexer: SearchIndexer | None = None, now: float = NOW) -> int:
+    indexer = indexer or SearchIndexer(slice_size=50)
+    total = 0
+    while (done := indexer.step(store.writer(), now=now)) >= indexer.slice_size:
+        total += done
+    return total + done
+
+
+def scanned(store: Store, filters: TaskFilters, cursor: str | None, limit: int) -> Any:
+    """The answer of the plain ``LIKE`` scan, the index left out."""
+    with mock.patch.object(search, "narrow", return_value=None):
+        return queries.list_tasks(store.reader().conn, filters, cursor, limit)
+
+
+def all_pages(store: Store, filters: TaskFilters, limit: int) -> list[list[str]]:
+    """Every page, each checked against the scan's page from the same cursor."""
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        rows, next_cursor = queries.list_tasks(store.reader().conn, filters, cursor, limit)
+        assert (rows, next_cursor) == scanned(store, filters, cursor, limit)
+        pages.append([row["id"] for row in rows])
+        if next_cursor is None:
+            return pages
+        cursor = next_cursor
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    found = Store(tmp_path / "store.db")
+    yield found
+    found.close()
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """300 tasks: the first 200 indexed or pending, the last 100 past the position."""
+    found = Store(tmp_path_factory.mktemp("mixed") / "mixed.db")
+    fill(found, 200)
+    index_all(found)
+    fill(found, 100, seed=8)  # ids start again at 0000: other random parts
+    yield found
+    found.close()
+
+
+def test_the_mixed_store_is_partly_indexed(mixed: Store) -> None:
+    conn = mixed.reader().conn
+    position = conn.execute("SELECT position FROM task_search_state").fetchone()[0]
+    documents = conn.execute("SELECT COUNT(*) FROM task_search").fetchone()[0]
+    pending = conn.execute("SELECT COUNT(*) FROM task_search_pending").fetchone()[0]
+    assert position == 200 and documents == 200 and pending > 0  # PENDING tasks, aged
+    narrowed = search.narrow(conn, "ord-0042")
+    assert narrowed is not None and narrowed.position == 200
+    assert 0 < len(narrowed.candidates.split(",")) < 200
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    q=st.one_of(st.sampled_from(WORDS), st.text(alphabet=ALPHABET, min_size=1, max_size=8),
+                st.sampled_from(WORDS).map(lambda w: w[1:-1])),
+    limit=st.integers(min_value=1, max_value=40),
+    state=st.sampled_from([(), ("FAILURE",), ("PENDING", "SUCCESS")]),
+)  # fmt: skip
+def test_q_answers_exactly_what_the_like_scan_does(
+    mixed: Store, q: str, limit: int, state: tuple[str, ...]
+) -> None:
+    filters = TaskFilters(q=q, states=state)
+    cursor = None
+    for _ in range(3):  # the first pages, each from the previous cursor
+        rows, next_cursor = queries.list_tasks(mixed.reader().conn, filters, cursor, limit)
+        expected, expected_cursor = scanned(mixed, filters, cursor, limit)
+        assert rows == expected and next_cursor == expected_cursor
+        if next_cursor is None:
+            break
+        cursor = next_cursor
+
+
+def test_pages_cross_the_indexed_position(store: Store) -> None:
+    fill(store, 90)
+    index_all(store, SearchIndexer(slice_size=45), now=NOW)  # all 90: two full slices
+    store.writer().execute("UPDATE task_search_state SET position = 60")
+    store.writer().execute("DELETE FROM task_search WHERE rowid > 60")
+    pages = all_pages(store, TaskFilters(q="TIMEOUT"), limit=4)
+    found = [task_id for page in pages for task_id in page]
+    assert len(found) == len(set(found)) > 8
+    rowids = dict(store.reader().conn.execute("SELECT id, rowid FROM tasks").fetchall())
+    assert {rowids[i] > 60 for i in found} == {True, False}
+
+
+def test_a_common_text_scans_and_a_rare_one_narrows(store: Store) -> None:
+    fill(store, 60)
+    index_all(store)
+    conn = store.reader().conn
+    with mock.patch.object(search, "MOST_CANDIDATES", 5):
+        assert search.narrow(conn, "proj") is None
+        assert search.narrow(conn, "0042-") is not None
+    assert search.narrow(conn, "ab") is None  # shorter than a trigram
+    assert search.narrow(conn, "a\x00b") is None  # a NUL cuts a LIKE pattern short
+    with mock.patch.object(search, "MOST_UNINDEXED", 5):
+        fill(store, 10, seed=9)  # ten tasks past the position
+        assert search.narrow(conn, "0042-") is None
+
+
+def test_a_task_is_indexed_once_settled_with_its_final_text(store: Store) -> None:
+    ingestor = Ingestor(store.writer())
+    ingestor.ingest([sent("t-run", NOW - 20, "proj.long", [1])])
+    indexer = SearchIndexer(settle=10, max_wait=300, recheck=5)
+    conn = store.reader().conn
+
+    def documents() -> int:
+        return int(conn.execute("SELECT COUNT(*) FROM task_search").fetchone()[0])
+
+    def found(q: str) -> list[str]:
+        return [row["id"] for row in queries.list_tasks(conn, TaskFilters(q=q), None, 10)[0]]
+
+    assert indexer.step(store.writer(), now=NOW) == 1
+    assert documents() == 0 and indexer.status["pending"] == 1
+    assert found("proj.long") == ["t-run"]  # pending: checked without the index
+    ingestor.ingest([ended("t-run", NOW - 1, "failed", exc_type="DiskFullError",
+                           exc_message="no space left")])  # fmt: skip
+    indexer.step(store.writer(), now=NOW + 6)  # failed, but written too recently
+    assert documents() == 0 and found("space left") == ["t-run"]
+    store.writer().execute("UPDATE tasks SET updated_at = ?", (NOW - 60,))
+    assert indexer.step(store.writer(), now=NOW + 12) == 1
+    assert documents() == 1 and indexer.status["pending"] == 0
+    hits = conn.execute(
+        'SELECT rowid FROM task_search WHERE task_search MATCH \'"spa" AND "ull"\''
+    ).fetchall()
+    assert len(hits) == 1
+    assert found("space left") == ["t-run"] and found("DiskFull") == ["t-run"]
+
+
+def test_a_long_task_is_indexed_by_age_then_again_when_it_ends(store: Store) -> None:
+    ingestor = Ingestor(store.writer())
+    ingestor.ingest([sent("t-long", NOW - 400, "proj.long", [1])])
+    store.writer().execute("UPDATE tasks SET updated_at = ?", (NOW - 400,))
+    indexer = SearchIndexer(settle=10, max_wait=300, recheck=0)
+    indexer.step(store.writer(), now=NOW)
+    conn = store.reader().conn
+    assert conn.execute("SELECT indexed FROM task_search_pending").fetchall() == [(1,)]
+    ingestor.ingest([ended("t-long", NOW - 30, "failed", exc_type="SoftTimeLimitExceeded")])
+    store.writer().execute("UPDATE tasks SET updated_at = ?", (NOW - 30,))
+    indexer.step(store.writer(), now=NOW)
+    assert conn.execute("SELECT COUNT(*) FROM task_search_pending").fetchone()[0] == 0
+    match = "SELECT COUNT(*) FROM task_search WHERE task_search MATCH '\"oft\"'"
+    assert conn.execute(match).fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM task_search").fetchone()[0] == 1
+
+
+def test_retention_deletes_the_documents_of_the_tasks_it_prunes(store: Store) -> None:
+    fill(store, 40)
+    index_all(store)
+    conn = store.writer()
+    # the newest task is first seen earliest: pruning it frees the largest rowid
+    conn.execute("UPDATE tasks SET seen_at = 1 WHERE rowid = 40")
+    Retention(max_tasks=25, interval=0).step(conn, now=NOW)
+    left = {r for (r,) in conn.execute("SELECT rowid FROM tasks")}
+    documents = {r for (r,) in conn.execute("SELECT rowid FROM task_search")}
+    pending = {r for (r,) in conn.execute("SELECT task_rowid FROM task_search_pending")}
+    assert 0 < len(left) <= 25 and documents == left and pending <= left
+    assert conn.execute("SELECT position FROM task_search_state").fetchone()[0] == max(left)
+    Ingestor(conn).ingest([sent("t-new", 5000.0, "proj.reused", [1]), ended("t-new", 5001.0)])
+    assert conn.execute("SELECT rowid FROM tasks WHERE id = 't-new'").fetchone()[0] == 40
+    index_all(store)
+    found = queries.list_tasks(store.reader().conn, TaskFilters(q="reused"), None, 5)[0]
+    assert [row["id"] for row in found] == ["t-new"]
+    assert search.narrow(store.reader().conn, "reused") is not None
+
+
+def test_the_migration_indexes_a_store_that_already_has_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrations.apply(Database(conn), stop_before="m006_task_search")
+    Ingestor(conn).ingest([sent(f"old-{n}", 1000.0 + n, "proj.legacy", [n]) for n in range(30)]
+                          + [ended(f"old-{n}", 1001.0 + n) for n in range(30)])  # fmt: skip
+    conn.close()
+    store = Store(path)
+    try:
+        reader = store.reader().conn
+        assert reader.execute("SELECT position FROM task_search_state").fetchone()[0] == 0
+        before = queries.list_tasks(reader, TaskFilters(q="old-2"), None, 50)
+        assert search.narrow(reader, "legacy") == search.Narrowed("[]", 0)  # all past it
+        assert index_all(store) == 30
+        assert reader.execute("SELECT COUNT(*) FROM task_search").fetchone()[0] == 30
+        assert search.narrow(reader, "legacy") is not None
+        rows, _ = queries.list_tasks(reader, TaskFilters(q="old-2"), None, 50)
+        assert [row["id"] for row in rows] == ["old-29", "old-28", "old-27", "old-26",
+                                               "old-25", "old-24", "old-23", "old-22",
+                                               "old-21", "old-20", "old-2"]  # fmt: skip
+        assert (rows, None) == before
+    finally:
+        store.close()
+
+
+# -- the consumer --------------------------------------------------------------------
+
+
+class ScriptedReader:
+    """Hands out frames in reads of scripted sizes, then nothing."""
+
+    def __init__(self, sizes: list[int], log: list[str]) -> None:
+        self.sizes = list(sizes)
+        self.log = log
+        self.sent = 0
+
+    def read(self, after: str | None, count: int, block: float) -> list[tuple[str, bytes]]:
+        size = self.sizes.pop(0) if self.sizes else 0
+        self.log.append(f"read {size}")
+        found = []
+        for _ in range(size):
+            self.sent += 1
+            n = self.sent
+            task_id = f"c-{n:03d}"
+            frame = encode_frame(
+                [
+                    sent(task_id, 1000.0 + n, "proj.streamed", [n]),
+                    ended(task_id, 1000.5 + n, name="proj.streamed"),
+                ]
+            )
+            found.append((f"{n}-0", frame))
+        return found
+
+    def commit(self, position: str) -> None:
+        pass
+
+    def lag(self, after: str | None) -> float | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class LoggingIndexer(SearchIndexer):
+    def __init__(self, log: list[str], done: threading.Event) -> None:
+        super().__init__(slice_size=4, settle=0)
+        self.log = log
+        self.done = done
+
+    def step(self, conn: sqlite3.Connection, now: float | None = None) -> int:
+        found = super().step(conn, now)
+        self.log.append(f"index {found}")
+        if found < self.slice_size:
+            self.done.set()
+        return found
+
+
+def test_the_consumer_indexes_only_once_it_has_caught_up(store: Store) -> None:
+    log: list[str] = []
+    done = threading.Event()
+    reader = ScriptedReader([5, 5, 2], log)
+    consumer = Consumer(store, lambda: reader, source="scripted", batch_frames=5,
+                        indexer=LoggingIndexer(log, done), block=0.01)  # fmt: skip
+    consumer.start()
+    try:
+        assert done.wait(20)
+    finally:
+        consumer.stop()
+    first = log.index("read 2")
+    assert log[:first] == ["read 5", "read 5"]  # behind: no indexing
+    assert log[first + 1 : first + 4] == ["index 4", "read 0", "index 4"]
+    assert log[first + 4 : first + 6] == ["read 0", "index 4"]
+    status = consumer.status.as_dict()["search"]
+    assert status["position"] == 12 and status["not_indexed"] == 0
+    assert status["indexed"] == 12 and status["pending"] == 0
+
+
+def test_health_shows_the_indexer(store: Store) -> None:
+    log: list[str] = []
+    done = threading.Event()
+    consumer = Consumer(store, lambda: ScriptedReader([3], log), source="scripted",
+                        indexer=LoggingIndexer(log, done), block=0.01)  # fmt: skip
+    consumer.start()
+    try:
+        assert done.wait(20)
+    finally:
+        consumer.stop()
+    app = FastAPI()
+    app.include_router(create_api_router(store, consumer.status.as_dict))
+    with TestClient(app) as client:
+        health = client.get("/api/health").json()
+    assert health["consumer"]["search"] == {
+        "position": 3,
+        "indexed": 3,
+        "not_indexed": 0,
+        "pending": 0,
+    }
