@@ -274,8 +274,10 @@ def m006_task_search(db: Database) -> None:
     trigram, enough to narrow a search down before the real ``LIKE`` runs on
     the task rows. Every task with a rowid at or below
     ``task_search_state.position`` has an up-to-date document, except those in
-    ``task_search_pending`` (not settled yet, see the indexer). The index starts
-    empty and the indexer fills it, the tasks already stored included.
+    ``task_search_pending`` (not settled yet, see the indexer).
+    ``task_search_spans`` bounds the first-seen times of each span of 1,024
+    rowids, so that a search can stop early. The index starts empty and the
+    indexer fills it, the tasks already stored included.
     """
     db.executescript(
         """
@@ -290,6 +292,10 @@ def m006_task_search(db: Database) -> None:
         CREATE TABLE task_search_pending (
             task_rowid INTEGER PRIMARY KEY,
             indexed INTEGER NOT NULL
+        );
+        CREATE TABLE task_search_spans (
+            span INTEGER PRIMARY KEY,
+            max_seen REAL NOT NULL
         );
         """
     )
@@ -316,6 +322,10 @@ class Store:
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        # Checkpoints are what syncs to disk in WAL mode; one per 1,000 pages (the
+        # default) made each small batch of a consumer that keeps up pay for one.
+        # 10,000 pages (40 MiB of log) cut the cost of such a batch by about a third.
+        conn.execute("PRAGMA wal_autocheckpoint=10000")
         return conn
 
     def writer(self) -> sqlite3.Connection:
