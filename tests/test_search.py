@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 import threading
 import uuid
@@ -92,6 +94,13 @@ def all_pages(store: Store, filters: TaskFilters, limit: int) -> list[list[str]]
         cursor = next_cursor
 
 
+@pytest.fixture(scope="module", autouse=True)
+def small_spans() -> Iterator[None]:
+    """Spans of 16 rowids, so that a few hundred tasks make many."""
+    with mock.patch.object(search, "SPAN_BITS", 4):
+        yield
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     found = Store(tmp_path / "store.db")
@@ -118,7 +127,14 @@ def test_the_mixed_store_is_partly_indexed(mixed: Store) -> None:
     assert position == 200 and documents == 200 and pending > 0  # PENDING tasks, aged
     narrowed = search.narrow(conn, "ord-0042")
     assert narrowed is not None and narrowed.position == 200
-    assert 0 < len(narrowed.candidates.split(",")) < 200
+    assert 0 < sum(len(rowids) for _, rowids in narrowed.spans) < 200
+    spans = conn.execute("SELECT span, max_seen FROM task_search_spans").fetchall()
+    assert len(spans) == 13  # rowids 1 to 200 in spans of 16
+    with mock.patch.object(search, "MOST_CANDIDATES", 2):
+        walked = search.narrow(conn, "ord-0042")
+    assert walked is not None and len(walked.spans) > 2
+    bounds = [bound for bound, _ in walked.spans]
+    assert bounds == sorted(bounds, reverse=True) and set(bounds) <= {b for _, b in spans}
 
 
 @settings(
@@ -129,19 +145,27 @@ def test_the_mixed_store_is_partly_indexed(mixed: Store) -> None:
                 st.sampled_from(WORDS).map(lambda w: w[1:-1])),
     limit=st.integers(min_value=1, max_value=40),
     state=st.sampled_from([(), ("FAILURE",), ("PENDING", "SUCCESS")]),
+    sizes=st.sampled_from([(1000, 10_000, 20), (2, 10_000, 0), (2, 40, 0), (2, 10_000, 20)]),
 )  # fmt: skip
 def test_q_answers_exactly_what_the_like_scan_does(
-    mixed: Store, q: str, limit: int, state: tuple[str, ...]
+    mixed: Store, q: str, limit: int, state: tuple[str, ...], sizes: tuple[int, int, int]
 ) -> None:
+    """All at once, walked span by span, or walked too long and scanned after all."""
     filters = TaskFilters(q=q, states=state)
     cursor = None
-    for _ in range(3):  # the first pages, each from the previous cursor
-        rows, next_cursor = queries.list_tasks(mixed.reader().conn, filters, cursor, limit)
-        expected, expected_cursor = scanned(mixed, filters, cursor, limit)
-        assert rows == expected and next_cursor == expected_cursor
-        if next_cursor is None:
-            break
-        cursor = next_cursor
+    with (
+        mock.patch.object(search, "MOST_CANDIDATES", sizes[0]),
+        mock.patch.object(search, "MOST_WALKED", sizes[1]),
+        mock.patch.object(search, "FIRST_ROUND", 5),
+        mock.patch.object(search, "DENSE", sizes[2]),
+    ):
+        for _ in range(3):  # the first pages, each from the previous cursor
+            rows, next_cursor = queries.list_tasks(mixed.reader().conn, filters, cursor, limit)
+            expected, expected_cursor = scanned(mixed, filters, cursor, limit)
+            assert rows == expected and next_cursor == expected_cursor
+            if next_cursor is None:
+                break
+            cursor = next_cursor
 
 
 def test_pages_cross_the_indexed_position(store: Store) -> None:
@@ -160,9 +184,23 @@ def test_a_common_text_scans_and_a_rare_one_narrows(store: Store) -> None:
     fill(store, 60)
     index_all(store)
     conn = store.reader().conn
-    with mock.patch.object(search, "MOST_CANDIDATES", 5):
-        assert search.narrow(conn, "proj") is None
+    with (
+        mock.patch.object(search, "MOST_CANDIDATES", 5),
+        mock.patch.object(search, "DENSE", 0),
+        mock.patch.object(search, "MOST_MATCHES", 20),
+    ):
+        assert search.narrow(conn, "proj") is None  # too many to walk
         assert search.narrow(conn, "0042-") is not None
+    with mock.patch.object(search, "MOST_CANDIDATES", 5):
+        assert search.narrow(conn, "proj") is None  # in all the newest tasks: scanned
+        with mock.patch.object(search, "DENSE", 0):
+            walked = search.narrow(conn, "proj")  # walked, newest span first
+    assert walked is not None and [len(r) for _, r in walked.spans] == [13, 16, 16, 15]
+    with mock.patch.object(search, "FIRST_ROUND", 1):
+        rounds = list(walked.rounds(1))
+    assert [len(json.loads(c)) for c, _ in rounds] == [13, 16, 16, 15] and rounds[-1][1] is None
+    with mock.patch.object(search, "MOST_WALKED", 20), mock.patch.object(search, "FIRST_ROUND", 1):
+        assert [len(json.loads(c)) for c, _ in walked.rounds(1)] == [13]  # then a scan
     assert search.narrow(conn, "ab") is None  # shorter than a trigram
     assert search.narrow(conn, "a\x00b") is None  # a NUL cuts a LIKE pattern short
     with mock.patch.object(search, "MOST_UNINDEXED", 5):
@@ -248,7 +286,7 @@ def test_the_migration_indexes_a_store_that_already_has_tasks(tmp_path: Path) ->
         reader = store.reader().conn
         assert reader.execute("SELECT position FROM task_search_state").fetchone()[0] == 0
         before = queries.list_tasks(reader, TaskFilters(q="old-2"), None, 50)
-        assert search.narrow(reader, "legacy") == search.Narrowed("[]", 0)  # all past it
+        assert search.narrow(reader, "legacy") == search.Narrowed(0, [(math.inf, [])])
         assert index_all(store) == 30
         assert reader.execute("SELECT COUNT(*) FROM task_search").fetchone()[0] == 30
         assert search.narrow(reader, "legacy") is not None
@@ -353,3 +391,30 @@ def test_health_shows_the_indexer(store: Store) -> None:
         "not_indexed": 0,
         "pending": 0,
     }
+
+
+def test_a_walk_stops_once_the_page_is_final_and_stays_exact(store: Store) -> None:
+    fill(store, 160)
+    index_all(store)
+    conn = store.reader().conn
+    newest = queries.list_tasks(conn, TaskFilters(), None, 1)[0][0]["id"]
+    # the newest task turns out to have been sent before all others: it moves to the end
+    Ingestor(store.writer()).ingest([sent(newest, 10.0, "proj.early", [0])])
+    filters = TaskFilters(q="proj.")
+    statements: list[str] = []
+    with (
+        mock.patch.object(search, "MOST_CANDIDATES", 2),
+        mock.patch.object(search, "FIRST_ROUND", 1),
+        mock.patch.object(search, "DENSE", 0),
+    ):
+        conn.set_trace_callback(statements.append)
+        try:
+            first = queries.list_tasks(conn, filters, None, 7)
+        finally:
+            conn.set_trace_callback(None)
+        assert first == scanned(store, filters, None, 7)
+        pages = all_pages(store, filters, limit=7)
+    walks = [sql for sql in statements if sql.startswith("WITH found")]
+    scans = [sql for sql in statements if sql.startswith("SELECT id, name")]
+    assert len(walks) == 1 and not scans  # the newest span's 16 candidates fill the page
+    assert sum(len(page) for page in pages) == 160 and pages[-1][-1] == newest

@@ -28,6 +28,8 @@ FLOW_COLUMNS = (
 )  # fmt: skip
 
 JSON_COLUMNS = ("args", "kwargs", "result", "chain")
+_SEEN_AT = LIST_COLUMNS.index("seen_at")
+_ID = LIST_COLUMNS.index("id")
 
 
 class BadCursor(ValueError):
@@ -75,7 +77,8 @@ def list_tasks(
     """Newest first (by first-seen time), ``limit`` rows and the cursor of the next page.
 
     ``q`` of three characters or more checks only the rows :func:`search.narrow`
-    leaves, with the same ``LIKE``; otherwise, or for a common text, it scans.
+    leaves, with the same ``LIKE``, newest spans first until the page is final;
+    otherwise, or for a common text, it scans.
     """
     where: list[str] = []
     params: list[Any] = []
@@ -105,26 +108,47 @@ def list_tasks(
         seen_at, task_id = decode_cursor(cursor)
         where.append("(seen_at < ? OR (seen_at = ? AND id < ?))")
         params.extend([seen_at, seen_at, task_id])
-    sql = f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks"
+    rest = (" WHERE " + " AND ".join(where) if where else "") + (
+        " ORDER BY seen_at DESC, id DESC LIMIT ?"
+    )
+    params.append(limit + 1)
     with search.snapshot(conn):
         narrowed = search.narrow(conn, filters.q) if filters.q else None
         if narrowed is not None:
             # Only the rows the text index leaves: the same LIKE decides on them.
-            sql = (
-                f"WITH found(r) AS ({search.FOUND}) SELECT {', '.join(LIST_COLUMNS)}"
-                " FROM found CROSS JOIN tasks ON tasks.rowid = found.r"
-            )
-            params[:0] = [narrowed.candidates, narrowed.position]
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seen_at DESC, id DESC LIMIT ?"
-        params.append(limit + 1)
-        rows = [_list_row(row) for row in conn.execute(sql, params)]
+            select = f" SELECT {', '.join(LIST_COLUMNS)} FROM found CROSS JOIN tasks"
+            select += f" ON tasks.rowid = found.r{rest}"
+            first = f"WITH found(r) AS ({search.FOUND}){select}"
+            more = f"WITH found(r) AS ({search.MORE}){select}"
+            found: list[Any] = []
+            for round_, (candidates, bound) in enumerate(narrowed.rounds(limit + 1)):
+                if round_ == 0:
+                    found = conn.execute(first, [candidates, narrowed.position, *params]).fetchall()
+                else:
+                    found = _newest(found, conn.execute(more, [candidates, *params]), limit + 1)
+                if bound is None or (len(found) > limit and found[limit][_SEEN_AT] > bound):
+                    break
+            else:
+                narrowed = None
+        if narrowed is None:
+            scan = f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks{rest}"
+            found = conn.execute(scan, params).fetchall()
+        rows = [_list_row(row) for row in found]
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1]["seen_at"], rows[-1]["id"])
     return rows, next_cursor
+
+
+def _newest(known: list[Any], more: Iterable[Any], most: int) -> list[Any]:
+    """The ``most`` newest of two sets of rows, in the ``ORDER BY`` of :func:`list_tasks`.
+
+    Ids compare as SQLite's BINARY collation does (UTF-8 bytes, code point order).
+    """
+    rows = {row[_ID]: row for row in known}
+    rows.update((row[_ID], row) for row in more)
+    return sorted(rows.values(), key=lambda row: (row[_SEEN_AT], row[_ID]), reverse=True)[:most]
 
 
 def _list_row(row: sqlite3.Row) -> dict[str, Any]:

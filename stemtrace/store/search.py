@@ -21,8 +21,12 @@ again every ``recheck`` seconds; a task indexed by age stays there until it
 settles for good and is indexed again with its final text.
 
 A search therefore runs the ``LIKE`` on the candidates of the index, the
-pending tasks and the tasks past the position (not indexed yet); when these
-are too many, on a common text say, it scans as before.
+pending tasks and the tasks past the position (not indexed yet). Up to
+:data:`MOST_CANDIDATES` candidates are sorted at once; more are taken a span of
+rowids at a time, newest first, until the page cannot change
+(:class:`Narrowed`), so a text found in thousands of old tasks is quick too.
+When the index leaves too much to check (a text in most tasks, whose newest
+matches a scan finds at once, or a backlog not indexed yet) it scans as before.
 
 Known gap: text that changes after a task was indexed as settled (an event
 arriving more than ``settle`` seconds after the task's terminal one) is not
@@ -34,6 +38,7 @@ slowed ingestion by about 30% (SQLite opens a statement journal per upsert).
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -49,9 +54,24 @@ TEXT_COLUMNS = ("name", "id", "args", "kwargs", "exc_type", "exc_message")
 MIN_LENGTH = 3
 """A text shorter than a trigram has no trigram to look up: it scans."""
 
-MOST_CANDIDATES = 5000
-"""Past this many candidates a text is common enough that the newest-first scan
-finds a page sooner than sorting all of them by time."""
+MOST_CANDIDATES = 1000
+"""Up to this many candidates are checked and sorted at once; more are walked
+span by span, newest first (:meth:`Narrowed.rounds`)."""
+
+FIRST_ROUND = 500
+"""Candidates checked in the first round of a walk, at least."""
+
+DENSE = 20
+"""A text whose newest candidates are more than one in ``DENSE`` of the newest
+tasks is common: the newest-first scan finds a page in a few hundred rows."""
+
+MOST_MATCHES = 100_000
+MOST_WALKED = 10_000
+"""Past this many candidates, or this many walked without a full page, a text is
+common enough that the newest-first scan finds a page sooner."""
+
+SPAN_BITS = 10
+"""Rowids ``n << SPAN_BITS`` to ``(n + 1) << SPAN_BITS`` make span ``n``."""
 
 MOST_UNINDEXED = 20_000
 """Past this many tasks to check without the index (pending or past the
@@ -63,6 +83,12 @@ ANDED = 4
 
 _TERMINAL = ", ".join(f"'{state}'" for state in sorted(states.TERMINAL))
 _COLUMNS = ", ".join(TEXT_COLUMNS)
+_SPANS = """
+INSERT INTO task_search_spans (span, max_seen)
+    SELECT rowid >> :bits, MAX(seen_at) FROM tasks WHERE rowid > :after AND rowid <= :last
+    GROUP BY rowid >> :bits
+ON CONFLICT (span) DO UPDATE SET max_seen = MAX(max_seen, excluded.max_seen)
+"""
 _INSERT_DOCUMENTS = (
     f"INSERT INTO task_search (rowid, {_COLUMNS})"
     f" SELECT rowid, {_COLUMNS} FROM tasks WHERE rowid IN (SELECT value FROM json_each(?))"
@@ -124,6 +150,8 @@ class SearchIndexer:
                 ).fetchall()  # fmt: skip
                 if rows:
                     self._index_new(conn, rows)
+                    bounds = {"bits": SPAN_BITS, "after": position, "last": rows[-1][0]}
+                    conn.execute(_SPANS, bounds)
                     position = rows[-1][0]
                     conn.execute("UPDATE task_search_state SET position = ?", (position,))
                     done += len(rows)
@@ -191,11 +219,16 @@ def forgotten(conn: sqlite3.Connection) -> None:
     """After tasks were deleted: keep the position at or below the newest rowid left.
 
     SQLite gives a new row the largest rowid plus one, so once the newest task
-    is gone its rowid comes back, to a task the index has not seen.
+    is gone its rowid comes back, to a task the index has not seen. Spans below
+    the oldest task left go.
     """
     conn.execute(
         "UPDATE task_search_state"
         " SET position = MIN(position, COALESCE((SELECT MAX(rowid) FROM tasks), 0))"
+    )
+    conn.execute(
+        "DELETE FROM task_search_spans WHERE span < (SELECT MIN(rowid) FROM tasks) >> ?",
+        (SPAN_BITS,),
     )
 
 
@@ -249,18 +282,51 @@ def match_expression(conn: sqlite3.Connection, grams: list[str], top: int) -> st
 
 @dataclass(frozen=True)
 class Narrowed:
-    """The rows a search must check: candidates of the index, and what it does not cover."""
+    """The rows a search must check: candidates of the index, and what it does not cover.
 
-    candidates: str
-    """JSON list of rowids."""
+    The candidates come in spans of rowids, newest first by the latest
+    first-seen time any task of the span had when indexed (``task_search_spans``).
+    First-seen times only ever move earlier, so once a page is full of rows
+    seen after the next span's bound, no task of that span or of any later one
+    can enter it: the page is final without sorting every candidate.
+    """
+
     position: int
+    spans: list[tuple[float, list[int]]]
+    """``(latest first-seen time, candidate rowids)`` per span, latest first."""
+
+    def rounds(self, first: int) -> Iterator[tuple[str, float | None]]:
+        """``(JSON of the next candidates, bound on the first-seen time of the rest)``.
+
+        Rounds of at least ``first`` candidates, doubling, up to
+        :data:`MOST_WALKED` in all; the bound is ``None`` when none is left.
+        Ends without a ``None`` bound when the walk grew too long: scan then.
+        """
+        taken: list[int] = []
+        walked = 0
+        goal = max(first, FIRST_ROUND)
+        for i, (_, rowids) in enumerate(self.spans):
+            taken.extend(rowids)
+            if i + 1 == len(self.spans):
+                yield json.dumps(taken), None
+                return
+            if len(taken) >= goal:
+                walked += len(taken)
+                if walked > MOST_WALKED:
+                    return
+                yield json.dumps(taken), self.spans[i + 1][0]
+                taken, goal = [], 2 * goal
+        yield json.dumps(taken), None
 
 
 FOUND = (
     "SELECT value FROM json_each(?) UNION SELECT task_rowid FROM task_search_pending"
     " UNION SELECT rowid FROM tasks WHERE rowid > ?"
 )
-"""The rowids to check, with the parameters of :meth:`Narrowed.params`."""
+"""The rowids to check first: candidates (JSON), pending tasks, those past the position."""
+
+MORE = "SELECT value FROM json_each(?)"
+"""The rowids to check in the later rounds of a walk: more candidates."""
 
 
 def narrow(conn: sqlite3.Connection, text: str) -> Narrowed | None:
@@ -279,16 +345,29 @@ def narrow(conn: sqlite3.Connection, text: str) -> Narrowed | None:
     ).fetchone()[0]
     if max(int(top) - position, 0) + int(pending) > MOST_UNINDEXED:
         return None
-    rowids = [
-        row[0]
-        for row in conn.execute(
-            "SELECT rowid FROM task_search WHERE task_search MATCH ? LIMIT ?",
-            (match_expression(conn, grams, int(top)), MOST_CANDIDATES + 1),
-        )
-    ]
-    if len(rowids) > MOST_CANDIDATES:
+    expression = match_expression(conn, grams, int(top))
+    select = "SELECT rowid FROM task_search WHERE task_search MATCH ? ORDER BY rowid DESC LIMIT ?"
+    rowids = [row[0] for row in conn.execute(select, (expression, MOST_CANDIDATES + 1))]
+    if len(rowids) <= MOST_CANDIDATES:
+        return Narrowed(position, [(math.inf, rowids)])
+    if top - rowids[-1] < DENSE * MOST_CANDIDATES:
+        return None  # common among the newest tasks: a scan fills a page at once
+    rowids = [row[0] for row in conn.execute(select, (expression, MOST_MATCHES + 1))]
+    if len(rowids) > MOST_MATCHES:
         return None
-    return Narrowed(json.dumps(rowids), position)
+    by_span: dict[int, list[int]] = {}
+    for rowid in rowids:
+        by_span.setdefault(rowid >> SPAN_BITS, []).append(rowid)
+    bounds = dict(
+        conn.execute(
+            "SELECT span, max_seen FROM task_search_spans"
+            " WHERE span IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(by_span)),),
+        ).fetchall()
+    )
+    spans = [(float(bounds.get(span, math.inf)), found) for span, found in by_span.items()]
+    spans.sort(key=lambda pair: pair[0], reverse=True)
+    return Narrowed(position, spans)
 
 
 @contextmanager
