@@ -256,8 +256,9 @@ def match_expression(conn: sqlite3.Connection, grams: list[str], top: int) -> st
     A trigram found in most tasks filters little and costs a walk of its whole
     list, so the first :data:`PROBE` matches of each of up to :data:`PROBED`
     trigrams tell how dense it is (how far into the rowids they reach), and the
-    sparsest (at most :data:`ANDED`, none four times denser than the first) are
-    kept. Any of them is a sound filter; the choice only decides how fast.
+    sparsest are kept: at most :data:`ANDED`, and of those in more than a
+    quarter of the tasks only the ones at most four times denser than the
+    first. Any of them is a sound filter; the choice only decides how fast.
     """
     if len(grams) > PROBED:
         step = (len(grams) - 1) / (PROBED - 1)
@@ -276,7 +277,8 @@ def match_expression(conn: sqlite3.Connection, grams: list[str], top: int) -> st
             estimated.append((found * (top - first + 1) / (last - first + 1), quoted))
     estimated.sort(key=lambda pair: pair[0])
     rarest = estimated[0][0]
-    kept = [quoted for found, quoted in estimated[:ANDED] if found <= 4 * rarest + PROBE]
+    dense = max(4 * rarest + PROBE, top / 4)
+    kept = [quoted for found, quoted in estimated[:ANDED] if found <= dense]
     return " AND ".join(kept)
 
 
