@@ -418,3 +418,15 @@ def test_a_walk_stops_once_the_page_is_final_and_stays_exact(store: Store) -> No
     scans = [sql for sql in statements if sql.startswith("SELECT id, name")]
     assert len(walks) == 1 and not scans  # the newest span's 16 candidates fill the page
     assert sum(len(page) for page in pages) == 160 and pages[-1][-1] == newest
+
+
+def test_two_indexers_on_one_store_take_turns(store: Store) -> None:
+    fill(store, 50)
+    one, two = SearchIndexer(slice_size=7), SearchIndexer(slice_size=7)
+    other = store.new_writer()
+    while one.step(store.writer(), now=NOW) + two.step(other, now=NOW):
+        pass
+    conn = store.reader().conn
+    assert one.indexed + two.indexed == 50 and one.indexed and two.indexed
+    assert conn.execute("SELECT COUNT(*) FROM task_search").fetchone()[0] == 50
+    assert conn.execute("SELECT position FROM task_search_state").fetchone()[0] == 50
