@@ -40,9 +40,11 @@ def kinds(scenario: Scenario, task_id: str) -> list[str]:
 
 
 def finished(scenario: Scenario, *task_ids: str) -> bool:
+    """Each task ended, and its sent event is in too (the sender flushes on its own clock)."""
     events = scenario.events()
     done = {e["task_id"] for e in events if e["kind"] in TERMINAL}
-    return all(t in done for t in task_ids)
+    sent = {e["task_id"] for e in events if e["kind"] == "sent"}
+    return all(t in done and t in sent for t in task_ids)
 
 
 def wait_finished(scenario: Scenario, *task_ids: str, timeout: float = 30) -> list[dict[str, Any]]:

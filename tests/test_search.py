@@ -351,10 +351,10 @@ class LoggingIndexer(SearchIndexer):
         return found
 
 
-def test_the_consumer_indexes_only_once_it_has_caught_up(store: Store) -> None:
-    log: list[str] = []
+def consume_until_indexed(store: Store, reads: list[int], log: list[str]) -> Consumer:
+    """Run a consumer on scripted reads until its indexer has caught up."""
     done = threading.Event()
-    reader = ScriptedReader([5, 5, 2], log)
+    reader = ScriptedReader(reads, log)
     consumer = Consumer(store, lambda: reader, source="scripted", batch_frames=5,
                         indexer=LoggingIndexer(log, done), block=0.01)  # fmt: skip
     consumer.start()
@@ -362,6 +362,12 @@ def test_the_consumer_indexes_only_once_it_has_caught_up(store: Store) -> None:
         assert done.wait(20)
     finally:
         consumer.stop()
+    return consumer
+
+
+def test_the_consumer_indexes_only_once_it_has_caught_up(store: Store) -> None:
+    log: list[str] = []
+    consumer = consume_until_indexed(store, [5, 5, 2], log)
     first = log.index("read 2")
     assert log[:first] == ["read 5", "read 5"]  # behind: no indexing
     assert log[first + 1 : first + 4] == ["index 4", "read 0", "index 4"]
@@ -372,15 +378,7 @@ def test_the_consumer_indexes_only_once_it_has_caught_up(store: Store) -> None:
 
 
 def test_health_shows_the_indexer(store: Store) -> None:
-    log: list[str] = []
-    done = threading.Event()
-    consumer = Consumer(store, lambda: ScriptedReader([3], log), source="scripted",
-                        indexer=LoggingIndexer(log, done), block=0.01)  # fmt: skip
-    consumer.start()
-    try:
-        assert done.wait(20)
-    finally:
-        consumer.stop()
+    consumer = consume_until_indexed(store, [3], [])
     app = FastAPI()
     app.include_router(create_api_router(store, consumer.status.as_dict))
     with TestClient(app) as client:
