@@ -160,19 +160,25 @@ class Run:
             worker = self.start(command, env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60 + total / 20
-            while int(self.client.get(f"{counter}:done") or 0) < total:
+            begun: tuple[int, float] | None = None  # tasks done, worker CPU seconds
+            while (done := int(self.client.get(f"{counter}:done") or 0)) < total:
+                if begun is None and done:
+                    begun = (done, session_cpu(worker.pid))  # start-up left out
                 if worker.poll() is not None:
                     raise BenchError(
                         f"{broker} {mode} worker exited ({worker.returncode}):\n{tail(log)}"
                     )
                 if time.monotonic() > deadline:
                     raise BenchError(f"{broker} {mode} worker too slow or stuck:\n{tail(log)}")
-                time.sleep(0.25)
+                time.sleep(0.05)
+            cpu = session_cpu(worker.pid)
             first = float(self.client.get(f"{counter}:first") or "nan")
             last = float(self.client.get(f"{counter}:last") or "nan")
         finally:
             self.stop(worker)
         result: dict[str, Any] = {"tasks_per_s": (total - 1) / (last - first)}
+        if begun is not None and total > begun[0]:
+            result["cpu_ms_per_task"] = (cpu - begun[1]) * 1e3 / (total - begun[0])
         if mode == "stemtrace":
             if broker == "rabbitmq":
                 result["events"] = self.count_amqp_events(env["BENCH_STREAM"])
@@ -318,6 +324,29 @@ def tail(path: Path, size: int = 3000) -> str:
         return f"(no log at {path})"
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def session_cpu(leader: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of ``leader``'s session.
+
+    The worker starts in a session of its own: its main process and pool
+    children, nothing else.
+    """
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == leader:  # state, ppid, pgrp, session, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICKS
+
+
 @contextlib.contextmanager
 def sigterm_as_exit() -> Iterator[None]:
     """Let ``kill <pid>`` run our clean-up, as Ctrl-C does."""
@@ -335,6 +364,7 @@ def sigterm_as_exit() -> Iterator[None]:
 def measure(run: Run) -> dict[str, Any]:
     rounds, brokers = run.args.rounds, run.brokers
     worker = {b: {m: [] for m in MODES} for b in brokers}
+    cpu: dict[str, dict[str, list[float]]] = {b: {m: [] for m in MODES} for b in brokers}
     publish = {b: {m: [] for m in MODES} for b in brokers}
     events: dict[str, list[int]] = {b: [] for b in brokers}
     missing: dict[str, list[int]] = {b: [] for b in brokers}
@@ -349,6 +379,8 @@ def measure(run: Run) -> dict[str, Any]:
                     print(f"  note: {broker} sender publisher {publisher}", file=sys.stderr)
                 drained = run.drain(broker, mode, round_no)
                 worker[broker][mode].append(drained["tasks_per_s"])
+                if "cpu_ms_per_task" in drained:
+                    cpu[broker][mode].append(drained["cpu_ms_per_task"])
                 publish[broker][mode].append(sent["per_call_us"])
                 extra = ""
                 if "events" in drained:
@@ -360,6 +392,8 @@ def measure(run: Run) -> dict[str, Any]:
                     extra = f", {drained['events']} stemtrace events"
                     if drained["events"] < least:
                         extra += f" (MISSING at least {least - drained['events']})"
+                if "cpu_ms_per_task" in drained:
+                    extra = f", worker CPU {drained['cpu_ms_per_task']:.2f} ms/task" + extra
                 print(
                     f"round {round_no + 1}/{rounds} {BROKER_LABELS[broker]:>8} "
                     f"{LABELS[mode]:>10}: {drained['tasks_per_s']:7.0f} tasks/s, "
@@ -374,6 +408,12 @@ def measure(run: Run) -> dict[str, Any]:
             "broker": describe_url(run.broker_url(broker)),
             "worker_tasks_per_s": {"rounds": worker[broker], "median": median_worker},
             "worker_ratio": {m: median_worker[m] / median_worker["plain"] for m in MODES[1:]},
+            # CPU the worker's processes spent per task, start-up left out; its
+            # ratio is plain / configuration, so that higher is better, as above.
+            "worker_cpu_ms_per_task": {
+                "rounds": cpu[broker],
+                "median": {m: statistics.median(v) for m, v in cpu[broker].items() if v},
+            },
             "apply_async_us": {"rounds": publish[broker], "median": median_publish},
             "apply_async_ratio": {
                 m: median_publish[m] / median_publish["plain"] for m in MODES[1:]
@@ -401,16 +441,26 @@ def report(result: dict[str, Any]) -> str:
         f"medians of {s['rounds']} interleaved rounds; {s['tasks']} no-op tasks per worker "
         f"run (prefork -c 2), {s['calls']} apply_async calls per sender run"
     ]
-    header = f"{'':<10} {'worker tasks/s':>14} {'/plain':>6} {'apply_async us':>14} {'/plain':>6}"
+    header = (
+        f"{'':<10} {'worker tasks/s':>14} {'/plain':>6} {'worker CPU ms/task':>18}"
+        f" {'plain/':>6} {'apply_async us':>14} {'/plain':>6}"
+    )
     for broker, numbers in result["brokers"].items():
         w, wr = numbers["worker_tasks_per_s"]["median"], numbers["worker_ratio"]
+        c = numbers["worker_cpu_ms_per_task"]["median"]
         p, pr = numbers["apply_async_us"]["median"], numbers["apply_async_ratio"]
         lines += ["", f"{BROKER_LABELS[broker]} ({numbers['broker']})", header]
         for mode in MODES:
-            wratio, pratio = (
-                (f"{wr[mode]:6.2f}", f"{pr[mode]:6.2f}") if mode != "plain" else ("", "")
+            wratio, cratio, pratio = (
+                (f"{wr[mode]:6.2f}", _ratio(c, "plain", mode), f"{pr[mode]:6.2f}")
+                if mode != "plain"
+                else ("", "", "")
             )
-            row = f"{LABELS[mode]:<10} {w[mode]:14.0f} {wratio:>6} {p[mode]:14.0f} {pratio:>6}"
+            cpu = f"{c[mode]:18.2f}" if mode in c else f"{'?':>18}"
+            row = (
+                f"{LABELS[mode]:<10} {w[mode]:14.0f} {wratio:>6} {cpu} {cratio:>6}"
+                f" {p[mode]:14.0f} {pratio:>6}"
+            )
             lines.append(row.rstrip())
         ratio = wr["stemtrace"]
         verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
@@ -421,6 +471,10 @@ def report(result: dict[str, Any]) -> str:
             f"stemtrace events per round {numbers['stemtrace_events_per_round']}{lost}"
         )
     return "\n".join(lines)
+
+
+def _ratio(values: dict[str, float], top: str, bottom: str) -> str:
+    return f"{values[top] / values[bottom]:6.2f}" if top in values and bottom in values else ""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
