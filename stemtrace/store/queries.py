@@ -292,11 +292,28 @@ def flow_rows(
         fresh = []
         for column, values in wanted.items():
             asked[column] |= values
-            for row in _fetch(conn, column, sorted(values)):
-                if row["id"] not in found:
-                    found[row["id"]] = row
-                    fresh.append(row)
+            for row in _fetch_new(conn, column, sorted(values), found):
+                found[row["id"]] = row
+                fresh.append(row)
     return list(found.values())
+
+
+def _fetch_new(
+    conn: sqlite3.Connection, column: str, values: Sequence[str], known: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The rows whose ``column`` is in ``values`` and whose id is not in ``known``.
+
+    Ids first (cheap, from the index), whole rows only for the new ones: a big
+    group's members are usually known already through their root.
+    """
+    if column == "id":
+        return _fetch(conn, "id", [v for v in values if v not in known])
+    new: list[str] = []
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        sql = f"SELECT id FROM tasks WHERE {column} IN ({', '.join('?' for _ in chunk)})"
+        new.extend(task_id for (task_id,) in conn.execute(sql, chunk) if task_id not in known)
+    return _fetch(conn, "id", new)
 
 
 def _fetch(conn: sqlite3.Connection, column: str, values: Sequence[str]) -> list[dict[str, Any]]:
