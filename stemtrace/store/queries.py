@@ -319,14 +319,18 @@ def _fetch_new(
 def _fetch(conn: sqlite3.Connection, column: str, values: Sequence[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     select = f"SELECT {', '.join(FLOW_COLUMNS)} FROM tasks WHERE {column} IN "
-    for start in range(0, len(values), 500):
-        chunk = values[start : start + 500]
+    for start in range(0, len(values), 2000):
+        chunk = values[start : start + 2000]
         sql = select + f"({', '.join('?' for _ in chunk)})"
-        for row in conn.execute(sql, chunk):
-            found = dict(zip(FLOW_COLUMNS, row, strict=True))
-            found["chain"] = _loads(found["chain"]) or []
-            rows.append(found)
+        rows.extend(map(_flow_row, conn.execute(sql, chunk).fetchall()))
     return rows
+
+
+def _flow_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    found = dict(zip(FLOW_COLUMNS, row, strict=True))
+    chain = found["chain"]
+    found["chain"] = (_loads(chain) or []) if chain else []
+    return found
 
 
 def trace_tasks(
