@@ -303,11 +303,14 @@ def _fetch_new(
 ) -> list[dict[str, Any]]:
     """The rows whose ``column`` is in ``values`` and whose id is not in ``known``.
 
-    Ids first (cheap, from the index), whole rows only for the new ones: a big
-    group's members are usually known already through their root.
+    For groups, ids first (cheap, from the index) and whole rows only for the
+    new ones: a big group's members are usually known already through their
+    root. The tasks of a root are mostly new: their rows come at once.
     """
     if column == "id":
         return _fetch(conn, "id", [v for v in values if v not in known])
+    if column == "root_id":
+        return [row for row in _fetch(conn, column, values) if row["id"] not in known]
     new: list[str] = []
     for start in range(0, len(values), 500):
         chunk = values[start : start + 500]
