@@ -254,6 +254,33 @@ def test_a_long_task_is_indexed_by_age_then_again_when_it_ends(store: Store) -> 
     assert conn.execute("SELECT COUNT(*) FROM task_search").fetchone()[0] == 1
 
 
+def test_text_arriving_after_the_task_was_indexed_is_found_and_indexed_again(
+    store: Store,
+) -> None:
+    ingestor = Ingestor(store.writer())
+    ingestor.ingest([ended("t-late", NOW - 100, name="proj.late")])  # its sent event is late
+    store.writer().execute("UPDATE tasks SET updated_at = ?", (NOW - 100,))
+    indexer = SearchIndexer(settle=10, max_wait=300, recheck=0)
+    indexer.step(store.writer(), now=NOW)
+    conn = store.reader().conn
+    assert conn.execute("SELECT COUNT(*) FROM task_search_pending").fetchone()[0] == 0
+
+    def found(q: str) -> list[str]:
+        return [row["id"] for row in queries.list_tasks(conn, TaskFilters(q=q), None, 10)[0]]
+
+    ingestor.ingest([sent("t-late", NOW - 101, "proj.late", ["invoice-77812"])])
+    assert conn.execute("SELECT * FROM task_search_pending").fetchall() == [(1, 1)]
+    assert found("invoice-77812") == ["t-late"]  # pending again: checked directly
+    ingestor.ingest([sent("t-new", NOW - 5, "proj.new", ["invoice-77812"])])  # not indexed yet
+    assert conn.execute("SELECT COUNT(*) FROM task_search_pending").fetchone()[0] == 1
+    store.writer().execute("UPDATE tasks SET updated_at = ? WHERE id = 't-late'", (NOW - 60,))
+    indexer.step(store.writer(), now=NOW)
+    assert conn.execute("SELECT task_rowid FROM task_search_pending").fetchall() == [(2,)]
+    match = "SELECT rowid FROM task_search WHERE task_search MATCH '\"778\"'"
+    assert conn.execute(match).fetchall() == [(1,)]
+    assert found("invoice-77812") == ["t-new", "t-late"]
+
+
 def test_retention_deletes_the_documents_of_the_tasks_it_prunes(store: Store) -> None:
     fill(store, 40)
     index_all(store)
@@ -278,8 +305,11 @@ def test_the_migration_indexes_a_store_that_already_has_tasks(tmp_path: Path) ->
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     migrations.apply(Database(conn), stop_before="m006_task_search")
-    Ingestor(conn).ingest([sent(f"old-{n}", 1000.0 + n, "proj.legacy", [n]) for n in range(30)]
-                          + [ended(f"old-{n}", 1001.0 + n) for n in range(30)])  # fmt: skip
+    with mock.patch.object(search, "touched"):  # the ingestor of then knew no index
+        Ingestor(conn).ingest(
+            [sent(f"old-{n}", 1000.0 + n, "proj.legacy", [n]) for n in range(30)]
+            + [ended(f"old-{n}", 1001.0 + n) for n in range(30)]
+        )
     conn.close()
     store = Store(path)
     try:

@@ -25,6 +25,7 @@ from typing import Any
 
 from stemtrace import events as ev
 from stemtrace import jsonio, states
+from stemtrace.store import search
 from stemtrace.store.schema import CELERY_ROW_FIELDS, HISTORY_COLUMNS, ROW_FIELDS
 
 _dumps = jsonio.dumps
@@ -227,6 +228,14 @@ def merge_rows(old: list[Any], new: tuple[Any, ...]) -> None:
         old[_RANK] = new[_RANK]
 
 
+_TEXT_COLS = tuple(_COL[c] for c in ("args", "kwargs", "exc_type", "exc_message"))
+
+
+def _has_text(row: list[Any]) -> bool:
+    """Whether a row brings text ``q`` searches that a first event may not have had."""
+    return any(row[i] is not None for i in _TEXT_COLS)
+
+
 def event_row(event: ev.Event) -> tuple[Any, ...]:
     """The ``events`` (history) row of a task event."""
     get = event.get
@@ -275,6 +284,7 @@ class Ingestor:
             if event_rows:
                 conn.executemany(INSERT_EVENT, event_rows)
                 conn.executemany(UPSERT_TASK, task_rows)
+                search.touched(conn, [row[0] for row in task_rows if _has_text(row)])
             for event in worker_events:
                 self._worker_event(event, now)
             if task_rows:

@@ -28,11 +28,12 @@ rowids at a time, newest first, until the page cannot change
 When the index leaves too much to check (a text in most tasks, whose newest
 matches a scan finds at once, or a backlog not indexed yet) it scans as before.
 
-Known gap: text that changes after a task was indexed as settled (an event
-arriving more than ``settle`` seconds after the task's terminal one) is not
-indexed again, so a search for the new text misses that task. Noticing such
-a change in the database needs a trigger on ``tasks``, and any trigger there
-slowed ingestion by about 30% (SQLite opens a statement journal per upsert).
+Text that changes after a task was indexed (its sent event or its failure
+arriving late) is noticed by the ingestor, which calls :func:`touched` in its
+write transaction: such a task goes back among the pending ones, is checked
+directly by every search meanwhile, and is indexed again once it settles. (A
+trigger on ``tasks`` would have done the same, but any trigger there slowed
+ingestion by about 30%: SQLite opens a statement journal per upsert.)
 """
 
 from __future__ import annotations
@@ -201,6 +202,25 @@ class SearchIndexer:
             conn.executemany(
                 "INSERT INTO task_search_pending (task_rowid, indexed) VALUES (?, ?)", waiting
             )
+
+
+_TOUCHED = """
+INSERT INTO task_search_pending (task_rowid, indexed)
+SELECT rowid, 1 FROM tasks
+WHERE id = ? AND rowid <= (SELECT position FROM task_search_state)
+ON CONFLICT (task_rowid) DO NOTHING
+"""
+
+
+def touched(conn: sqlite3.Connection, task_ids: list[str]) -> None:
+    """Tasks whose searchable text was just written: those indexed already go pending again.
+
+    Called by the ingestor inside its write transaction, for the rows that
+    brought args, kwargs or an exception; a task not indexed yet is left alone
+    (the indexer reaches it in turn).
+    """
+    if task_ids:
+        conn.executemany(_TOUCHED, [(task_id,) for task_id in task_ids])
 
 
 def forget(conn: sqlite3.Connection, rowids: list[int]) -> None:
