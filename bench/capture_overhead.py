@@ -408,6 +408,16 @@ def measure(run: Run) -> dict[str, Any]:
             "broker": describe_url(run.broker_url(broker)),
             "worker_tasks_per_s": {"rounds": worker[broker], "median": median_worker},
             "worker_ratio": {m: median_worker[m] / median_worker["plain"] for m in MODES[1:]},
+            # The same, paired: the median of each round's own ratio, so that a slow
+            # spell of the machine weighs on one round's pair, not on one side.
+            "worker_ratio_paired": {
+                m: paired(worker[broker][m], worker[broker]["plain"]) for m in MODES[1:]
+            },
+            "worker_cpu_ratio_paired": {
+                m: paired(cpu[broker]["plain"], cpu[broker][m])
+                for m in MODES[1:]
+                if len(cpu[broker][m]) == len(cpu[broker]["plain"]) == rounds
+            },
             # CPU the worker's processes spent per task, start-up left out; its
             # ratio is plain / configuration, so that higher is better, as above.
             "worker_cpu_ms_per_task": {
@@ -466,11 +476,24 @@ def report(result: dict[str, Any]) -> str:
         verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
         missing = sum(numbers["stemtrace_events_missing_per_round"])
         lost = f", {missing} MISSING" if missing else ", none missing"
+        pairs = numbers["worker_ratio_paired"]
+        cpu_pairs = numbers["worker_cpu_ratio_paired"]
+        lines.append(
+            "paired (median of each round's ratio): throughput "
+            + ", ".join(f"{LABELS[m]} {pairs[m]:.2f}" for m in MODES[1:])
+            + ("; CPU " + ", ".join(f"{LABELS[m]} {v:.2f}" for m, v in cpu_pairs.items())
+               if cpu_pairs else "")
+        )  # fmt: skip
         lines.append(
             f"stemtrace worker ratio {ratio:.3f} {verdict} the target {TARGET_RATIO:.2f}; "
             f"stemtrace events per round {numbers['stemtrace_events_per_round']}{lost}"
         )
     return "\n".join(lines)
+
+
+def paired(tops: list[float], bottoms: list[float]) -> float:
+    """The median of the rounds' ratios ``tops[i] / bottoms[i]``."""
+    return statistics.median(top / bottom for top, bottom in zip(tops, bottoms, strict=True))
 
 
 def _ratio(values: dict[str, float], top: str, bottom: str) -> str:
