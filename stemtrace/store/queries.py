@@ -311,28 +311,29 @@ def _fetch_new(
         return _fetch(conn, "id", [v for v in values if v not in known])
     if column == "root_id":
         return [row for row in _fetch(conn, column, values) if row["id"] not in known]
-    new: list[str] = []
-    for start in range(0, len(values), 500):
-        chunk = values[start : start + 500]
-        sql = f"SELECT id FROM tasks WHERE {column} IN ({', '.join('?' for _ in chunk)})"
-        new.extend(task_id for (task_id,) in conn.execute(sql, chunk) if task_id not in known)
-    return _fetch(conn, "id", new)
+    ids = _select_in(conn, f"SELECT id FROM tasks WHERE {column} IN", values)
+    return _fetch(conn, "id", [task_id for (task_id,) in ids if task_id not in known])
 
 
 def _fetch(conn: sqlite3.Connection, column: str, values: Sequence[str]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    select = f"SELECT {', '.join(FLOW_COLUMNS)} FROM tasks WHERE {column} IN "
-    for start in range(0, len(values), 2000):
-        chunk = values[start : start + 2000]
-        sql = select + f"({', '.join('?' for _ in chunk)})"
-        rows.extend(map(_flow_row, conn.execute(sql, chunk).fetchall()))
+    select = f"SELECT {', '.join(FLOW_COLUMNS)} FROM tasks WHERE {column} IN"
+    return [_flow_row(row) for row in _select_in(conn, select, values)]
+
+
+def _select_in(
+    conn: sqlite3.Connection, select: str, values: Sequence[str], size: int = 2000
+) -> list[Any]:
+    """The rows of ``select`` (ending in ``IN``) over ``values``, bound a chunk at a time."""
+    rows: list[Any] = []
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        rows.extend(conn.execute(f"{select} ({', '.join('?' for _ in chunk)})", chunk))
     return rows
 
 
 def _flow_row(row: tuple[Any, ...]) -> dict[str, Any]:
     found = dict(zip(FLOW_COLUMNS, row, strict=True))
-    chain = found["chain"]
-    found["chain"] = (_loads(chain) or []) if chain else []
+    found["chain"] = _loads(found["chain"]) or []
     return found
 
 
