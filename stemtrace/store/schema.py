@@ -216,7 +216,7 @@ ROW_FIELDS = (
 )  # fmt: skip
 # Celery's own events: the task row keeps no args, kwargs or result of theirs
 # (repr strings), so their history rows do.
-CELERY_ROW_FIELDS = ROW_FIELDS[:-3]
+CELERY_ROW_FIELDS = tuple(f for f in ROW_FIELDS if f not in ("args", "kwargs", "result"))
 
 
 @migrations()
