@@ -143,6 +143,8 @@ class Shaper:
 
     def value(self, field: str, value: Any) -> Any:
         """Shape one field (a result, say)."""
+        if value is None and self.scrubber is None:  # most tasks return nothing
+            return None
         return self._field(field, value)
 
     def text(self, field: str, value: object, limit: int) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 from celery import signals
 
 from stemtrace import events as ev
+from stemtrace.capture import dispatch
 from stemtrace.capture.config import CaptureConfig
 from stemtrace.capture.context import (
     TRACE_HEADER,
@@ -77,8 +78,8 @@ class Capture:
         self.publisher.exit_timeout = config.shutdown_timeout
         self.internal_errors = 0
         self._params: dict[str, tuple[str, ...]] = {}
-        self._started_at: dict[str, float] = {}
-        self._trace_tokens: dict[str, Any] = {}
+        self._runs: dict[str, tuple[float, Any]] = {}
+        """Task id -> (monotonic start, trace-context token) of each body running here."""
 
     # -- helpers ---------------------------------------------------------------
 
@@ -120,10 +121,6 @@ class Capture:
             "exc_message": self.shaper.text("exc_message", exc, limit) if exc is not None else None,
             "traceback": self.shaper.text("traceback", traceback, limit) if traceback else None,
         }
-
-    def runtime_of(self, task_id: str | None) -> float | None:
-        started = self._started_at.pop(task_id, None) if task_id else None
-        return round(time.monotonic() - started, 6) if started is not None else None
 
     # -- publisher side --------------------------------------------------------
 
@@ -278,10 +275,9 @@ class Capture:
 
     def on_prerun(self, task_id: str, task: Any, args: Any, kwargs: Any) -> None:
         request = task.request
-        if len(self._started_at) > 10_000:  # tasks killed without a closing signal
-            self._started_at.clear()
-            self._trace_tokens.clear()
-        self._started_at[task_id] = time.monotonic()
+        if len(self._runs) > 10_000:  # tasks killed without a closing signal
+            self._runs.clear()
+        started = time.monotonic()
         headers = getattr(request, "headers", None) or {}
         sent_trace = _fast_trace_id(headers.get(TRACE_HEADER)) or _fast_trace_id(
             getattr(request, "stemtrace_trace_id", None)
@@ -295,7 +291,7 @@ class Capture:
             or getattr(request, "root_id", None)
             or task_id
         )
-        self._trace_tokens[task_id] = set_trace_id(trace_id)
+        self._runs[task_id] = (started, set_trace_id(trace_id))
         hostname = getattr(request, "hostname", None)
         fields: dict[str, Any] = {
             "task_id": task_id,
@@ -319,26 +315,30 @@ class Capture:
         chain links and chord callbacks are sent, in the thread that ran the
         task; so no ``task_postrun`` receiver is needed on the hot path.
         """
-        token = self._trace_tokens.pop(task_id, None) if task_id else None
-        if token is not None:
-            # ValueError: reset from a context that did not set it (another thread)
-            with contextlib.suppress(ValueError):
-                reset_trace_id(token)
-        return self.runtime_of(task_id)
+        run = self._runs.pop(task_id, None) if task_id else None
+        if run is None:
+            return None
+        started, token = run
+        # ValueError: reset from a context that did not set it (another thread)
+        with contextlib.suppress(ValueError):
+            reset_trace_id(token)
+        return round(time.monotonic() - started, 6)
 
     def on_success(self, task: Any, result: Any, runtime: Any) -> None:
         request = task.request
-        measured = self.end_run(request.id)
+        task_id = request.id
+        hostname = getattr(request, "hostname", None)
+        measured = self.end_run(task_id)
         fields: dict[str, Any] = {
-            "task_id": request.id,
+            "task_id": task_id,
             "name": task.name,
-            "worker": getattr(request, "hostname", None),
+            "worker": hostname,
             "retries": _int_or_none(getattr(request, "retries", None)),
             "runtime": round(runtime, 6) if isinstance(runtime, float) else measured,
         }
         if self.config.capture_result:
             fields["result"] = self.shaper.value("result", result)
-        self.emit_fields(ev.SUCCEEDED, getattr(request, "hostname", None), fields)
+        self.emit_fields(ev.SUCCEEDED, hostname, fields)
 
     def on_failure(self, task: Any, task_id: str, exc: BaseException | None, einfo: Any) -> None:
         request = task.request
@@ -379,7 +379,10 @@ class Capture:
 
 # -- registry of captures, one per app -------------------------------------------
 
-_captures: weakref.WeakKeyDictionary[Any, Capture] = weakref.WeakKeyDictionary()
+# Keyed by ``id(app)``: a plain dict look-up on every signal (a
+# WeakKeyDictionary makes a weak reference per look-up); an entry leaves with
+# its app, through ``weakref.finalize``, before the id can be reused.
+_captures: dict[int, Capture] = {}
 _connect_lock = threading.Lock()
 _connected = False
 _warned_errors = False
@@ -394,7 +397,7 @@ def init(app: Any, **options: Any) -> Capture | None:
     counts), or ``None`` when capture is disabled.
     """
     config = CaptureConfig.build(options)
-    old = _captures.pop(app, None)
+    old = _captures.pop(id(app), None)
     if old is not None:
         old.publisher.close(0.5)
     if not config.enabled:
@@ -408,13 +411,15 @@ def init(app: Any, **options: Any) -> Capture | None:
             "(or set STEMTRACE_TRANSPORT_URL)"
         )
     capture = Capture(app, config, transport_url)
-    _captures[app] = capture
+    if old is None:
+        weakref.finalize(app, _captures.pop, id(app), None)
+    _captures[id(app)] = capture
     _connect_receivers()
     return capture
 
 
 def capture_for(app: Any) -> Capture | None:
-    return _captures.get(app)
+    return _captures.get(id(app))
 
 
 def _broker_url(app: Any) -> str | None:
@@ -427,7 +432,12 @@ def _broker_url(app: Any) -> str | None:
 
 
 def _for_task(task: Any) -> Capture | None:
-    return _captures.get(getattr(task, "app", None)) if task is not None else None
+    return _captures.get(id(task.app)) if task is not None else None
+
+
+def _for_sender(sender: Any) -> Capture | None:
+    """The capture of a worker-side sender (consumer, worker): its ``app``."""
+    return _captures.get(id(getattr(sender, "app", None)))
 
 
 def _for_name(name: Any) -> Capture | None:
@@ -485,7 +495,7 @@ def _before_task_publish(
 
 @_guard
 def _task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    capture = _captures.get(getattr(sender, "app", None))
+    capture = _for_sender(sender)
     if capture is not None and request is not None:
         capture.on_received(request)
 
@@ -540,28 +550,28 @@ def _task_revoked(
 
 @_guard
 def _task_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
-    capture = _captures.get(getattr(sender, "app", None))
+    capture = _for_sender(sender)
     if capture is not None:
         capture.on_rejected(sender, message, f"rejected: {exc!r}" if exc else "rejected")
 
 
 @_guard
 def _task_unknown(sender: Any = None, message: Any = None, name: Any = None, **_: Any) -> None:
-    capture = _captures.get(getattr(sender, "app", None))
+    capture = _for_sender(sender)
     if capture is not None:
         capture.on_rejected(sender, message, f"unknown task {name!r}: not registered in the worker")
 
 
 @_guard
 def _worker_ready(sender: Any = None, **_: Any) -> None:
-    capture = _captures.get(getattr(sender, "app", None))
+    capture = _for_sender(sender)
     if capture is not None:
         capture.on_worker_ready(sender)
 
 
 @_guard
 def _worker_shutdown(sender: Any = None, **_: Any) -> None:
-    capture = _captures.get(getattr(sender, "app", None))
+    capture = _for_sender(sender)
     if capture is not None:
         capture.on_worker_shutdown(sender)
 
@@ -587,6 +597,14 @@ _RECEIVERS: Iterable[tuple[Any, Callable[..., None]]] = (
     (signals.worker_process_shutdown, _worker_process_shutdown),
 )
 
+# Sent for every task: their sends take the short cut of :mod:`.dispatch`
+# while stemtrace's receiver is the only one connected.
+_EVERY_TASK = (
+    (signals.task_received, _task_received),
+    (signals.task_prerun, _task_prerun),
+    (signals.task_success, _task_success),
+)
+
 
 def _connect_receivers() -> None:
     global _connected
@@ -595,6 +613,8 @@ def _connect_receivers() -> None:
             return
         for signal, receiver in _RECEIVERS:
             signal.connect(receiver, weak=False, dispatch_uid=f"stemtrace.{receiver.__name__}")
+        for signal, receiver in _EVERY_TASK:
+            dispatch.install(signal, receiver)
         _connected = True
 
 

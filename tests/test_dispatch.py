@@ -1,0 +1,103 @@
+"""The short cut through ``Signal.send``: taken while stemtrace is alone, never in the way."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, signals
+from celery.app import trace
+from celery.utils.dispatch import Signal
+
+import stemtrace
+from stemtrace.capture import dispatch
+from stemtrace.capture.signals import Capture
+from stemtrace.events import decode_frame
+from stemtrace.transports.memory import stream_for
+
+
+@pytest.fixture
+def eager_app() -> Iterator[tuple[Capture, Any, str]]:
+    stream = f"dispatch-{uuid.uuid4().hex[:8]}"
+    app = Celery("dispatch", broker="memory://", set_as_current=False)
+
+    @app.task(shared=False, name="dispatch.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    capture = stemtrace.init(app, transport_url="memory://dispatch", stream=stream)
+    assert capture is not None
+    yield capture, add, stream
+    capture.publisher.close(1)
+
+
+def kinds(stream: str) -> list[str]:
+    found: list[str] = []
+    for _, frame in stream_for("memory://dispatch", stream).read_after(0, 1000):
+        found.extend(event["kind"] for event in decode_frame(frame).events)
+    return found
+
+
+def test_every_task_signal_takes_the_short_cut(eager_app: tuple[Capture, Any, str]) -> None:
+    for signal in (signals.task_received, signals.task_prerun, signals.task_success):
+        assert isinstance(signal.send, dispatch.DirectSend)
+    # celery.app.trace bound these at import: they are replaced too.
+    assert trace.send_prerun is signals.task_prerun.send
+    assert trace.send_success is signals.task_success.send
+    assert trace.send_postrun is not signals.task_prerun.send  # not ours: untouched
+
+
+def test_other_receivers_get_celerys_own_send(eager_app: tuple[Capture, Any, str]) -> None:
+    capture, add, stream = eager_app
+    seen: list[tuple[Any, dict[str, Any]]] = []
+
+    def other(sender: Any = None, **kwargs: Any) -> str:
+        seen.append((sender, kwargs))
+        return "other's answer"
+
+    signals.task_prerun.connect(other, weak=False)
+    try:
+        assert add.apply((2, 3)).get() == 5
+        responses = signals.task_prerun.send(sender=None, task_id="x", task=None)
+    finally:
+        signals.task_prerun.disconnect(other)
+    assert add.apply((1, 1)).get() == 2  # alone again
+
+    assert seen[0][1]["args"] == (2, 3)
+    assert (other, "other's answer") in responses
+    assert len(responses) == 2  # stemtrace's receiver ran too
+    assert capture.publisher.flush(5)
+    found = kinds(stream)
+    assert found.count("started") == 2 and found.count("succeeded") == 2
+
+
+def test_direct_send_answers_like_signal_send() -> None:
+    signal = Signal(name="stemtrace_test_signal")
+    calls: list[dict[str, Any]] = []
+
+    def receiver(**kwargs: Any) -> int:
+        calls.append(kwargs)
+        return 7
+
+    signal.connect(receiver, weak=False)
+    assert dispatch.install(signal, receiver)
+    assert dispatch.install(signal, receiver)  # twice: still one short cut
+    sender = object()
+    assert signal.send(sender=sender, value=1) == [(receiver, 7)]
+    assert calls == [{"signal": signal, "sender": sender, "value": 1}]
+
+
+def test_a_send_someone_else_replaced_is_left_alone() -> None:
+    signal = Signal(name="stemtrace_test_patched")
+
+    def theirs(sender: Any = None, **named: Any) -> list[Any]:
+        return []
+
+    def receiver(**kwargs: Any) -> None:
+        return None
+
+    signal.send = theirs  # type: ignore[method-assign]
+    assert not dispatch.install(signal, receiver)
+    assert signal.send is theirs
