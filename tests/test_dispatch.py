@@ -42,7 +42,7 @@ def kinds(stream: str) -> list[str]:
 
 def test_every_task_signal_takes_the_short_cut(eager_app: tuple[Capture, Any, str]) -> None:
     for signal in (signals.task_received, signals.task_prerun, signals.task_success):
-        assert isinstance(signal.send, dispatch.DirectSend)
+        assert dispatch.is_direct(signal.send)
     # celery.app.trace bound these at import: they are replaced too.
     assert trace.send_prerun is signals.task_prerun.send
     assert trace.send_success is signals.task_success.send

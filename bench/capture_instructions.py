@@ -1,0 +1,181 @@
+"""What capture costs in instructions executed by the worker: repeatable where time is not.
+
+``bench.capture_overhead`` measures throughput, which moves by 10% and more
+between runs on a shared machine. This counts instead, with valgrind's
+callgrind, the instructions a real worker executes per no-op task in each
+configuration (``plain``, ``stemtrace``, ``celery -E``: as there), every
+process and thread of the worker included; callgrind counts the same for the
+same work whatever else the machine is doing.
+
+Per configuration, a sender (``python -m bench.benchapp``) pre-fills a queue,
+then ``celery worker`` runs it under ``valgrind --tool=callgrind`` until the
+counter reaches the count, and is stopped with a warm shutdown (stemtrace
+flushes). That is done for two task counts; the difference of the totals
+divided by the difference of the counts is the cost per task, start-up and
+shutdown cancelled out. The Redis server is not counted (another process):
+stemtrace adds about one ``XADD`` per 100-200 events there. Capture's
+publisher sends a frame every 200 events here rather than every 0.2 s as well
+(the clock runs about 50 times too slow under callgrind, see
+:meth:`CountingRun.env`).
+
+Usage, from the repository root, with Redis on 127.0.0.1:6379 and valgrind::
+
+    python -m bench.capture_instructions [--tasks 40,200] [--pool solo|prefork]
+
+A run under callgrind is about 50 times slower than natively: the default
+takes about five minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import MODES
+from bench.capture_overhead import LABELS, BenchError, Run, sigterm_as_exit, tail
+
+REDIS_BROKER = "redis"
+
+
+class CountingRun(Run):
+    """A :class:`Run` whose worker runs under callgrind, with a task count per measurement."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        self.total = 0
+
+    def env(self, broker: str, mode: str, round_no: int) -> dict[str, str]:
+        env = super().env(broker, mode, round_no)
+        env["BENCH_TOTAL"] = str(self.total)
+        # Frames go out every 0.2 s or 200 events, whichever comes first. Under
+        # callgrind a worker runs some 50 times slower, so the clock would cut
+        # frames of a few events, and each XADD (about 240,000 instructions in
+        # redis-py) would weigh on every task as it does not at full speed.
+        # Filling frames by count keeps the share a frame has per event as it is
+        # natively (frames of about 80-200 events).
+        env["STEMTRACE_FLUSH_INTERVAL"] = "30"
+        env["STEMTRACE_HEARTBEAT_INTERVAL"] = "30"
+        return env
+
+    def instructions(self, mode: str, total: int) -> int:
+        """Instructions the worker executed to start, run ``total`` tasks and stop."""
+        self.total = total
+        self.args.tasks = total
+        self.send(REDIS_BROKER, mode, total)
+        env = self.env(REDIS_BROKER, mode, total)
+        counter = env["BENCH_COUNTER"]
+        out_dir = self.logs / f"callgrind-{mode}-{total}"
+        out_dir.mkdir()
+        pool = ["-P", "solo"] if self.args.pool == "solo" else ["-P", "prefork", "-c", "2"]
+        command = [
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p",
+            sys.executable, "-m", "celery", "-A", "bench.benchapp:app", "worker", *pool,
+            "-Q", env["BENCH_QUEUE"], "-n", f"bench{self.run_id}{mode.replace('-', '')}{total}@%h",
+            "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "warning",
+        ]  # fmt: skip
+        if mode == "celery-events":
+            command.append("-E")
+        log = self.logs / f"worker-{mode}-{total}.log"
+        with open(log, "wb") as out:
+            worker = self.start(command, env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300 + total * 2
+            while int(self.client.get(f"{counter}:done") or 0) < total:
+                if worker.poll() is not None:
+                    raise BenchError(f"{mode} worker exited ({worker.returncode}):\n{tail(log)}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{mode} worker too slow or stuck:\n{tail(log)}")
+                time.sleep(0.2)
+        finally:
+            self.stop(worker, timeout=300)  # warm shutdown under valgrind is slow too
+        self.delete(f"{counter}:done", f"{counter}:first", f"{counter}:last")
+        self.delete(env["BENCH_QUEUE"], env["BENCH_STREAM"])
+        return sum_totals(out_dir, log)
+
+
+def sum_totals(out_dir: Path, log: Path) -> int:
+    """The ``totals:`` of every callgrind output in ``out_dir`` (one per process)."""
+    found = 0
+    total = 0
+    for path in out_dir.iterdir():
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+                found += 1
+                break
+    if not found:
+        raise BenchError(f"callgrind wrote no totals in {out_dir}:\n{tail(log)}")
+    return total
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--tasks", default="40,200", help="the two task counts, comma-separated (default 40,200)"
+    )
+    parser.add_argument("--pool", choices=("solo", "prefork"), default="solo")
+    parser.add_argument("--modes", default=",".join(MODES), help="configurations to count")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=6379)
+    parser.add_argument("--db", type=int, default=13)
+    args = parser.parse_args(argv)
+    try:
+        low, high = (int(n) for n in args.tasks.split(","))
+    except ValueError:
+        parser.error(f"--tasks takes two counts such as 40,200, not {args.tasks!r}")
+    if not 0 < low < high:
+        parser.error("--tasks: the first count must be positive and below the second")
+    args.counts = (low, high)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown or "plain" not in args.modes:
+        parser.error(f"--modes: choose among {', '.join(MODES)}, plain included")
+    # What Run expects of a capture_overhead invocation.
+    args.broker, args.calls, args.amqp_url = REDIS_BROKER, 1, ""
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install -y valgrind)", file=sys.stderr)
+        return 2
+    run = CountingRun(args)
+    print(f"run {run.run_id}: logs in {run.logs}", flush=True)
+    low, high = args.counts
+    per_task: dict[str, float] = {}
+    try:
+        with sigterm_as_exit():
+            run.connect()
+            for mode in args.modes:
+                counts = {n: run.instructions(mode, n) for n in (low, high)}
+                per_task[mode] = (counts[high] - counts[low]) / (high - low)
+                print(
+                    f"{LABELS[mode]:>10}: {counts[low]:,} instructions for {low} tasks,"
+                    f" {counts[high]:,} for {high}: {per_task[mode]:,.0f} per task",
+                    flush=True,
+                )
+    except BenchError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        run.cleanup()
+    plain = per_task["plain"]
+    print(f"\nworker instructions per no-op task ({args.pool} pool, Redis broker), callgrind")
+    print(f"{'':>10}  {'per task':>12}  {'added':>10}  {'plain/this':>10}")
+    for mode, count in per_task.items():
+        print(
+            f"{LABELS[mode]:>10}  {count:>12,.0f}  {(count - plain) / plain:>+10.1%}"
+            f"  {plain / count:>10.3f}"
+        )
+    print("plain/this: the throughput ratio if the worker were bound by its own instructions")
+    shutil.rmtree(run.logs, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
