@@ -236,16 +236,33 @@ def _has_text(row: list[Any]) -> bool:
     return any(row[i] is not None for i in _TEXT_COLS)
 
 
+def _extra_fields(names: tuple[str, ...], from_celery: bool) -> tuple[str, ...]:
+    """The fields of an event with these ``names`` that go into its ``extra`` JSON, sorted."""
+    key = (names, from_celery)
+    found = _extra_by_names.get(key)
+    if found is None:
+        if len(_extra_by_names) >= 4096:
+            _extra_by_names.clear()
+        found = tuple(sorted(set(names) - (_COVERED_CELERY if from_celery else _COVERED)))
+        _extra_by_names[key] = found
+    return found
+
+
+# Events of one producer share a few sets of field names: what goes to
+# ``extra`` is worked out once per set.
+_extra_by_names: dict[tuple[tuple[str, ...], bool], tuple[str, ...]] = {}
+
+
 def event_row(event: ev.Event) -> tuple[Any, ...]:
     """The ``events`` (history) row of a task event."""
-    get = event.get
-    rest = event.keys() - (_COVERED_CELERY if get("source") == "celery" else _COVERED)
+    rest = _extra_fields(tuple(event), event.get("source") == "celery")
     return (
-        event["task_id"], event["eid"], event["kind"], event["ts"], event["host"], event["pid"],
-        get("worker"), get("retries"), get("runtime"), get("exc_type"), get("exc_message"),
-        get("traceback"), get("retry_at"),
-        _dumps({name: event[name] for name in sorted(rest)}) if rest else None,
-    )  # fmt: skip
+        *map(event.get, _HISTORY_ROW),
+        _dumps({name: event[name] for name in rest}) if rest else None,
+    )
+
+
+_HISTORY_ROW = ("task_id", "eid", "kind", "ts", *HISTORY_COLUMNS)
 
 
 class Ingestor:
