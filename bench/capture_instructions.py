@@ -61,8 +61,12 @@ class CountingRun(Run):
         env["STEMTRACE_HEARTBEAT_INTERVAL"] = "30"
         return env
 
-    def instructions(self, mode: str, total: int) -> int:
-        """Instructions the worker executed to start, run ``total`` tasks and stop."""
+    def instructions(self, mode: str, total: int) -> tuple[int, int]:
+        """Instructions the worker executed to start, run ``total`` tasks and stop.
+
+        Two counts: its main process (which takes the messages and hands them to
+        the pool) and the rest (pool children; nothing else under ``solo``).
+        """
         self.total = total
         self.args.tasks = total
         self.send(REDIS_BROKER, mode, total)
@@ -94,22 +98,27 @@ class CountingRun(Run):
             self.stop(worker, timeout=300)  # warm shutdown under valgrind is slow too
         self.delete(f"{counter}:done", f"{counter}:first", f"{counter}:last")
         self.delete(env["BENCH_QUEUE"], env["BENCH_STREAM"])
-        return sum_totals(out_dir, log)
+        return sum_totals(out_dir, log, main_pid=worker.pid)
 
 
-def sum_totals(out_dir: Path, log: Path) -> int:
-    """The ``totals:`` of every callgrind output in ``out_dir`` (one per process)."""
-    found = 0
-    total = 0
+def sum_totals(out_dir: Path, log: Path, *, main_pid: int) -> tuple[int, int]:
+    """The ``totals:`` of the callgrind outputs in ``out_dir`` (``cg.<pid>``, one per
+    process): the main process's, and the sum of the others."""
+    main = rest = 0
+    found = False
     for path in out_dir.iterdir():
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith("totals:"):
-                total += int(line.split()[1])
-                found += 1
+                count = int(line.split()[1])
+                if path.name == f"cg.{main_pid}":
+                    main += count
+                    found = True
+                else:
+                    rest += count
                 break
     if not found:
-        raise BenchError(f"callgrind wrote no totals in {out_dir}:\n{tail(log)}")
-    return total
+        raise BenchError(f"callgrind wrote no totals for the worker in {out_dir}:\n{tail(log)}")
+    return main, rest
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -147,16 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     run = CountingRun(args)
     print(f"run {run.run_id}: logs in {run.logs}", flush=True)
     low, high = args.counts
-    per_task: dict[str, float] = {}
+    per_task: dict[str, tuple[float, float]] = {}  # main process, pool children
     try:
         with sigterm_as_exit():
             run.connect()
             for mode in args.modes:
                 counts = {n: run.instructions(mode, n) for n in (low, high)}
-                per_task[mode] = (counts[high] - counts[low]) / (high - low)
+                main, rest = ((counts[high][i] - counts[low][i]) / (high - low) for i in (0, 1))
+                per_task[mode] = (main, rest)
                 print(
-                    f"{LABELS[mode]:>10}: {counts[low]:,} instructions for {low} tasks,"
-                    f" {counts[high]:,} for {high}: {per_task[mode]:,.0f} per task",
+                    f"{LABELS[mode]:>10}: {sum(counts[low]):,} instructions for {low} tasks,"
+                    f" {sum(counts[high]):,} for {high}: {main + rest:,.0f} per task"
+                    f" (main process {main:,.0f})",
                     flush=True,
                 )
     except BenchError as exc:
@@ -164,15 +175,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         run.cleanup()
-    plain = per_task["plain"]
+    plain_main, plain_rest = per_task["plain"]
+    plain = plain_main + plain_rest
     print(f"\nworker instructions per no-op task ({args.pool} pool, Redis broker), callgrind")
-    print(f"{'':>10}  {'per task':>12}  {'added':>10}  {'plain/this':>10}")
-    for mode, count in per_task.items():
-        print(
-            f"{LABELS[mode]:>10}  {count:>12,.0f}  {(count - plain) / plain:>+10.1%}"
-            f"  {plain / count:>10.3f}"
-        )
+    header = f"{'':>10}  {'per task':>12}  {'added':>8}  {'plain/this':>10}"
+    if args.pool == "prefork":
+        header += f"  {'main proc.':>12}  {'added':>8}  {'plain/this':>10}"
+    print(header)
+    for mode, (main, rest) in per_task.items():
+        count = main + rest
+        line = f"{LABELS[mode]:>10}  {count:>12,.0f}  {(count - plain) / plain:>+8.1%}"
+        line += f"  {plain / count:>10.3f}"
+        if args.pool == "prefork":
+            line += f"  {main:>12,.0f}  {(main - plain_main) / plain_main:>+8.1%}"
+            line += f"  {plain_main / main:>10.3f}"
+        print(line)
     print("plain/this: the throughput ratio if the worker were bound by its own instructions")
+    if args.pool == "prefork":
+        print(
+            "main proc.: the worker's main process alone, which bounds a prefork worker's"
+            " throughput when its pool children wait for it"
+        )
     shutil.rmtree(run.logs, ignore_errors=True)
     return 0
 

@@ -160,10 +160,11 @@ class Run:
             worker = self.start(command, env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60 + total / 20
-            begun: tuple[int, float] | None = None  # tasks done, worker CPU seconds
+            # tasks done, worker CPU seconds, of which its main process's
+            begun: tuple[int, float, float] | None = None
             while (done := int(self.client.get(f"{counter}:done") or 0)) < total:
                 if begun is None and done:
-                    begun = (done, session_cpu(worker.pid))  # start-up left out
+                    begun = (done, *session_cpu(worker.pid))  # start-up left out
                 if worker.poll() is not None:
                     raise BenchError(
                         f"{broker} {mode} worker exited ({worker.returncode}):\n{tail(log)}"
@@ -171,7 +172,7 @@ class Run:
                 if time.monotonic() > deadline:
                     raise BenchError(f"{broker} {mode} worker too slow or stuck:\n{tail(log)}")
                 time.sleep(0.05)
-            cpu = session_cpu(worker.pid)
+            cpu, main_cpu = session_cpu(worker.pid)
             first = float(self.client.get(f"{counter}:first") or "nan")
             last = float(self.client.get(f"{counter}:last") or "nan")
         finally:
@@ -179,6 +180,7 @@ class Run:
         result: dict[str, Any] = {"tasks_per_s": (total - 1) / (last - first)}
         if begun is not None and total > begun[0]:
             result["cpu_ms_per_task"] = (cpu - begun[1]) * 1e3 / (total - begun[0])
+            result["main_cpu_ms_per_task"] = (main_cpu - begun[2]) * 1e3 / (total - begun[0])
         if mode == "stemtrace":
             if broker == "rabbitmq":
                 result["events"] = self.count_amqp_events(env["BENCH_STREAM"])
@@ -327,13 +329,14 @@ def tail(path: Path, size: int = 3000) -> str:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def session_cpu(leader: int) -> float:
-    """CPU seconds (user + system) used so far by the processes of ``leader``'s session.
+def session_cpu(leader: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by the processes of ``leader``'s session,
+    and by ``leader`` alone.
 
-    The worker starts in a session of its own: its main process and pool
-    children, nothing else.
+    The worker starts in a session of its own: its main process (the leader)
+    and pool children, nothing else.
     """
-    total = 0
+    total = main = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -343,8 +346,11 @@ def session_cpu(leader: int) -> float:
         except OSError:
             continue  # gone meanwhile
         if int(fields[3]) == leader:  # state, ppid, pgrp, session, ...
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / _TICKS
+            used = int(fields[11]) + int(fields[12])  # utime, stime
+            total += used
+            if int(entry.name) == leader:
+                main = used
+    return total / _TICKS, main / _TICKS
 
 
 @contextlib.contextmanager
@@ -365,6 +371,7 @@ def measure(run: Run) -> dict[str, Any]:
     rounds, brokers = run.args.rounds, run.brokers
     worker = {b: {m: [] for m in MODES} for b in brokers}
     cpu: dict[str, dict[str, list[float]]] = {b: {m: [] for m in MODES} for b in brokers}
+    main_cpu: dict[str, dict[str, list[float]]] = {b: {m: [] for m in MODES} for b in brokers}
     publish = {b: {m: [] for m in MODES} for b in brokers}
     events: dict[str, list[int]] = {b: [] for b in brokers}
     missing: dict[str, list[int]] = {b: [] for b in brokers}
@@ -381,6 +388,7 @@ def measure(run: Run) -> dict[str, Any]:
                 worker[broker][mode].append(drained["tasks_per_s"])
                 if "cpu_ms_per_task" in drained:
                     cpu[broker][mode].append(drained["cpu_ms_per_task"])
+                    main_cpu[broker][mode].append(drained["main_cpu_ms_per_task"])
                 publish[broker][mode].append(sent["per_call_us"])
                 extra = ""
                 if "events" in drained:
@@ -393,7 +401,10 @@ def measure(run: Run) -> dict[str, Any]:
                     if drained["events"] < least:
                         extra += f" (MISSING at least {least - drained['events']})"
                 if "cpu_ms_per_task" in drained:
-                    extra = f", worker CPU {drained['cpu_ms_per_task']:.2f} ms/task" + extra
+                    extra = (
+                        f", worker CPU {drained['cpu_ms_per_task']:.2f} ms/task"
+                        f" (main process {drained['main_cpu_ms_per_task']:.2f})" + extra
+                    )
                 print(
                     f"round {round_no + 1}/{rounds} {BROKER_LABELS[broker]:>8} "
                     f"{LABELS[mode]:>10}: {drained['tasks_per_s']:7.0f} tasks/s, "
@@ -423,6 +434,17 @@ def measure(run: Run) -> dict[str, Any]:
             "worker_cpu_ms_per_task": {
                 "rounds": cpu[broker],
                 "median": {m: statistics.median(v) for m, v in cpu[broker].items() if v},
+            },
+            # The main process alone: it takes every message and feeds the pool, so
+            # its CPU per task is what bounds the throughput of a busy worker.
+            "main_cpu_ms_per_task": {
+                "rounds": main_cpu[broker],
+                "median": {m: statistics.median(v) for m, v in main_cpu[broker].items() if v},
+            },
+            "main_cpu_ratio_paired": {
+                m: paired(main_cpu[broker]["plain"], main_cpu[broker][m])
+                for m in MODES[1:]
+                if len(main_cpu[broker][m]) == len(main_cpu[broker]["plain"]) == rounds
             },
             "apply_async_us": {"rounds": publish[broker], "median": median_publish},
             "apply_async_ratio": {
@@ -484,6 +506,16 @@ def report(result: dict[str, Any]) -> str:
             + ("; CPU " + ", ".join(f"{LABELS[m]} {v:.2f}" for m, v in cpu_pairs.items())
                if cpu_pairs else "")
         )  # fmt: skip
+        main = numbers["main_cpu_ms_per_task"]["median"]
+        if main:
+            lines.append(
+                "worker main process CPU ms/task (it bounds throughput): "
+                + ", ".join(f"{LABELS[m]} {main[m]:.2f}" for m in MODES if m in main)
+                + "; paired plain/ "
+                + ", ".join(
+                    f"{LABELS[m]} {v:.2f}" for m, v in numbers["main_cpu_ratio_paired"].items()
+                )
+            )
         lines.append(
             f"stemtrace worker ratio {ratio:.3f} {verdict} the target {TARGET_RATIO:.2f}; "
             f"stemtrace events per round {numbers['stemtrace_events_per_round']}{lost}"
