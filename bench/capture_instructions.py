@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,18 +73,13 @@ class CountingRun(Run):
         counter = env["BENCH_COUNTER"]
         out_dir = self.logs / f"callgrind-{mode}-{total}"
         out_dir.mkdir()
-        pool = ["-P", "solo"] if self.args.pool == "solo" else ["-P", "prefork", "-c", "2"]
-        command = [
-            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p",
-            sys.executable, "-m", "celery", "-A", "bench.benchapp:app", "worker", *pool,
-            "-Q", env["BENCH_QUEUE"], "-n", f"bench{self.run_id}{mode.replace('-', '')}{total}@%h",
-            "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "warning",
-        ]  # fmt: skip
-        if mode == "celery-events":
-            command.append("-E")
         log = self.logs / f"worker-{mode}-{total}.log"
-        with open(log, "wb") as out:
-            worker = self.start(command, env, stdout=out, stderr=subprocess.STDOUT)
+        worker = self.start_worker(
+            env, mode, f"{mode}{total}", log,
+            pool=("-P", "solo") if self.args.pool == "solo" else ("-P", "prefork", "-c", "2"),
+            wrapper=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"),
+            options=("--without-heartbeat",),
+        )  # fmt: skip
         try:
             deadline = time.monotonic() + 300 + total * 2
             while int(self.client.get(f"{counter}:done") or 0) < total:
@@ -194,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool == "prefork":
         print(
             "main proc.: the worker's main process alone, which bounds a prefork worker's"
-            " throughput when its pool children wait for it"
+            " throughput when there are cores to spare"
         )
     shutil.rmtree(run.logs, ignore_errors=True)
     return 0

@@ -147,17 +147,8 @@ class Run:
         queued = self.queued(broker, env["BENCH_QUEUE"], total)
         if queued != total:
             raise BenchError(f"{broker} {mode}: expected {total} queued tasks, found {queued}")
-        command = [
-            sys.executable, "-m", "celery", "-A", "bench.benchapp:app", "worker",
-            "-P", "prefork", "-c", "2", "-Q", env["BENCH_QUEUE"],
-            "-n", f"bench{self.run_id}{broker}{mode.replace('-', '')}{round_no}@%h",
-            "--without-mingle", "--without-gossip", "-l", "warning",
-        ]  # fmt: skip
-        if mode == "celery-events":
-            command.append("-E")
         log = self.logs / f"worker-{broker}-{mode}-{round_no}.log"
-        with open(log, "wb") as out:
-            worker = self.start(command, env, stdout=out, stderr=subprocess.STDOUT)
+        worker = self.start_worker(env, mode, f"{broker}{mode}{round_no}", log)
         try:
             deadline = time.monotonic() + 60 + total / 20
             # tasks done, worker CPU seconds, of which its main process's
@@ -259,6 +250,28 @@ class Run:
             self.amqp_names.discard(name)
 
     # -- processes and keys --------------------------------------------------
+
+    def start_worker(
+        self,
+        env: dict[str, str],
+        mode: str,
+        node: str,
+        log: Path,
+        *,
+        pool: tuple[str, ...] = ("-P", "prefork", "-c", "2"),
+        wrapper: tuple[str, ...] = (),
+        options: tuple[str, ...] = (),
+    ) -> subprocess.Popen[bytes]:
+        """A ``celery worker`` of ``mode`` on ``env``'s queue (run by ``wrapper``, if any)."""
+        command = [
+            *wrapper, sys.executable, "-m", "celery", "-A", "bench.benchapp:app", "worker",
+            *pool, "-Q", env["BENCH_QUEUE"], "-n", f"bench{self.run_id}{node.replace('-', '')}@%h",
+            "--without-mingle", "--without-gossip", *options, "-l", "warning",
+        ]  # fmt: skip
+        if mode == "celery-events":
+            command.append("-E")
+        with open(log, "wb") as out:
+            return self.start(command, env, stdout=out, stderr=subprocess.STDOUT)
 
     def start(self, command: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:
         # A session of its own: Ctrl-C reaches only us, and we stop its whole group.
@@ -436,7 +449,7 @@ def measure(run: Run) -> dict[str, Any]:
                 "median": {m: statistics.median(v) for m, v in cpu[broker].items() if v},
             },
             # The main process alone: it takes every message and feeds the pool, so
-            # its CPU per task is what bounds the throughput of a busy worker.
+            # with cores to spare its CPU per task bounds the worker's throughput.
             "main_cpu_ms_per_task": {
                 "rounds": main_cpu[broker],
                 "median": {m: statistics.median(v) for m, v in main_cpu[broker].items() if v},
@@ -509,7 +522,7 @@ def report(result: dict[str, Any]) -> str:
         main = numbers["main_cpu_ms_per_task"]["median"]
         if main:
             lines.append(
-                "worker main process CPU ms/task (it bounds throughput): "
+                "worker main process CPU ms/task (the busiest process): "
                 + ", ".join(f"{LABELS[m]} {main[m]:.2f}" for m in MODES if m in main)
                 + "; paired plain/ "
                 + ", ".join(
