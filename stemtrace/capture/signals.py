@@ -20,7 +20,6 @@ import os
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -380,8 +379,8 @@ class Capture:
 # -- registry of captures, one per app -------------------------------------------
 
 # Keyed by ``id(app)``: a plain dict look-up on every signal (a
-# WeakKeyDictionary makes a weak reference per look-up); an entry leaves with
-# its app, through ``weakref.finalize``, before the id can be reused.
+# WeakKeyDictionary makes a weak reference per look-up). Each capture holds its
+# app, so an id cannot be reused while its entry is here.
 _captures: dict[int, Capture] = {}
 _connect_lock = threading.Lock()
 _connected = False
@@ -411,8 +410,6 @@ def init(app: Any, **options: Any) -> Capture | None:
             "(or set STEMTRACE_TRANSPORT_URL)"
         )
     capture = Capture(app, config, transport_url)
-    if old is None:
-        weakref.finalize(app, _captures.pop, id(app), None)
     _captures[id(app)] = capture
     _connect_receivers()
     return capture
