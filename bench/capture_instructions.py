@@ -41,15 +41,11 @@ REDIS_BROKER = "redis"
 
 
 class CountingRun(Run):
-    """A :class:`Run` whose worker runs under callgrind, with a task count per measurement."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args)
-        self.total = 0
+    """A :class:`Run` whose worker runs under callgrind, with a task count per measurement
+    (``args.tasks``, which :meth:`Run.env` passes on as ``BENCH_TOTAL``)."""
 
     def env(self, broker: str, mode: str, round_no: int) -> dict[str, str]:
         env = super().env(broker, mode, round_no)
-        env["BENCH_TOTAL"] = str(self.total)
         # Frames go out every 0.2 s or 200 events, whichever comes first. Under
         # callgrind a worker runs some 50 times slower, so the clock would cut
         # frames of a few events, and each XADD (about 240,000 instructions in
@@ -66,7 +62,6 @@ class CountingRun(Run):
         Two counts: its main process (which takes the messages and hands them to
         the pool) and the rest (pool children; nothing else under ``solo``).
         """
-        self.total = total
         self.args.tasks = total
         self.send(REDIS_BROKER, mode, total)
         env = self.env(REDIS_BROKER, mode, total)

@@ -83,8 +83,16 @@ def test_direct_send_answers_like_signal_send() -> None:
 
     signal.connect(receiver, weak=False)
     assert dispatch.install(signal, receiver)
-    assert dispatch.install(signal, receiver)  # twice: still one short cut
+    direct = signal.send
+    assert dispatch.is_direct(direct)
+    assert dispatch.install(signal, receiver)  # twice: still the one short cut
+    assert signal.send is direct
     sender = object()
+
+    def celerys_path(sender: Any) -> list[Any]:
+        raise AssertionError("Celery's own send was taken")
+
+    signal._live_receivers = celerys_path  # type: ignore[method-assign]
     assert signal.send(sender=sender, value=1) == [(receiver, 7)]
     assert calls == [{"signal": signal, "sender": sender, "value": 1}]
 
