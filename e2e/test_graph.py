@@ -113,12 +113,13 @@ def test_a_ten_thousand_member_group_stays_responsive(
         )
         events.append({**common, "kind": "succeeded", "eid": f"d{i}", "ts": now + 1,
                        "result": 2 * i, "runtime": 0.01})  # fmt: skip
+    page.goto(f"{server.base}/tasks/{parent}")  # not there yet: the page waits for it
+    expect(page.locator("h1")).to_contain_text("No task")
     client = redis.Redis.from_url(scenario.broker)
     for start in range(0, len(events), 500):
         client.xadd(scenario.stream, {FRAME_FIELD: encode_frame(events[start : start + 500])})
     client.close()
 
-    page.goto(f"{server.base}/tasks/{parent}")
     expect(page.locator("h1")).to_contain_text("proj.fanout", timeout=30_000)
     graph = open_graph(page, f"{server.base}/flows/{parent}")
     expect(graph).to_have_attribute("data-graph-nodes", "2")  # the parent and one group node

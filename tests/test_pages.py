@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import pytest
 from bs4 import BeautifulSoup, Tag, XMLParsedAsHTMLWarning
@@ -816,6 +816,30 @@ def test_unknown_ids_get_a_friendly_html_404(listing: TestClient, url: str, what
     one(soup, "header.top nav")  # the whole page, with its navigation
 
 
+@pytest.mark.parametrize(
+    ("url", "live", "existing"),
+    [
+        ("/tasks/no-such-task", "/live?task=no-such-task", f"/tasks/{ADD_CHILD}"),
+        ("/flows/no-such-task", "/live", f"/flows/{ADD_CHILD}"),
+        ("/traces/no/such%3Ftrace", "/live", "/traces/trace-shop"),
+    ],
+)
+def test_a_404_page_watches_and_opens_the_record_once_it_arrives(
+    listing: TestClient, url: str, live: str, existing: str
+) -> None:
+    waiting = one(page(listing, url, 404), "#waiting")
+    again = str(waiting["hx-get"])
+    assert unquote(again) == unquote(url)  # the same route again, quoted
+    assert waiting["sse-connect"] == live
+    assert waiting["hx-trigger"] == "sse:changed"
+    assert waiting["hx-swap"] == "none"
+    still_missing = listing.get(again, headers=htmx("waiting"))
+    assert (still_missing.status_code, still_missing.text) == (204, "")
+    arrived = listing.get(existing, headers=htmx("waiting"))
+    assert arrived.status_code == 200
+    assert arrived.headers["HX-Refresh"] == "true"
+
+
 def test_htmx_requests_get_only_the_rows_and_responses_vary_on_it(listing: TestClient) -> None:
     full = listing.get("/")
     assert "hx-request" in vary(full)
@@ -900,7 +924,8 @@ def test_mounted_every_link_has_the_prefix_and_resolves(site: Site, prefix: str)
         for live in soup.find_all(attrs={"hx-get": True}):  # as htmx refreshes the page
             target = str(live.get("hx-target", f"#{live['id']}")).removeprefix("#")
             refresh = client.get(str(live["hx-get"]), headers=htmx(target))
-            assert refresh.status_code == status, (url, live["hx-get"])
+            expected = 204 if target == "waiting" else status  # a 404 asking again
+            assert refresh.status_code == expected, (url, live["hx-get"])
     assert kinds >= {"", "tasks", "flows", "traces", "registry", "workers", "static", "api"}
     assert any("cursor=" in url for url in seen)
     assert f"{prefix}/flows/{FANOUT}" in seen

@@ -86,8 +86,32 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         response.headers["Vary"] = "HX-Request, HX-Target"
         return response
 
-    def not_found(request: Request, what: str, value: str) -> HTMLResponse:
-        return page(request, "404.html", {"what": what, "value": value}, status_code=404)
+    def not_found(
+        request: Request,
+        what: str,
+        value: str,
+        again: tuple[str, dict[str, str]],
+        watch: str | None = None,
+    ) -> Response:
+        """A 404 that keeps watching: the page opens itself once the record arrives.
+
+        ``again`` is the route to ask again and its path parameters;
+        ``watch`` is the task id whose change should wake the page (``None``:
+        any change, for a group or trace id the consumer does not announce).
+        While waiting, htmx asks again on each change; the answer is 204
+        until the record exists, then ``HX-Refresh`` reloads the whole page.
+        """
+        if _is_waiting_poll(request):
+            return Response(status_code=204)
+        live = {"task": watch} if watch else None
+        context = {"what": what, "value": value, "live": live, "again": again}
+        return page(request, "404.html", context, status_code=404)
+
+    def found(request: Request) -> Response | None:
+        """The waiting 404 page asked again and the record now exists: reload it."""
+        if _is_waiting_poll(request):
+            return Response(status_code=200, headers={"HX-Refresh": "true"})
+        return None
 
     @router.get("/", name="stemtrace.executions")
     def executions(
@@ -147,11 +171,15 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         return page(request, "executions.html", context, 422 if error else 200)
 
     @router.get("/tasks/{task_id:path}", name="stemtrace.task")
-    def task(request: Request, task_id: Annotated[str, render.PathId]) -> HTMLResponse:
+    def task(request: Request, task_id: Annotated[str, render.PathId]) -> Response:
         try:
             detail = task_detail(store, task_id)
         except HTTPException:
-            return not_found(request, "task", task_id)
+            return not_found(
+                request, "task", task_id, ("stemtrace.task", {"task_id": task_id}), task_id
+            )
+        if reload := found(request):
+            return reload
         context = {"task": detail, "bar": render.timeline_bar(detail["phases"])}
         partial = (
             request.headers.get("HX-Request") and request.headers.get("HX-Target") == "task-live"
@@ -160,10 +188,13 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         return page(request, name, context)
 
     @router.get("/flows/{task_id:path}", name="stemtrace.flow")
-    def flow(request: Request, task_id: Annotated[str, render.PathId]) -> HTMLResponse:
+    def flow(request: Request, task_id: Annotated[str, render.PathId]) -> Response:
         rows = queries.flow_rows(store.reader().conn, task_id)
         if rows is None:
-            return not_found(request, "task or group", task_id)
+            again = ("stemtrace.flow", {"task_id": task_id})
+            return not_found(request, "task or group", task_id, again)
+        if reload := found(request):
+            return reload
         graph = flows.build_flow(rows)
         now = datetime.now(UTC).timestamp()
         critical = flows.critical_path(graph, now)
@@ -185,10 +216,13 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         return page(request, "flow.html", context)
 
     @router.get("/traces/{trace_id:path}", name="stemtrace.trace")
-    def trace(request: Request, trace_id: Annotated[str, render.PathId]) -> HTMLResponse:
+    def trace(request: Request, trace_id: Annotated[str, render.PathId]) -> Response:
         tasks = queries.trace_tasks(store.reader().conn, trace_id)
         if not tasks:
-            return not_found(request, "trace", trace_id)
+            again = ("stemtrace.trace", {"trace_id": trace_id})
+            return not_found(request, "trace", trace_id, again)
+        if reload := found(request):
+            return reload
         context = {"trace_id": trace_id, "groups": render.trace_groups(tasks), "count": len(tasks)}
         return page(request, "trace.html", context)
 
@@ -231,6 +265,10 @@ def _current_node(graph: dict[str, Any], rows: list[dict[str, Any]], task_id: st
     group_id = next((r["group_id"] for r in rows if r["id"] == task_id), None) or task_id
     group_node = flows.group_node_id(group_id)
     return group_node if group_node in ids else task_id
+
+
+def _is_waiting_poll(request: Request) -> bool:
+    return bool(request.headers.get("HX-Request")) and request.headers.get("HX-Target") == "waiting"
 
 
 def _store_is_empty(conn: Any) -> bool:
