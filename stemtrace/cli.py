@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from stemtrace import __version__
+from stemtrace import __version__, collector
 from stemtrace.capture.config import parse_env
 from stemtrace.settings import LOG_LEVELS, Settings
 from stemtrace.store.schema import DEFAULT_DB
@@ -149,6 +149,7 @@ def run(settings: Settings) -> int:
     from stemtrace.server.app import create_app
 
     app = create_app(settings)
+    collector.tune()
     print(f"stemtrace {__version__}: http://{settings.host}:{settings.port}/  (db: {settings.db})")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
@@ -175,6 +176,7 @@ def demo(settings: Settings, interval: float) -> int:
     flows = Demo(interval=interval, stream=settings.stream)
     app = create_app(settings)
     _stop_first(app, flows.stop)
+    collector.tune()
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     )
@@ -232,6 +234,7 @@ def consume(settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    collector.tune()
     for consumer in consumers:
         consumer.start()
     print(f"stemtrace {__version__}: reading {source_name(settings)} into {settings.db}")

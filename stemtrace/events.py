@@ -177,27 +177,38 @@ def validate_event(obj: object) -> str | None:
     if type(obj) is not dict:
         return "not a JSON object"
     kind = obj.get("kind")
-    if type(kind) is not str or kind not in KINDS:
+    if type(kind) is not str:
         return f"unknown kind {kind!r:.100}"
-    shape = (kind, tuple(obj), tuple(map(type, obj.values())))
-    if shape not in _valid_shapes:
+    shape = (kind, *obj, *map(type, obj.values()))
+    plan = _valid_shapes.get(shape)
+    if plan is None:
+        if kind not in KINDS:
+            return f"unknown kind {kind!r:.100}"
         problem = _check_types(obj, kind)
         if problem is not None:
             return problem
         if len(_valid_shapes) >= _MAX_SHAPES:
             _valid_shapes.clear()
-        _valid_shapes.add(shape)
-    if kind in TASK_KINDS and not obj["task_id"]:
+        plan = _valid_shapes[shape] = (
+            kind in TASK_KINDS,
+            tuple(name for name in _LINK_LISTS if name in obj),
+        )
+    is_task, link_lists = plan
+    if is_task and not obj["task_id"]:
         return "empty task_id"
-    for name in _LINK_LISTS:
-        for link in obj.get(name) or ():
+    for name in link_lists:
+        for link in obj[name]:
             if type(link) is not dict or _check_required(link, LINK_FIELDS) is not None:
                 return f"field {name!r} holds a malformed link"
     return None
 
 
-# Shapes (kind, field names and value types, in order) whose types passed the checks.
-_valid_shapes: set[tuple[str, tuple[str, ...], tuple[type, ...]]] = set()
+_LINK_LISTS = ("chain", "callbacks", "errbacks")
+
+# Shapes (kind, then the field names and the types of their values, in order)
+# whose types passed the checks: whether the kind is a task's, and which of the
+# link lists the shape holds.
+_valid_shapes: dict[tuple[Any, ...], tuple[bool, tuple[str, ...]]] = {}
 _MAX_SHAPES = 4096
 
 
@@ -213,9 +224,6 @@ def _check_types(obj: dict[str, Any], kind: str) -> str | None:
         if types and not _is(value, types):
             return f"field {name!r} has type {type(value).__name__}"
     return None
-
-
-_LINK_LISTS = ("chain", "callbacks", "errbacks")
 
 
 def _check_required(obj: dict[str, Any], spec: dict[str, tuple[type, ...]]) -> str | None:

@@ -52,6 +52,12 @@ def read_events(url: str, stream: str) -> list[dict[str, Any]]:
     return found
 
 
+def stored_events(conn: Any) -> int:
+    """How many history records a store holds, doubles included."""
+    found = conn.execute("SELECT SUM(json_array_length(events)) FROM history").fetchone()[0]
+    return int(found or 0)
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

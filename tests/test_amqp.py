@@ -17,7 +17,7 @@ from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store import Store
 from tests.proj import make_app
-from tests.support import AMQP_URL, PrivateRabbit, Scenario, celery_worker, wait_for
+from tests.support import AMQP_URL, PrivateRabbit, Scenario, celery_worker, stored_events, wait_for
 from tests.test_flows_e2e import Observed, edges, node
 
 
@@ -131,7 +131,7 @@ def test_a_server_restart_loses_nothing(rabbit: Scenario, tmp_path: Path) -> Non
         again = run(reopened)
         wait_for(lambda: _succeeded(reopened) == 20, timeout=30)
         again.stop()
-        events = reopened.reader().conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        events = stored_events(reopened.reader().conn)
         assert events == 20 * 4  # sent, received, started, succeeded: none lost, none doubled
         reopened.close()
     finally:

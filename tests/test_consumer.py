@@ -14,7 +14,7 @@ from stemtrace.events import encode_frame
 from stemtrace.store import Store
 from stemtrace.transports import open_reader
 from stemtrace.transports.redis import FRAME_FIELD
-from tests.support import PrivateRedis, Scenario, wait_for
+from tests.support import PrivateRedis, Scenario, stored_events, wait_for
 
 
 def started(n: int) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def test_restart_in_the_middle_loses_and_doubles_nothing(
     wait_for(lambda: task_count(reopened) == 500)
     second.stop()
     assert first.status.ingested + second.status.ingested == 500
-    events = reopened.reader().conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    events = stored_events(reopened.reader().conn)
     assert events == 500
     reopened.close()
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from stemtrace.store import Store, queries
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
+from tests.support import stored_events
 
 
 @pytest.fixture
@@ -111,12 +112,14 @@ def test_redelivered_events_change_nothing(store: Store) -> None:
     life = retried_twice()
     ingestor.ingest(life)
     before = row(store)
+    history = queries.task_events(store.reader().conn, "t1")
     ingestor.ingest(life[3:7])
-    ingestor.ingest(list(reversed(life)))
+    ingestor.ingest(list(reversed(life)) + life[:2])  # twice in one batch too
     after = row(store)
     before.pop("updated_at"), after.pop("updated_at")
     assert after == before
-    assert len(queries.task_events(store.reader().conn, "t1")) == len(life)
+    assert len(history) == len(life)
+    assert queries.task_events(store.reader().conn, "t1") == history
 
 
 def test_waiting_for_a_retry_is_its_own_state(store: Store) -> None:
@@ -135,7 +138,7 @@ def test_retention_by_count_and_by_age(store: Store) -> None:
     conn = store.reader().conn
     left = [r[0] for r in conn.execute("SELECT id FROM tasks ORDER BY id")]
     assert left == [f"t{i:03}" for i in range(30, 50)]
-    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 20
+    assert stored_events(conn) == 20
     by_age = Retention(max_age=10.0, interval=0)
     while by_age.step(store.writer(), now=1049.5):
         pass
@@ -155,17 +158,19 @@ def test_the_schema_survives_reopening(tmp_path: Path) -> None:
 
 
 def test_history_written_as_json_documents_is_migrated(tmp_path: Path) -> None:
-    """A store from before migration 5 (one JSON document per event) keeps its history."""
+    """A store from before migration 5 (one JSON document per event) keeps its history
+    through migration 5 (a row per event, in columns) and 7 (records per task)."""
     path = tmp_path / "old.db"
     Store(path).close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(
         """
-        DROP TABLE events;
+        DROP TABLE history;
         CREATE TABLE events (task_id TEXT NOT NULL, eid TEXT NOT NULL, kind TEXT NOT NULL,
                              ts REAL NOT NULL, data TEXT NOT NULL);
         CREATE UNIQUE INDEX events_task ON events (task_id, eid);
-        DELETE FROM _sqlite_migrations WHERE name = 'm005_history_columns';
+        DELETE FROM _sqlite_migrations
+            WHERE name IN ('m005_history_columns', 'm007_history_by_task');
         """
     )
     old = [
@@ -206,8 +211,8 @@ def test_a_history_row_keeps_what_the_task_row_does_not(store: Store) -> None:
         ]
     )
     conn = store.reader().conn
-    extras = [r[0] for r in conn.execute("SELECT extra FROM events ORDER BY ts")]
-    assert [json.loads(e) for e in extras] == [
+    [(text,)] = conn.execute("SELECT events FROM history WHERE task_id = 't1'").fetchall()
+    assert [record[-1] for record in json.loads(text)] == [  # extra
         {"future_field": {"x": [1]}},
         {"signum": 15, "terminated": True},
     ]

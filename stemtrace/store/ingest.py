@@ -1,8 +1,8 @@
 """Write validated events into the store: one transaction per batch, one writer.
 
-Each task event becomes one ``UPSERT`` into ``tasks`` whose ``SET`` clause is
-the merge rule, so SQLite does the merging and a batch is a single
-``executemany``:
+The events of one task in a batch are merged in Python (:func:`merge_rows`)
+into one row, which becomes one ``UPSERT`` into ``tasks`` whose ``SET``
+clause applies the same merge rule against what the store already holds:
 
 * the state follows :func:`stemtrace.states.state_key` (``CASE`` on the row
   value ``(state_attempt, state_rank, state_ts)``), not arrival order;
@@ -11,8 +11,9 @@ the merge rule, so SQLite does the merging and a batch is a single
 * first-seen times take the minimum, results and exceptions come from the
   terminal event.
 
-Every merge is idempotent, so a re-delivered event changes nothing; the
-event history skips it by its unique ``eid``.
+Every merge is idempotent, so a re-delivered event changes nothing. The
+history gets one row per task per batch with that batch's records of the
+task; readers skip a record whose ``eid`` they have already seen.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from stemtrace import events as ev
 from stemtrace import jsonio, states
 from stemtrace.store import search
-from stemtrace.store.schema import CELERY_ROW_FIELDS, HISTORY_COLUMNS, ROW_FIELDS
+from stemtrace.store.schema import CELERY_ROW_FIELDS, HISTORY_COLUMNS, HISTORY_RECORD, ROW_FIELDS
 
 _dumps = jsonio.dumps
 
@@ -91,16 +92,13 @@ UPSERT_TASK = (
     f" ON CONFLICT (id) DO UPDATE SET {', '.join(_SET)}"
 )
 
-INSERT_EVENT = (
-    f"INSERT OR IGNORE INTO events (task_id, eid, kind, ts, {', '.join(HISTORY_COLUMNS)}, extra)"
-    f" VALUES (?, ?, ?, ?, {', '.join('?' for _ in HISTORY_COLUMNS)}, ?)"
-)
+INSERT_HISTORY = "INSERT INTO history (task_id, events) VALUES (?, ?)"
 
-# What an event's history row leaves out of ``extra``: its columns, and what
-# the task row holds.
-_IN_HISTORY_ROW = frozenset({"task_id", "eid", "kind", "ts", *HISTORY_COLUMNS})
-_COVERED = _IN_HISTORY_ROW | frozenset(ROW_FIELDS)
-_COVERED_CELERY = _IN_HISTORY_ROW | frozenset(CELERY_ROW_FIELDS)
+# What an event's history record leaves out of ``extra``: its own places, and
+# what the task row holds.
+_IN_RECORD = frozenset({"task_id", "eid", "kind", "ts", *HISTORY_COLUMNS})
+_COVERED = _IN_RECORD | frozenset(ROW_FIELDS)
+_COVERED_CELERY = _IN_RECORD | frozenset(CELERY_ROW_FIELDS)
 
 UPSERT_CURSOR = """
 INSERT INTO cursors (source, position, updated_at) VALUES (?, ?, ?)
@@ -118,64 +116,83 @@ def _json_or_none(value: Any) -> str | None:
     return None if value is None else _dumps(value)
 
 
-def task_row(event: ev.Event, now: float) -> tuple[Any, ...]:
-    """The ``tasks`` row one event contributes (``None`` where it knows nothing)."""
+def task_row(event: ev.Event, now: float) -> list[Any]:
+    """The ``tasks`` row one event contributes (``None`` where it knows nothing).
+
+    This runs for every event, so it is written for speed: one ``get`` per
+    field, no helper calls but the remembered state key.
+    """
+    get = event.get
     kind = event["kind"]
     task_id = event["task_id"]
     ts = event["ts"]
-    retries = event.get("retries")
-    state, attempt, rank = states.state_key(kind, retries)
-    parent_id = event.get("parent_id")
+    retries = get("retries")
+    state, attempt, rank = _state_key(kind, retries)
+    parent_id = get("parent_id")
     if parent_id == task_id:  # a retry names itself as parent
         parent_id = None
-    terminal = state in states.TERMINAL
-    from_celery = event.get("source") == "celery"
-    # Celery's events carry repr strings: they stay in the history, and the row
-    # keeps room for stemtrace's structured capture whenever it arrives.
-    args = None if from_celery else event.get("args")
-    kwargs = None if from_celery else event.get("kwargs")
-    chain = event.get("chain")
-    instrumented = event.get("instrumented")
-    if kind == ev.SENT and not from_celery:
-        instrumented = True
-    return (
-        task_id,
-        event.get("name"),
-        state,
-        attempt,
-        rank,
-        ts,
-        parent_id,
-        event.get("root_id"),
-        event.get("group_id"),
-        event.get("group_index"),
-        event.get("chord_id"),
-        event.get("chord_name"),
-        event.get("trace_id"),
-        event.get("worker"),
-        retries if isinstance(retries, int) and retries > 0 else 0,
-        event.get("queue"),
-        event.get("routing_key"),
-        event.get("eta"),
-        event.get("expires"),
-        ts if kind == ev.SENT else None,
-        ts if kind == ev.RECEIVED else None,
-        ts if kind == ev.STARTED else None,
+    terminal = state in _TERMINAL
+    if get("source") == "celery":
+        # Celery's events carry repr strings: they stay in the history, and the
+        # row keeps room for stemtrace's structured capture whenever it arrives.
+        args = kwargs = result = None
+        sources, detail_rank = SOURCE_CELERY, 1
+        instrumented = get("instrumented")
+    else:
+        args = get("args")
+        if args is not None:
+            args = _dumps(args)
+        kwargs = get("kwargs")
+        if kwargs is not None:
+            kwargs = _dumps(kwargs)
+        result = get("result") if kind == _SUCCEEDED else None
+        if result is not None:
+            result = _dumps(result)
+        sources, detail_rank = SOURCE_CAPTURE, 2
+        instrumented = True if kind == _SENT else get("instrumented")
+    chain = get("chain")
+    failed = kind == _FAILED
+    return [
+        task_id, get("name"), state, attempt, rank, ts, parent_id,
+        get("root_id"), get("group_id"), get("group_index"), get("chord_id"), get("chord_name"),
+        get("trace_id"), get("worker"),
+        retries if type(retries) is int and retries > 0 else 0,
+        get("queue"), get("routing_key"), get("eta"), get("expires"),
+        ts if kind == _SENT else None,
+        ts if kind == _RECEIVED else None,
+        ts if kind == _STARTED else None,
         ts if terminal else None,
-        event.get("runtime") if terminal else None,
-        None if args is None else _dumps(args),
-        None if kwargs is None else _dumps(kwargs),
-        _json_or_none(event.get("result")) if kind == ev.SUCCEEDED and not from_celery else None,
-        event.get("exc_type") if kind == ev.FAILED else None,
-        event.get("exc_message") if kind == ev.FAILED else None,
-        event.get("traceback") if kind == ev.FAILED else None,
+        get("runtime") if terminal else None,
+        args, kwargs, result,
+        get("exc_type") if failed else None,
+        get("exc_message") if failed else None,
+        get("traceback") if failed else None,
         _dumps(chain) if chain else None,
         None if instrumented is None else int(bool(instrumented)),
-        ts,
-        now,
-        SOURCE_CELERY if from_celery else SOURCE_CAPTURE,
-        1 if from_celery else 2,
-    )
+        ts, now, sources, detail_rank,
+    ]  # fmt: skip
+
+
+_TERMINAL = states.TERMINAL
+_SENT, _RECEIVED, _STARTED, _SUCCEEDED, _FAILED = (
+    ev.SENT, ev.RECEIVED, ev.STARTED, ev.SUCCEEDED, ev.FAILED
+)  # fmt: skip
+
+
+def _state_key(kind: str, retries: Any) -> tuple[str, int, int]:
+    """:func:`stemtrace.states.state_key`, remembered for the few pairs that occur."""
+    if retries is not None and type(retries) is not int:
+        return states.state_key(kind, retries)
+    key = (kind, retries)
+    found = _state_keys.get(key)
+    if found is None:
+        found = states.state_key(kind, retries)
+        if len(_state_keys) < 4096:
+            _state_keys[key] = found
+    return found
+
+
+_state_keys: dict[tuple[str, Any], tuple[str, int, int]] = {}
 
 
 _COL = {name: i for i, name in enumerate(TASK_COLUMNS)}
@@ -193,7 +210,7 @@ SOURCE_CAPTURE = 1
 SOURCE_CELERY = 2
 
 
-def merge_rows(old: list[Any], new: tuple[Any, ...]) -> None:
+def merge_rows(old: list[Any], new: list[Any]) -> None:
     """Merge ``new`` into ``old`` in place by the same rules as :data:`UPSERT_TASK`.
 
     Events of one task in one batch collapse into one row before SQLite sees
@@ -253,16 +270,16 @@ def _extra_fields(names: tuple[str, ...], from_celery: bool) -> tuple[str, ...]:
 _extra_by_names: dict[tuple[tuple[str, ...], bool], tuple[str, ...]] = {}
 
 
-def event_row(event: ev.Event) -> tuple[Any, ...]:
-    """The ``events`` (history) row of a task event."""
+def history_record(event: ev.Event) -> list[Any]:
+    """The history record (:data:`~stemtrace.store.schema.HISTORY_RECORD`) of a task event."""
     rest = _extra_fields(tuple(event), event.get("source") == "celery")
-    return (
-        *map(event.get, _HISTORY_ROW),
-        _dumps({name: event[name] for name in rest}) if rest else None,
-    )
+    return [
+        *map(event.get, _RECORD_FIELDS),
+        {name: event[name] for name in rest} if rest else None,
+    ]
 
 
-_HISTORY_ROW = ("task_id", "eid", "kind", "ts", *HISTORY_COLUMNS)
+_RECORD_FIELDS = HISTORY_RECORD[:-1]  # all but ``extra``
 
 
 class Ingestor:
@@ -277,29 +294,34 @@ class Ingestor:
         """Write a batch (and the cursor that covers it) in one transaction."""
         now = time.time()
         result = IngestResult()
-        merged: dict[str, list[Any]] = {}
-        event_rows: list[tuple[Any, ...]] = []
+        # Per task in this batch: its merged row and its events' history records.
+        merged: dict[str, tuple[list[Any], list[list[Any]]]] = {}
         worker_events: list[ev.Event] = []
         task_kinds = ev.TASK_KINDS
+        task_events = 0
         for event in batch:
             if event["kind"] in task_kinds:
                 row = task_row(event, now)
                 known = merged.get(row[0])
                 if known is None:
-                    merged[row[0]] = list(row)
+                    merged[row[0]] = (row, [history_record(event)])
                 else:
-                    merge_rows(known, row)
-                event_rows.append(event_row(event))
+                    merge_rows(known[0], row)
+                    known[1].append(history_record(event))
+                task_events += 1
             else:
                 worker_events.append(event)
-        task_rows = list(merged.values())
-        result.task_events = len(event_rows)
+        task_rows = [row for row, _ in merged.values()]
+        result.task_events = task_events
         result.worker_events = len(worker_events)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if event_rows:
-                conn.executemany(INSERT_EVENT, event_rows)
+            if merged:
+                conn.executemany(
+                    INSERT_HISTORY,
+                    [(task_id, _dumps(records)) for task_id, (_, records) in merged.items()],
+                )
                 conn.executemany(UPSERT_TASK, task_rows)
                 search.touched(conn, [row[0] for row in task_rows if _has_text(row)])
             for event in worker_events:

@@ -13,7 +13,7 @@ from typing import Any
 
 from stemtrace import states
 from stemtrace.store import search
-from stemtrace.store.schema import HISTORY_COLUMNS
+from stemtrace.store.schema import HISTORY_COLUMNS, HISTORY_RECORD
 
 LIST_COLUMNS = (
     "id", "name", "state", "worker", "trace_id", "root_id", "parent_id", "group_id", "retries",
@@ -201,30 +201,48 @@ def task_events(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
     and those of its other fields that are not the task's own (``worker``,
     ``retries``, ``runtime``, the exception of a retry ...).
     """
-    cursor = conn.execute(
-        f"SELECT eid, kind, ts, {', '.join(HISTORY_COLUMNS)}, extra"
-        " FROM events WHERE task_id = ? ORDER BY ts",
-        (task_id,),
-    )
     found = []
-    for eid, kind, ts, *values, extra in cursor.fetchall():
-        event: dict[str, Any] = {}
-        if extra is not None:
-            decoded = _loads(extra)
-            if isinstance(decoded, dict):
-                event.update(decoded)
-        event.update(
-            (name, value)
-            for name, value in zip(HISTORY_COLUMNS, values, strict=True)
-            if value is not None or name in _ALWAYS
-        )
-        event.update(eid=eid, kind=kind, ts=ts, task_id=task_id)
-        found.append(event)
+    seen: set[Any] = set()
+    rows = conn.execute("SELECT events FROM history WHERE task_id = ?", (task_id,)).fetchall()
+    for (records,) in rows:
+        for record in _history_records(records):
+            eid, kind, ts, *values, extra = record
+            if eid in seen:  # delivered twice
+                continue
+            seen.add(eid)
+            event: dict[str, Any] = {}
+            if isinstance(extra, dict):
+                event.update(extra)
+            event.update(
+                (name, value)
+                for name, value in zip(HISTORY_COLUMNS, values, strict=True)
+                if value is not None or name in _ALWAYS
+            )
+            event.update(eid=eid, kind=kind, ts=ts, task_id=task_id)
+            found.append(event)
+    found.sort(key=_by_ts)
     found.sort(key=_lifecycle_order)
     return _without_echoes(found)
 
 
 _ALWAYS = frozenset({"host", "pid"})
+
+
+def _history_records(text: str) -> list[list[Any]]:
+    """The well-formed records of one history row (a damaged row yields none)."""
+    try:
+        records = _loads(text)
+    except ValueError:
+        return []
+    if not isinstance(records, list):
+        return []
+    width = len(HISTORY_RECORD)
+    return [r for r in records if isinstance(r, list) and len(r) == width and isinstance(r[0], str)]
+
+
+def _by_ts(event: dict[str, Any]) -> Any:
+    ts = event["ts"]
+    return ts if isinstance(ts, int | float) else 0.0
 
 
 def _without_echoes(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ class Retention:
         marks = ",".join("?" for _ in ids)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(f"DELETE FROM events WHERE task_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM history WHERE task_id IN ({marks})", ids)
             search.forget(conn, [rowid for _, rowid in found])
             conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", ids)
             search.forgotten(conn)
