@@ -49,6 +49,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def run_consumer(
     status = consumer.status
     done: dict[str, float] = {}
 
-    def listener(tasks: set[str], workers: set[str]) -> None:
+    def listener(tasks: AbstractSet[str], workers: AbstractSet[str]) -> None:
         # Called by the consumer after each batch, as the server's live updates are.
         if status.ingested + status.skipped >= expected:
             done["cpu"] = time.process_time()

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ CELERY_EVENT_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
 
 logger = logging.getLogger("stemtrace")
 
-Listener = Callable[[set[str], set[str]], None]
+Listener = Callable[[AbstractSet[str], AbstractSet[str]], None]
 """Called after each written batch with the task ids and worker names it touched."""
 
 
@@ -192,18 +193,23 @@ class Consumer:
         position = entries[-1][0]
         cursor = (self.status.source, position)
         try:
-            ingestor.ingest(batch, cursor)
+            result = ingestor.ingest(batch, cursor)
+            task_ids, workers = result.task_ids, result.workers
         except (sqlite3.InterfaceError, sqlite3.DataError, OverflowError, TypeError, ValueError):
             # A value SQLite cannot bind (an integer over 64 bits, say) made it past
             # validation: write one event at a time and skip only the bad ones.
             kept = []
+            task_ids, workers = set(), set()
             for event in batch:
                 try:
-                    ingestor.ingest([event])
-                    kept.append(event)
+                    one = ingestor.ingest([event])
                 except (sqlite3.InterfaceError, sqlite3.DataError, OverflowError, TypeError,
                         ValueError) as exc:  # fmt: skip
                     self._skip(f"event {event.get('eid')}: cannot be stored ({exc})")
+                    continue
+                kept.append(event)
+                task_ids |= one.task_ids
+                workers |= one.workers
             ingestor.ingest([], cursor)
             batch = kept
         self.status.ingested += len(batch)
@@ -211,13 +217,9 @@ class Consumer:
         self.status.position = position
         self.status.last_batch_at = time.time()
         if self.listeners and batch:
-            tasks = {e["task_id"] for e in batch if "task_id" in e}
-            workers = {
-                e.get("worker") or e["host"] for e in batch if e["kind"].startswith("worker")
-            }
             for listener in list(self.listeners):
                 try:
-                    listener(tasks, workers)
+                    listener(task_ids, workers)
                 except Exception:
                     logger.exception("stemtrace: a consumer listener failed")
         return position

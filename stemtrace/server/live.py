@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 
@@ -27,7 +28,7 @@ class Subscriber:
     loop: asyncio.AbstractEventLoop
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def wants(self, changed: set[str] | None) -> bool:
+    def wants(self, changed: AbstractSet[str] | None) -> bool:
         return self.task_ids is None or changed is None or not self.task_ids.isdisjoint(changed)
 
 
@@ -42,7 +43,9 @@ class Broadcaster:
     def count(self) -> int:
         return len(self._subscribers)
 
-    def notify(self, task_ids: set[str] | None, workers: set[str] | None = None) -> None:
+    def notify(
+        self, task_ids: AbstractSet[str] | None, workers: AbstractSet[str] | None = None
+    ) -> None:
         """Called from any thread after data changed."""
         with self._lock:
             subscribers = list(self._subscribers)

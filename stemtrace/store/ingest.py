@@ -21,6 +21,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,10 @@ ON CONFLICT (source) DO UPDATE SET position = excluded.position, updated_at = ex
 class IngestResult:
     task_events: int = 0
     worker_events: int = 0
+    task_ids: AbstractSet[str] = frozenset()
+    """The tasks the batch touched."""
+    workers: AbstractSet[str] = frozenset()
+    """The workers whose own events (online, heartbeat, offline) the batch held."""
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -314,6 +319,8 @@ class Ingestor:
         task_rows = [row for row, _ in merged.values()]
         result.task_events = task_events
         result.worker_events = len(worker_events)
+        result.task_ids = merged.keys()
+        result.workers = {e.get("worker") or e["host"] for e in worker_events}
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
