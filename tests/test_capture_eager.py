@@ -45,3 +45,43 @@ def test_eager_runs_are_captured_and_leave_the_callers_trace_alone() -> None:
     failed = next(e for e in events if e["kind"] == "failed")
     assert failed["exc_type"] == "KeyError" and failed["runtime"] >= 0
     capture.publisher.close(1)
+
+
+def test_nested_eager_runs_each_close_their_own() -> None:
+    """A task that applies tasks eagerly, itself among them: each success names its own run."""
+    stream = f"nested-{uuid.uuid4().hex[:8]}"
+    app = Celery("nested", broker="memory://", set_as_current=False)
+
+    @app.task(shared=False, name="nested.leaf")
+    def leaf(n: int) -> int:
+        return n
+
+    @app.task(shared=False, name="nested.outer", bind=True)
+    def outer(self: Any, depth: int) -> int:
+        total = leaf.apply((depth,)).get()
+        if depth:
+            total += outer.apply((depth - 1,), task_id=f"inner-{depth}").get()
+        return total
+
+    capture = stemtrace.init(app, transport_url="memory://nested", stream=stream)
+    assert capture is not None
+    with stemtrace.trace("nest"):
+        assert outer.apply((2,), task_id="top").get() == 3
+        assert stemtrace.current_trace_id() == "nest"
+    assert stemtrace.current_trace_id() is None
+    assert capture._runs() == []  # every run closed
+    assert capture.publisher.flush(5)
+
+    events: list[dict[str, Any]] = []
+    for _, frame in stream_for("memory://nested", stream).read_after(0, 1000):
+        events.extend(decode_frame(frame).events)
+    succeeded = [(e["task_id"], e["name"]) for e in events if e["kind"] == "succeeded"]
+    started = [(e["task_id"], e["name"]) for e in events if e["kind"] == "started"]
+    assert sorted(succeeded) == sorted(started) and len(started) == 6
+    # innermost first: each outer run ends after the runs it applied
+    assert [task_id for task_id, name in succeeded if name == "nested.outer"] == [
+        "inner-1", "inner-2", "top"
+    ]  # fmt: skip
+    assert all(e["runtime"] >= 0 for e in events if e["kind"] == "succeeded")
+    assert {e["trace_id"] for e in events if e["kind"] == "started"} == {"nest"}
+    capture.publisher.close(1)

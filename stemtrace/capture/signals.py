@@ -77,8 +77,8 @@ class Capture:
         self.publisher.exit_timeout = config.shutdown_timeout
         self.internal_errors = 0
         self._params: dict[str, tuple[str, ...]] = {}
-        self._runs: dict[str, tuple[float, Any]] = {}
-        """Task id -> (monotonic start, trace-context token) of each body running here."""
+        self._local = threading.local()
+        """``runs``: this thread's task bodies running now, innermost last (see :class:`_Run`)."""
 
     # -- helpers ---------------------------------------------------------------
 
@@ -272,10 +272,18 @@ class Capture:
 
     # -- pool child (or the caller, for eager tasks) ----------------------------
 
+    def _runs(self) -> list[_Run]:
+        try:
+            runs: list[_Run] = self._local.runs
+        except AttributeError:
+            runs = self._local.runs = []
+        return runs
+
     def on_prerun(self, task_id: str, task: Any, args: Any, kwargs: Any) -> None:
         request = task.request
-        if len(self._runs) > 10_000:  # tasks killed without a closing signal
-            self._runs.clear()
+        runs = self._runs()
+        if len(runs) > 1000:  # tasks killed without a closing signal
+            runs.clear()
         started = time.monotonic()
         headers = getattr(request, "headers", None) or {}
         sent_trace = _fast_trace_id(headers.get(TRACE_HEADER)) or _fast_trace_id(
@@ -290,13 +298,15 @@ class Capture:
             or getattr(request, "root_id", None)
             or task_id
         )
-        self._runs[task_id] = (started, set_trace_id(trace_id))
         hostname = getattr(request, "hostname", None)
+        retries = _int_or_none(getattr(request, "retries", None))
+        name = task.name
+        runs.append((task_id, name, hostname, retries, started, set_trace_id(trace_id)))
         fields: dict[str, Any] = {
             "task_id": task_id,
-            "name": task.name,
+            "name": name,
             "worker": hostname,
-            "retries": _int_or_none(getattr(request, "retries", None)),
+            "retries": retries,
             "trace_id": trace_id,
         }
         if not sent_trace:  # the sender had no init(app): its sent event is missing
@@ -314,25 +324,34 @@ class Capture:
         chain links and chord callbacks are sent, in the thread that ran the
         task; so no ``task_postrun`` receiver is needed on the hot path.
         """
-        run = self._runs.pop(task_id, None) if task_id else None
-        if run is None:
-            return None
-        started, token = run
-        # ValueError: reset from a context that did not set it (another thread)
-        with contextlib.suppress(ValueError):
-            reset_trace_id(token)
-        return round(time.monotonic() - started, 6)
+        runs = self._runs()
+        for index in range(len(runs) - 1, -1, -1):
+            if runs[index][0] == task_id:
+                return _finish(runs.pop(index))
+        return None
 
     def on_success(self, task: Any, result: Any, runtime: Any) -> None:
-        request = task.request
-        task_id = request.id
-        hostname = getattr(request, "hostname", None)
-        measured = self.end_run(task_id)
+        # The run on top of this thread's stack is the one ending (runs nest only
+        # when a task applies another eagerly, whose own signals close it first):
+        # it saves reading Celery's request stack again, its costliest property.
+        runs = self._runs()
+        name = task.name
+        measured: float | None
+        if runs and runs[-1][1] == name:
+            run = runs.pop()
+            task_id, _, hostname, retries = run[:4]
+            measured = _finish(run)
+        else:
+            request = task.request
+            task_id = request.id
+            hostname = getattr(request, "hostname", None)
+            retries = _int_or_none(getattr(request, "retries", None))
+            measured = self.end_run(task_id)
         fields: dict[str, Any] = {
             "task_id": task_id,
-            "name": task.name,
+            "name": name,
             "worker": hostname,
-            "retries": _int_or_none(getattr(request, "retries", None)),
+            "retries": retries,
             "runtime": round(runtime, 6) if isinstance(runtime, float) else measured,
         }
         if self.config.capture_result:
@@ -374,6 +393,18 @@ class Capture:
             runtime=self.end_run(request.id),
             **self.exception_fields(exc, getattr(einfo, "traceback", None)),
         )
+
+
+_Run = tuple[str, str, str | None, int | None, float, Any]
+"""A task body running: task id, name, hostname, retries, monotonic start, trace token."""
+
+
+def _finish(run: _Run) -> float:
+    """Restore the trace context a run set; its runtime in seconds."""
+    # ValueError: reset from a context that did not set it (another thread)
+    with contextlib.suppress(ValueError):
+        reset_trace_id(run[5])
+    return round(time.monotonic() - run[4], 6)
 
 
 # -- registry of captures, one per app -------------------------------------------
