@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from stemtrace.store import Store, queries
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
-from tests.support import stored_events
+from tests.support import stored_events, wait_for
 
 
 @pytest.fixture
@@ -219,3 +221,34 @@ def test_a_history_row_keeps_what_the_task_row_does_not(store: Store) -> None:
     first, second = queries.task_events(conn, "t1")
     assert "args" not in first and "queue" not in first and first["future_field"] == {"x": [1]}
     assert second["terminated"] is True and second["worker"] == "celery@w1"
+
+
+def test_cached_aggregates_are_served_at_once_and_recomputed_in_the_background(
+    store: Store,
+) -> None:
+    computed: list[int] = []
+    release = threading.Event()
+
+    def compute() -> int:
+        computed.append(len(computed))
+        if len(computed) > 1:
+            assert release.wait(10)  # a slow recomputation
+        return len(computed)
+
+    assert store.cached("k", 60.0, compute) == 1  # the first call computes
+    assert store.cached("k", 60.0, compute) == 1 and computed == [0]  # fresh: reused
+    assert store.cached("k", 0.0, compute) == 1  # stale: served, recomputed behind
+    assert store.cached("k", 0.0, compute) == 1  # one recomputation at a time
+    release.set()
+    wait_for(lambda: store.cached("k", 60.0, compute) == 2)
+    assert computed == [0, 1]
+
+
+def test_a_failed_recomputation_keeps_the_last_value(store: Store) -> None:
+    def broken() -> int:
+        raise RuntimeError("disk on fire")
+
+    assert store.cached("k", 60.0, lambda: 7) == 7
+    assert store.cached("k", 0.0, broken) == 7
+    time.sleep(0.2)
+    assert store.cached("k", 60.0, broken) == 7

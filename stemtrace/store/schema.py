@@ -27,10 +27,12 @@ use one connection per reading thread. WAL lets them run side by side.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,6 +50,7 @@ _none_to_null = cast(Callable[[None], None], {}.get)
 sqlite3.register_adapter(type(None), _none_to_null)
 
 migrations = Migrations("stemtrace")
+logger = logging.getLogger("stemtrace")
 
 
 @migrations()
@@ -350,6 +353,11 @@ class Store:
         self._writer_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._cache: dict[str, tuple[float, Any]] = {}
+        self._cache_lock = threading.Lock()
+        self._first: dict[str, threading.Lock] = {}
+        self._refreshing: set[str] = set()
+        self._refresher: ThreadPoolExecutor | None = None  # one thread: one reader connection
+        self._closed = False
         migrations.apply(Database(self.writer()))
 
     def _connect(self) -> sqlite3.Connection:
@@ -392,14 +400,47 @@ class Store:
         return db
 
     def cached(self, key: str, ttl: float, compute: Callable[[], Any]) -> Any:
-        """``compute()``'s value, reused for ``ttl`` seconds (aggregates over the whole store)."""
-        now = time.monotonic()
+        """``compute()``'s value, for aggregates over the whole store.
+
+        The first call computes it (callers of the same ``key`` wait for that one
+        computation). Later calls get the last value at once; when it is older than
+        ``ttl`` seconds they have it recomputed in the background, one key at a time
+        on one thread, so that no request waits seconds for a million-row scan.
+        A failed recomputation is logged and the last value served on.
+        """
         found = self._cache.get(key)
-        if found is not None and now - found[0] < ttl:
-            return found[1]
-        value = compute()
-        self._cache[key] = (now, value)
-        return value
+        if found is None:
+            with self._cache_lock:
+                lock = self._first.setdefault(key, threading.Lock())
+            with lock:
+                found = self._cache.get(key)
+                if found is None:
+                    value = compute()
+                    self._cache[key] = (time.monotonic(), value)
+                    return value
+        if time.monotonic() - found[0] >= ttl:
+            self._refresh(key, compute)
+        return found[1]
+
+    def _refresh(self, key: str, compute: Callable[[], Any]) -> None:
+        with self._cache_lock:
+            if key in self._refreshing or self._closed:
+                return
+            self._refreshing.add(key)
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(1, thread_name_prefix="stemtrace-refresh")
+            refresher = self._refresher
+
+        def run() -> None:
+            try:
+                self._cache[key] = (time.monotonic(), compute())
+            except Exception:
+                logger.exception("stemtrace: cannot recompute %s; serving the last value", key)
+            finally:
+                with self._cache_lock:
+                    self._refreshing.discard(key)
+
+        refresher.submit(run)
 
     def size_bytes(self) -> int:
         """Bytes on disk: the database file plus its write-ahead log."""
@@ -414,6 +455,11 @@ class Store:
 
     def close(self) -> None:
         """Close every connection, the readers of other threads included."""
+        with self._cache_lock:
+            self._closed = True
+            refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.shutdown(wait=True, cancel_futures=True)
         with self._writer_lock:
             if self._writer is not None:
                 self._writer.close()
