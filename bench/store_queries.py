@@ -174,9 +174,13 @@ def free_port() -> int:
 
 
 class Server:
-    """``stemtrace run --no-consumer`` on ``db`` in a subprocess; stopped by its pid."""
+    """``stemtrace run`` on ``db`` in a subprocess; stopped by its pid.
 
-    def __init__(self, db: Path, log: Path) -> None:
+    Without ``reads`` (a broker URL and stream key) it runs ``--no-consumer``;
+    with them its consumer reads that stream, retention off.
+    """
+
+    def __init__(self, db: Path, log: Path, reads: tuple[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = log
         self.url = f"http://127.0.0.1:{self.port}"
@@ -191,10 +195,15 @@ class Server:
             str(db),
             "--port",
             str(self.port),
-            "--no-consumer",
+            *(
+                ("--no-consumer",)
+                if reads is None
+                else ("--broker", reads[0], "--stream", reads[1], "--no-celery-events",
+                      "--max-tasks", "0", "--retention-days", "0")
+            ),
             "--log-level",
             "warning",
-        ]
+        ]  # fmt: skip
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
                 command,
@@ -220,7 +229,7 @@ class Server:
         found = {}
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon"):
                 found[key] = int(value.split()[0]) / 1024
         return found
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -259,13 +260,20 @@ def create_api_router(
     return router
 
 
+FLOW_SLOTS = threading.BoundedSemaphore(2)
+"""Flows built at once. A 10,000-task flow holds tens of megabytes while it is
+built; requests beyond two wait their turn (the interpreter lock would have
+them take turns anyway) instead of each adding that much to the server."""
+
+
 def load_flow(
     store: Store, task_id: str, collapse_over: int, expand: list[str] | None
 ) -> dict[str, Any]:
-    rows = queries.flow_rows(store.reader().conn, task_id)
-    if rows is None:
-        raise not_found("task or group", task_id)
-    return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
+    with FLOW_SLOTS:
+        rows = queries.flow_rows(store.reader().conn, task_id)
+        if rows is None:
+            raise not_found("task or group", task_id)
+        return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
 
 
 def flow_and_path(store: Store, task_id: str) -> tuple[dict[str, Any], set[str]]:

@@ -23,7 +23,7 @@ from sse_starlette import EventSourceResponse
 
 from stemtrace import __version__, flows, states
 from stemtrace.server import render
-from stemtrace.server.api import parse_states, parse_time, retry_waits, task_detail
+from stemtrace.server.api import FLOW_SLOTS, parse_states, parse_time, retry_waits, task_detail
 from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
 
@@ -189,30 +189,31 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
 
     @router.get("/flows/{task_id:path}", name="stemtrace.flow")
     def flow(request: Request, task_id: Annotated[str, render.PathId]) -> Response:
-        rows = queries.flow_rows(store.reader().conn, task_id)
-        if rows is None:
-            again = ("stemtrace.flow", {"task_id": task_id})
-            return not_found(request, "task or group", task_id, again)
-        if reload := found(request):
-            return reload
-        graph = flows.build_flow(rows)
-        now = datetime.now(UTC).timestamp()
-        critical = flows.critical_path(graph, now)
-        graph["critical_path"] = critical  # the graph island highlights it too
-        lines = flows.waterfall(graph, now, retry_waits(store, graph))
-        tree = render.flow_tree(graph)
-        context = {
-            "flow": graph,
-            "tree": tree[:TREE_LIMIT],
-            "tree_hidden": max(len(tree) - TREE_LIMIT, 0),
-            "embed": len(graph["nodes"]) <= EMBED_LIMIT,
-            "task_id": task_id,
-            "critical": critical,
-            "critical_ids": set(critical["nodes"]),
-            "waterfall": render.waterfall_svg(lines, set(critical["nodes"])),
-            "can_svg": shutil.which("dot") is not None,
-            "current": _current_node(graph, rows, task_id),
-        }
+        with FLOW_SLOTS:  # see FLOW_SLOTS: big flows take turns
+            rows = queries.flow_rows(store.reader().conn, task_id)
+            if rows is None:
+                again = ("stemtrace.flow", {"task_id": task_id})
+                return not_found(request, "task or group", task_id, again)
+            if reload := found(request):
+                return reload
+            graph = flows.build_flow(rows)
+            now = datetime.now(UTC).timestamp()
+            critical = flows.critical_path(graph, now)
+            graph["critical_path"] = critical  # the graph island highlights it too
+            lines = flows.waterfall(graph, now, retry_waits(store, graph))
+            tree = render.flow_tree(graph)
+            context = {
+                "flow": graph,
+                "tree": tree[:TREE_LIMIT],
+                "tree_hidden": max(len(tree) - TREE_LIMIT, 0),
+                "embed": len(graph["nodes"]) <= EMBED_LIMIT,
+                "task_id": task_id,
+                "critical": critical,
+                "critical_ids": set(critical["nodes"]),
+                "waterfall": render.waterfall_svg(lines, set(critical["nodes"])),
+                "can_svg": shutil.which("dot") is not None,
+                "current": _current_node(graph, rows, task_id),
+            }
         return page(request, "flow.html", context)
 
     @router.get("/traces/{trace_id:path}", name="stemtrace.trace")
