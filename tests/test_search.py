@@ -306,7 +306,7 @@ def test_the_migration_indexes_a_store_that_already_has_tasks(tmp_path: Path) ->
     conn = sqlite3.connect(path, isolation_level=None)
     migrations.apply(Database(conn), stop_before="m006_task_search")
     # Today's ingestor on that schema: its history goes to a table that goes away.
-    conn.execute("CREATE TEMP TABLE history (task_id TEXT, events TEXT)")
+    conn.execute("CREATE TEMP TABLE history (task_rowid INTEGER, events TEXT)")
     with mock.patch.object(search, "touched"):  # the ingestor of then knew no index
         Ingestor(conn).ingest(
             [sent(f"old-{n}", 1000.0 + n, "proj.legacy", [n]) for n in range(30)]

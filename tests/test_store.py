@@ -213,7 +213,9 @@ def test_a_history_row_keeps_what_the_task_row_does_not(store: Store) -> None:
         ]
     )
     conn = store.reader().conn
-    [(text,)] = conn.execute("SELECT events FROM history WHERE task_id = 't1'").fetchall()
+    [(text,)] = conn.execute(
+        "SELECT events FROM history JOIN tasks ON tasks.rowid = task_rowid WHERE id = 't1'"
+    ).fetchall()
     assert [record[-1] for record in json.loads(text)] == [  # extra
         {"future_field": {"x": [1]}},
         {"signum": 15, "terminated": True},

@@ -12,8 +12,9 @@ clause applies the same merge rule against what the store already holds:
   terminal event.
 
 Every merge is idempotent, so a re-delivered event changes nothing. The
-history gets one row per task per batch with that batch's records of the
-task; readers skip a record whose ``eid`` they have already seen.
+history gets one row per task per batch, under the task's rowid, with that
+batch's records of the task; readers skip a record whose ``eid`` they have
+already seen.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ UPSERT_TASK = (
     f" ON CONFLICT (id) DO UPDATE SET {', '.join(_SET)}"
 )
 
-INSERT_HISTORY = "INSERT INTO history (task_id, events) VALUES (?, ?)"
+INSERT_HISTORY = "INSERT INTO history (task_rowid, events) VALUES (?, ?)"
+ROWIDS = "SELECT t.id, t.rowid FROM json_each(?) AS j JOIN tasks AS t ON t.id = j.value"
 
 # What an event's history record leaves out of ``extra``: its own places, and
 # what the task row holds.
@@ -325,11 +327,12 @@ class Ingestor:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if merged:
+                conn.executemany(UPSERT_TASK, task_rows)
+                rowids = dict(conn.execute(ROWIDS, (_dumps(list(merged)),)))
                 conn.executemany(
                     INSERT_HISTORY,
-                    [(task_id, _dumps(records)) for task_id, (_, records) in merged.items()],
+                    [(rowids[tid], _dumps(records)) for tid, (_, records) in merged.items()],
                 )
-                conn.executemany(UPSERT_TASK, task_rows)
                 search.touched(conn, [row[0] for row in task_rows if _has_text(row)])
             for event in worker_events:
                 self._worker_event(event, now)

@@ -203,7 +203,10 @@ def task_events(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
     """
     found = []
     seen: set[Any] = set()
-    rows = conn.execute("SELECT events FROM history WHERE task_id = ?", (task_id,)).fetchall()
+    rows = conn.execute(
+        "SELECT events FROM history WHERE task_rowid = (SELECT rowid FROM tasks WHERE id = ?)",
+        (task_id,),
+    ).fetchall()
     for (records,) in rows:
         for record in _history_records(records):
             eid, kind, ts, *values, extra = record

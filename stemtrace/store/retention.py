@@ -45,7 +45,8 @@ class Retention:
         marks = ",".join("?" for _ in ids)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(f"DELETE FROM history WHERE task_id IN ({marks})", ids)
+            rowids = [rowid for _, rowid in found]
+            conn.execute(f"DELETE FROM history WHERE task_rowid IN ({marks})", rowids)
             search.forget(conn, [rowid for _, rowid in found])
             conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", ids)
             search.forgotten(conn)
