@@ -49,7 +49,7 @@ from typing import Any
 import redis
 from kombu import Connection
 
-from bench import MODES
+from bench import MODES, add_redis_options
 from stemtrace.capture.publisher import describe_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -565,11 +565,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="amqp://guest:guest@127.0.0.1:5672//",
         help="RabbitMQ URL (broker rabbitmq)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="Redis host")
-    parser.add_argument("--port", type=int, default=6379, help="Redis port")
-    parser.add_argument(
-        "--db", type=int, default=13, help="Redis database used only by this (counters too)"
-    )
+    add_redis_options(parser, db_help="Redis database used only by this (counters too)")
     args = parser.parse_args(argv)
     if args.tasks < 2 or args.rounds < 1 or args.calls < 1:
         parser.error("need --tasks >= 2, --rounds >= 1, --calls >= 1")

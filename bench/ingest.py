@@ -55,6 +55,7 @@ from typing import Any
 
 import redis
 
+from bench import add_redis_options
 from bench.workload import CeleryTranslator, Event, Workload, frames
 from stemtrace import collector
 from stemtrace.consumer import Consumer
@@ -302,9 +303,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--frame", type=int, default=200, help="events per frame")
     parser.add_argument("--profile", action="store_true", help="profile one more consumer run")
-    parser.add_argument("--host", default="127.0.0.1", help="Redis host")
-    parser.add_argument("--port", type=int, default=6379, help="Redis port")
-    parser.add_argument("--db", type=int, default=13, help="Redis database used only by this")
+    add_redis_options(parser)
     args = parser.parse_args(argv)
     if args.events < 1 or args.rounds < 1 or args.frame < 1:
         parser.error("need --events, --rounds and --frame >= 1")

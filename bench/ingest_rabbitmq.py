@@ -47,6 +47,7 @@ from typing import Any
 import redis
 from kombu import Connection
 
+from bench import add_redis_options
 from bench.capture_overhead import sigterm_as_exit
 from bench.ingest import BenchError, make_events, run_consumer
 from bench.workload import frames
@@ -327,9 +328,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//", help="RabbitMQ URL"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="Redis host")
-    parser.add_argument("--port", type=int, default=6379, help="Redis port")
-    parser.add_argument("--db", type=int, default=13, help="Redis database used only by this")
+    add_redis_options(parser)
     args = parser.parse_args(argv)
     if args.events < 1 or args.rounds < 1 or args.frame < 1:
         parser.error("need --events, --rounds and --frame >= 1")

@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 import redis
 
+from bench import add_redis_options
 from bench.capture_overhead import sigterm_as_exit
 from bench.ingest import fill_stream, make_events
 from bench.store_queries import (
@@ -163,9 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=300_000, help="events to ingest")
     parser.add_argument("--clients", type=int, default=8, help="clients at once")
     parser.add_argument("--requests", type=int, default=20, help="rounds per client")
-    parser.add_argument("--host", default="127.0.0.1", help="Redis host")
-    parser.add_argument("--port", type=int, default=6379, help="Redis port")
-    parser.add_argument("--db", type=int, default=13, help="Redis database used only by this")
+    add_redis_options(parser)
     args = parser.parse_args(argv)
     if args.events < 1 or args.clients < 1 or args.requests < 1:
         parser.error("need --events, --clients and --requests >= 1")
