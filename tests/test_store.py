@@ -254,3 +254,23 @@ def test_a_failed_recomputation_keeps_the_last_value(store: Store) -> None:
     assert store.cached("k", 0.0, broken) == 7
     time.sleep(0.2)
     assert store.cached("k", 60.0, broken) == 7
+
+
+def test_vacuum_keeps_each_history_with_its_task(tmp_path: Path) -> None:
+    """History rows (and search documents) name tasks by rowid, which VACUUM must keep."""
+    store = Store(tmp_path / "v.db")
+    ingestor = Ingestor(store.writer())
+    for i in range(30):
+        ingestor.ingest([{**e, "ts": e["ts"] + 10 * i} for e in retried_twice(f"t{i:02}")])
+    retention = Retention(max_tasks=20, interval=0)
+    while retention.step(store.writer(), now=2000.0):
+        pass
+    conn = store.reader().conn
+    kept = [row[0] for row in conn.execute("SELECT id FROM tasks")]
+    assert len(kept) == 20
+    before = {task_id: queries.task_events(conn, task_id) for task_id in kept}
+    store.writer().execute("VACUUM")
+    conn = store.reader().conn
+    assert {task_id: queries.task_events(conn, task_id) for task_id in before} == before
+    assert all(len(history) == len(retried_twice()) for history in before.values())
+    store.close()

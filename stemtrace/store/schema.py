@@ -8,7 +8,9 @@ Tables:
   events of the task as a JSON array of records (:data:`HISTORY_RECORD`). A record keeps what varies
   per event (host, worker, retries, runtime, exception ...); the structure
   every event repeats is the task row's. Readers keep the first record of
-  each ``eid``, so a re-delivered event changes nothing they see.
+  each ``eid``, so a re-delivered event changes nothing they see. (History
+  and search documents name tasks by rowid; SQLite's ``VACUUM`` keeps the
+  rowids of ``tasks``, and a test checks that it still does.)
 * ``workers`` - one row per worker node.
 * ``registry`` - task definitions announced by workers.
 * ``cursors`` - how far each consumer has read each source, written in the
