@@ -159,7 +159,9 @@ def test_the_schema_survives_reopening(tmp_path: Path) -> None:
     second.close()
 
 
-def test_history_written_as_json_documents_is_migrated(tmp_path: Path) -> None:
+def test_history_written_as_json_documents_is_migrated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A store from before migration 5 (one JSON document per event) keeps its history
     through migration 5 (a row per event, in columns) and 7 (records per task)."""
     path = tmp_path / "old.db"
@@ -192,7 +194,9 @@ def test_history_written_as_json_documents_is_migrated(tmp_path: Path) -> None:
         " updated_at) VALUES ('t1', 'proj.t', 'STARTED', 1, 2, 3.0, 1.0, 3.0)"
     )
     conn.close()
-    migrated = Store(path)
+    with caplog.at_level("WARNING", logger="stemtrace"):
+        migrated = Store(path)
+    assert "upgrading" in caplog.text and "m007_history_by_task" in caplog.text
     history = queries.task_events(migrated.reader().conn, "t1")
     migrated.close()
     assert history == [

@@ -369,7 +369,14 @@ class Store:
         self._refreshing: set[str] = set()
         self._refresher: ThreadPoolExecutor | None = None  # one thread: one reader connection
         self._closed = False
-        migrations.apply(Database(self.writer()))
+        db = Database(self.writer())
+        pending = [m.name for m in migrations.pending(db)]
+        upgrading = bool(pending) and "tasks" in db.table_names()
+        if upgrading:  # converting a big store takes a while (about 30 s per million tasks)
+            logger.warning("stemtrace: upgrading %s (%s) ...", self.path, ", ".join(pending))
+        migrations.apply(db)
+        if upgrading:
+            logger.warning("stemtrace: %s upgraded", self.path)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
