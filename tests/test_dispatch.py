@@ -41,7 +41,11 @@ def kinds(stream: str) -> list[str]:
 
 
 def test_every_task_signal_takes_the_short_cut(eager_app: tuple[Capture, Any, str]) -> None:
-    for signal in (signals.task_received, signals.task_prerun, signals.task_success):
+    every_task = (
+        signals.before_task_publish, signals.task_received, signals.task_prerun,
+        signals.task_success,
+    )  # fmt: skip
+    for signal in every_task:
         assert dispatch.is_direct(signal.send)
     # celery.app.trace bound these at import: they are replaced too.
     assert trace.send_prerun is signals.task_prerun.send
@@ -109,3 +113,17 @@ def test_a_send_someone_else_replaced_is_left_alone() -> None:
     signal.send = theirs  # type: ignore[method-assign]
     assert not dispatch.install(signal, receiver)
     assert signal.send is theirs
+
+
+def test_a_task_sent_through_the_short_cut_is_recorded(eager_app: tuple[Capture, Any, str]) -> None:
+    capture, add, stream = eager_app
+    # The app's producer binds before_task_publish.send when it is first made: now.
+    result = add.apply_async((2, 3), queue=f"q-{uuid.uuid4().hex[:8]}")
+    assert capture.publisher.flush(5)
+    sent = [
+        event
+        for _, frame in stream_for("memory://dispatch", stream).read_after(0, 1000)
+        for event in decode_frame(frame).events
+        if event["kind"] == "sent"
+    ]
+    assert [(e["task_id"], e["args"]) for e in sent] == [(result.id, [2, 3])]

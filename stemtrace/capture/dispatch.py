@@ -2,10 +2,10 @@
 
 Celery's ``Signal.send`` takes a lock, works out the sender's id and filters
 the connected receivers on every call: about 20,000 instructions before any
-receiver runs. Every task sends three signals stemtrace listens to
-(``task_received`` in the worker's main process, ``task_prerun`` and
-``task_success`` where it runs), and those sends cost about as much as
-stemtrace's receivers themselves.
+receiver runs. Every task sends four signals stemtrace listens to
+(``before_task_publish`` where it is sent, ``task_received`` in the worker's
+main process, ``task_prerun`` and ``task_success`` where it runs), and those
+sends cost about as much as stemtrace's receivers themselves.
 
 While stemtrace's receiver is the only one connected to such a signal,
 :func:`direct_send` calls it at once, as ``Signal.send`` would (same keyword
@@ -14,7 +14,9 @@ signal, or stemtrace's receiver is not, each call goes through Celery's own
 ``send``, unchanged.
 
 It is installed as the signal's ``send`` attribute (which
-``celery.worker.strategy`` looks up for every message), and in
+``celery.worker.strategy`` looks up for every message, and an app's task
+producer binds when it is first made: one made before ``init(app)`` keeps
+Celery's own), and in
 ``celery.app.trace`` for ``send_prerun`` and ``send_success``, which that
 module binds once at import. Each only where the name still holds Celery's
 own bound method: another Celery version, or another library's patch, is left

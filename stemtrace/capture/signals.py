@@ -501,8 +501,8 @@ def _capture_failed() -> None:
 def _guard(handler: Callable[..., None]) -> Callable[..., None]:
     """Run a receiver so that nothing it does can raise into Celery.
 
-    The three receivers every task meets (received, prerun, success) catch
-    for themselves instead, which saves a call and a copy of the arguments.
+    The four receivers every task meets (publish, received, prerun, success)
+    catch for themselves instead, which saves a call and a copy of the arguments.
     """
 
     def receiver(*args: Any, **kwargs: Any) -> None:
@@ -515,7 +515,6 @@ def _guard(handler: Callable[..., None]) -> Callable[..., None]:
     return receiver
 
 
-@_guard
 def _before_task_publish(
     sender: Any = None,
     body: Any = None,
@@ -525,9 +524,12 @@ def _before_task_publish(
     declare: Any = None,
     **_: Any,
 ) -> None:
-    capture = _for_name(sender)
-    if capture is not None and isinstance(headers, dict):
-        capture.on_publish(body, headers, exchange, routing_key, declare)
+    try:
+        capture = _for_name(sender)
+        if capture is not None and isinstance(headers, dict):
+            capture.on_publish(body, headers, exchange, routing_key, declare)
+    except Exception:
+        _capture_failed()
 
 
 def _task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -643,6 +645,7 @@ _RECEIVERS: Iterable[tuple[Any, Callable[..., None]]] = (
 # Sent for every task: their sends take the short cut of :mod:`.dispatch`
 # while stemtrace's receiver is the only one connected.
 _EVERY_TASK = (
+    (signals.before_task_publish, _before_task_publish),
     (signals.task_received, _task_received),
     (signals.task_prerun, _task_prerun),
     (signals.task_success, _task_success),
