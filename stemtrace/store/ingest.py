@@ -41,11 +41,6 @@ TASK_COLUMNS = (
     "instrumented", "seen_at", "updated_at", "sources", "detail_rank",
 )  # fmt: skip
 
-_NEWER = (
-    "(excluded.state_attempt, excluded.state_rank, excluded.state_ts)"
-    " > (tasks.state_attempt, tasks.state_rank, tasks.state_ts)"
-)
-
 
 # How each column merges when a task's row meets another event of it.
 FIRST_KNOWN = (
