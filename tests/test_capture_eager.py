@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from unittest import mock
 
 from celery import Celery
 
 import stemtrace
+from stemtrace.capture import signals as signals_module
 from stemtrace.events import decode_frame
 from stemtrace.transports.memory import stream_for
 
@@ -84,4 +86,32 @@ def test_nested_eager_runs_each_close_their_own() -> None:
     ]  # fmt: skip
     assert all(e["runtime"] >= 0 for e in events if e["kind"] == "succeeded")
     assert {e["trace_id"] for e in events if e["kind"] == "started"} == {"nest"}
+    capture.publisher.close(1)
+
+
+def test_a_run_whose_start_could_not_be_read_still_ends_under_its_own_id() -> None:
+    stream = f"broken-{uuid.uuid4().hex[:8]}"
+    app = Celery("broken", broker="memory://", set_as_current=False)
+
+    @app.task(shared=False, name="broken.leaf")
+    def leaf() -> int:
+        return 1
+
+    capture = stemtrace.init(app, transport_url="memory://broken", stream=stream)
+    assert capture is not None
+    stale = ["stale", "broken.leaf", None, None, 0.0, None]  # a run that never ended
+    capture._runs().append(stale)
+    with mock.patch.object(signals_module, "_fast_trace_id", side_effect=RuntimeError("bug")):
+        assert leaf.apply(task_id="first").get() == 1
+    assert leaf.apply(task_id="second").get() == 1
+    assert capture._runs() == [stale]  # not taken for either
+    assert capture.publisher.flush(5)
+    events: list[dict[str, Any]] = []
+    for _, frame in stream_for("memory://broken", stream).read_after(0, 1000):
+        events.extend(decode_frame(frame).events)
+    assert [(e["kind"], e["task_id"]) for e in events] == [
+        ("succeeded", "first"),  # its started event was lost to the bug, not its end
+        ("started", "second"),
+        ("succeeded", "second"),
+    ]
     capture.publisher.close(1)

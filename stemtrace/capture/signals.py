@@ -280,11 +280,15 @@ class Capture:
         return runs
 
     def on_prerun(self, task_id: str, task: Any, args: Any, kwargs: Any) -> None:
-        request = task.request
         runs = self._runs()
         if len(runs) > 1000:  # tasks killed without a closing signal
             runs.clear()
-        started = time.monotonic()
+        name = task.name
+        # On the stack first, so that the success signal finds this run by its
+        # task id even if reading the request below fails.
+        run: _Run = [task_id, name, None, None, time.monotonic(), None]
+        runs.append(run)
+        request = task.request
         headers = getattr(request, "headers", None) or {}
         sent_trace = _fast_trace_id(headers.get(TRACE_HEADER)) or _fast_trace_id(
             getattr(request, "stemtrace_trace_id", None)
@@ -300,8 +304,7 @@ class Capture:
         )
         hostname = getattr(request, "hostname", None)
         retries = _int_or_none(getattr(request, "retries", None))
-        name = task.name
-        runs.append((task_id, name, hostname, retries, started, set_trace_id(trace_id)))
+        run[2], run[3], run[5] = hostname, retries, set_trace_id(trace_id)
         fields: dict[str, Any] = {
             "task_id": task_id,
             "name": name,
@@ -395,16 +398,18 @@ class Capture:
         )
 
 
-_Run = tuple[str, str, str | None, int | None, float, Any]
+_Run = list[Any]
 """A task body running: task id, name, hostname, retries, monotonic start, trace token."""
 
 
 def _finish(run: _Run) -> float:
-    """Restore the trace context a run set; its runtime in seconds."""
-    # ValueError: reset from a context that did not set it (another thread)
-    with contextlib.suppress(ValueError):
-        reset_trace_id(run[5])
-    return round(time.monotonic() - run[4], 6)
+    """Restore the trace context a run set (if it got that far); its runtime in seconds."""
+    if run[5] is not None:
+        # ValueError: reset from a context that did not set it (another thread)
+        with contextlib.suppress(ValueError):
+            reset_trace_id(run[5])
+    started: float = run[4]
+    return round(time.monotonic() - started, 6)
 
 
 # -- registry of captures, one per app -------------------------------------------
