@@ -4,10 +4,11 @@ Tables:
 
 * ``tasks`` - one row per task id: its current state and everything known of it.
 * ``history`` - the append-only history of task events (the timeline): one
-  row per task per written batch, under the task's rowid, holding that batch's
-  events of the task as a JSON array of records (:data:`HISTORY_RECORD`). A record keeps what varies
-  per event (host, worker, retries, runtime, exception ...); the structure
-  every event repeats is the task row's. Readers keep the first record of
+  row per task per written batch, under the task's rowid, holding that
+  batch's events of the task as a JSON array of records
+  (:data:`HISTORY_RECORD`). A record keeps what varies per event (host,
+  worker, retries, runtime, exception ...); the structure every event repeats
+  is the task row's. Readers keep the first record of
   each ``eid``, so a re-delivered event changes nothing they see. (History
   and search documents name tasks by rowid; SQLite's ``VACUUM`` keeps the
   rowids of ``tasks``, and a test checks that it still does.)
@@ -365,7 +366,7 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._cache: dict[str, tuple[float, Any]] = {}
         self._cache_lock = threading.Lock()
-        self._first: dict[str, threading.Lock] = {}
+        self._first_lock = threading.Lock()
         self._refreshing: set[str] = set()
         self._refresher: ThreadPoolExecutor | None = None  # one thread: one reader connection
         self._closed = False
@@ -424,17 +425,15 @@ class Store:
     def cached(self, key: str, ttl: float, compute: Callable[[], Any]) -> Any:
         """``compute()``'s value, for aggregates over the whole store.
 
-        The first call computes it (callers of the same ``key`` wait for that one
-        computation). Later calls get the last value at once; when it is older than
-        ``ttl`` seconds they have it recomputed in the background, one key at a time
-        on one thread, so that no request waits seconds for a million-row scan.
+        The first call computes it (other first calls wait for that computation).
+        Later calls get the last value at once; when it is older than ``ttl``
+        seconds they have it recomputed in the background, one key at a time on
+        one thread, so that no request waits seconds for a million-row scan.
         A failed recomputation is logged and the last value served on.
         """
         found = self._cache.get(key)
         if found is None:
-            with self._cache_lock:
-                lock = self._first.setdefault(key, threading.Lock())
-            with lock:
+            with self._first_lock:  # the few keys there are take turns for their first value
                 found = self._cache.get(key)
                 if found is None:
                     value = compute()
