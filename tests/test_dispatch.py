@@ -80,26 +80,35 @@ def test_other_receivers_get_celerys_own_send(eager_app: tuple[Capture, Any, str
 
 def test_direct_send_answers_like_signal_send() -> None:
     signal = Signal(name="stemtrace_test_signal")
-    calls: list[dict[str, Any]] = []
+    calls: list[tuple[Any, dict[str, Any]]] = []
 
-    def receiver(**kwargs: Any) -> int:
-        calls.append(kwargs)
+    def handler(sender: Any, named: dict[str, Any]) -> int:
+        calls.append((sender, named))
         return 7
 
+    receiver = dispatch.receiver_for(handler, "receiver")
     signal.connect(receiver, weak=False)
-    assert dispatch.install(signal, receiver)
+    assert dispatch.install(signal, receiver, handler)
     direct = signal.send
     assert dispatch.is_direct(direct)
-    assert dispatch.install(signal, receiver)  # twice: still the one short cut
+    assert dispatch.install(signal, receiver, handler)  # twice: still the one short cut
     assert signal.send is direct
     sender = object()
 
     def celerys_path(sender: Any) -> list[Any]:
         raise AssertionError("Celery's own send was taken")
 
-    signal._live_receivers = celerys_path  # type: ignore[method-assign]
-    assert signal.send(sender=sender, value=1) == [(receiver, 7)]
-    assert calls == [{"signal": signal, "sender": sender, "value": 1}]
+    with mock.patch.object(signal, "_live_receivers", celerys_path):
+        assert signal.send(sender=sender, value=1) == [(receiver, 7)]
+    assert calls == [(sender, {"value": 1})]
+
+    # Another receiver joins: Celery's own send runs, and calls ours as a receiver.
+    other: list[dict[str, Any]] = []
+    signal.connect(lambda **kw: other.append(kw), weak=False)
+    responses = signal.send(sender=sender, value=2)
+    assert [response for _, response in responses] == [7, None]
+    assert calls[-1] == (sender, {"value": 2})  # without Celery's "signal" argument
+    assert other[0]["value"] == 2
 
 
 def test_a_send_someone_else_replaced_is_left_alone() -> None:
@@ -108,11 +117,11 @@ def test_a_send_someone_else_replaced_is_left_alone() -> None:
     def theirs(sender: Any = None, **named: Any) -> list[Any]:
         return []
 
-    def receiver(**kwargs: Any) -> None:
+    def handler(sender: Any, named: dict[str, Any]) -> None:
         return None
 
     signal.send = theirs  # type: ignore[method-assign]
-    assert not dispatch.install(signal, receiver)
+    assert not dispatch.install(signal, dispatch.receiver_for(handler, "receiver"), handler)
     assert signal.send is theirs
 
 

@@ -7,11 +7,15 @@ receiver runs. Every task sends four signals stemtrace listens to
 main process, ``task_prerun`` and ``task_success`` where it runs), and those
 sends cost about as much as stemtrace's receivers themselves.
 
-While stemtrace's receiver is the only one connected to such a signal,
-:func:`direct_send` calls it at once, as ``Signal.send`` would (same keyword
-arguments, same return value). As soon as anything else is connected to that
+While stemtrace's receiver is the only one connected to such a signal, the
+short cut hands the send's keyword arguments, as the one dictionary Python
+already made of them, straight to stemtrace's *handler* (``handler(sender,
+named)``): no lock, no filtering, and no second unpacking of the arguments
+into a receiver's parameters. It answers as ``Signal.send`` would, a list of
+``(receiver, response)``. As soon as anything else is connected to that
 signal, or stemtrace's receiver is not, each call goes through Celery's own
-``send``, unchanged.
+``send``, unchanged, which calls the connected receiver (made by
+:func:`receiver_for`) with Celery's usual keyword arguments.
 
 It is installed as the signal's ``send`` attribute (which
 ``celery.worker.strategy`` looks up for every message, and an app's task
@@ -31,12 +35,28 @@ from typing import Any
 # ``celery.app.trace`` names of the bound ``send`` of each signal, where it has one.
 _TRACE_NAMES = {"task_prerun": "send_prerun", "task_success": "send_success"}
 
+Handler = Callable[[Any, dict[str, Any]], Any]
+"""``handler(sender, named)``: a signal's sender and its other keyword arguments."""
+
+
+def receiver_for(handler: Handler, name: str) -> Callable[..., Any]:
+    """The receiver to connect for ``handler``, called the way Celery calls receivers."""
+
+    def receiver(sender: Any = None, **named: Any) -> Any:
+        named.pop("signal", None)
+        return handler(sender, named)
+
+    receiver.__name__ = receiver.__qualname__ = name
+    return receiver
+
 
 _direct_sends: set[Callable[..., Any]] = set()
 
 
-def direct_send(signal: Any, receiver: Callable[..., Any], original: Any) -> Callable[..., Any]:
-    """``signal.send`` that calls ``receiver`` directly while it is the signal's only one.
+def direct_send(
+    signal: Any, receiver: Callable[..., Any], handler: Handler, original: Any
+) -> Callable[..., Any]:
+    """``signal.send`` that calls ``handler`` directly while ``receiver`` is the signal's only one.
 
     A closure rather than an object with ``__call__``: Python calls a function
     for about half of what an instance costs.
@@ -45,7 +65,7 @@ def direct_send(signal: Any, receiver: Callable[..., Any], original: Any) -> Cal
     def send(sender: Any = None, **named: Any) -> list[tuple[Any, Any]]:
         receivers = signal.receivers  # read each time: Celery replaces the list
         if len(receivers) == 1 and receivers[0][1] is receiver:
-            return [(receiver, receiver(signal=signal, sender=sender, **named))]
+            return [(receiver, handler(sender, named))]
         return original(sender, **named)  # type: ignore[no-any-return]
 
     send.__qualname__ = send.__name__ = f"direct_send[{getattr(signal, 'name', '?')}]"
@@ -58,11 +78,12 @@ def is_direct(send: Any) -> bool:
     return send in _direct_sends
 
 
-def install(signal: Any, receiver: Callable[..., Any]) -> bool:
-    """Route ``signal``'s sends straight to ``receiver`` while it is alone; True if installed.
+def install(signal: Any, receiver: Callable[..., Any], handler: Handler) -> bool:
+    """Route ``signal``'s sends straight to ``handler`` while ``receiver`` is alone on it.
 
     ``receiver`` must be connected strongly (``weak=False``): the check is by
-    identity with what the signal holds.
+    identity with what the signal holds. Returns True if the short cut is in
+    place (now or from an earlier call).
     """
     original = signal.__dict__.get("send")
     if original is not None and is_direct(original):
@@ -70,7 +91,7 @@ def install(signal: Any, receiver: Callable[..., Any]) -> bool:
     bound = getattr(signal, "send", None)
     if original is not None or not _bound_to(bound, signal):
         return False  # someone else's send: leave it alone
-    direct = direct_send(signal, receiver, bound)
+    direct = direct_send(signal, receiver, handler, bound)
     signal.send = direct
     trace_name = _TRACE_NAMES.get(getattr(signal, "name", ""))
     if trace_name is not None:

@@ -188,11 +188,9 @@ class Publisher:
                 return
 
     def _take(self, count: int) -> list[Event]:
-        buffer = self._buffer
-        batch: list[Event] = []
-        while buffer and len(batch) < count:
-            batch.append(buffer.popleft())
-        return batch
+        # Only this thread takes from the buffer, so it holds at least len() events.
+        popleft = self._buffer.popleft
+        return [popleft() for _ in range(min(count, len(self._buffer)))]
 
     def _send(self, batch: list[Event]) -> None:
         try:
