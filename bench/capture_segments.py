@@ -111,7 +111,7 @@ class SegmentRun(Run):
         items = self.client.rpop(names["stage"], size)
         if not items or len(items) != size:
             raise BenchError(f"{mode}: the staging list ran out")
-        cpu_before = session_cpu(worker.pid)[0]
+        cpu_before, main_before = session_cpu(worker.pid)
         self.client.lpush(names["queue"], *items)
         deadline = time.monotonic() + 60 + size / 20
         while int(self.client.get(f"{counter}:done") or 0) < size:
@@ -122,12 +122,13 @@ class SegmentRun(Run):
             if time.monotonic() > deadline:
                 raise BenchError(f"{mode} worker too slow or stuck:\n{tail(self.logs_of[mode])}")
             time.sleep(0.02)
-        cpu_after = session_cpu(worker.pid)[0]
+        cpu_after, main_after = session_cpu(worker.pid)
         first = float(self.client.get(f"{counter}:first") or "nan")
         last = float(self.client.get(f"{counter}:last") or "nan")
         return {
             "tasks_per_s": (size - 1) / (last - first),
             "cpu_ms_per_task": (cpu_after - cpu_before) * 1e3 / size,
+            "main_cpu_ms_per_task": (main_after - main_before) * 1e3 / size,
         }
 
 
@@ -158,12 +159,14 @@ def measure(run: SegmentRun) -> dict[str, Any]:
     least = publisher.get("sent", 0) + 3 * total
     tps = {m: [r["tasks_per_s"] for r in rounds[m]] for m in modes}
     cpu = {m: [r["cpu_ms_per_task"] for r in rounds[m]] for m in modes}
+    main_cpu = {m: [r["main_cpu_ms_per_task"] for r in rounds[m]] for m in modes}
     return {
         "settings": {"segment": size, "cycles": cycles, "pool": "prefork", "concurrency": 2},
         "tasks_per_s": {
             m: {"segments": tps[m], "median": statistics.median(tps[m])} for m in modes
         },
         "cpu_ms_per_task": {m: statistics.median(cpu[m]) for m in modes},
+        "main_cpu_ms_per_task": {m: statistics.median(main_cpu[m]) for m in modes},
         "ratios": {
             m: _spread([a / b for a, b in zip(tps[m], tps["plain"], strict=True)])
             for m in modes
@@ -171,6 +174,11 @@ def measure(run: SegmentRun) -> dict[str, Any]:
         },
         "cpu_ratios": {
             m: _spread([b / a for a, b in zip(cpu[m], cpu["plain"], strict=True)])
+            for m in modes
+            if m != "plain"
+        },
+        "main_cpu_ratios": {
+            m: _spread([b / a for a, b in zip(main_cpu[m], main_cpu["plain"], strict=True)])
             for m in modes
             if m != "plain"
         },
@@ -193,16 +201,19 @@ def report(result: dict[str, Any]) -> str:
     ]
     lines.append(
         f"{'':<10} {'tasks/s':>8} {'/plain':>6} {'(q1-q3)':>11} {'CPU ms/task':>11} {'plain/':>6}"
+        f" {'main process':>12} {'plain/':>6}"
     )
     for mode, numbers in result["tasks_per_s"].items():
         row = f"{LABELS[mode]:<10} {numbers['median']:8.0f}"
-        cpu = result["cpu_ms_per_task"][mode]
+        cpu, main = result["cpu_ms_per_task"][mode], result["main_cpu_ms_per_task"][mode]
         if mode == "plain":
-            row += f" {'':>6} {'':>11} {cpu:11.2f}"
+            row += f" {'':>6} {'':>11} {cpu:11.2f} {'':>6} {main:12.2f}"
         else:
             r, c = result["ratios"][mode], result["cpu_ratios"][mode]
+            m = result["main_cpu_ratios"][mode]
             spread = f"{r['q1']:5.2f}-{r['q3']:<5.2f}"
             row += f" {r['median']:6.3f} {spread} {cpu:11.2f} {c['median']:6.3f}"
+            row += f" {main:12.2f} {m['median']:6.3f}"
         lines.append(row)
     if "stemtrace" in result["ratios"]:
         ratio = result["ratios"]["stemtrace"]["median"]
