@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -590,6 +590,16 @@ def main(argv: list[str] | None = None) -> int:
         run.cleanup()
         shutil.rmtree(run.logs, ignore_errors=True)
         return 2
+    return conclude(run, measure, report, args.json)
+
+
+def conclude(
+    run: Run,
+    measure: Callable[[Any], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    json_path: Path | None,
+) -> int:
+    """Measure, clean up whatever happens, then print (and maybe write) the numbers."""
     print(f"run {run.run_id}: logs in {run.logs}", flush=True)
     try:
         with sigterm_as_exit():
@@ -605,9 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(run.logs, ignore_errors=True)  # kept only when something failed
     print()
     print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_path}")
     return 0
 
 

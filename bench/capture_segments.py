@@ -48,9 +48,9 @@ from bench.capture_overhead import (
     TARGET_RATIO,
     BenchError,
     Run,
+    conclude,
     count_events,
     session_cpu,
-    sigterm_as_exit,
     tail,
 )
 
@@ -254,24 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except redis.RedisError as exc:
         print(f"cannot reach Redis at {run.redis_url}: {exc}", file=sys.stderr)
         return 2
-    print(f"run {run.run_id}: logs in {run.logs}", flush=True)
-    try:
-        with sigterm_as_exit():
-            result = measure(run)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; stopping workers", file=sys.stderr)
-        return 130
-    finally:
-        run.cleanup()
-    print()
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+    return conclude(run, measure, report, args.json)
 
 
 if __name__ == "__main__":
