@@ -576,7 +576,7 @@ def _on_prerun(sender: Any, named: dict[str, Any]) -> None:
     try:
         task = named.get("task")
         task_id = named.get("task_id")
-        if task is not None and type(task_id) is str:
+        if task is not None and isinstance(task_id, str):
             capture = _captures.get(id(task.app))
             if capture is not None:
                 capture.on_prerun(task_id, task, named.get("args"), named.get("kwargs"))
