@@ -112,9 +112,12 @@ class Run:
 
     # -- one measurement -----------------------------------------------------
 
-    def send(self, broker: str, mode: str, round_no: int) -> dict[str, Any]:
-        """Time apply_async and pre-fill the worker queue, in a sender process of ``mode``."""
-        env = self.env(broker, mode, round_no)
+    def send(
+        self, broker: str, mode: str, round_no: int, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Time apply_async and pre-fill the worker queue, in a sender process of ``mode``
+        (``env``: the sender's environment, when not the measurement's own)."""
+        env = env or self.env(broker, mode, round_no)
         throwaway = f"{self.prefix}:throwaway:{broker}:{mode}:{round_no}"
         if broker == "rabbitmq":
             # Celery declares a queue and an exchange named after each queue it sends to.

@@ -32,7 +32,6 @@ Usage, from the repository root, with Redis on 127.0.0.1:6379::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -61,7 +60,7 @@ class SegmentRun(Run):
     """Workers that stay up, fed from staging lists one segment at a time."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        args.broker, args.amqp_url, args.tasks = BROKER, "", args.segment
+        args.broker, args.amqp_url, args.tasks, args.calls = BROKER, "", args.segment, 1
         super().__init__(args)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.logs_of: dict[str, Path] = {}
@@ -80,21 +79,11 @@ class SegmentRun(Run):
         env = self.env(BROKER, mode, 0)
         env["BENCH_QUEUE"] = self.names(mode)["stage"]
         env["BENCH_TOTAL"] = str(total)
-        throwaway = f"{self.prefix}:throwaway:{mode}"
-        command = [sys.executable, "-m", "bench.benchapp", "--calls", "1", "--throwaway", throwaway]
-        log = self.logs / f"stage-{mode}.log"
-        try:
-            with open(log, "wb") as err:
-                process = self.start(command, env, stdout=subprocess.PIPE, stderr=err)
-                out, _ = process.communicate(timeout=600)
-            if process.returncode != 0:
-                raise BenchError(f"sender ({mode}) failed:\n{tail(log)}")
-        finally:
-            self.delete(throwaway, f"_kombu.binding.{throwaway}")
+        sent = self.send(BROKER, mode, 0, env)
         staged = int(self.client.llen(env["BENCH_QUEUE"]))
         if staged != total:
             raise BenchError(f"{mode}: expected {total} staged tasks, found {staged}")
-        return dict(json.loads(out.decode().strip().splitlines()[-1]))
+        return sent
 
     def start_all(self) -> None:
         for mode in self.args.modes:

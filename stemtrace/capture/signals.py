@@ -79,8 +79,7 @@ class Capture:
         self.internal_errors = 0
         self._capture_result = config.capture_result
         self._params: dict[str, tuple[str, ...]] = {}
-        self._local = threading.local()
-        """``runs``: this thread's task bodies running now, innermost last (see :class:`_Run`)."""
+        self._local = _ThreadRuns()
 
     # -- helpers ---------------------------------------------------------------
 
@@ -277,18 +276,11 @@ class Capture:
     # -- pool child (or the caller, for eager tasks) ----------------------------
 
     def _runs(self) -> list[_Run]:
-        try:
-            runs: list[_Run] = self._local.runs
-        except AttributeError:
-            runs = self._local.runs = []
-        return runs
+        return self._local.runs
 
     def on_prerun(self, task_id: str, task: Any, args: Any, kwargs: Any) -> None:
         # Every task runs this and on_success: both read as little as they can.
-        try:
-            runs: list[_Run] = self._local.runs
-        except AttributeError:
-            runs = self._local.runs = []
+        runs = self._local.runs
         if len(runs) > 1000:  # tasks killed without a closing signal
             runs.clear()
         name = task.name
@@ -353,7 +345,7 @@ class Capture:
         # The run on top of this thread's stack is the one ending (runs nest only
         # when a task applies another eagerly, whose own signals close it first):
         # it saves reading Celery's request stack again, its costliest property.
-        runs = self._runs()
+        runs = self._local.runs
         name = task.name
         measured: float | None
         if runs and runs[-1][1] == name:
@@ -416,6 +408,13 @@ class Capture:
 
 _Run = list[Any]
 """A task body running: task id, name, hostname, retries, monotonic start, trace token."""
+
+
+class _ThreadRuns(threading.local):
+    """``runs``: this thread's task bodies running now, innermost last."""
+
+    def __init__(self) -> None:
+        self.runs: list[_Run] = []
 
 
 def _finish(run: _Run) -> float:
@@ -564,7 +563,7 @@ def _on_publish(sender: Any, named: dict[str, Any]) -> None:
 
 def _on_received(sender: Any, named: dict[str, Any]) -> None:
     try:
-        capture = _captures.get(id(getattr(sender, "app", None)))
+        capture = _for_sender(sender)
         request = named.get("request")
         if capture is not None and request is not None:
             capture.on_received(request)
@@ -576,20 +575,18 @@ def _on_prerun(sender: Any, named: dict[str, Any]) -> None:
     try:
         task = named.get("task")
         task_id = named.get("task_id")
-        if task is not None and isinstance(task_id, str):
-            capture = _captures.get(id(task.app))
-            if capture is not None:
-                capture.on_prerun(task_id, task, named.get("args"), named.get("kwargs"))
+        capture = _for_task(task)
+        if capture is not None and isinstance(task_id, str):
+            capture.on_prerun(task_id, task, named.get("args"), named.get("kwargs"))
     except Exception:
         _capture_failed()
 
 
 def _on_success(sender: Any, named: dict[str, Any]) -> None:
     try:
-        if sender is not None:
-            capture = _captures.get(id(sender.app))
-            if capture is not None:
-                capture.on_success(sender, named.get("result"), named.get("runtime"))
+        capture = _for_task(sender)
+        if capture is not None:
+            capture.on_success(sender, named.get("result"), named.get("runtime"))
     except Exception:
         _capture_failed()
 
