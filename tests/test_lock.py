@@ -79,7 +79,9 @@ def test_every_declared_dependency_is_pinned_within_its_range(lock: dict[str, li
 
 
 def test_the_lock_pins_nothing_pyproject_no_longer_asks_for(lock: dict[str, list[Pin]]) -> None:
-    direct = {name for name, pins in lock.items() if any("stemtrace" in v for p in pins for v in p.via)}
+    direct = {
+        name for name, pins in lock.items() if any("stemtrace" in v for p in pins for v in p.via)
+    }
     wanted = {canonicalize_name(r.name) for r in declared()}
     assert direct == wanted, (
         f"direct pins {sorted(direct - wanted)} are no longer declared, "
@@ -100,7 +102,9 @@ def test_every_pin_carries_hashes(lock: dict[str, list[Pin]]) -> None:
 
 def test_the_check_fails_when_the_two_disagree() -> None:
     # The same parse on a lock that lags pyproject.toml: a narrowed range shows.
-    stale = parse_lock("pytest==8.0.0 \\\n    --hash=sha256:ab\n    # via stemtrace (pyproject.toml)\n")
+    stale = parse_lock(
+        "pytest==8.0.0 \\\n    --hash=sha256:ab\n    # via stemtrace (pyproject.toml)\n"
+    )
     requirement = Requirement("pytest>=9")
     assert not requirement.specifier.contains(stale["pytest"][0].version)
     assert stale["pytest"][0].via == ["stemtrace (pyproject.toml)"]
