@@ -62,6 +62,11 @@ def make_app(broker: str, queue: str, backend: str | None = None) -> Celery:
                 raise self.retry(exc=exc, countdown=0.2) from exc
         return value
 
+    @app.task(shared=False, name="proj.autoretry", bind=True, autoretry_for=(ConnectionError,),
+              retry_kwargs={"max_retries": 4, "countdown": 1})  # fmt: skip
+    def autoretry(self: Any, value: int, password: str = "hunter2") -> int:
+        return value
+
     @app.task(shared=False, name="proj.spawn")
     def spawn(count: int) -> list[str]:
         return [add.delay(i, i).id for i in range(count)]

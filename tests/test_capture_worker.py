@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -287,6 +288,11 @@ def test_worker_lifecycle_and_registry(scenario: Scenario) -> None:
     assert tasks["proj.login"]["signature"].startswith("(user: str, password: str")
     assert tasks["proj.add"]["module"] == "tests.proj"
     assert tasks["proj.add"]["queue"] == scenario.queue
+    # the policy autoretry applies; a secret default never leaves the worker
+    policy = tasks["proj.autoretry"]["retry_policy"]
+    assert (policy["max_retries"], policy["countdown"]) == (4, 1)
+    assert tasks["proj.autoretry"]["signature"].endswith("password: str = <scrubbed>) -> int")
+    assert "hunter2" not in json.dumps(online)
     heartbeat = next(e for e in events if e["kind"] == "worker_heartbeat")
     assert heartbeat["worker"] == online["worker"] and heartbeat["active"] == 0
     assert events[-1]["kind"] == "worker_offline"

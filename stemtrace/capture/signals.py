@@ -244,7 +244,7 @@ class Capture:
             pool=type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None,
             concurrency=_int_or_none(getattr(pool, "limit", None)),
             queues=[getattr(q, "name", str(q)) for q in queues],
-            tasks=describe_tasks(self.app),
+            tasks=describe_tasks(self.app, self.shaper),
             freq=self.config.heartbeat_interval,
         )
         self.publisher.on_tick = lambda: self.heartbeat(hostname)

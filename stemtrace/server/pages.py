@@ -48,6 +48,7 @@ def create_templates() -> Jinja2Templates:
         duration=render.duration,
         pretty=render.pretty,
         short_id=render.short_id,
+        retry_policy=render.retry_policy,
     )
     env.globals.update(
         STATE_ICONS=render.STATE_ICONS, version=__version__, json_text=render.json_text

@@ -64,6 +64,43 @@ def duration(seconds: float | None) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
+def retry_policy(policy: Any) -> tuple[str, str]:
+    """What the registry says of a task's retries: how many and when; which errors retry.
+
+    ``policy`` is :func:`stemtrace.capture.registry.retry_policy`'s, as a worker sent it.
+    """
+    if not isinstance(policy, dict):
+        return "", ""
+    limit = _number(policy.get("max_retries"))
+    parts = ["no limit" if limit is None else f"max {limit}"]
+    factor, most = _number(policy.get("backoff")), _number(policy.get("backoff_max"))
+    countdown = _number(policy.get("countdown"))
+    if factor is not None and factor > 0:
+        steps = [factor * 2**n if most is None else min(factor * 2**n, most) for n in range(3)]
+        parts.append("backoff " + ", ".join(_seconds(step) for step in steps) + ", …")
+        if most is not None:
+            parts.append(f"at most {_seconds(most)}")
+        if policy.get("jitter"):
+            parts.append("jittered")
+    elif countdown is not None:
+        parts.append(f"every {_seconds(countdown)}")
+    auto = ", ".join(str(name) for name in policy.get("autoretry_for") or [])
+    if auto:
+        auto = f"auto on {auto}"
+        dont = ", ".join(str(name) for name in policy.get("dont_autoretry_for") or [])
+        if dont:
+            auto += f", not on {dont}"
+    return ", ".join(parts), auto
+
+
+def _number(value: Any) -> int | float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
 def short_id(value: str | None) -> str:
     if not value:
         return ""

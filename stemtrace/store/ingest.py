@@ -422,14 +422,14 @@ class Ingestor:
                     _str(task.get("retry_backoff")), _str(task.get("rate_limit")),
                     _num(task.get("time_limit")), _num(task.get("soft_time_limit")),
                     _num(task.get("acks_late")), _num(task.get("ignore_result")),
-                    _dumps([hostname]), now,
+                    _dumps([hostname]), now, _json_or_none(_dict_or_none(task.get("retry_policy"))),
                 )
             )  # fmt: skip
         self.conn.executemany(
             """INSERT INTO registry (name, module, signature, queue, max_retries,
                 default_retry_delay, autoretry_for, retry_backoff, rate_limit, time_limit,
-                soft_time_limit, acks_late, ignore_result, workers, updated_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                soft_time_limit, acks_late, ignore_result, workers, updated_at, retry_policy)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (name) DO UPDATE SET
                 module = excluded.module, signature = excluded.signature,
                 queue = excluded.queue, max_retries = excluded.max_retries,
@@ -437,13 +437,17 @@ class Ingestor:
                 autoretry_for = excluded.autoretry_for, retry_backoff = excluded.retry_backoff,
                 rate_limit = excluded.rate_limit, time_limit = excluded.time_limit,
                 soft_time_limit = excluded.soft_time_limit, acks_late = excluded.acks_late,
-                ignore_result = excluded.ignore_result,
+                ignore_result = excluded.ignore_result, retry_policy = excluded.retry_policy,
                 workers = (SELECT json_group_array(value) FROM (
                     SELECT DISTINCT value FROM json_each(registry.workers)
                     UNION SELECT value FROM json_each(excluded.workers))),
                 updated_at = excluded.updated_at""",
             rows,
         )
+
+
+def _dict_or_none(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
 def _str(value: Any) -> str | None:

@@ -166,6 +166,22 @@ def _span(start: float | None, end: float | None) -> float | None:
     return round(max(end - start, 0.0), 6)
 
 
+def _retry_policy(definition: dict[str, Any]) -> dict[str, Any]:
+    """The policy the worker described; rows written before migration 9 have the columns only."""
+    stored = _loads(definition.get("retry_policy"))
+    if isinstance(stored, dict):
+        return stored
+    return {
+        "max_retries": definition.get("max_retries"),
+        "countdown": definition.get("default_retry_delay"),
+        "backoff": None,
+        "backoff_max": None,
+        "jitter": None,
+        "autoretry_for": _loads(definition.get("autoretry_for")) or [],
+        "dont_autoretry_for": [],
+    }
+
+
 def _loads(text: Any) -> Any:
     if text is None:
         return None
@@ -400,6 +416,7 @@ def registry(conn: sqlite3.Connection, sample: int = 10_000) -> list[dict[str, A
             value = definition.get(key)
             entry[key] = None if value is None else bool(value)
         entry["autoretry_for"] = _loads(definition.get("autoretry_for")) or []
+        entry["retry_policy"] = _retry_policy(definition) if definition else None
         entry["workers"] = _loads(definition.get("workers")) or []
         numbers = stats.get(name, {})
         total = int(numbers.get("total") or 0)

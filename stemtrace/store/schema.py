@@ -353,6 +353,12 @@ def m007_history_by_task(db: Database) -> None:
     )
 
 
+@migrations()
+def m009_registry_retry_policy(db: Database) -> None:
+    """The retry policy Celery applies (``retry_kwargs``, backoff, jitter), as JSON."""
+    db.execute("ALTER TABLE registry ADD COLUMN retry_policy TEXT")
+
+
 class Store:
     """One stemtrace database file; migrated to the current schema when opened."""
 
