@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from stemtrace import states
+from stemtrace import states, timeline
 
 COLLAPSE_OVER = 200
 """Groups with more members than this come as one node with counts."""
@@ -349,40 +349,30 @@ def critical_path(flow: dict[str, Any], now: float) -> dict[str, Any]:
 def waterfall(
     flow: dict[str, Any],
     now: float,
-    retry_waits: dict[str, list[tuple[float, float]]] | None = None,
+    histories: dict[str, list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of a Gantt chart of the flow: per task, its queued, waiting, running spans.
 
-    ``retry_waits`` maps a task id to its waiting-for-retry intervals (from
-    its events), which are cut out of its running span.
+    Each row's segments are the task's :func:`stemtrace.timeline.phases`: from
+    its event history when ``histories`` holds it (a retried task's attempts
+    and waits), else from the times of its row.
     """
     rows = []
     for node in flow["nodes"]:
         if node["kind"] != "task" or node.get("planned") or node.get("placeholder"):
             continue
-        sent, received = node.get("sent_at"), node.get("received_at")
-        started, finished = node.get("started_at"), node.get("finished_at")
-        end = (
-            finished
-            if finished is not None
-            else (now if node["state"] not in states.TERMINAL else None)
+        history = (histories or {}).get(node["id"]) or timeline.row_events(node)
+        running = node["state"] not in states.TERMINAL
+        segments = [
+            {"phase": timeline.WATERFALL_PHASES[p["state"]], "start": p["start"],
+             "end": p["start"] + p["duration"]}
+            for p in timeline.phases(history, now=now if running else None)
+            if p["state"] in timeline.WATERFALL_PHASES and p["duration"] is not None
+        ]  # fmt: skip
+        first = min(
+            (s["start"] for s in segments),
+            default=_first_known(node.get("sent_at"), node.get("started_at")),
         )
-        segments = []
-        picked_up = _first_known(received, started)
-        if sent is not None and picked_up is not None:
-            segments.append({"phase": "queued", "start": sent, "end": picked_up})
-        if received is not None and started is not None:
-            segments.append({"phase": "waiting", "start": received, "end": started})
-        if started is not None and end is not None:
-            cursor = started
-            for wait_start, wait_end in sorted((retry_waits or {}).get(node["id"], ())):
-                if wait_start > cursor:
-                    segments.append({"phase": "running", "start": cursor, "end": wait_start})
-                segments.append({"phase": "retry", "start": wait_start, "end": wait_end})
-                cursor = max(cursor, wait_end)
-            if end >= cursor:
-                segments.append({"phase": "running", "start": cursor, "end": end})
-        first = min((s["start"] for s in segments), default=_first_known(sent, started))
         if first is None:
             continue
         rows.append(

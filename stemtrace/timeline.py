@@ -3,6 +3,14 @@
 Pure functions over the event history (dicts with at least ``kind`` and ``ts``).
 Events from different hosts can disagree on the clock; a phase never lasts
 less than zero.
+
+:func:`phases` is the one definition of a phase: the task page's timeline,
+its attempts (``ran``), the API's ``durations`` and the flow's waterfall all
+read their times from it. An attempt runs from its ``started`` event to the
+event that ends it (``retry``, ``failed``, ``succeeded``, ``revoked``): Celery
+re-sends a retried task's message from inside the attempt, before the
+``retry`` event, and that ``sent`` (and the worker's early ``received`` of an
+ETA message) does not end the run.
 """
 
 from __future__ import annotations
@@ -27,9 +35,12 @@ def phases(events: list[dict[str, Any]], now: float | None = None) -> list[dict[
     ``None`` and ``duration`` is measured to ``now`` when given).
     """
     found: list[dict[str, Any]] = []
+    retried = _retried_attempts(events)
     for event in events:
         if event.get("kind") not in states.KIND_STATE:
             continue
+        if found and found[-1]["state"] == states.STARTED and _resent(event, retried):
+            continue  # the next attempt's message, sent while this one still runs
         state, _, _ = states.state_key(event["kind"], event.get("retries"))
         ts = float(event["ts"])
         if found and found[-1]["state"] == state:
@@ -55,6 +66,26 @@ def phases(events: list[dict[str, Any]], now: float | None = None) -> list[dict[
     return found
 
 
+def _retried_attempts(events: list[dict[str, Any]]) -> set[int]:
+    """The ``retries`` values of the attempts that ended in a ``retry`` event."""
+    return {
+        retries
+        for e in events
+        if e.get("kind") == ev.RETRY and isinstance(retries := e.get("retries"), int)
+    }
+
+
+def _resent(event: dict[str, Any], retried: set[int]) -> bool:
+    """A retry's re-sent (or early received) message, for an attempt that has its ``retry``."""
+    retries = event.get("retries")
+    return (
+        event.get("kind") in (ev.SENT, ev.RECEIVED)
+        and isinstance(retries, int)
+        and retries > 0
+        and retries - 1 in retried
+    )
+
+
 def _close(phase: dict[str, Any], end: float) -> None:
     phase["end"] = end
     phase["duration"] = round(max(end - phase["start"], 0.0), 6)
@@ -69,8 +100,15 @@ def durations(found_phases: list[dict[str, Any]]) -> dict[str, float]:
     return totals
 
 
-def attempts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per run of the task body: when, where, and how it ended."""
+def attempts(
+    events: list[dict[str, Any]], found_phases: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One entry per run of the task body: when, where, how it ended, and how long it ran.
+
+    ``ran`` is the time of the ``running`` phases of ``found_phases`` (the
+    task's :func:`phases`) within the attempt: the timeline's own number.
+    ``runtime`` is what the worker measured, as reported.
+    """
     found: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     for event in events:
@@ -104,4 +142,52 @@ def attempts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             current["ended_at"] = event["ts"]
             current["state"] = states.REVOKED
             current = None
+    for attempt in found:
+        attempt["ran"] = _running_within(found_phases, attempt["started_at"], attempt["ended_at"])
+    return found
+
+
+def _running_within(
+    found_phases: list[dict[str, Any]], start: float, end: float | None
+) -> float | None:
+    spans = [
+        p["duration"]
+        for p in found_phases
+        if p["state"] == states.STARTED
+        and p["duration"] is not None
+        and p["start"] >= start
+        and (end is None or p["start"] <= end)
+    ]
+    return round(sum(spans), 6) if spans else None
+
+
+WATERFALL_PHASES = {
+    states.PENDING: "queued",
+    states.RECEIVED: "waiting",
+    states.STARTED: "running",
+    states.RETRY: "retry",
+}
+"""The waterfall's short name of each phase (its CSS class)."""
+
+_ENDED_BY = {state: kind for kind, state in states.KIND_STATE.items() if state in states.TERMINAL}
+
+
+def row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The transitions a task row's times record, as events :func:`phases` reads.
+
+    For a task that ran once, these are its events' times; a retried task's
+    phases need its history.
+    """
+    found = [
+        {"kind": kind, "ts": row[column]}
+        for kind, column in (
+            (ev.SENT, "sent_at"),
+            (ev.RECEIVED, "received_at"),
+            (ev.STARTED, "started_at"),
+        )
+        if row.get(column) is not None
+    ]
+    ended = _ENDED_BY.get(row.get("state") or "")
+    if ended is not None and row.get("finished_at") is not None:
+        found.append({"kind": ended, "ts": row["finished_at"]})
     return found

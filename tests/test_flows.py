@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stemtrace import flows
+from stemtrace import flows, timeline
 from stemtrace.export import to_dot, to_svg
 
 
@@ -57,16 +57,39 @@ def test_spawned_children_the_parent_outlives_are_not_on_the_path() -> None:
     assert flows.critical_path(flows.build_flow(rows), now=20.0)["nodes"] == ["p"]
 
 
-def test_waterfall_cuts_retry_waits_out_of_running() -> None:
+def test_waterfall_rows_are_the_timeline_phases_of_a_retried_task() -> None:
+    # As Celery does it: the retry's message is re-sent (and received, being an
+    # ETA message) from inside attempt 1, before its retry event.
+    history = [
+        {"kind": "sent", "ts": 0.0, "retries": 0},
+        {"kind": "received", "ts": 0.1, "retries": 0},
+        {"kind": "started", "ts": 0.2, "retries": 0},
+        {"kind": "sent", "ts": 2.5, "retries": 1},
+        {"kind": "received", "ts": 2.6, "retries": 1},
+        {"kind": "retry", "ts": 3.0, "retries": 0},
+        {"kind": "started", "ts": 6.0, "retries": 1},
+        {"kind": "succeeded", "ts": 10.0, "retries": 1},
+    ]
     rows = flows.waterfall(
-        flows.build_flow([task("r", 0.0, 10.0, retries=1)]),
-        now=20.0,
-        retry_waits={"r": [(3.0, 6.0)]},
+        flows.build_flow([task("r", 0.0, 10.0, retries=1)]), now=20.0, histories={"r": history}
     )
     [row] = rows
-    assert [(s["phase"], s["start"], s["end"]) for s in row["segments"]] == [
+    segments = [(s["phase"], s["start"], s["end"]) for s in row["segments"]]
+    assert segments == [
         ("queued", 0.0, 0.1), ("waiting", 0.1, 0.2), ("running", 0.2, 3.0),
         ("retry", 3.0, 6.0), ("running", 6.0, 10.0),
+    ]  # fmt: skip
+    phases = timeline.phases(history)
+    assert [(p["start"], p["end"]) for p in phases[:-1]] == [(s[1], s[2]) for s in segments]
+    attempts = timeline.attempts(history, phases)
+    assert [a["ran"] for a in attempts] == pytest.approx([2.8, 4.0])
+    assert timeline.durations(phases)["running"] == pytest.approx(6.8)
+
+
+def test_waterfall_of_a_task_that_ran_once_comes_from_its_row() -> None:
+    [row] = flows.waterfall(flows.build_flow([task("a", 0.0, 1.0)]), now=20.0)
+    assert [(s["phase"], s["start"], s["end"]) for s in row["segments"]] == [
+        ("queued", 0.0, 0.1), ("waiting", 0.1, 0.2), ("running", 0.2, 1.0),
     ]  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,31 @@ def _members(observed: Observed, callback_id: str) -> list[dict[str, Any]] | Non
     return members
 
 
+def assert_one_story(task: dict[str, Any], waterfall_row: dict[str, Any]) -> None:
+    """The timeline, the attempts, the durations and the waterfall tell one story."""
+    timed = [p for p in task["phases"] if p["phase"] != "finished"]
+    assert all(a["end"] == b["start"] for a, b in pairwise(timed))
+    whole = task["finished_at"] - task["sent_at"]
+    assert sum(task["durations"].values()) == pytest.approx(whole, rel=0, abs=1e-5)
+    running = [p for p in timed if p["phase"] == "running"]
+    ran = [a["ran"] for a in task["attempts"]]
+    assert ran == pytest.approx([p["duration"] for p in running], abs=1e-6)
+    assert sum(ran) == pytest.approx(task["durations"]["running"], abs=1e-5)
+    # A retried attempt runs until its retry event, not until its message is re-sent.
+    retry_events = [e["ts"] for e in task["events"] if e["kind"] == "retry"]
+    assert [p["end"] for p in running[:-1]] == pytest.approx(retry_events, rel=0, abs=1e-6)
+    drawn: dict[str, float] = {}
+    for segment in waterfall_row["segments"]:
+        drawn[segment["phase"]] = (
+            drawn.get(segment["phase"], 0.0) + segment["end"] - segment["start"]
+        )
+    names = {"queued": "queued", "waiting": "waiting in worker", "running": "running",
+             "retry": "waiting for retry"}  # fmt: skip
+    assert {names[k]: v for k, v in drawn.items()} == pytest.approx(
+        task["durations"], rel=0, abs=1e-5
+    )
+
+
 def test_retries_spawned_children_and_a_trace(observed: Observed) -> None:
     app = observed.app
     with stemtrace.trace("order-17"):
@@ -150,6 +176,8 @@ def test_retries_spawned_children_and_a_trace(observed: Observed) -> None:
     assert all("Traceback" in a["traceback"] for a in task["attempts"][:2])
     assert task["durations"]["waiting for retry"] > 0 and task["durations"]["running"] >= 0
     assert task["parent_id"] is None
+    waterfall = observed.http.get(f"/api/flows/{retried.id}/waterfall").json()
+    assert_one_story(task, next(r for r in waterfall["rows"] if r["id"] == retried.id))
 
     flow = observed.flow(spawner.id, settled=3)
     assert edges(flow, "spawned") == {(spawner.id, child) for child in children}

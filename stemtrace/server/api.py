@@ -156,7 +156,7 @@ def create_api_router(
     def get_waterfall(task_id: ID) -> dict[str, Any]:
         graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
         now = time.time()
-        rows = flows.waterfall(graph, now, retry_waits(store, graph))
+        rows = flows.waterfall(graph, now, histories(store, graph))
         return {
             "root_id": graph["root_id"],
             "rows": rows,
@@ -282,22 +282,15 @@ def flow_and_path(store: Store, task_id: str) -> tuple[dict[str, Any], set[str]]
     return graph, set(flows.critical_path(graph, time.time())["nodes"])
 
 
-def retry_waits(
-    store: Store, graph: dict[str, Any], limit: int = 200
-) -> dict[str, list[tuple[float, float]]]:
-    """Waiting-for-retry intervals of the flow's retried tasks (the first ``limit``)."""
-    found: dict[str, list[tuple[float, float]]] = {}
+def histories(store: Store, graph: dict[str, Any], limit: int = 200) -> dict[str, Any]:
+    """The event histories of the flow's retried tasks (the first ``limit``).
+
+    Their waterfall rows need each attempt and wait; a task that ran once is
+    drawn from its row's times.
+    """
     retried = [n["id"] for n in graph["nodes"] if n["kind"] == "task" and n.get("attempts", 0) > 1]
     conn = store.reader().conn
-    for task_id in retried[:limit]:
-        waits = [
-            (p["start"], p["end"])
-            for p in timeline.phases(queries.task_events(conn, task_id))
-            if p["state"] == states.RETRY and p["end"] is not None
-        ]
-        if waits:
-            found[task_id] = waits
-    return found
+    return {task_id: queries.task_events(conn, task_id) for task_id in retried[:limit]}
 
 
 def _safe_name(task_id: str) -> str:
@@ -319,7 +312,7 @@ def task_detail(store: Store, task_id: str) -> dict[str, Any]:
     task["events"] = history
     task["phases"] = found_phases
     task["durations"] = timeline.durations(found_phases)
-    task["attempts"] = timeline.attempts(history)
+    task["attempts"] = timeline.attempts(history, found_phases)
     task["children"] = queries.children(conn, task_id)
     task["exception"] = (
         {"type": task["exc_type"], "message": task["exc_message"]} if task["exc_type"] else None

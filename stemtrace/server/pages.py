@@ -23,7 +23,7 @@ from sse_starlette import EventSourceResponse
 
 from stemtrace import __version__, flows, states
 from stemtrace.server import render
-from stemtrace.server.api import FLOW_SLOTS, parse_states, parse_time, retry_waits, task_detail
+from stemtrace.server.api import FLOW_SLOTS, histories, parse_states, parse_time, task_detail
 from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
 
@@ -201,7 +201,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
             now = datetime.now(UTC).timestamp()
             critical = flows.critical_path(graph, now)
             graph["critical_path"] = critical  # the graph island highlights it too
-            lines = flows.waterfall(graph, now, retry_waits(store, graph))
+            lines = flows.waterfall(graph, now, histories(store, graph))
             tree = render.flow_tree(graph)
             context = {
                 "flow": graph,
