@@ -13,40 +13,48 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 from stemtrace import __version__, collector
 from stemtrace.capture.config import parse_env
-from stemtrace.settings import LOG_LEVELS, Settings
-from stemtrace.store.schema import DEFAULT_DB
+from stemtrace.settings import LOG_LEVELS, SettingError, Settings
 
 DEMO_DB = "stemtrace-demo.db"
 """The demo's made-up shop gets its own file, so it never mixes into ``stemtrace.db``."""
 DEMO_INTERVAL = 2.0
+DEFAULTS: dict[str, Any] = {spec.name: spec.default for spec in fields(Settings)}
+
+
+def _help(text: str, name: str, default: object = None) -> str:
+    """``text``, then the variable behind the flag and its default (the settings' own)."""
+    value = DEFAULTS[name] if default is None else default
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{text} (STEMTRACE_{name.upper()}; default {shown})"
 
 
 def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
     """Flags of the settings object; each defaults to its ``STEMTRACE_*`` variable."""
     add = parser.add_argument
-    add("--broker", help="Redis or RabbitMQ URL the events come from (STEMTRACE_BROKER)")
-    add("--stream", help="stream key or exchange init(app) publishes to (STEMTRACE_STREAM)")
-    add("--queue", help="RabbitMQ: this server's own queue (STEMTRACE_QUEUE)")
+    add("--broker", help=_help("Redis or RabbitMQ URL the events come from", "broker"))
+    add("--stream", help=_help("stream key or exchange init(app) publishes to", "stream"))
+    add("--queue", help=_help("RabbitMQ: this server's own queue", "queue", "from host and --db"))
     add("--no-celery-events", dest="celery_events", action="store_const", const=False,
         help="do not read Celery's own events (-E) (STEMTRACE_CELERY_EVENTS=0)")  # fmt: skip
-    add("--db", help=f"SQLite database file (STEMTRACE_DB; default ./{DEFAULT_DB})")
+    add("--db", help=_help("SQLite database file", "db"))
     add(
         "--retention-days",
         type=float,
         metavar="DAYS",
-        help="forget tasks first seen longer ago; 0 keeps forever (STEMTRACE_RETENTION_DAYS)",
+        help=_help("forget tasks first seen longer ago; 0 keeps forever", "retention_days"),
     )
     add(
         "--max-tasks",
         type=int,
         metavar="N",
-        help="forget the oldest tasks beyond N; 0 for no limit (STEMTRACE_MAX_TASKS)",
+        help=_help("forget the oldest tasks beyond N; 0 for no limit", "max_tasks"),
     )
-    add("--log-level", choices=LOG_LEVELS, help="logging level (STEMTRACE_LOG_LEVEL)")
+    add("--log-level", choices=LOG_LEVELS, help=_help("logging level", "log_level"))
     if web:
         _web_options(parser)
         add("--no-consumer", dest="consumer", action="store_const", const=False,
@@ -57,13 +65,30 @@ def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
 def _web_options(parser: argparse.ArgumentParser) -> None:
     """Where to listen, and the built-in auth: flags of every command that serves pages."""
     add = parser.add_argument
-    add("--host", help="address to bind (STEMTRACE_HOST; default 127.0.0.1)")
+    add("--host", help=_help("address to bind", "host"))
     add("--auth-user", help="HTTP basic auth user, with --auth-password (STEMTRACE_AUTH_USER)")
     add("--auth-password", help="HTTP basic auth password (STEMTRACE_AUTH_PASSWORD)")
     add("--auth-token", help="accept 'Authorization: Bearer TOKEN' (STEMTRACE_AUTH_TOKEN)")
     add("--no-auth", action="store_const", const=True,
         help="serve a non-loopback --host without auth (STEMTRACE_NO_AUTH=1)")  # fmt: skip
-    add("--port", type=int, help="port to listen on (STEMTRACE_PORT; default 8000)")
+    add("--port", type=int, help=_help("port to listen on", "port"))
+
+
+def run_options() -> list[tuple[str, str]]:
+    """Each flag of ``stemtrace run`` with its help, for commands that pass them on."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _server_options(parser, web=True)
+    found = []
+    for action in parser._actions:
+        flags = ", ".join(action.option_strings)
+        if action.choices:
+            flags += " [" + "|".join(map(str, action.choices)) + "]"
+        elif action.nargs != 0:
+            flags += " " + (
+                action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+            )
+        found.append((flags, action.help or ""))
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail = commands.add_parser(
         "tail", help="print events from the stream as they arrive (one JSON object a line)"
     )
-    tail.add_argument("--broker", help="Redis URL of the event stream (STEMTRACE_BROKER)")
-    tail.add_argument("--stream", help="stream key (STEMTRACE_STREAM)")
+    tail.add_argument("--broker", help=_help("Redis URL of the event stream", "broker"))
+    tail.add_argument("--stream", help=_help("stream key", "stream"))
     tail.add_argument(
         "--from-start", action="store_true", help="print the whole stream first, then follow"
     )
@@ -92,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--db",
-        help=f"SQLite database file (STEMTRACE_DB; default ./{DEMO_DB}, apart from the real one)",
+        help=_help("SQLite database file, apart from the real one", "db", DEMO_DB),
     )
     demo.add_argument(
         "--interval",
@@ -100,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"seconds between new flows (STEMTRACE_INTERVAL; default {DEMO_INTERVAL:g})",
     )
-    demo.add_argument("--log-level", choices=LOG_LEVELS, help="logging level (STEMTRACE_LOG_LEVEL)")
+    demo.add_argument("--log-level", choices=LOG_LEVELS, help=_help("logging level", "log_level"))
     _web_options(demo)
     return parser
 
@@ -124,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(environ, **overrides)
         interval = _demo_interval(args.interval) if args.command == "demo" else 0.0
+    except SettingError as exc:
+        if exc.source is None and getattr(args, exc.name, None) is not None:
+            parser.error(f"argument --{exc.name.replace('_', '-')}: {exc.problem}")
+        parser.error(str(exc))
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(
@@ -162,7 +191,8 @@ def _demo_interval(flag: float | None) -> float:
         raw = os.environ.get("STEMTRACE_INTERVAL")
         interval = DEMO_INTERVAL if raw is None else parse_env("STEMTRACE_INTERVAL", raw, "float")
     if not (math.isfinite(interval) and interval > 0):
-        raise ValueError(f"interval must be a positive number of seconds, not {interval}")
+        problem = f"must be a positive number of seconds, not {interval:g}"
+        raise SettingError("interval", problem, None if flag is not None else "STEMTRACE_INTERVAL")
     return interval
 
 
@@ -273,6 +303,10 @@ def tail(broker: str, stream: str, from_start: bool) -> int:
                     for error in decoded.errors:
                         print(f"skipped in entry {entry_id!r}: {error}", file=sys.stderr)
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # the reader has had enough (`stemtrace tail | head`)
+        # Python flushes stdout once more at exit: point it at nothing, as its docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
         client.close()

@@ -16,6 +16,17 @@ from stemtrace.store.schema import DEFAULT_DB
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
+class SettingError(ValueError):
+    """One setting out of range: ``name`` is the field, so that the error can name the
+    flag or the ``STEMTRACE_*`` variable it came from instead (``source``)."""
+
+    def __init__(self, name: str, problem: str, source: str | None = None) -> None:
+        super().__init__(f"{source or name} {problem}")
+        self.name = name
+        self.problem = problem
+        self.source = source
+
+
 @dataclass(frozen=True)
 class Settings:
     """What ``stemtrace run`` and ``stemtrace consume`` do; each field is ``STEMTRACE_<NAME>``."""
@@ -53,19 +64,21 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not self.broker or "://" not in self.broker:
-            raise ValueError(
-                f"broker must be a URL such as redis://host:6379/0, not {self.broker!r}"
+            raise SettingError(
+                "broker", f"must be a URL such as redis://host:6379/0, not {self.broker!r}"
             )
         if not self.stream:
-            raise ValueError("stream must not be empty")
+            raise SettingError("stream", "must not be empty")
         if not 0 < self.port < 65536:
-            raise ValueError(f"port must be between 1 and 65535, not {self.port}")
+            raise SettingError("port", f"must be between 1 and 65535, not {self.port}")
         if self.retention_days is not None and self.retention_days < 0:
-            raise ValueError("retention_days must not be negative")
+            raise SettingError(
+                "retention_days", f"must not be negative, not {self.retention_days:g}"
+            )
         if self.max_tasks is not None and self.max_tasks < 0:
-            raise ValueError("max_tasks must not be negative")
+            raise SettingError("max_tasks", f"must not be negative, not {self.max_tasks}")
         if self.log_level not in LOG_LEVELS:
-            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+            raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         if bool(self.auth_user) != bool(self.auth_password):
             raise ValueError("auth_user and auth_password go together: set both or neither")
 
@@ -100,15 +113,24 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then ``STEMTRACE_*`` variables, then ``overrides`` (not ``None``)."""
+        """Defaults, then ``STEMTRACE_*`` variables, then ``overrides`` (not ``None``).
+
+        A value out of range that came from a variable is reported under its name.
+        """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for spec in fields(cls):
             name = f"STEMTRACE_{spec.name.upper()}"
             if name in environ:
                 values[spec.name] = parse_env(name, environ[name], str(spec.type))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
+        try:
+            return cls(**values)
+        except SettingError as exc:
+            if exc.name in given or exc.name not in values:
+                raise
+            raise SettingError(exc.name, exc.problem, f"STEMTRACE_{exc.name.upper()}") from None
 
 
 def is_loopback(host: str) -> bool:

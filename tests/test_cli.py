@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,9 @@ import redis
 from stemtrace import __version__
 from stemtrace.events import encode_frame
 from stemtrace.transports.redis import FRAME_FIELD
-from tests.support import Scenario, free_port, stop_process, wait_for
+from tests.support import ROOT, Scenario, free_port, stop_process, wait_for
+
+README = (ROOT / "README.md").read_text()
 
 
 def stemtrace(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -62,9 +65,25 @@ def test_version() -> None:
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["run", "--port", "70000"], {}, "port must be between 1 and 65535"),
-        (["run", "--broker", "localhost"], {}, "broker must be a URL"),
+        (["run", "--port", "70000"], {}, "argument --port: must be between 1 and 65535"),
+        (["run", "--broker", "localhost"], {}, "argument --broker: must be a URL"),
         (["run"], {"STEMTRACE_RETENTION_DAYS": "a week"}, "STEMTRACE_RETENTION_DAYS='a week'"),
+        (["run"], {"STEMTRACE_PORT": "abc"}, "error: STEMTRACE_PORT='abc' is invalid"),
+        (
+            ["run", "--retention-days", "-1"],
+            {},
+            "error: argument --retention-days: must not be negative, not -1",
+        ),
+        (
+            ["consume"],
+            {"STEMTRACE_RETENTION_DAYS": "-1"},
+            "error: STEMTRACE_RETENTION_DAYS must not be negative, not -1",
+        ),
+        (
+            ["run", "--max-tasks", "-5"],
+            {"STEMTRACE_MAX_TASKS": "10"},
+            "error: argument --max-tasks: must not be negative, not -5",
+        ),
         (["run", "--max-tasks", "many"], {}, "invalid int value: 'many'"),
         (["consume", "--log-level", "loud"], {}, "invalid choice: 'loud'"),
         ([], {}, "usage: stemtrace"),
@@ -76,6 +95,7 @@ def test_bad_options_stop_with_a_clear_message(
     result = stemtrace(*args, **env)
     assert result.returncode == 2
     assert message in result.stderr + result.stdout
+    assert "stemtrace: stemtrace:" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_server_starts_and_says_so_when_the_broker_is_unreachable(tmp_path: Path) -> None:
@@ -143,3 +163,89 @@ def test_celery_subcommand_takes_the_broker_from_the_app(tmp_path: Path) -> None
         assert health["consumer"]["source"] == "redis://127.0.0.1:6379/9#stemtrace:events"
     finally:
         stop_process(process)
+
+
+def test_tail_into_head_stops_quietly(scenario: Scenario) -> None:
+    """``stemtrace tail | head``: once head has its lines, tail ends without a traceback."""
+    client = redis.Redis.from_url(scenario.broker)
+    now = time.time()
+    for frame in range(10):  # far more than a pipe holds, so tail writes after head is gone
+        events = [
+            {"kind": "succeeded", "eid": f"e{frame}-{n}", "ts": now, "host": "celery@w",
+             "pid": 1, "task_id": f"t{frame}-{n}", "name": "proj.add", "result": "x" * 100}
+            for n in range(200)
+        ]  # fmt: skip
+        client.xadd(scenario.stream, {FRAME_FIELD: encode_frame(events)})
+    client.close()
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "stemtrace.cli", "tail", "--from-start",
+         "--broker", scenario.broker, "--stream", scenario.stream],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert tail.stdout is not None and tail.stderr is not None
+    head = subprocess.run(["head", "-n", "2"], stdin=tail.stdout, capture_output=True, timeout=30)
+    tail.stdout.close()
+    try:
+        assert tail.wait(30) == 0
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+    assert tail.stderr.read() == b""
+    tail.stderr.close()
+    assert [json.loads(line)["eid"] for line in head.stdout.splitlines()] == ["e0-0", "e0-1"]
+
+
+def readme_defaults(section: str) -> dict[str, str]:
+    """Flag -> default, from the table of the README section that opens with ``section``."""
+    text = README.split(section, 1)[1].split("\n## ", 1)[0]
+    found = {}
+    for row in text.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`--") and cells[2].startswith("`"):
+            found[cells[0].strip("`")] = cells[2].strip("`")
+    return found
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """Each option of a ``--help`` text, by its first flag: its whole entry on one line."""
+    entries: dict[str, str] = {}
+    flag = ""
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        elif flag and line.startswith("   "):
+            entries[flag] += " " + line.strip()
+        else:
+            flag = ""
+    return {k: " ".join(v.split()) for k, v in entries.items()}
+
+
+@pytest.mark.parametrize(
+    ("command", "section"),
+    [("run", "## The server: `stemtrace run`"), ("demo", "## The demo: `stemtrace demo`")],
+)
+def test_help_gives_the_defaults_the_readme_lists(command: str, section: str) -> None:
+    defaults = readme_defaults(section)
+    assert len(defaults) >= 2
+    result = stemtrace(command, "--help", COLUMNS="1000")
+    assert result.returncode == 0
+    entries = help_entries(result.stdout)
+    for flag, default in defaults.items():
+        assert f"; default {default})" in entries[flag], (flag, entries[flag])
+
+
+def test_celery_subcommand_help_lists_the_flags_it_passes_on() -> None:
+    env = {**os.environ, "STEMTRACE_TEST_CAPTURE": "0", "COLUMNS": "1000",
+           "PYTHONPATH": str(Path(__file__).parent.parent)}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.proj:app", "stemtrace", "--help"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = help_entries(result.stdout)
+    run_flags = set(help_entries(stemtrace("run", "--help").stdout)) - {"-h"}
+    assert run_flags >= {"--port", "--db", "--retention-days", "--auth-token"}
+    assert set(shown) >= run_flags
+    assert "default 8000" in shown["--port"]
+    assert "default: the app's broker" in shown["--broker"]

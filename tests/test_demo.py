@@ -152,10 +152,23 @@ def test_the_demo_makes_every_kind_of_flow_and_stops_on_ctrl_c(demo: Demo) -> No
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--interval", "0"], {}, "interval must be a positive number of seconds, not 0.0"),
-        (["--interval", "inf"], {}, "interval must be a positive number of seconds, not inf"),
+        (
+            ["--interval", "0"],
+            {},
+            "argument --interval: must be a positive number of seconds, not 0",
+        ),
+        (
+            ["--interval", "inf"],
+            {},
+            "argument --interval: must be a positive number of seconds, not inf",
+        ),
+        (
+            [],
+            {"STEMTRACE_INTERVAL": "-1"},
+            "STEMTRACE_INTERVAL must be a positive number of seconds",
+        ),
         ([], {"STEMTRACE_INTERVAL": "often"}, "STEMTRACE_INTERVAL='often' is invalid"),
-        ([], {"STEMTRACE_PORT": "0"}, "port must be between 1 and 65535"),
+        ([], {"STEMTRACE_PORT": "0"}, "STEMTRACE_PORT must be between 1 and 65535, not 0"),
         (["--host", "0.0.0.0"], {}, "refusing to serve 0.0.0.0 without authentication"),
     ],
 )

@@ -68,7 +68,10 @@ class CaptureConfig:
             if name in options:
                 values[name] = options[name]
             elif env_name in environ and name != "scrubber":
-                values[name] = parse_env(env_name, environ[env_name], str(spec.type))
+                try:
+                    values[name] = parse_env(env_name, environ[env_name], str(spec.type))
+                except ValueError as exc:
+                    raise ValueError(f"stemtrace: {exc}") from None
         config = cls(**values)
         config.check()
         return config
@@ -129,4 +132,4 @@ def parse_env(env_name: str, raw: str, kind: str) -> Any:
             return tuple(part.strip() for part in text.split(",") if part.strip())
         return text
     except ValueError as exc:
-        raise ValueError(f"stemtrace: {env_name}={raw!r} is invalid: {exc}") from None
+        raise ValueError(f"{env_name}={raw!r} is invalid: {exc}") from None
