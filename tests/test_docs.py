@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -68,3 +73,75 @@ def test_every_cli_flag_is_in_the_readme(flag: str) -> None:
                                   "/api/registry", "/api/workers", "/api/health"])  # fmt: skip
 def test_every_api_path_is_in_the_readme(path: str) -> None:
     assert f"`GET {path}`" in README
+
+
+def test_the_readme_says_which_python_it_needs() -> None:
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert required.startswith(">=")
+    assert f"Python {required.removeprefix('>=')} or newer" in README
+
+
+def python_blocks() -> list[tuple[int, str]]:
+    """Each ```python block of the README, with the line it starts on."""
+    return [
+        (README.count("\n", 0, match.start()) + 2, match.group(1))
+        for match in re.finditer(r"^```python\n(.*?)^```$", README, re.S | re.M)
+    ]
+
+
+USER_NAMES = {"reserve", "charge", "notify", "order"}
+# Stand-ins for the reader's own names, and only those: their tasks, their
+# order, their user model and auth dependency (``myapp.auth``). Everything the
+# snippets take from stemtrace, Celery or FastAPI they must import themselves.
+STAND_INS = """
+import sys, types
+from celery import Celery as _Celery
+
+_app = _Celery("yours", broker="memory://", set_as_current=False)
+
+
+def _step(*args):
+    return args
+
+
+reserve, charge, notify = (
+    _app.task(_step, name=f"yours.{name}", shared=False) for name in ("reserve", "charge", "notify")
+)
+
+
+class User:
+    is_staff = True
+
+
+def current_user() -> User:
+    return User()
+
+
+_auth = types.ModuleType("myapp.auth")
+_auth.User, _auth.current_user = User, current_user
+sys.modules["myapp"] = types.ModuleType("myapp")
+sys.modules["myapp.auth"] = _auth
+namespace = {"__name__": "__main__", "reserve": reserve, "charge": charge, "notify": notify,
+             "order": {"id": 42}}
+exec(compile(sys.argv[1], sys.argv[2], "exec"), namespace)
+"""
+
+
+@pytest.mark.parametrize(("line", "code"), python_blocks(), ids=lambda v: str(v)[:30])
+def test_every_python_block_in_the_readme_runs(line: int, code: str, tmp_path: Path) -> None:
+    """In a fresh process and an empty directory (a snippet may create ``stemtrace.db``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEMTRACE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", STAND_INS, code, f"README.md:{line}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # and nothing imported for nothing, nothing used unimported (pyflakes' rules)
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--isolated", "--no-cache", "--select", "F",
+         "--config", f"builtins = {sorted(USER_NAMES)}",
+         "--stdin-filename", f"README_{line}.py", "-"],
+        input=code, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr

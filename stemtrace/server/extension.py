@@ -49,11 +49,14 @@ class StemtraceExtension:
         max_tasks: int | None = None,
         dependencies: Sequence[params.Depends] = (),
         settings: Settings | None = None,
+        include_in_schema: bool = True,
     ) -> None:
         """Keyword arguments win over ``STEMTRACE_*`` variables; ``settings`` replaces both.
 
         ``dependencies`` guard every route (pages, API, live stream, static
-        files): pass the host app's auth here.
+        files): pass the host app's auth here. The API's routes join the host
+        app's OpenAPI document (there is no second one under the prefix);
+        ``include_in_schema=False`` keeps them out of it.
         """
         self.settings = settings or Settings.from_env(
             broker=broker_url,
@@ -73,7 +76,11 @@ class StemtraceExtension:
             self.celery_events = build_celery_events_consumer(self.settings, self.store)
             if self.celery_events is not None:
                 self.celery_events.listeners.append(self.broadcaster.notify)
-        self.router = APIRouter(dependencies=list(dependencies), route_class=SecureRoute)
+        self.router = APIRouter(
+            dependencies=list(dependencies),
+            route_class=SecureRoute,
+            include_in_schema=include_in_schema,
+        )
         self.router.include_router(create_api_router(self.store, self.consumer_status))
         self.router.include_router(create_pages_router(self))
 
