@@ -766,8 +766,12 @@ def test_chain_broken_at_its_second_link_shows_the_rest_as_not_run(api: Api) -> 
     assert flow["root_id"] == STEP[1]
     # The same flow from any captured member.
     assert edge_set(ok(client, f"/api/flows/{STEP[2]}")) == edge_set(flow)
-    # A link that never ran is not a task of its own.
-    assert client.get(f"/api/flows/{STEP[3]}").status_code == 404
+    # A link that never ran opens the same flow, and answers as a planned task.
+    assert edge_set(ok(client, f"/api/flows/{STEP[3]}")) == edge_set(flow)
+    task = ok(client, f"/api/tasks/{STEP[4]}")
+    assert (task["state"], task["name"]) == ("NOT_RUN", "proj.tasks.step4")
+    summary = "link 4 of a chain; not run because proj.tasks.step2 failed"
+    assert task["planned"]["summary"] == summary
 
 
 def test_chain_still_running_shows_the_rest_as_planned(api: Api) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bs4 import BeautifulSoup
 from celery import Celery, chain, chord, group
 from starlette.testclient import TestClient
 
@@ -118,6 +119,74 @@ def test_canvas_shapes_through_the_api(observed: Observed) -> None:
     assert (head, inner["id"]) in edges(flow, "chain")
     assert len(edges(flow, "chord")) == 2
     assert any(target == nested.id for _, target in edges(flow, "chain"))
+
+
+def answered(observed: Observed, url: str, state: str | None = None) -> dict[str, Any]:
+    """The JSON at ``url`` once it answers 200 (and ``state`` is the record's)."""
+
+    def ready() -> dict[str, Any] | None:
+        response = observed.http.get(url)
+        found: dict[str, Any] | None = response.json() if response.status_code == 200 else None
+        return found if found and (state is None or found.get("state") == state) else None
+
+    found: dict[str, Any] = wait_for(ready, timeout=30)
+    return found
+
+
+def test_every_id_celery_handed_out_opens_though_it_never_ran(observed: Observed) -> None:
+    app = observed.app
+    add, fail, slow, tsum = (app.tasks[f"proj.{n}"] for n in ("add", "fail", "slow", "tsum"))
+
+    # A chain of six that breaks at link 2: links 3 to 6 never run, and the
+    # id Celery hands back is link 6's.
+    broken = chain(add.s(1, 1), fail.s(), add.s(3), add.s(4), add.s(5), add.s(6)).apply_async()
+    links, step = [], broken
+    while step is not None:
+        links.insert(0, step.id)
+        step = step.parent
+    assert len(links) == 6 and links[-1] == broken.id
+    observed.flow(links[0], settled=2)
+    for position, link_id in enumerate(links[2:], start=3):
+        task = answered(observed, f"/api/tasks/{link_id}", "NOT_RUN")
+        assert task["name"] == "proj.add"
+        assert task["planned"]["role"] == "chain link"
+        assert task["planned"]["position"] == position
+        assert task["planned"]["blocked_by"]["id"] == links[1]
+        assert task["planned"]["summary"] == (
+            f"link {position} of a chain; not run because proj.fail failed"
+        )
+        assert {n["id"] for n in task["flow"]["nodes"]} >= set(links)
+        flow = answered(observed, f"/api/flows/{link_id}")
+        assert flow["root_id"] == links[0]
+        assert next(n for n in flow["nodes"] if n["id"] == link_id)["state"] == "NOT_RUN"
+    response = observed.http.get(f"/tasks/{broken.id}")
+    assert response.status_code == 200
+    soup = BeautifulSoup(response.text, "html.parser")
+    summary = soup.select_one(".planned-summary")
+    assert summary is not None
+    assert summary.get_text() == "Link 6 of a chain; not run because proj.fail failed."
+    flow_link = soup.select_one("a.flow-link")
+    assert flow_link is not None and flow_link["href"] == f"/flows/{broken.id}"
+    assert soup.select_one("#waiting") is None  # nothing left to wait for
+    assert observed.http.get(f"/flows/{broken.id}").status_code == 200
+
+    # A chord's callback while its members run, and the chord's group id.
+    fanned = chord([slow.s(2.0), slow.s(2.0)], tsum.s()).apply_async()
+    callback = answered(observed, f"/api/tasks/{fanned.id}", "PLANNED")
+    assert callback["planned"]["role"] == "chord callback"
+    assert callback["planned"]["size"] == 2
+    assert callback["planned"]["summary"].startswith(
+        "callback of a chord of 2 tasks; planned, waiting for proj.slow"
+    )
+    page = BeautifulSoup(observed.http.get(f"/tasks/{fanned.id}").text, "html.parser")
+    assert page.select_one("#waiting") is not None  # opens the task once it is sent
+    [header] = [n for n in callback["flow"]["nodes"] if n["kind"] == "chord"]
+    group = answered(observed, f"/api/tasks/{header['group_id']}")
+    assert group["planned"]["role"] == "chord header" and group["planned"]["size"] == 2
+    assert observed.http.get(f"/tasks/{header['group_id']}").status_code == 200
+    assert fanned.get(timeout=30) == 4.0
+    done = observed.task(fanned.id, "SUCCESS")
+    assert "planned" not in done and done["name"] == "proj.tsum"
 
 
 def _members(observed: Observed, callback_id: str) -> list[dict[str, Any]] | None:

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi import Path as PathParam
 
-from stemtrace import __version__, export, flows, states, timeline
+from stemtrace import __version__, export, flows, planned, states, timeline
 from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
 from stemtrace.store.schema import Store
@@ -297,12 +297,43 @@ def _safe_name(task_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:80]
 
 
+def planned_detail(store: Store, task_id: str) -> dict[str, Any]:
+    """An id that never ran (a chain link, a chord callback) or a group's id, in its flow.
+
+    ``state`` is ``NOT_RUN`` or ``PLANNED`` (a group's: its members'); ``planned``
+    says what the id is and what it waits for or what stopped it.
+    """
+    try:
+        graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
+    except HTTPException:
+        raise not_found("task", task_id) from None
+    described = planned.describe(graph, task_id)
+    if described is None:
+        raise not_found("task", task_id)
+    graph["critical_path"] = flows.critical_path(graph, time.time())
+    return {
+        "id": task_id,
+        "name": described["name"],
+        "state": described["state"],
+        "planned": described,
+        "events": [],
+        "phases": [],
+        "durations": {},
+        "attempts": [],
+        "children": [],
+        "flow": graph,
+    }
+
+
 def task_detail(store: Store, task_id: str) -> dict[str, Any]:
-    """Everything about one task, as ``GET /api/tasks/{id}`` returns it."""
+    """Everything about one task, as ``GET /api/tasks/{id}`` returns it.
+
+    For an id stemtrace knows only as planned, see :func:`planned_detail`.
+    """
     conn = store.reader().conn
     task = queries.get_task(conn, task_id)
     if task is None:
-        raise not_found("task", task_id)
+        return planned_detail(store, task_id)
     history = queries.task_events(conn, task_id)
     for field in ("args", "kwargs", "result"):  # seen only through Celery's events
         if task[field] is None:

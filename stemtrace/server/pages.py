@@ -179,6 +179,8 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
             return not_found(
                 request, "task", task_id, ("stemtrace.task", {"task_id": task_id}), task_id
             )
+        if detail.get("planned"):
+            return planned(request, detail)
         if reload := found(request):
             return reload
         context = {"task": detail, "bar": render.timeline_bar(detail["phases"])}
@@ -187,6 +189,18 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         )
         name = "_task.html" if partial else "task.html"
         return page(request, name, context)
+
+    def planned(request: Request, detail: dict[str, Any]) -> Response:
+        """An id that has not run, or a group's: what it is, and a way to its flow.
+
+        A ``PLANNED`` page watches like the 404 does, and reloads once the
+        task is sent or can no longer run.
+        """
+        if _is_waiting_poll(request):
+            if detail["state"] == states.PLANNED:
+                return Response(status_code=204)
+            return Response(status_code=200, headers={"HX-Refresh": "true"})
+        return page(request, "planned.html", {"task": detail})
 
     @router.get("/flows/{task_id:path}", name="stemtrace.flow")
     def flow(request: Request, task_id: Annotated[str, render.PathId]) -> Response:

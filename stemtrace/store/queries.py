@@ -304,10 +304,17 @@ def flow_rows(
 ) -> list[dict[str, Any]] | None:
     """Every task in the flow containing ``task_id`` (or the group ``task_id``).
 
+    ``task_id`` may also be an id that some task named in advance without it
+    running (yet): a chain link, a chord callback (see :func:`named_by`).
+
     Follows root ids, group ids, parents and chord callbacks until nothing new
     turns up. ``None`` when nothing is known of ``task_id``.
     """
-    seeds = _fetch(conn, "id", [task_id]) or _fetch(conn, "group_id", [task_id])
+    seeds = (
+        _fetch(conn, "id", [task_id])
+        or _fetch(conn, "group_id", [task_id])
+        or _fetch(conn, "id", [named_by(conn, task_id) or ""])
+    )
     if not seeds:
         return None
     found: dict[str, dict[str, Any]] = {row["id"]: row for row in seeds}
@@ -333,6 +340,19 @@ def flow_rows(
                 found[row["id"]] = row
                 fresh.append(row)
     return list(found.values())
+
+
+def named_by(conn: sqlite3.Connection, task_id: str) -> str | None:
+    """The id of the first task that named ``task_id`` as a chain link or chord callback.
+
+    Through the ``planned`` table (its primary key), never a scan of ``chain``.
+    """
+    row = conn.execute(
+        "SELECT tasks.id FROM planned JOIN tasks ON tasks.rowid = planned.task_rowid"
+        " WHERE planned.id = ?",
+        (task_id,),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _fetch_new(

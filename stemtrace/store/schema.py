@@ -16,12 +16,16 @@ Tables:
 * ``registry`` - task definitions announced by workers.
 * ``cursors`` - how far each consumer has read each source, written in the
   same transaction as the events it covers.
+* ``planned`` - every id a row names in advance (chain links, chord
+  callbacks) and the first row that named it, kept by triggers: how an id
+  that never ran is found.
 * ``task_search`` (FTS5, trigrams), ``task_search_state`` and
   ``task_search_pending`` - the text index behind ``q``, see
   :mod:`stemtrace.store.search`.
 
 Flow edges are not a table: they follow from ``parent_id``, ``group_id``,
-``chord_id`` and the planned ``chain`` of each row, all indexed, and are
+``chord_id`` and the planned ``chain`` of each row, all indexed (the last two
+through ``planned``), and are
 rebuilt per flow by :mod:`stemtrace.flows`.
 
 Writes go through one connection owned by the consumer's writer thread; reads
@@ -357,6 +361,67 @@ def m007_history_by_task(db: Database) -> None:
 def m009_registry_retry_policy(db: Database) -> None:
     """The retry policy Celery applies (``retry_kwargs``, backoff, jitter), as JSON."""
     db.execute("ALTER TABLE registry ADD COLUMN retry_policy TEXT")
+
+
+# The ids a row names in advance: its chain links (``chain``, a JSON array of
+# links) and its chord callback. SQL over ``:row``, the row as NEW or OLD.
+_NAMED_IDS = """
+    SELECT id FROM (
+        SELECT CASE WHEN type = 'object' THEN value ->> '$.id' END AS id
+        FROM json_each(CASE WHEN json_valid(:row.chain) THEN :row.chain END)
+    ) WHERE id IS NOT NULL
+    UNION ALL SELECT :row.chord_id WHERE :row.chord_id IS NOT NULL
+"""
+
+
+@migrations()
+def m010_planned_ids(db: Database) -> None:
+    """``planned``: each id a task row names in advance, and the first row that named it.
+
+    A chain link after a failure, a chord callback before it runs: no row has
+    their id, and the id Celery hands back for a chain is its last link's.
+    Looking one up must not read every row's ``chain``, so triggers keep this
+    table (one entry per planned id, not per row; nothing for most tasks,
+    which name none) as rows are written and deleted, whoever writes them.
+    """
+    named = {row: _NAMED_IDS.replace(":row", row) for row in ("NEW", "OLD")}
+    # Not INSERT OR IGNORE: the writer's upsert (ON CONFLICT DO UPDATE) would
+    # override a trigger's conflict clause, and a duplicate abort its batch.
+    remember = f"""INSERT INTO planned (id, task_rowid)
+                SELECT id, NEW.rowid FROM ({named["NEW"]}) AS named
+                WHERE NOT EXISTS (SELECT 1 FROM planned WHERE planned.id = named.id)
+                GROUP BY id;"""
+    db.executescript(
+        f"""
+        CREATE TABLE planned (
+            id TEXT PRIMARY KEY,
+            task_rowid INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        INSERT OR IGNORE INTO planned (id, task_rowid)
+            SELECT id, rowid FROM (
+                SELECT CASE WHEN link.type = 'object' THEN link.value ->> '$.id' END AS id,
+                    tasks.rowid AS rowid
+                FROM tasks,
+                    json_each(CASE WHEN json_valid(tasks.chain) THEN tasks.chain END) AS link
+                WHERE tasks.chain IS NOT NULL
+                UNION ALL
+                SELECT chord_id, rowid FROM tasks WHERE chord_id IS NOT NULL
+            ) WHERE id IS NOT NULL ORDER BY rowid;
+        CREATE TRIGGER tasks_planned_insert AFTER INSERT ON tasks
+        WHEN NEW.chain IS NOT NULL OR NEW.chord_id IS NOT NULL BEGIN
+            {remember}
+        END;
+        CREATE TRIGGER tasks_planned_update AFTER UPDATE OF chain, chord_id ON tasks
+        WHEN NEW.chain IS NOT OLD.chain OR NEW.chord_id IS NOT OLD.chord_id BEGIN
+            {remember}
+        END;
+        CREATE TRIGGER tasks_planned_delete AFTER DELETE ON tasks
+        WHEN OLD.chain IS NOT NULL OR OLD.chord_id IS NOT NULL BEGIN
+            DELETE FROM planned
+            WHERE task_rowid = OLD.rowid AND id IN (SELECT id FROM ({named["OLD"]}));
+        END;
+        """
+    )
 
 
 class Store:
