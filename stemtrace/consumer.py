@@ -4,7 +4,11 @@ One thread reads frames, decodes and validates them, and writes each batch
 together with the cursor that covers it in one transaction: a restarted
 consumer resumes exactly where it stopped, and several servers can each read
 the whole stream into their own store. Malformed frames and events are
-skipped and counted, with the last reasons kept for ``/api/health``. When the
+skipped and counted in the same transaction as the batch (by reason, with the
+last raw samples: ``/status`` and ``/api/health`` show them). An event that
+cannot be stored costs that event only: the batch is written again one event
+at a time and the bad one skipped; a failure of the database itself (locked,
+disk full) leaves the cursor where it was and the batch is read again. When the
 broker cannot be reached the consumer says so once, reports it in its status
 and keeps retrying. Retention pruning runs in the same thread, between
 batches, a bounded slice at a time, so it never stalls ingestion for long.
@@ -25,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stemtrace.capture.publisher import describe_url
-from stemtrace.events import FrameError, decode_frame
+from stemtrace.events import Event, FrameError, decode_frame
 from stemtrace.settings import Settings
-from stemtrace.store.ingest import Ingestor
+from stemtrace.store.ingest import Ingestor, IngestResult, Skip, is_transient
 from stemtrace.store.retention import Retention
 from stemtrace.store.schema import Store
 from stemtrace.store.search import SearchIndexer
@@ -176,42 +180,38 @@ class Consumer:
         return str(row[0]) if row else None
 
     def _write(self, ingestor: Ingestor, entries: list[tuple[str, bytes]]) -> str:
-        batch = []
+        batch: list[Event] = []
+        skipped: list[Skip] = []
+        now = time.time()
         for entry_id, frame in entries:
             try:
-                decoded = decode_frame(frame)
+                decoded = decode_frame(frame, now)
             except FrameError as exc:
-                self._skip(f"entry {entry_id}: {exc}")
+                skipped.append(Skip(str(exc), f"entry {entry_id}", frame))
                 continue
             except Exception as exc:  # a decoder bug must not stall the stream on one entry
                 logger.exception("stemtrace: cannot decode entry %s", entry_id)
-                self._skip(f"entry {entry_id}: cannot be decoded ({type(exc).__name__}: {exc})")
+                reason = f"cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})"
+                skipped.append(Skip(reason, f"entry {entry_id}", frame))
                 continue
             batch.extend(decoded.events)
-            for reason in decoded.errors:
-                self._skip(f"entry {entry_id}: {reason}")
+            skipped.extend(
+                Skip(reason, f"entry {entry_id} event {index}", sample)
+                for index, reason, sample in decoded.rejected
+            )
         position = entries[-1][0]
         cursor = (self.status.source, position)
         try:
-            result = ingestor.ingest(batch, cursor)
-            task_ids, workers = result.task_ids, result.workers
-        except (sqlite3.InterfaceError, sqlite3.DataError, OverflowError, TypeError, ValueError):
-            # A value SQLite cannot bind (an integer over 64 bits, say) made it past
-            # validation: write one event at a time and skip only the bad ones.
-            kept = []
-            task_ids, workers = set(), set()
-            for event in batch:
-                try:
-                    one = ingestor.ingest([event])
-                except (sqlite3.InterfaceError, sqlite3.DataError, OverflowError, TypeError,
-                        ValueError) as exc:  # fmt: skip
-                    self._skip(f"event {event.get('eid')}: cannot be stored ({exc})")
-                    continue
-                kept.append(event)
-                task_ids |= one.task_ids
-                workers |= one.workers
-            ingestor.ingest([], cursor)
-            batch = kept
+            result = ingestor.ingest(batch, cursor, skipped)
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the database's fault, not the events': read the batch again later
+            logger.warning(
+                "stemtrace: a batch cannot be stored (%s: %s); storing its events one by one",
+                type(exc).__name__, str(exc)[:200],
+            )  # fmt: skip
+            result, batch = self._write_one_by_one(ingestor, batch, cursor, skipped)
+        self._count(skipped)
         self.status.ingested += len(batch)
         self.status.batches += 1
         self.status.position = position
@@ -219,18 +219,46 @@ class Consumer:
         if self.listeners and batch:
             for listener in list(self.listeners):
                 try:
-                    listener(task_ids, workers)
+                    listener(result.task_ids, result.workers)
                 except Exception:
                     logger.exception("stemtrace: a consumer listener failed")
         return position
 
-    def _skip(self, reason: str) -> None:
-        self.status.skipped += 1
-        self.status.skip_reasons.append(reason[:500])
-        if self.status.skipped == 1:
-            logger.warning(
-                "stemtrace: skipping malformed input (%s); later ones are counted", reason
-            )
+    def _write_one_by_one(
+        self,
+        ingestor: Ingestor,
+        batch: list[Event],
+        cursor: tuple[str, str],
+        skipped: list[Skip],
+    ) -> tuple[IngestResult, list[Event]]:
+        """Each event on its own: one that cannot be stored costs itself only."""
+        kept = []
+        task_ids: set[str] = set()
+        workers: set[str] = set()
+        for event in batch:
+            try:
+                one = ingestor.ingest([event])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                reason = f"cannot be stored ({type(exc).__name__}: {str(exc)[:200]})"
+                skipped.append(Skip(reason, f"event {str(event.get('eid'))[:80]}", event))
+                continue
+            kept.append(event)
+            task_ids |= one.task_ids
+            workers |= one.workers
+        ingestor.ingest([], cursor, skipped)
+        return IngestResult(task_ids=task_ids, workers=workers), kept
+
+    def _count(self, skipped: list[Skip]) -> None:
+        for skip in skipped:
+            self.status.skipped += 1
+            self.status.skip_reasons.append(f"{skip.where}: {skip.reason}"[:500])
+            if self.status.skipped == 1:
+                logger.warning(
+                    "stemtrace: skipping malformed input (%s: %s); later ones are counted"
+                    " (see /status)", skip.where, skip.reason,
+                )  # fmt: skip
 
     def _on_error(self, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"

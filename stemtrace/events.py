@@ -8,14 +8,16 @@ of failing on it. ``docs/events.md`` documents every field; keep the two in
 step (a test checks that each field below is documented).
 
 This module is the core model: it imports nothing but the standard library
-and :mod:`stemtrace.jsonio` (orjson, exact).
+and :mod:`stemtrace.jsonio` (orjson, exact), :mod:`stemtrace.bounds`.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from stemtrace.bounds import bound, cut_text, finite
 from stemtrace.jsonio import encode as json_encode
 from stemtrace.jsonio import loads as json_loads
 
@@ -127,7 +129,12 @@ class DecodedFrame:
     """The valid events of one frame and the reasons the others were skipped."""
 
     events: list[Event] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    rejected: list[tuple[int, str, object]] = field(default_factory=list)
+    """Per skipped event: its position in the frame, why, and the event as sent."""
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"event {position}: {reason}" for position, reason, _ in self.rejected]
 
 
 def encode_frame(events: list[Event]) -> bytes:
@@ -139,30 +146,38 @@ def encode_frame(events: list[Event]) -> bytes:
     return json_encode({"v": FORMAT_VERSION, "events": events})
 
 
-def decode_frame(data: bytes | str) -> DecodedFrame:
+def decode_frame(data: bytes | str, now: float | None = None) -> DecodedFrame:
     """Decode one frame; invalid events are dropped and explained, not raised.
+
+    Valid events are also bounded (:func:`bound_event`) against ``now``, the
+    time of ingest.
 
     Raises :class:`FrameError` when the frame as a whole is unreadable.
     """
     try:
         obj = json_loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise FrameError(f"frame is not JSON: {exc}") from None
+        raise FrameError(f"frame is not JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise FrameError("frame is not JSON this reader can hold: nested too deep") from None
     if not isinstance(obj, dict):
         raise FrameError("frame is not a JSON object")
     version = obj.get("v")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # not True, not 1.0
         raise FrameError(f"unsupported frame version {version!r} (expected {FORMAT_VERSION})")
     events = obj.get("events")
     if not isinstance(events, list):
         raise FrameError("frame has no 'events' list")
     decoded = DecodedFrame()
+    now = time.time() if now is None else now
     for position, candidate in enumerate(events):
         problem = validate_event(candidate)
         if problem is None:
+            problem = bound_event(candidate, now)
+        if problem is None:
             decoded.events.append(candidate)
         else:
-            decoded.errors.append(f"event {position}: {problem}")
+            decoded.rejected.append((position, problem, candidate))
     return decoded
 
 
@@ -240,3 +255,118 @@ def _is(value: object, types: tuple[type, ...]) -> bool:
     if isinstance(value, bool) and bool not in types:
         return False
     return isinstance(value, types)
+
+
+# -- bounds: what a valid event may hold --------------------------------------
+
+MIN_TS: Final = 946_684_800.0
+"""2000-01-01: no Celery event is older; a smaller ``ts`` is a broken clock or a unit error."""
+MAX_AHEAD: Final = 86_400.0
+"""How far ahead of the time of ingest a ``ts`` may be: a day of clock skew, no more."""
+MAX_ID: Final = 255
+"""Characters of an id (task, parent, group, trace, event, host): the API's path limit."""
+MAX_NAME: Final = 1000
+"""Characters of a name (task, queue, exchange, exception type, version ...)."""
+MAX_TEXT: Final = 65_536
+"""Characters of free text (exception message, traceback, reason): head and tail kept."""
+MAX_LINKS: Final = 10_000
+"""Links in a ``chain``, ``callbacks`` or ``errbacks`` list."""
+_INT64: Final = 2**63
+
+# Which string fields are ids or names: printable, bounded, else the event is skipped.
+ID_FIELDS: Final = ("eid", "task_id", "host", "parent_id", "root_id", "group_id", "chord_id",
+                    "trace_id", "worker")  # fmt: skip
+NAME_FIELDS: Final = ("name", "chord_name", "queue", "exchange", "routing_key",
+                      "exc_type", "sw_ver", "pool", "source", "eta", "expires")  # fmt: skip
+TEXT_FIELDS: Final = ("exc_message", "traceback", "reason")
+VALUE_FIELDS: Final = ("args", "kwargs", "result")
+_OPTIONAL_INTS: Final = ("group_index", "retries", "attempt", "signum", "concurrency", "active",
+                         "processed", "dropped")  # fmt: skip
+
+
+def bound_event(event: Event, now: float) -> str | None:
+    """Hold a type-valid event to the bounds above; why it must be skipped, or ``None``.
+
+    Skipped (the reason returned): a ``ts`` that is not finite or lies outside
+    [:data:`MIN_TS`, ``now`` + :data:`MAX_AHEAD`]; an id or name that is not
+    printable text within its length; a ``pid`` beyond 64 bits; a link list over
+    :data:`MAX_LINKS`. Cut in place, the event kept: args, kwargs, result and the
+    registry (:func:`stemtrace.bounds.bound`), free text (head and tail), queues;
+    an optional number that is not finite or beyond 64 bits becomes ``None``.
+    """
+    ts = event["ts"]
+    if not finite(ts) or not MIN_TS <= ts <= now + MAX_AHEAD:
+        return f"ts {ts!r:.40} is not a time between 2000 and a day after ingest"
+    if not -_INT64 <= event["pid"] < _INT64:
+        return "pid is not a 64-bit integer"
+    get = event.get
+    for name in ID_FIELDS:
+        value = get(name)
+        if value is not None and (len(value) > MAX_ID or not value.isprintable()):
+            return _bad_text(name, value, MAX_ID)
+    for name in NAME_FIELDS:
+        value = get(name)
+        if value is not None and (len(value) > MAX_NAME or not value.isprintable()):
+            return _bad_text(name, value, MAX_NAME)
+    for name in TEXT_FIELDS:
+        value = get(name)
+        if value is not None and len(value) > MAX_TEXT:
+            event[name] = cut_text(value, MAX_TEXT)
+    for name in VALUE_FIELDS:
+        if name in event:
+            value = event[name]
+            if type(value) in (list, dict, str, float):
+                event[name] = bound(value)
+    for name in _LINK_LISTS:
+        links = get(name)
+        if links is not None:
+            problem = _bound_links(name, links)
+            if problem is not None:
+                return problem
+    for name in _OPTIONAL_INTS:
+        value = get(name)
+        if value is not None and not -_INT64 <= value < _INT64:
+            event[name] = None
+    for name in ("runtime", "retry_at", "freq"):
+        value = get(name)
+        if value is not None and not (finite(value) and -1e12 < value < 1e12):
+            event[name] = None
+    if event["kind"] in WORKER_KINDS:
+        _bound_worker_fields(event)
+    return None
+
+
+def _bad_text(name: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        return f"field {name!r} is {len(value):,} characters long (at most {limit:,})"
+    return f"field {name!r} holds control characters ({value[:60]!r})"
+
+
+def _bound_links(name: str, links: list[dict[str, Any]]) -> str | None:
+    if len(links) > MAX_LINKS:
+        return f"field {name!r} holds {len(links):,} links (at most {MAX_LINKS:,})"
+    for link in links:
+        for key, limit in (("id", MAX_ID), ("name", MAX_NAME)):
+            value = link[key]
+            if value is not None and (len(value) > limit or not value.isprintable()):
+                return f"field {name!r} holds a link whose {_bad_text(key, value, limit)}"
+    return None
+
+
+def _bound_worker_fields(event: Event) -> None:
+    queues = event.get("queues")
+    if queues is not None:
+        event["queues"] = [
+            q for q in queues[:MAX_ITEMS_WORKER]
+            if type(q) is str and len(q) <= MAX_NAME and q.isprintable()
+        ]  # fmt: skip
+    tasks = event.get("tasks")
+    if tasks is not None:
+        event["tasks"] = bound(tasks, max_depth=4, max_items=10_000, max_size=16 * 2**20)
+    loadavg = event.get("loadavg")
+    if loadavg is not None and not (len(loadavg) <= 3 and all(map(finite, loadavg))):
+        event["loadavg"] = []
+
+
+MAX_ITEMS_WORKER: Final = 1000
+"""Queues a worker may name."""

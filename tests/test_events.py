@@ -12,7 +12,7 @@ def task_event(**changes: Any) -> dict[str, Any]:
     event = {
         "kind": "started",
         "eid": "e1",
-        "ts": 1.5,
+        "ts": 1_732_900_000.5,
         "host": "h",
         "pid": 7,
         "task_id": "t1",
@@ -72,7 +72,7 @@ def test_unknown_fields_are_kept_for_forward_compatibility() -> None:
 
 
 def test_a_remembered_shape_still_gets_its_value_and_kind_checks() -> None:
-    worker = {"kind": "worker_heartbeat", "eid": "w", "ts": 1.0, "host": "h", "pid": 1}
+    worker = {"kind": "worker_heartbeat", "eid": "w", "ts": 1_732_900_000.0, "host": "h", "pid": 1}
     assert ev.validate_event(worker) is None
     assert ev.validate_event({**worker, "kind": "sent"}) == "missing field 'task_id'"
     assert ev.validate_event(task_event(chain=[{"id": "a", "name": "x"}])) is None

@@ -16,6 +16,8 @@ Tables:
 * ``registry`` - task definitions announced by workers.
 * ``cursors`` - how far each consumer has read each source, written in the
   same transaction as the events it covers.
+* ``skipped`` and ``skipped_samples`` - input the consumer left out: counts by
+  reason, and the newest raw samples (truncated), written with the batch.
 * ``planned`` - every id a row names in advance (chain links, chord
   callbacks) and the first row that named it, kept by triggers: how an id
   that never ran is found.
@@ -353,6 +355,29 @@ def m007_history_by_task(db: Database) -> None:
             GROUP BY e.task_id;
         DROP TABLE events;
         CREATE INDEX history_task ON history (task_rowid);
+        """
+    )
+
+
+@migrations()
+def m008_skipped(db: Database) -> None:
+    """Skipped input, lasting: counts by reason, and the newest raw samples."""
+    db.executescript(
+        """
+        CREATE TABLE skipped (
+            reason TEXT PRIMARY KEY,
+            count INTEGER NOT NULL,
+            first_at REAL NOT NULL,
+            last_at REAL NOT NULL
+        );
+        CREATE TABLE skipped_samples (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            source TEXT NOT NULL,
+            place TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            sample TEXT NOT NULL
+        );
         """
     )
 
