@@ -99,7 +99,8 @@ def test_backoff_true_is_a_factor_of_one_with_jitter_by_default(app: Celery) -> 
 
     policy = entry(app, "reg.jitter")["retry_policy"]
     assert (policy["backoff"], policy["backoff_max"], policy["jitter"]) == (1, 600, True)
-    assert all(0 <= c["countdown"] <= 1 for c in celery_retries(jitter, 2))
+    # full jitter: each countdown drawn between 0 and factor * 2 ** retries
+    assert all(0 <= c["countdown"] <= 2**n for n, c in enumerate(celery_retries(jitter, 3)))
     assert (
         render.retry_policy(policy)[0]
         == "no limit, backoff 1 s, 2 s, 4 s, …, at most 600 s, jittered"
@@ -115,6 +116,15 @@ def test_without_autoretry_retry_kwargs_do_not_apply(app: Celery) -> None:
     policy = entry(app, "reg.manual")["retry_policy"]
     assert (policy["max_retries"], policy["countdown"], policy["autoretry_for"]) == (2, 0.5, [])
     assert render.retry_policy(policy) == ("max 2, every 0.5 s", "")
+
+
+def test_an_odd_retry_kwargs_does_not_lose_the_entry(app: Celery) -> None:
+    @app.task(shared=False, name="reg.odd", autoretry_for=(KeyError,), retry_kwargs=["countdown"])
+    def odd() -> None:
+        pass
+
+    policy = entry(app, "reg.odd")["retry_policy"]
+    assert (policy["max_retries"], policy["countdown"]) == (3, 180)
 
 
 def test_defaults_of_secret_parameters_are_scrubbed(app: Celery) -> None:

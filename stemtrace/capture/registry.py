@@ -7,6 +7,7 @@ like args are: defaults of secret-looking parameters never appear in it.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from stemtrace.capture.payload import Shaper
@@ -73,7 +74,9 @@ def retry_policy(task: Any) -> dict[str, Any]:
     backoff_max: int | None = None
     jitter: bool | None = None
     if autoretry_for:
-        retry_kwargs = getattr(task, "retry_kwargs", None) or {}
+        retry_kwargs = getattr(task, "retry_kwargs", None)
+        if not isinstance(retry_kwargs, Mapping):  # one odd task must not lose the registry
+            retry_kwargs = {}
         if retry_kwargs.get("max_retries") is not None:
             max_retries = retry_kwargs["max_retries"]
         if retry_kwargs.get("countdown") is not None:
