@@ -23,10 +23,19 @@ import reprlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-MARKER: Final = "__stemtrace__"
+from stemtrace.bounds import MARKER, MORE_KEY
+
+__all__ = [
+    "DEFAULT_SECRET_KEYS",
+    "MARKER",
+    "MORE_KEY",
+    "SCRUBBED",
+    "Scrubber",
+    "SecretKeys",
+    "Shaper",
+]
+
 SCRUBBED: Final[dict[str, str]] = {MARKER: "scrubbed"}
-MORE_KEY: Final = "__stemtrace_more__"
-"""The key under which a cut mapping says how many entries were left out."""
 
 DEFAULT_SECRET_KEYS: Final = (
     "password",

@@ -15,7 +15,7 @@ from fastapi import Path
 from markupsafe import Markup
 
 from stemtrace import states
-from stemtrace.capture.payload import MARKER, MORE_KEY
+from stemtrace.bounds import MARKER, MORE_KEY
 
 PathId = Path(min_length=1, max_length=255)
 
