@@ -12,6 +12,7 @@ from sqlite_utils import Database
 
 from stemtrace import flows, planned
 from stemtrace.store import Store, queries
+from stemtrace.store import planned as store_planned
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
 from stemtrace.store.schema import m010_planned_ids
@@ -51,8 +52,9 @@ def broken_chain() -> list[dict[str, Any]]:
 def test_every_link_of_a_chain_is_found_by_its_id(store: Store) -> None:
     Ingestor(store.writer()).ingest(broken_chain())
     conn = store.reader().conn
-    assert {link: queries.named_by(conn, link) for link in "cdef"} == dict.fromkeys("cdef", "a")
-    assert queries.named_by(conn, "a") is None
+    named = {link: store_planned.named_by(conn, link) for link in "cdef"}
+    assert named == dict.fromkeys("cdef", "a")
+    assert store_planned.named_by(conn, "a") is None
     for link in "cdef":
         rows = queries.flow_rows(conn, link)
         assert rows is not None and {r["id"] for r in rows} == {"a", "b"}
@@ -76,7 +78,7 @@ def test_a_chord_callback_is_found_before_it_runs(store: Store) -> None:
                for i in range(3)]  # fmt: skip
     Ingestor(store.writer()).ingest(members)
     conn = store.reader().conn
-    assert queries.named_by(conn, "cb") == "m0"  # the first that named it
+    assert store_planned.named_by(conn, "cb") == "m0"  # the first that named it
     rows = queries.flow_rows(conn, "cb")
     assert rows is not None and {r["id"] for r in rows} == {"m0", "m1", "m2"}
     described = planned.describe(flows.build_flow(rows), "cb")
@@ -100,8 +102,7 @@ def test_the_migration_fills_the_table_from_the_rows_already_stored(store: Store
     Ingestor(store.writer()).ingest(broken_chain())
     writer = store.writer()
     writer.executescript(
-        "DROP TRIGGER tasks_planned_insert; DROP TRIGGER tasks_planned_update;"
-        " DROP TRIGGER tasks_planned_delete; DROP TABLE planned;"
+        "DROP TRIGGER tasks_planned_delete; DROP TABLE planned;"
         " UPDATE tasks SET chain = 'not json' WHERE id = 'b';"
     )
     m010_planned_ids(Database(writer))
@@ -112,13 +113,9 @@ def test_the_migration_fills_the_table_from_the_rows_already_stored(store: Store
 
 def test_odd_chains_never_stop_a_write(store: Store) -> None:
     writer = store.writer()
-    for chain in ("not json", '"a string"', '[1, "x", {"name": "no id"}, {"id": "ok"}]', "{}"):
-        writer.execute(
-            "INSERT INTO tasks (id, state, state_attempt, state_rank, state_ts, chain, seen_at,"
-            " updated_at) VALUES (?, 'PENDING', 0, 0, 0, ?, 0, 0)",
-            (uuid.uuid4().hex, chain),
-        )
-    assert writer.execute("SELECT id FROM planned").fetchall() == [("ok",)]
+    odd = ("not json", '"a string"', '[1, "x", {"name": "no id"}, {"id": 5}, {"id": "ok"}]', "{}")
+    store_planned.remember(writer, [(rowid, chain, None) for rowid, chain in enumerate(odd)])
+    assert writer.execute("SELECT id, task_rowid FROM planned").fetchall() == [("ok", 2)]
 
 
 def test_a_chain_link_says_which_it_is_and_what_stopped_it(store: Store) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from stemtrace import events as ev
 from stemtrace import jsonio, states
 from stemtrace.bounds import bound
-from stemtrace.store import search
+from stemtrace.store import planned, search
 from stemtrace.store.schema import CELERY_ROW_FIELDS, HISTORY_COLUMNS, HISTORY_RECORD, ROW_FIELDS
 
 _dumps = jsonio.dumps
@@ -272,6 +272,7 @@ _RETRIES = _COL["retries"]
 _UPDATED = _COL["updated_at"]
 _SOURCES = _COL["sources"]
 _RANK = _COL["detail_rank"]
+_CHAIN, _CHORD = _COL["chain"], _COL["chord_id"]
 
 SOURCE_CAPTURE = 1
 SOURCE_CELERY = 2
@@ -397,6 +398,11 @@ class Ingestor:
                     [(rowids[tid], _dumps(records)) for tid, (_, records) in merged.items()],
                 )
                 search.touched(conn, [row[0] for row in task_rows if _has_text(row)])
+                planned.remember(
+                    conn,
+                    [(rowids[row[0]], row[_CHAIN], row[_CHORD]) for row in task_rows
+                     if row[_CHAIN] is not None or row[_CHORD] is not None],
+                )  # fmt: skip
             for event in worker_events:
                 self._worker_event(event, now)
             if task_rows:

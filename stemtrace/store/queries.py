@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemtrace import states
-from stemtrace.store import search
+from stemtrace.store import planned, search
 from stemtrace.store.schema import HISTORY_COLUMNS, HISTORY_RECORD
 
 LIST_COLUMNS = (
@@ -305,7 +305,7 @@ def flow_rows(
     """Every task in the flow containing ``task_id`` (or the group ``task_id``).
 
     ``task_id`` may also be an id that some task named in advance without it
-    running (yet): a chain link, a chord callback (see :func:`named_by`).
+    running (yet): a chain link, a chord callback (see :mod:`stemtrace.store.planned`).
 
     Follows root ids, group ids, parents and chord callbacks until nothing new
     turns up. ``None`` when nothing is known of ``task_id``.
@@ -313,7 +313,7 @@ def flow_rows(
     seeds = (
         _fetch(conn, "id", [task_id])
         or _fetch(conn, "group_id", [task_id])
-        or _fetch(conn, "id", [named_by(conn, task_id) or ""])
+        or _fetch(conn, "id", [planned.named_by(conn, task_id) or ""])
     )
     if not seeds:
         return None
@@ -340,19 +340,6 @@ def flow_rows(
                 found[row["id"]] = row
                 fresh.append(row)
     return list(found.values())
-
-
-def named_by(conn: sqlite3.Connection, task_id: str) -> str | None:
-    """The id of the first task that named ``task_id`` as a chain link or chord callback.
-
-    Through the ``planned`` table (its primary key), never a scan of ``chain``.
-    """
-    row = conn.execute(
-        "SELECT tasks.id FROM planned JOIN tasks ON tasks.rowid = planned.task_rowid"
-        " WHERE planned.id = ?",
-        (task_id,),
-    ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def _fetch_new(

@@ -19,8 +19,8 @@ Tables:
 * ``skipped`` and ``skipped_samples`` - input the consumer left out: counts by
   reason, and the newest raw samples (truncated), written with the batch.
 * ``planned`` - every id a row names in advance (chain links, chord
-  callbacks) and the first row that named it, kept by triggers: how an id
-  that never ran is found.
+  callbacks) and the first row that named it: how an id that never ran is
+  found, see :mod:`stemtrace.store.planned`.
 * ``task_search`` (FTS5, trigrams), ``task_search_state`` and
   ``task_search_pending`` - the text index behind ``q``, see
   :mod:`stemtrace.store.search`.
@@ -388,34 +388,25 @@ def m009_registry_retry_policy(db: Database) -> None:
     db.execute("ALTER TABLE registry ADD COLUMN retry_policy TEXT")
 
 
-# The ids a row names in advance: its chain links (``chain``, a JSON array of
-# links) and its chord callback. SQL over ``:row``, the row as NEW or OLD.
-_NAMED_IDS = """
-    SELECT id FROM (
-        SELECT CASE WHEN type = 'object' THEN value ->> '$.id' END AS id
-        FROM json_each(CASE WHEN json_valid(:row.chain) THEN :row.chain END)
-    ) WHERE id IS NOT NULL
-    UNION ALL SELECT :row.chord_id WHERE :row.chord_id IS NOT NULL
-"""
-
-
 @migrations()
 def m010_planned_ids(db: Database) -> None:
     """``planned``: each id a task row names in advance, and the first row that named it.
 
     A chain link after a failure, a chord callback before it runs: no row has
     their id, and the id Celery hands back for a chain is its last link's.
-    Looking one up must not read every row's ``chain``, so triggers keep this
-    table (one entry per planned id, not per row; nothing for most tasks,
-    which name none) as rows are written and deleted, whoever writes them.
+    Looking one up must not read every row's ``chain``: the writer records
+    them here (:mod:`stemtrace.store.planned`), one entry per planned id and
+    nothing for the many tasks that name none. A trigger forgets a deleted
+    row's entries. (Triggers on insert and update would keep the table too,
+    but any such trigger halved the writer's upserts, chains or not.)
     """
-    named = {row: _NAMED_IDS.replace(":row", row) for row in ("NEW", "OLD")}
-    # Not INSERT OR IGNORE: the writer's upsert (ON CONFLICT DO UPDATE) would
-    # override a trigger's conflict clause, and a duplicate abort its batch.
-    remember = f"""INSERT INTO planned (id, task_rowid)
-                SELECT id, NEW.rowid FROM ({named["NEW"]}) AS named
-                WHERE NOT EXISTS (SELECT 1 FROM planned WHERE planned.id = named.id)
-                GROUP BY id;"""
+    named = """
+        SELECT id FROM (
+            SELECT CASE WHEN type = 'object' THEN value ->> '$.id' END AS id
+            FROM json_each(CASE WHEN json_valid(OLD.chain) THEN OLD.chain END)
+        ) WHERE id IS NOT NULL
+        UNION ALL SELECT OLD.chord_id WHERE OLD.chord_id IS NOT NULL
+    """
     db.executescript(
         f"""
         CREATE TABLE planned (
@@ -432,18 +423,9 @@ def m010_planned_ids(db: Database) -> None:
                 UNION ALL
                 SELECT chord_id, rowid FROM tasks WHERE chord_id IS NOT NULL
             ) WHERE id IS NOT NULL ORDER BY rowid;
-        CREATE TRIGGER tasks_planned_insert AFTER INSERT ON tasks
-        WHEN NEW.chain IS NOT NULL OR NEW.chord_id IS NOT NULL BEGIN
-            {remember}
-        END;
-        CREATE TRIGGER tasks_planned_update AFTER UPDATE OF chain, chord_id ON tasks
-        WHEN NEW.chain IS NOT OLD.chain OR NEW.chord_id IS NOT OLD.chord_id BEGIN
-            {remember}
-        END;
         CREATE TRIGGER tasks_planned_delete AFTER DELETE ON tasks
         WHEN OLD.chain IS NOT NULL OR OLD.chord_id IS NOT NULL BEGIN
-            DELETE FROM planned
-            WHERE task_rowid = OLD.rowid AND id IN (SELECT id FROM ({named["OLD"]}));
+            DELETE FROM planned WHERE task_rowid = OLD.rowid AND id IN ({named});
         END;
         """
     )
