@@ -53,7 +53,11 @@ def test_each_module_imports_only_the_layers_below(path: Path) -> None:
         if imported.startswith("stemtrace."):
             assert any(imported.startswith(ok) for ok in ALLOWED[layer]), (name, imported)
         assert not imported.startswith(WEB_AND_STORE), (name, imported)
-    if layer in ("stemtrace.events", "stemtrace.jsonio", "stemtrace.bounds"):  # the core: stdlib and orjson only
+    if layer in (
+        "stemtrace.events",
+        "stemtrace.jsonio",
+        "stemtrace.bounds",
+    ):  # the core: stdlib and orjson only
         assert all(
             i.split(".")[0] in sys.stdlib_module_names
             or i in ("__future__", "orjson")
