@@ -1421,6 +1421,7 @@ API_PATHS = {
     "/api/flows/{task_id}/graph.svg",
     "/api/groups/{group_id}/members",
     "/api/traces/{trace_id}",
+    "/api/traces/{trace_id}/graph",
     "/api/registry",
     "/api/workers",
     "/api/health",

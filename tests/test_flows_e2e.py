@@ -258,8 +258,42 @@ def test_retries_spawned_children_and_a_trace(observed: Observed) -> None:
         return found if response.status_code == 200 and found["count"] == 6 else None
 
     trace = wait_for(whole_trace, timeout=30)
-    assert set(trace["roots"]) == {retried.id, spawner.id, *(r.id for r in fanned.results)}
+    # A group's members carry their own root ids, yet are one flow of the trace.
+    assert set(trace["roots"]) == {retried.id, spawner.id, fanned.id}
+    assert sorted(len(f["tasks"]) for f in trace["flows"]) == [1, 2, 3]
     assert trace["failures"] == 0
+    soup = BeautifulSoup(observed.http.get("/traces/order-17").text, "html.parser")
+    summary = soup.select_one(".trace-summary")
+    assert summary is not None and summary.get_text().startswith("6 tasks in 3 flows.")
+    headings = [" ".join(h.get_text().split()) for h in soup.select("section.trace-group h2")]
+    assert sum("· 1 task ·" in h for h in headings) == 1  # the retried one; not "1 tasks"
+    assert any(h.startswith("✓ success group proj.add x 2") for h in headings), headings
+
+    # A chord of five in a trace of its own: one flow of six tasks, drawn under the trace.
+    with stemtrace.trace("order-18"):
+        voted = chord([app.tasks["proj.add"].s(i, i) for i in range(5)], app.tasks["proj.tsum"].s())
+        voted = voted.apply_async()
+    assert voted.get(timeout=30) == 20
+
+    def chord_trace() -> dict[str, Any] | None:
+        response = observed.http.get("/api/traces/order-18")
+        found: dict[str, Any] = response.json()
+        return found if response.status_code == 200 and found["count"] == 6 else None
+
+    trace = wait_for(chord_trace, timeout=30)
+    [flow] = trace["flows"]
+    assert len(flow["tasks"]) == 6 and flow["id"] != voted.id  # the chord's group id
+    graph = observed.http.get("/api/traces/order-18/graph").json()
+    [top] = [n for n in graph["nodes"] if n["kind"] == "trace"]
+    assert graph["root_id"] == top["id"] and top["size"] == 6
+    assert [e for e in graph["edges"] if e["kind"] == "trace"] == [
+        {"source": top["id"], "target": flow["root_id"], "kind": "trace"}
+    ]
+    soup = BeautifulSoup(observed.http.get("/traces/order-18").text, "html.parser")
+    summary = soup.select_one(".trace-summary")
+    assert summary is not None and summary.get_text().startswith("6 tasks in 1 flow.")
+    assert len(soup.select("section.trace-group")) == 1
+    assert len(soup.select(".waterfall g.wf-row")) == 6  # one waterfall over the whole trace
 
     listed = observed.http.get("/api/tasks", params={"trace_id": "order-17", "limit": 100})
     assert len(listed.json()["tasks"]) == 6

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import shutil
 import time
 import warnings
@@ -707,20 +708,27 @@ def test_trace_groups_by_root_failures_first_with_wall_time(site: Site) -> None:
     )
     soup = page(client, f"/traces/{TRACE}")
     assert text(one(soup, "h1 code")) == TRACE
-    assert "4 tasks from 2 roots" in text(one(soup, "p.muted"))
+    assert text(one(soup, "p.trace-summary")).startswith("4 tasks in 2 flows, 1 failed.")
     first, second = soup.select("section.trace-group")
     assert "has-failures" in first["class"]
     assert "has-failures" not in second["class"]
     assert links(first.h2) == [f"/flows/{CHECKOUT[0]}"]
     assert "3 tasks · 3.20 s wall time · 1 failed" in text(first.h2)
     assert [row_link for tr in first.select("tbody tr") for row_link in links(tr)] == [
-        f"/tasks/{task_id}" for task_id in CHECKOUT[:3]
-    ]
+        f"/tasks/{task_id}" for task_id in (CHECKOUT[1], CHECKOUT[0], CHECKOUT[2])
+    ]  # the failure first
     failed = [tr for tr in first.select("tbody tr") if one(tr, ".badge")["title"] == "FAILURE"]
     assert [text(one(tr, "td.err .exc")) for tr in failed] == ["ValueError"]
     assert links(second.h2) == [f"/flows/{CHECKOUT[3]}"]
-    assert "2.20 s wall time" in text(second.h2)
+    assert "· 1 task · 2.20 s wall time" in text(second.h2)
     assert ADD_OLD not in str(soup)
+    # One graph of both flows under the trace, one waterfall over the whole trace.
+    graph = json.loads(text(one(soup, "script#flow-data")))
+    assert graph["root_id"] == f"trace:{TRACE}"
+    assert {(e["source"], e["target"]) for e in graph["edges"] if e["kind"] == "trace"} == {
+        (f"trace:{TRACE}", CHECKOUT[0]), (f"trace:{TRACE}", CHECKOUT[3]),
+    }  # fmt: skip
+    assert len(soup.select(".waterfall g.wf-row")) == 4
 
 
 def test_trace_still_running_says_so(site: Site) -> None:
@@ -1108,7 +1116,7 @@ def test_no_page_has_inline_script_or_event_handlers(site: Site) -> None:
             "/static/vendor/htmx-ext-sse.min.js",
             "/static/stemtrace.js",
         ]
-        if url.startswith("/flows/"):
+        if url.startswith(("/flows/", "/traces/")):
             expected.append("/static/graph/stemtrace-graph.js")
         assert scripts == expected, url
         assert_no_active_content(soup)

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi import Path as PathParam
 
-from stemtrace import __version__, export, flows, planned, states, timeline
+from stemtrace import __version__, export, flows, planned, states, timeline, traces
 from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
 from stemtrace.store.schema import Store
@@ -215,24 +215,43 @@ def create_api_router(
             raise not_found("group", group_id)
         return {"group_id": group_id, "size": total, "offset": offset, "members": members}
 
-    @router.get("/traces/{trace_id}", summary="Every task of one trace, and its roots")
+    @router.get("/traces/{trace_id}", summary="Every task of one trace, and its flows")
     def get_trace(trace_id: ID) -> dict[str, Any]:
-        tasks = queries.trace_tasks(conn(), trace_id)
-        if not tasks:
-            raise not_found("trace", trace_id)
-        ids = {t["id"] for t in tasks}
-        roots = [t["id"] for t in tasks if not t["parent_id"] or t["parent_id"] not in ids]
-        starts = [t["sent_at"] or t["seen_at"] for t in tasks]
-        ends = [t["finished_at"] for t in tasks if t["finished_at"] is not None]
+        rows, found = load_trace(store, trace_id)
+        ends = [t["finished_at"] for t in rows if t["finished_at"] is not None]
         return {
             "trace_id": trace_id,
-            "roots": roots,
-            "tasks": tasks,
-            "count": len(tasks),
-            "failures": sum(t["state"] in states.BROKEN for t in tasks),
-            "started_at": min(starts),
-            "finished_at": max(ends) if len(ends) == len(tasks) else None,
+            "roots": [f["id"] for f in sorted(found["flows"], key=lambda f: f["started_at"])],
+            "flows": [
+                {
+                    "id": f["id"],
+                    "root_id": f["root"]["id"],
+                    "name": f["root"].get("name"),
+                    "state": f["root"]["state"],
+                    "tasks": [t["id"] for t in f["tasks"]],
+                    "failures": f["failures"],
+                    "started_at": f["started_at"],
+                    "finished_at": f["finished_at"],
+                    "wall_time": f["wall_time"],
+                }
+                for f in found["flows"]
+            ],
+            "tasks": [queries.listed(t) for t in rows],
+            "count": len(rows),
+            "failures": sum(t["state"] in states.BROKEN for t in rows),
+            "started_at": min(t["sent_at"] or t["seen_at"] for t in rows),
+            "finished_at": max(ends) if len(ends) == len(rows) else None,
         }
+
+    @router.get(
+        "/traces/{trace_id}/graph",
+        summary="All the flows of one trace as one graph, under a trace node",
+        name="stemtrace.api.trace_graph",
+    )
+    def get_trace_graph(trace_id: ID) -> dict[str, Any]:
+        graph: dict[str, Any] = load_trace(store, trace_id)[1]["graph"]
+        graph["critical_path"] = flows.critical_path(graph, time.time())
+        return graph
 
     @router.get("/registry", summary="Task definitions with counts, rates and runtimes")
     def get_registry() -> dict[str, Any]:
@@ -274,6 +293,15 @@ def load_flow(
         if rows is None:
             raise not_found("task or group", task_id)
         return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
+
+
+def load_trace(store: Store, trace_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The trace's task rows, and :func:`stemtrace.traces.trace_flows` of them."""
+    with FLOW_SLOTS:
+        rows = queries.trace_rows(store.reader().conn, trace_id)
+        if not rows:
+            raise not_found("trace", trace_id)
+        return rows, traces.trace_flows(trace_id, rows)
 
 
 def flow_and_path(store: Store, task_id: str) -> tuple[dict[str, Any], set[str]]:

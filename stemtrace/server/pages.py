@@ -21,9 +21,16 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from sse_starlette import EventSourceResponse
 
-from stemtrace import __version__, flows, states
+from stemtrace import __version__, flows, states, traces
 from stemtrace.server import render
-from stemtrace.server.api import FLOW_SLOTS, histories, parse_states, parse_time, task_detail
+from stemtrace.server.api import (
+    FLOW_SLOTS,
+    histories,
+    load_trace,
+    parse_states,
+    parse_time,
+    task_detail,
+)
 from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
 
@@ -48,6 +55,7 @@ def create_templates() -> Jinja2Templates:
         duration=render.duration,
         pretty=render.pretty,
         short_id=render.short_id,
+        count=render.count,
         retry_policy=render.retry_policy,
     )
     env.globals.update(
@@ -233,13 +241,30 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
 
     @router.get("/traces/{trace_id:path}", name="stemtrace.trace")
     def trace(request: Request, trace_id: Annotated[str, render.PathId]) -> Response:
-        tasks = queries.trace_tasks(store.reader().conn, trace_id)
-        if not tasks:
+        """What one request set off, end to end: its flows as one graph, one waterfall."""
+        try:
+            rows, traced = load_trace(store, trace_id)
+        except HTTPException:
             again = ("stemtrace.trace", {"trace_id": trace_id})
             return not_found(request, "trace", trace_id, again)
         if reload := found(request):
             return reload
-        context = {"trace_id": trace_id, "groups": render.trace_groups(tasks), "count": len(tasks)}
+        graph = traced["graph"]
+        now = datetime.now(UTC).timestamp()
+        critical = flows.critical_path(graph, now)
+        graph["critical_path"] = critical
+        lines = flows.waterfall(graph, now, histories(store, graph))
+        context = {
+            "trace_id": trace_id,
+            "flows": traced["flows"],
+            "count": len(rows),
+            "failures": sum(r["state"] in states.BROKEN for r in rows),
+            "graph": graph,
+            "embed": len(graph["nodes"]) <= EMBED_LIMIT,
+            "current": traces.trace_node_id(trace_id),
+            "waterfall": render.waterfall_svg(lines, set(critical["nodes"])),
+            "waterfall_of": "trace",
+        }
         return page(request, "trace.html", context)
 
     @router.get("/registry", name="stemtrace.registry")

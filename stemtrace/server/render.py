@@ -7,7 +7,6 @@ autoescaping, so it escapes every string it emits.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -222,38 +221,10 @@ def flow_tree(flow: dict[str, Any]) -> list[dict[str, Any]]:
     return order
 
 
-def trace_groups(tasks: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The trace's tasks grouped by the root they descend from, failures first."""
-    by_id = {t["id"]: t for t in tasks}
-
-    def root_of(task: dict[str, Any]) -> str:
-        seen = set()
-        while task["parent_id"] in by_id and task["id"] not in seen:
-            seen.add(task["id"])
-            task = by_id[task["parent_id"]]
-        return str(task["root_id"] if task["root_id"] in by_id else task["id"])
-
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for task in by_id.values():
-        groups.setdefault(root_of(task), []).append(task)
-    found = []
-    for root_id, members in groups.items():
-        starts = [t["sent_at"] or t["seen_at"] for t in members]
-        ends = [t["finished_at"] for t in members if t["finished_at"] is not None]
-        done = len(ends) == len(members)
-        failures = sum(t["state"] in states.BROKEN for t in members)
-        found.append(
-            {
-                "root": by_id.get(root_id, members[0]),
-                "tasks": sorted(members, key=lambda t: t["seen_at"]),
-                "failures": failures,
-                "started_at": min(starts),
-                "wall_time": (max(ends) - min(starts)) if done and ends else None,
-                "running": not done,
-            }
-        )
-    found.sort(key=lambda g: (-g["failures"], g["started_at"]))
-    return found
+def count(number: int | None, noun: str) -> str:
+    """``1 task``, ``2 tasks``: a number with its noun, in the right number."""
+    number = number or 0
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
 
 
 def waterfall_svg(

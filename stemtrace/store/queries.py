@@ -381,14 +381,29 @@ def _flow_row(row: tuple[Any, ...]) -> dict[str, Any]:
     return found
 
 
-def trace_tasks(
+TRACE_COLUMNS = tuple(dict.fromkeys(LIST_COLUMNS + FLOW_COLUMNS))
+
+
+def trace_rows(
     conn: sqlite3.Connection, trace_id: str, limit: int = 10_000
 ) -> list[dict[str, Any]]:
+    """The trace's tasks in the order first seen: list fields and flow fields both."""
     rows = conn.execute(
-        f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks WHERE trace_id = ? ORDER BY seen_at LIMIT ?",
+        f"SELECT {', '.join(TRACE_COLUMNS)} FROM tasks WHERE trace_id = ? ORDER BY seen_at LIMIT ?",
         (trace_id, limit),
     )
-    return [_list_row(row) for row in rows]
+    found = []
+    for row in rows:
+        task = _list_row(row[: len(LIST_COLUMNS)])
+        task.update(zip(TRACE_COLUMNS[len(LIST_COLUMNS) :], row[len(LIST_COLUMNS) :], strict=True))
+        task["chain"] = _loads(task["chain"]) or []
+        found.append(task)
+    return found
+
+
+def listed(task: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`trace_rows` row with the fields :func:`list_tasks` gives."""
+    return {name: task[name] for name in (*LIST_COLUMNS, "queue_wait")}
 
 
 def registry(conn: sqlite3.Connection, sample: int = 10_000) -> list[dict[str, Any]]:
