@@ -10,6 +10,7 @@ import redis
 from celery import chain, chord
 from playwright.sync_api import Page, expect
 
+import stemtrace
 from e2e.conftest import Server
 from stemtrace.events import encode_frame
 from stemtrace.transports.redis import FRAME_FIELD
@@ -41,6 +42,25 @@ def test_chord_fan_out_and_fan_in(
     expect(page.locator(".react-flow__edge.kind-group")).to_have_count(3)
     expect(page.locator(".react-flow__edge.kind-chord")).to_have_count(3)
     expect(page.locator(f'.react-flow__node[data-id="{result.id}"]')).to_contain_text("proj.tsum")
+
+
+def test_a_trace_draws_its_flows_under_one_trace_node(
+    page: Page, server: Server, sender: tuple[Any, Any], worker: None
+) -> None:
+    app, _ = sender
+    add, tsum = app.tasks["proj.add"], app.tasks["proj.tsum"]
+    with stemtrace.trace("browser-trace"):
+        fanned = chord([add.s(i, i) for i in range(3)], tsum.s()).apply_async()
+        single = add.delay(1, 1)
+    assert fanned.get(timeout=20) == 6 and single.get(timeout=20) == 2
+    once_stored(page, f"{server.base}/traces/browser-trace", ".trace-group tbody tr", 5)
+    graph = open_graph(page, f"{server.base}/traces/browser-trace")
+    # the trace, the chord node, 3 members, the callback, the single task
+    expect(graph).to_have_attribute("data-graph-nodes", "7")
+    top = page.locator('.react-flow__node[data-id="trace:browser-trace"]')
+    expect(top).to_contain_text("trace")
+    expect(top).to_contain_text("5 tasks")
+    expect(page.locator(".waterfall g.wf-row")).to_have_count(5)
 
 
 def test_a_broken_chain_shows_ghosts_and_a_node_opens_its_panel(

@@ -11,7 +11,7 @@ import {
   buildGraph, fillTemplate, isTerminalFlow, memberNode, stateInfo, structureKey,
 } from './model.js';
 import { DAGRE_MAX, layoutGraph } from './layout.js';
-import { edgeClass, nodeTypes } from './nodes.jsx';
+import { edgeClass, kindLabel, nodeTypes } from './nodes.jsx';
 import { SidePanel } from './Panel.jsx';
 import { reconcile, subscribe, throttle } from './live.js';
 import { drawOverview } from './overview.js';
@@ -46,7 +46,7 @@ function taskHandles(w, h) {
 }
 
 function ariaLabel(node) {
-  const what = node.kind === 'task' ? 'task' : node.kind === 'chord' ? 'chord' : 'group';
+  const what = node.kind === 'task' ? 'task' : kindLabel(node);
   const name = node.name || (node.placeholder ? 'parent not captured' : node.id);
   return `${what} ${name}: ${stateInfo(node.state).word}`;
 }

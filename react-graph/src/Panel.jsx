@@ -4,7 +4,7 @@ import { useEffect, useRef } from 'react';
 import {
   duration, fillTemplate, formatDateTime, formatDuration, plural,
 } from './model.js';
-import { ExpandButton, GroupCounts, StateLabel } from './nodes.jsx';
+import { ExpandButton, GroupCounts, StateLabel, kindLabel } from './nodes.jsx';
 
 function Fact({ label, children }) {
   if (children === null || children === undefined || children === '') return null;
@@ -47,7 +47,7 @@ export function SidePanel({ node, graph, expansion, config, onClose, onExpand, o
     >
       <div className="stg-panel-head">
         <h2 tabIndex={-1} ref={heading}>
-          {!isTask && <span className="stg-kind">{node.kind === 'chord' ? 'chord' : 'group'}</span>}
+          {!isTask && <span className="stg-kind">{kindLabel(node)}</span>}
           <span className="stg-panel-title">{title}</span>
         </h2>
         <button type="button" className="stg-close" onClick={onClose} aria-label="Close details">×</button>
@@ -87,7 +87,7 @@ export function SidePanel({ node, graph, expansion, config, onClose, onExpand, o
           </>
         ) : (
           <>
-            <Fact label="members">{String(Number(node.size) || 0)}</Fact>
+            <Fact label={node.kind === 'trace' ? 'tasks' : 'members'}>{String(Number(node.size) || 0)}</Fact>
             <Fact label="started">{formatDateTime(node.started_at)}</Fact>
             <Fact label="finished">{formatDateTime(node.finished_at)}</Fact>
           </>

@@ -130,8 +130,8 @@ function GroupNodeView({ data, selected }) {
       <Handles />
       <div className="stg-line stg-spread">
         <span>
-          <span className="stg-kind">{node.kind === 'chord' ? 'chord' : 'group'}</span>
-          {` ${plural(size, 'member')}`}
+          <span className="stg-kind">{kindLabel(node)}</span>
+          {` ${plural(size, node.kind === 'trace' ? 'task' : 'member')}`}
         </span>
         <StateLabel state={node.state} />
       </div>
@@ -159,6 +159,11 @@ function BlockNodeView({ data }) {
       </div>
     </div>
   );
+}
+
+/** What a node that is not a task is: a chord, a group, or the trace above a trace's flows. */
+export function kindLabel(node) {
+  return node.kind === 'chord' || node.kind === 'trace' ? node.kind : 'group';
 }
 
 export function edgeClass(kind) {
