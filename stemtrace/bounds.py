@@ -13,7 +13,7 @@ Core layer: the standard library only.
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 MARKER: Final = "__stemtrace__"
 """The key of a marker object: ``{"__stemtrace__": "truncated", ...}``."""
@@ -50,10 +50,10 @@ def cut_text(text: str, limit: int) -> str:
     return f"{text[:head]}\n[... {cut} characters cut by stemtrace ...]\n{text[-tail:]}"
 
 
-def finite(value: Any) -> bool:
+def finite(value: object) -> TypeGuard[float]:
     """Whether ``value`` is a real number JSON can hold (not a bool, NaN or infinite)."""
     kind = type(value)
-    return kind is int or (kind is float and math.isfinite(value))
+    return kind is int or (kind is float and math.isfinite(value))  # type: ignore[arg-type]
 
 
 class _Walker:

@@ -19,6 +19,7 @@ from typing import Any
 
 from stemtrace import events as ev
 from stemtrace import states
+from stemtrace.bounds import finite
 
 PHASE_NAMES = {
     states.PENDING: "queued",
@@ -41,8 +42,11 @@ def phases(events: list[dict[str, Any]], now: float | None = None) -> list[dict[
             continue
         if found and found[-1]["state"] == states.STARTED and _resent(event, retried):
             continue  # the next attempt's message, sent while this one still runs
+        raw = event.get("ts")
+        if not finite(raw):
+            continue  # a time the store could not hold (stored as null): no place in time
+        ts = float(raw)
         state, _, _ = states.state_key(event["kind"], event.get("retries"))
-        ts = float(event["ts"])
         if found and found[-1]["state"] == state:
             continue
         if found:
@@ -112,6 +116,8 @@ def attempts(
     found: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     for event in events:
+        if not finite(event.get("ts")):
+            continue  # as in phases(): no place in time
         kind = event.get("kind")
         if kind == ev.STARTED:
             current = {

@@ -269,6 +269,7 @@ def create_api_router(
             "status": "ok" if ok else "degraded",
             "version": __version__,
             "consumer": status,
+            "skipped": queries.skipped(conn(), samples=5),
             "store": {
                 "path": store.path,
                 "size_bytes": store.size_bytes(),
@@ -322,7 +323,7 @@ def histories(store: Store, graph: dict[str, Any], limit: int = 200) -> dict[str
 
 
 def _safe_name(task_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:80]
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in task_id)[:80]
 
 
 def planned_detail(store: Store, task_id: str) -> dict[str, Any]:

@@ -272,6 +272,14 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         tasks = store.cached("registry", 10.0, lambda: queries.registry(store.reader().conn))
         return page(request, "registry.html", {"tasks": tasks})
 
+    @router.get("/status", name="stemtrace.status")
+    def status(request: Request) -> HTMLResponse:
+        context = {
+            "consumer": ext.consumer_status(),
+            "skipped": queries.skipped(store.reader().conn),
+        }
+        return page(request, "status.html", context)
+
     @router.get("/workers", name="stemtrace.workers")
     def workers(request: Request) -> HTMLResponse:
         return page(request, "workers.html", {"workers": queries.workers(store.reader().conn)})

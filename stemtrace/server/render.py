@@ -7,6 +7,7 @@ autoescaping, so it escapes every string it emits.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from fastapi import Path
 from markupsafe import Markup
 
 from stemtrace import states
-from stemtrace.bounds import MARKER, MORE_KEY
+from stemtrace.bounds import MARKER, MORE_KEY, finite
 
 PathId = Path(min_length=1, max_length=255)
 
@@ -34,22 +35,31 @@ STATE_ICONS = {
 
 
 def when(ts: float | None) -> str:
+    """A UTC time to the millisecond; any number at all gives text, never an error."""
     if ts is None:
         return "—"
-    moment = datetime.fromtimestamp(ts, UTC)
+    try:
+        moment = datetime.fromtimestamp(ts, UTC)
+    except (ValueError, OverflowError, OSError, TypeError):
+        return f"not a time ({str(ts)[:30]})"
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
 
 
 def ago(ts: float | None, now: float) -> str:
     if ts is None:
         return "—"
+    if not finite(ts):
+        return "—"
     age = max(now - ts, 0.0)
     return (duration(age) if age < 10 else duration(float(int(age)))) + " ago"
 
 
 def duration(seconds: float | None) -> str:
+    """A duration in the one format every page uses; any number gives text."""
     if seconds is None:
         return "—"
+    if not finite(seconds):
+        return "∞" if seconds == math.inf else "—"
     if seconds < 1:
         return f"{seconds * 1000:.1f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
     if seconds < 60:
@@ -112,6 +122,8 @@ def json_text(value: Any) -> str:
 
 def pretty(value: Any, depth: int = 0) -> Markup:
     """A JSON value as nested HTML; stemtrace's markers become visible badges."""
+    if depth > 40 and isinstance(value, dict | list):
+        return Markup('<span class="badge cut">nested too deep to show</span>')
     if isinstance(value, dict):
         marker = value.get(MARKER)
         if isinstance(marker, str) and depth < 50:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemtrace import states
+from stemtrace.bounds import MARKER, bound
 from stemtrace.store import planned, search
 from stemtrace.store.schema import HISTORY_COLUMNS, HISTORY_RECORD
 
@@ -183,12 +184,19 @@ def _retry_policy(definition: dict[str, Any]) -> dict[str, Any]:
 
 
 def _loads(text: Any) -> Any:
+    """A stored JSON column as a value within :func:`stemtrace.bounds.bound`'s caps.
+
+    Whatever an older version let into the store (nesting past Python's limit,
+    say) reads as a marker, not an error.
+    """
     if text is None:
         return None
     try:
-        return json.loads(text)
+        return bound(json.loads(text))
     except ValueError:
         return text
+    except RecursionError:
+        return {MARKER: "truncated", "preview": str(text)[:200], "length": len(str(text))}
 
 
 def get_task(conn: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
@@ -250,13 +258,17 @@ _ALWAYS = frozenset({"host", "pid"})
 def _history_records(text: str) -> list[list[Any]]:
     """The well-formed records of one history row (a damaged row yields none)."""
     try:
-        records = _loads(text)
-    except ValueError:
+        records = json.loads(text)
+    except (ValueError, RecursionError):
         return []
     if not isinstance(records, list):
         return []
     width = len(HISTORY_RECORD)
-    return [r for r in records if isinstance(r, list) and len(r) == width and isinstance(r[0], str)]
+    return [
+        [*r[:-1], bound(r[-1])]
+        for r in records
+        if isinstance(r, list) and len(r) == width and isinstance(r[0], str)
+    ]
 
 
 def _by_ts(event: dict[str, Any]) -> Any:
@@ -493,8 +505,13 @@ def workers(conn: sqlite3.Connection, now: float | None = None) -> list[dict[str
         if state == "online" and now - row["last_seen"] > silence:
             state = "lost"
         row["state"] = state
-        row["queues"] = _loads(row["queues"]) or []
-        row["loadavg"] = _loads(row["loadavg"]) or []
+        queues = _loads(row["queues"])
+        queues = queues if isinstance(queues, list) else []
+        row["queues"] = [q for q in queues if isinstance(q, str)]
+        loadavg = _loads(row["loadavg"])
+        row["loadavg"] = (
+            [x for x in loadavg if isinstance(x, int | float)] if isinstance(loadavg, list) else []
+        )
         row["running"] = [
             dict(zip(("id", "name", "started_at"), r, strict=True))
             for r in conn.execute(
@@ -528,3 +545,23 @@ def group_page(
         (group_id, group_id, limit, offset),
     )
     return size, [_list_row(row) for row in rows]
+
+
+def skipped(conn: sqlite3.Connection, samples: int = 20) -> dict[str, Any]:
+    """Input the consumers left out, as kept in the database: by reason, and the newest samples."""
+    reasons = [
+        {"reason": reason, "count": count, "first_at": first, "last_at": last}
+        for reason, count, first, last in conn.execute(
+            "SELECT reason, count, first_at, last_at FROM skipped ORDER BY count DESC LIMIT 200"
+        )
+    ]
+    recent = [
+        {"at": at, "source": source, "place": place, "reason": reason, "sample": sample}
+        for at, source, place, reason, sample in conn.execute(
+            "SELECT at, source, place, reason, sample FROM skipped_samples"
+            " ORDER BY id DESC LIMIT ?",
+            (samples,),
+        )
+    ]
+    total = conn.execute("SELECT COALESCE(SUM(count), 0) FROM skipped").fetchone()[0]
+    return {"total": int(total), "by_reason": reasons, "samples": recent}
