@@ -41,7 +41,7 @@ def event(n: int) -> dict[str, Any]:
     return {
         "kind": "started",
         "eid": str(n),
-        "ts": 1.0,
+        "ts": 1.7e9,
         "host": "h",
         "pid": 1,
         "task_id": f"t{n}",

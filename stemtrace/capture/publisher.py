@@ -105,7 +105,21 @@ class Publisher:
                 return
             thread = threading.Thread(target=self._run, name="stemtrace-publisher", daemon=True)
             self._thread = thread
+            self._prepare_sender()
         thread.start()
+
+    def _prepare_sender(self) -> None:
+        """Build the sender in the publishing thread, once, before the sending thread runs.
+
+        Building imports the transport's modules; done in the sending thread it
+        may come while the interpreter exits (a script that sends tasks and
+        ends), when an import that registers an ``atexit`` hook fails and every
+        event is lost. Building opens no connection; the first send does.
+        """
+        try:
+            self._sender = self._open_sender()
+        except Exception:  # the sending thread tries again and reports it
+            logger.debug("stemtrace: cannot prepare the sender yet", exc_info=True)
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the buffer to be sent; True if it was."""

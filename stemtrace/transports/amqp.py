@@ -32,6 +32,7 @@ class AmqpSender:
     def __init__(self, url: str, *, stream: str, maxlen: int) -> None:
         self.exchange = exchange_for(stream)
         self.connection = Connection(url, connect_timeout=2, heartbeat=0)
+        self.connection.transport  # noqa: B018 - loads kombu's transport modules now, not at exit
         self.producer: Any = None
 
     def send(self, frames: Sequence[bytes]) -> None:
