@@ -60,6 +60,8 @@ class ConsumerStatus:
     pruned: int = 0
     search: dict[str, Any] | None = None
     skip_reasons: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    standby: bool = False
+    """Another process writes the database: this one waits to take over."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,7 @@ class ConsumerStatus:
             "pruned": self.pruned,
             "search": self.search,
             "recent_skip_reasons": list(self.skip_reasons),
+            "standby": self.standby,
         }
 
 
@@ -123,6 +126,8 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until :meth:`stop`; never raises."""
+        if not self._wait_for_claim():
+            return
         ingestor = Ingestor(self.writer or self.store.writer())
         position = self._load_position()
         self.status.position = position
@@ -170,6 +175,24 @@ class Consumer:
             reader.close()
 
     # -- internals -------------------------------------------------------------
+
+    def _wait_for_claim(self) -> bool:
+        """Stand by while another process writes the database; False when stopped first."""
+        while (holder := self.store.claim_writer()) is not None:
+            if not self.status.standby:
+                self.status.standby = True
+                self.status.last_error = (
+                    f"standby: {holder} already writes {self.store.path}; one writer per"
+                    " SQLite file, so this server serves pages and takes over when that one stops"
+                )
+                logger.warning("stemtrace: %s", self.status.last_error)
+            if self._stop.wait(2.0):
+                return False
+        if self.status.standby:
+            logger.warning("stemtrace: now the writer of %s", self.store.path)
+            self.status.standby = False
+            self.status.last_error = None
+        return True
 
     def _load_position(self) -> str | None:
         row = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,38 @@ def test_a_decoder_failure_skips_only_its_entry(
     assert consumer.status.skipped == 1
     assert "RuntimeError: decoder bug" in consumer.status.skip_reasons[0]
     store.close()
+
+
+def test_a_second_consumer_on_one_file_stands_by_until_the_writer_stops(
+    scenario: Scenario, client: redis.Redis, tmp_path: Path
+) -> None:
+    """Two servers on one SQLite file once both ingested: every history stored twice."""
+    path = tmp_path / "shared.db"
+    first_store, second_store = Store(path), Store(path)  # two servers' stores
+    first = consumer_for(scenario, first_store)
+    second = consumer_for(scenario, second_store)
+    add_frames(client, scenario.stream, 0, 50)
+    first.start()
+    try:
+        wait_for(lambda: task_count(first_store) == 50)
+        second.start()
+        wait_for(lambda: second.status.standby)
+        assert "standby" in (second.status.last_error or "")
+        assert f"process {os.getpid()}" in (second.status.last_error or "")
+        assert second.status.as_dict()["standby"] is True
+        first.stop()
+        first_store.close()  # the writer goes away: the standby takes over
+        add_frames(client, scenario.stream, 50, 10)
+        wait_for(lambda: task_count(second_store) == 60, timeout=30)
+        assert not second.status.standby and second.status.last_error is None
+        histories = (
+            second_store.reader()
+            .conn.execute("SELECT COUNT(*) FROM history GROUP BY task_rowid HAVING COUNT(*) > 1")
+            .fetchall()
+        )
+        assert histories == []  # each task's events stored once
+    finally:
+        first.stop()
+        second.stop()
+        first_store.close()
+        second_store.close()

@@ -36,14 +36,16 @@ use one connection per reading thread. WAL lets them run side by side.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 from sqlite_utils import Database, Migrations
 
@@ -448,6 +450,7 @@ class Store:
         self._refreshing: set[str] = set()
         self._refresher: ThreadPoolExecutor | None = None  # one thread: one reader connection
         self._closed = False
+        self._claim: IO[str] | None = None
         db = Database(self.writer())
         pending = [m.name for m in migrations.pending(db)]
         upgrading = bool(pending) and "tasks" in db.table_names()
@@ -541,6 +544,38 @@ class Store:
 
         refresher.submit(run)
 
+    def claim_writer(self) -> str | None:
+        """Make this process the file's one writer; ``None`` when it is, else who is.
+
+        Two processes ingesting into one file would each store every event's
+        history (states would stay right, the history doubled). The claim is an
+        exclusive ``flock`` on ``<database>.writer``, held until :meth:`close`
+        or the process ends (a crash releases it too); the consumers of one
+        process share it. The answer names the holder's process id.
+        """
+        if self.path == ":memory:":
+            return None
+        with self._writer_lock:
+            if self._claim is not None:
+                return None
+            path = (
+                Path(self.path).expanduser().resolve().with_name(Path(self.path).name + ".writer")
+            )
+            handle = open(path, "a+")  # noqa: SIM115 - held open while this process writes
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip()[:40] or "unknown"
+                handle.close()
+                return f"process {holder} on this machine"
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            self._claim = handle
+            return None
+
     def size_bytes(self) -> int:
         """Bytes on disk: the database file plus its write-ahead log."""
         if self.path == ":memory:":
@@ -567,6 +602,9 @@ class Store:
         for conn in readers:
             conn.close()
         self._local = threading.local()
+        if self._claim is not None:
+            self._claim.close()  # releases the writer's claim
+            self._claim = None
 
 
 def row_dict(row: Any) -> dict[str, Any]:
