@@ -286,8 +286,14 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
 
     @router.get("/static/{path:path}", name="stemtrace.static")
     def static(path: str) -> Response:
-        target = (STATIC / path).resolve()
-        if not target.is_relative_to(STATIC) or not target.is_file():
+        if len(path) > 200 or not path.isprintable():
+            raise HTTPException(400, "not a static file's path")
+        try:
+            target = (STATIC / path).resolve()
+            exists = target.is_relative_to(STATIC) and target.is_file()
+        except (ValueError, OSError):
+            raise HTTPException(400, "not a static file's path") from None
+        if not exists:
             raise HTTPException(404, "no such file")
         media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         return FileResponse(
