@@ -296,7 +296,7 @@ def bound_event(event: Event, now: float) -> str | None:
     """
     ts = event["ts"]
     if not finite(ts) or not MIN_TS <= ts <= now + MAX_AHEAD:
-        return f"ts {ts!r:.40} is not a time between 2000 and a day after ingest"
+        return f"ts is not a time between 2000 and a day after ingest ({ts!r:.40})"
     if not -_INT64 <= event["pid"] < _INT64:
         return "pid is not a 64-bit integer"
     get = event.get
