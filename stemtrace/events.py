@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from stemtrace.bounds import bound, cut_text, finite
+import orjson
+
+from stemtrace.bounds import MAX_SIZE, bound, cut_text, finite
 from stemtrace.jsonio import encode as json_encode
 from stemtrace.jsonio import loads as json_loads
 
@@ -299,41 +301,72 @@ def bound_event(event: Event, now: float) -> str | None:
         return f"ts is not a time between 2000 and a day after ingest ({ts!r:.40})"
     if not -_INT64 <= event["pid"] < _INT64:
         return "pid is not a 64-bit integer"
-    get = event.get
-    for name in ID_FIELDS:
-        value = get(name)
-        if value is not None and (len(value) > MAX_ID or not value.isprintable()):
-            return _bad_text(name, value, MAX_ID)
-    for name in NAME_FIELDS:
-        value = get(name)
-        if value is not None and (len(value) > MAX_NAME or not value.isprintable()):
-            return _bad_text(name, value, MAX_NAME)
-    for name in TEXT_FIELDS:
-        value = get(name)
-        if value is not None and len(value) > MAX_TEXT:
-            event[name] = cut_text(value, MAX_TEXT)
-    for name in VALUE_FIELDS:
-        if name in event:
-            value = event[name]
+    keys = tuple(event)
+    plan = _plans.get(keys)
+    if plan is None:
+        if len(_plans) >= _MAX_SHAPES:
+            _plans.clear()
+        plan = _plans[keys] = tuple((n, _CHECKS[n]) for n in keys if n in _CHECKS)
+    for name, check in plan:
+        value = event[name]
+        if value is None:
+            continue
+        if check is _ID:
+            if len(value) > MAX_ID or not value.isprintable():
+                return _bad_text(name, value, MAX_ID)
+        elif check is _NAME:
+            if len(value) > MAX_NAME or not value.isprintable():
+                return _bad_text(name, value, MAX_NAME)
+        elif check is _VALUE:
             if type(value) in (list, dict, str, float):
-                event[name] = bound(value)
-    for name in _LINK_LISTS:
-        links = get(name)
-        if links is not None:
-            problem = _bound_links(name, links)
+                event[name] = _bound_value(value)
+        elif check is _TEXT:
+            if len(value) > MAX_TEXT:
+                event[name] = cut_text(value, MAX_TEXT)
+        elif check is _INT:
+            if not -_INT64 <= value < _INT64:
+                event[name] = None
+        elif check is _NUMBER:
+            if not (finite(value) and -1e12 < value < 1e12):
+                event[name] = None
+        elif check is _LINKS:
+            problem = _bound_links(name, value)
             if problem is not None:
                 return problem
-    for name in _OPTIONAL_INTS:
-        value = get(name)
-        if value is not None and not -_INT64 <= value < _INT64:
-            event[name] = None
-    for name in ("runtime", "retry_at", "freq"):
-        value = get(name)
-        if value is not None and not (finite(value) and -1e12 < value < 1e12):
-            event[name] = None
-    if event["kind"] in WORKER_KINDS:
-        _bound_worker_fields(event)
+        else:
+            _bound_worker_field(event, name, value)
     return None
+
+
+_ID, _NAME, _TEXT, _VALUE, _LINKS, _INT, _NUMBER, _WORKER = range(8)
+_CHECKS: Final[dict[str, int]] = {
+    **dict.fromkeys(ID_FIELDS, _ID),
+    **dict.fromkeys(NAME_FIELDS, _NAME),
+    **dict.fromkeys(TEXT_FIELDS, _TEXT),
+    **dict.fromkeys(VALUE_FIELDS, _VALUE),
+    **dict.fromkeys(("chain", "callbacks", "errbacks"), _LINKS),
+    **dict.fromkeys(_OPTIONAL_INTS, _INT),
+    **dict.fromkeys(("runtime", "retry_at", "freq"), _NUMBER),
+    **dict.fromkeys(("queues", "tasks", "loadavg"), _WORKER),
+}
+# Which fields of an event (by its field names, in order) need which check.
+_plans: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = {}
+
+
+def _bound_value(value: Any) -> Any:
+    """Args, kwargs or a result within :func:`stemtrace.bounds.bound`'s caps.
+
+    The usual value is small and shallow: orjson writing it (in C) shows that,
+    and only a value it refuses (nested past 255 levels, an integer beyond 64
+    bits, a key that is not a string) or finds too long is walked.
+    """
+    if type(value) is float:
+        return bound(value)
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError:
+        return bound(value)
+    return value if size <= MAX_SIZE else bound(value)
 
 
 def _bad_text(name: str, value: str, limit: int) -> str:
@@ -353,19 +386,16 @@ def _bound_links(name: str, links: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _bound_worker_fields(event: Event) -> None:
-    queues = event.get("queues")
-    if queues is not None:
-        event["queues"] = [
-            q for q in queues[:MAX_ITEMS_WORKER]
+def _bound_worker_field(event: Event, name: str, value: list[Any]) -> None:
+    if name == "queues":
+        event[name] = [
+            q for q in value[:MAX_ITEMS_WORKER]
             if type(q) is str and len(q) <= MAX_NAME and q.isprintable()
         ]  # fmt: skip
-    tasks = event.get("tasks")
-    if tasks is not None:
-        event["tasks"] = bound(tasks, max_depth=4, max_items=10_000, max_size=16 * 2**20)
-    loadavg = event.get("loadavg")
-    if loadavg is not None and not (len(loadavg) <= 3 and all(map(finite, loadavg))):
-        event["loadavg"] = []
+    elif name == "tasks":
+        event[name] = bound(value, max_depth=4, max_items=10_000, max_size=16 * 2**20)
+    elif not (len(value) <= 3 and all(map(finite, value))):  # loadavg
+        event[name] = []
 
 
 MAX_ITEMS_WORKER: Final = 1000
