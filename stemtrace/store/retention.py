@@ -6,12 +6,16 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from stemtrace.events import MAX_AHEAD
 from stemtrace.store import search
 
 
 @dataclass
 class Retention:
     """Prunes the oldest tasks (by first-seen time), their event history and search documents.
+
+    Tasks first seen more than :data:`~stemtrace.events.MAX_AHEAD` in the
+    future (stored by versions that took any time) go too, retention or not.
 
     ``step`` deletes at most ``slice_size`` tasks per call and only every
     ``interval`` seconds, so the writer thread that calls it between batches
@@ -28,16 +32,20 @@ class Retention:
 
     def step(self, conn: sqlite3.Connection, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        if (self.max_age is None and self.max_tasks is None) or now < self._next_run:
+        if now < self._next_run:
             return 0
-        cutoff = self._cutoff(conn, now)
-        if cutoff is None:
-            self._next_run = now + self.interval
-            return 0
+        # Rows first seen after tomorrow came from versions that took any time
+        # (the decoder now refuses them): they would never age out.
         found = conn.execute(
-            "SELECT id, rowid FROM tasks WHERE seen_at < ? ORDER BY seen_at LIMIT ?",
-            (cutoff, self.slice_size),
+            "SELECT id, rowid FROM tasks WHERE seen_at > ? LIMIT ?",
+            (now + MAX_AHEAD, self.slice_size),
         ).fetchall()
+        cutoff = self._cutoff(conn, now) if len(found) < self.slice_size else None
+        if cutoff is not None:
+            found += conn.execute(
+                "SELECT id, rowid FROM tasks WHERE seen_at < ? ORDER BY seen_at LIMIT ?",
+                (cutoff, self.slice_size - len(found)),
+            ).fetchall()
         if not found:
             self._next_run = now + self.interval
             return 0
