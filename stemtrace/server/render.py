@@ -18,6 +18,11 @@ from stemtrace import states
 from stemtrace.bounds import MARKER, MORE_KEY, finite
 
 PathId = Path(min_length=1, max_length=255)
+LOCK = Markup(
+    '<svg class="lock" viewBox="0 0 12 14" width="10" height="12" aria-hidden="true">'
+    '<path d="M3 6V4a3 3 0 0 1 6 0v2h1.5v8h-9V6zm1.5 0h3V4a1.5 1.5 0 0 0-3 0z"/></svg>'
+)
+"""The scrubbed badge's mark: drawn, so that it needs no emoji font (the island draws it too)."""
 
 STATE_ICONS = {
     states.PENDING: "◷",
@@ -55,22 +60,46 @@ def ago(ts: float | None, now: float) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """A duration in the one format every page uses; any number gives text."""
+    """A duration in the one format every page, and the graph island, uses.
+
+    The unit is chosen after rounding, so a value never reads "1000 ms" or
+    "60 s". Rounding is half up on the float's own value, written out by hand
+    so that react-graph/src/model.js ``formatDuration`` gives the very same
+    text (react-graph/test/durations.json holds both to it).
+    """
     if seconds is None:
         return "—"
     if not finite(seconds):
         return "∞" if seconds == math.inf else "—"
-    if seconds < 1:
-        return f"{seconds * 1000:.1f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.0f} s"
-    minutes, rest = divmod(int(seconds), 60)
+    if seconds < 0:
+        return "-" + duration(-seconds)
+    tenths_ms = _half_up(seconds * 10_000)
+    if tenths_ms < 1000:
+        return f"{tenths_ms // 10}.{tenths_ms % 10} ms"
+    ms = _half_up(seconds * 1000)
+    if ms < 1000:
+        return f"{ms} ms"
+    hundredths = _half_up(seconds * 100)
+    if hundredths < 1000:
+        return f"{hundredths // 100}.{hundredths % 100:02d} s"
+    whole = _half_up(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, rest = divmod(whole, 60)
     if minutes < 60:
-        return f"{minutes} min {rest} s"
+        return _two(minutes, "min", rest, "s")
     hours, minutes = divmod(minutes, 60)
     if hours < 48:
-        return f"{hours} h {minutes} min"
-    return f"{hours // 24} d {hours % 24} h"
+        return _two(hours, "h", minutes, "min")
+    return _two(hours // 24, "d", hours % 24, "h")
+
+
+def _half_up(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
+def _two(big: int, big_unit: str, small: int, small_unit: str) -> str:
+    return f"{big} {big_unit} {small} {small_unit}" if small else f"{big} {big_unit}"
 
 
 def retry_policy(policy: Any) -> tuple[str, str]:
@@ -158,8 +187,8 @@ def pretty(value: Any, depth: int = 0) -> Markup:
 def _marker(kind: str, value: dict[str, Any]) -> Markup:
     if kind == "scrubbed":
         return Markup(
-            '<span class="badge scrubbed" title="removed by scrubbing">🔒 scrubbed</span>'
-        )
+            '<span class="badge scrubbed" title="removed by scrubbing">{} scrubbed</span>'
+        ).format(LOCK)
     if kind == "truncated":
         return Markup(
             '<span class="badge cut" title="cut by stemtrace">truncated: {} characters</span> '
