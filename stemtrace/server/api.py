@@ -130,7 +130,11 @@ def create_api_router(
             raise HTTPException(422, str(exc)) from None
         return {"tasks": rows, "next_cursor": next_cursor}
 
-    @router.get("/tasks/{task_id}", summary="One task: its row, timeline, attempts, children")
+    @router.get(
+        "/tasks/{task_id}",
+        summary="One task: its row, timeline, attempts, children",
+        name="stemtrace.api.task",
+    )
     def get_task(task_id: ID) -> dict[str, Any]:
         return task_detail(store, task_id)
 

@@ -70,8 +70,14 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
     store = ext.store
 
     def page(
-        request: Request, name: str, context: dict[str, Any], status_code: int = 200
+        request: Request,
+        name: str,
+        context: dict[str, Any],
+        status_code: int = 200,
+        blocks: tuple[str, ...] = (),
     ) -> HTMLResponse:
+        """``name`` rendered whole, or only its ``blocks`` (an htmx swap of part of it)."""
+
         def url(route: str, /, query: dict[str, Any] | None = None, **path: Any) -> str:
             quoted = {k: quote(str(v), safe="/" if k == "path" else "") for k, v in path.items()}
             found = str(request.url_for(route, **quoted).path)
@@ -81,17 +87,18 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
                     found += "?" + urlencode(pairs, doseq=True)
             return found
 
-        response = templates.TemplateResponse(
-            request,
-            name,
-            {
-                "url": url,
-                "broker_problem": ext.broker_problem(),
-                "now": datetime.now(UTC).timestamp(),
-                **context,
-            },
-            status_code=status_code,
-        )
+        full = {
+            "request": request,
+            "url": url,
+            "broker_problem": ext.broker_problem(),
+            "now": datetime.now(UTC).timestamp(),
+            **context,
+        }
+        response: HTMLResponse
+        if blocks:
+            response = HTMLResponse(render_blocks(templates, name, blocks, full), status_code)
+        else:
+            response = templates.TemplateResponse(request, name, full, status_code=status_code)
         response.headers["Vary"] = "HX-Request, HX-Target"
         return response
 
@@ -225,8 +232,12 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
             graph["critical_path"] = critical  # the graph island highlights it too
             lines = flows.waterfall(graph, now, histories(store, graph))
             tree = render.flow_tree(graph)
+            root = _root_node(graph)
             context = {
                 "flow": graph,
+                "root": root,
+                "root_name": root.get("name") or root["id"],
+                "trace_id": next((r["trace_id"] for r in rows if r.get("trace_id")), None),
                 "tree": tree[:TREE_LIMIT],
                 "tree_hidden": max(len(tree) - TREE_LIMIT, 0),
                 "embed": len(graph["nodes"]) <= EMBED_LIMIT,
@@ -237,6 +248,9 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
                 "can_svg": shutil.which("dot") is not None,
                 "current": _current_node(graph, rows, task_id),
             }
+        if _is_htmx(request, "flow-live"):  # the live refresh: head and body, out of band
+            context["swap"] = True
+            return page(request, "flow.html", context, blocks=("flow_head", "flow_body"))
         return page(request, "flow.html", context)
 
     @router.get("/traces/{trace_id:path}", name="stemtrace.trace")
@@ -310,6 +324,29 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
         return EventSourceResponse(stream, ping=None)
 
     return router
+
+
+def render_blocks(
+    templates: Jinja2Templates, name: str, blocks: tuple[str, ...], context: dict[str, Any]
+) -> str:
+    """Only the named blocks of a page template: the markup an htmx swap replaces.
+
+    The same template renders the whole page, so a live refresh can never
+    drift from the first render. A block imports the macros it uses itself.
+    """
+    template = templates.env.get_template(name)
+    rendered = template.new_context(context)
+    return "".join("".join(template.blocks[block](rendered)) for block in blocks)
+
+
+def _root_node(graph: dict[str, Any]) -> dict[str, Any]:
+    """The flow's root node (the first node if the root is not among them)."""
+    nodes = graph["nodes"]
+    return next((n for n in nodes if n["id"] == graph.get("root_id")), nodes[0])
+
+
+def _is_htmx(request: Request, target: str) -> bool:
+    return bool(request.headers.get("HX-Request")) and request.headers.get("HX-Target") == target
 
 
 def _current_node(graph: dict[str, Any], rows: list[dict[str, Any]], task_id: str) -> str:

@@ -1,0 +1,69 @@
+"""The flow page: what it is named, and the blocks it refreshes live (BeautifulSoup over ASGI)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bs4 import BeautifulSoup
+
+from tests.test_api import lifecycle, link
+from tests.test_pages import Site, db_path, fill, htmx, label, one, page, site, text, vary
+
+__all__ = ["db_path", "site"]  # fixtures
+
+ROOT_ID = "7c0ffee0-0000-4000-8000-000000000001"
+CHILD = "7c0ffee0-0000-4000-8000-000000000002"
+LATER = "7c0ffee0-0000-4000-8000-000000000003"
+
+
+def test_the_flow_page_is_named_for_its_root_with_its_state_and_trace(site: Site) -> None:
+    t = time.time() - 60
+    client = site(lifecycle(ROOT_ID, "proj.checkout", t, "FAILURE", trace_id="order-7"))
+    soup = page(client, f"/flows/{ROOT_ID}")
+    assert text(soup.title).startswith("proj.checkout")
+    heading = one(soup, "h1")
+    assert label(one(heading, ".badge.state")) == "failure"
+    assert "proj.checkout" in text(heading)
+    head = one(soup, "#flow-head")
+    assert [a["href"] for a in head.select("a[href^='/traces/']")] == ["/traces/order-7"]
+
+
+def test_the_flow_page_refreshes_its_header_critical_path_waterfall_and_steps(
+    site: Site, db_path: Path
+) -> None:
+    t = time.time() - 60
+    client = site(
+        lifecycle(ROOT_ID, "proj.first", t, "STARTED", chain=[link(CHILD, "proj.second")])
+    )
+    soup = page(client, f"/flows/{ROOT_ID}")
+    live = one(soup, "#flow-live")
+    assert live["hx-ext"] == "sse"
+    assert live["sse-connect"] == "/live"
+    assert live["hx-get"] == f"/flows/{ROOT_ID}"
+    assert {t.strip() for t in str(live["hx-trigger"]).split(",")} == {"sse:ready", "sse:changed"}
+    assert live["hx-swap"] == "none"  # the blocks come out of band; the graph stays put
+    assert text(one(soup, "#flow-head p")).startswith("2 nodes, 1 edges.")
+
+    # the flow moves on: the first task ends, the second runs and fails, a third is spawned
+    fill(
+        db_path,
+        [
+            *lifecycle(ROOT_ID, "proj.first", t, chain=[link(CHILD, "proj.second")]),
+            *lifecycle(CHILD, "proj.second", t + 2, "FAILURE", parent_id=ROOT_ID, root_id=ROOT_ID),
+            *lifecycle(LATER, "proj.third", t + 3, parent_id=CHILD, root_id=ROOT_ID),
+        ],
+    )
+    response = client.get(str(live["hx-get"]), headers=htmx("flow-live"))
+    assert response.status_code == 200
+    assert "hx-request" in vary(response)
+    blocks = BeautifulSoup(response.text, "html.parser")
+    assert blocks.find("html") is None and blocks.select("#flow-graph, #flow-data") == []
+    head, body = one(blocks, "#flow-head"), one(blocks, "#flow-body")
+    assert head["hx-swap-oob"] == body["hx-swap-oob"] == "true"
+    assert label(one(head, "h1 .badge.state")) == "success"
+    assert text(one(head, "p")).startswith("3 nodes, 2 edges.")
+    steps = body.select("ul.tree > li")
+    assert [label(one(li, ".badge.state")) for li in steps] == ["success", "failure", "success"]
+    assert body.select("ol.critical li")
+    assert len(body.select(".waterfall g.wf-row")) == 3
