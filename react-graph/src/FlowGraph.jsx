@@ -217,6 +217,14 @@ function Graph({ initialFlow, config, onReady }) {
     // Only ever for the first layout: later changes keep the user's viewport.
   }, [size]);
   const fitFirst = useRef(graph.nodes.size <= FIT_UP_TO).current;
+  // Once the user pans or zooms, the view is theirs: new nodes no longer move it.
+  const userMoved = useRef(false);
+  const onMoveStart = useCallback((event) => {
+    if (event) userMoved.current = true;  // null: a move made by code, not by the user
+  }, []);
+  const onUserZoom = useCallback(() => {
+    userMoved.current = true;
+  }, []);
   const large = nodes.length > RENDER_ALL_UP_TO;
 
   // Tell the page (and tests) that the graph is drawn.
@@ -291,7 +299,10 @@ function Graph({ initialFlow, config, onReady }) {
     const top = -y / zoom;
     const inside = place.x >= left && place.y >= top
       && place.x + place.w <= left + box.width / zoom && place.y + place.h <= top + box.height / zoom;
-    if (!inside) rf.setCenter(place.x + place.w / 2, place.y + place.h / 2, { zoom: Math.max(zoom, 0.6) });
+    if (!inside) {
+      userMoved.current = true;  // the user is finding their way: keep the view where it goes
+      rf.setCenter(place.x + place.w / 2, place.y + place.h / 2, { zoom: Math.max(zoom, 0.6) });
+    }
     let tries = 0;
     const attempt = () => {
       const element = wrap.current?.querySelector(`.react-flow__node[data-id="${CSS.escape(id)}"]`);
@@ -411,6 +422,20 @@ function Graph({ initialFlow, config, onReady }) {
       rf.setViewport(target);
     }
   }, [layout, large, rf]);
+  const onFitClick = useCallback(() => {
+    userMoved.current = false;  // asked for everything: later nodes are fitted in too
+    fitAll();
+  }, [fitAll]);
+
+  // Live: a flow that gains nodes is fitted into view again, as it was at first,
+  // unless the user has moved the view. (Members the user loads do not count.)
+  const flowShape = `${flow?.nodes?.length ?? 0}\u0000${flow?.edges?.length ?? 0}`;
+  const fittedShape = useRef(flowShape);
+  useEffect(() => {
+    if (fittedShape.current === flowShape) return;
+    fittedShape.current = flowShape;
+    if (fitFirst && !userMoved.current && graph.nodes.size <= FIT_UP_TO) fitAll();
+  }, [flowShape, fitFirst, graph, fitAll]);
 
   const selected = selectedId ? graph.nodes.get(selectedId) : null;
   const kinds = useMemo(() => new Set(layout.edges.map((e) => edgeClass(e.kind))), [layout]);
@@ -425,6 +450,7 @@ function Graph({ initialFlow, config, onReady }) {
           onNodeClick={onNodeClick}
           onPaneClick={() => setSelectedId(null)}
           onMove={onMove}
+          onMoveStart={onMoveStart}
           onInit={(instance) => onMove(null, instance.getViewport())}
           defaultViewport={initialViewport}
           fitView={fitFirst}
@@ -445,8 +471,8 @@ function Graph({ initialFlow, config, onReady }) {
         >
           <Background gap={24} size={1} />
           {large && <canvas ref={canvas} className={overview ? 'stg-overview' : 'stg-overview stg-off'} aria-hidden="true" />}
-          <Controls showInteractive={false} showFitView={false}>
-            <ControlButton className="react-flow__controls-fitview" onClick={fitAll} title="Fit view" aria-label="Fit view">
+          <Controls showInteractive={false} showFitView={false} onZoomIn={onUserZoom} onZoomOut={onUserZoom}>
+            <ControlButton className="react-flow__controls-fitview" onClick={onFitClick} title="Fit view" aria-label="Fit view">
               <svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 30" aria-hidden="true">
                 <path d={FIT_ICON} />
               </svg>

@@ -1,10 +1,11 @@
 // The side panel: details of the node the user opened, and a link to its task page.
 
-import { useEffect, useRef } from 'react';
+import { useEffect, useRef, useState } from 'react';
 import {
   duration, fillTemplate, formatDateTime, formatDuration, plural,
 } from './model.js';
 import { ExpandButton, GroupCounts, StateLabel, kindLabel } from './nodes.jsx';
+import { Value } from './values.jsx';
 
 function Fact({ label, children }) {
   if (children === null || children === undefined || children === '') return null;
@@ -23,6 +24,68 @@ function taskNote(node) {
   return null;
 }
 
+const NO_DETAIL = { key: null, data: null, error: null };
+
+/**
+ * The task's own record (`GET /api/tasks/{id}`): its exception message, args,
+ * kwargs and result, which the flow JSON leaves out. Fetched again when the
+ * node's state, end or attempts change.
+ */
+function useTaskDetail(template, node, real) {
+  const [detail, setDetail] = useState(NO_DETAIL);
+  const key = real && template
+    ? [node.id, node.state, node.finished_at, node.attempts].map(String).join('\u0000')
+    : null;
+  useEffect(() => {
+    if (!key) return undefined;
+    const controller = new AbortController();
+    fetch(fillTemplate(template, node.id), {
+      headers: { Accept: 'application/json' },
+      credentials: 'same-origin',
+      cache: 'no-store',
+      signal: controller.signal,
+    })
+      .then((response) => {
+        if (!response.ok) throw new Error(`${response.status} ${response.statusText}`.trim());
+        return response.json();
+      })
+      .then((data) => setDetail({ key, data, error: null }))
+      .catch((error) => {
+        if (!controller.signal.aborted) setDetail({ key, data: null, error: error.message });
+      });
+    return () => controller.abort();
+  }, [key]);
+  // While a newer record loads, the last one of the same node stays on screen.
+  if (!key || !detail.key || !detail.key.startsWith(`${node.id}\u0000`)) return NO_DETAIL;
+  return detail;
+}
+
+function TaskValues({ detail }) {
+  const { data, error } = detail;
+  if (error) return <p className="stg-error">{`Could not load the task's details: ${error}`}</p>;
+  if (!data) return null;
+  const exception = data.exception;
+  return (
+    <div className="stg-values">
+      {exception && (
+        <>
+          <h3>Failure</h3>
+          <p className="stg-exc">
+            <strong>{String(exception.type)}</strong>
+            {exception.message ? `: ${String(exception.message)}` : ''}
+          </p>
+        </>
+      )}
+      <h3>args</h3>
+      <div className="stg-value">{data.args == null ? '—' : <Value value={data.args} />}</div>
+      <h3>kwargs</h3>
+      <div className="stg-value">{data.kwargs == null ? '—' : <Value value={data.kwargs} />}</div>
+      <h3>result</h3>
+      <div className="stg-value">{data.state === 'SUCCESS' ? <Value value={data.result} /> : '—'}</div>
+    </div>
+  );
+}
+
 export function SidePanel({ node, graph, expansion, config, onClose, onExpand, onSelect }) {
   const heading = useRef(null);
   useEffect(() => {
@@ -36,6 +99,7 @@ export function SidePanel({ node, graph, expansion, config, onClose, onExpand, o
   const parents = graph.parents.get(node.id) || [];
   const children = graph.children.get(node.id) || [];
   const title = node.name || (node.placeholder ? 'parent not captured' : node.id);
+  const detail = useTaskDetail(config.taskApiUrlTemplate, node, real);
 
   return (
     <aside
@@ -93,6 +157,7 @@ export function SidePanel({ node, graph, expansion, config, onClose, onExpand, o
           </>
         )}
       </dl>
+      {real && <TaskValues detail={detail} />}
       <Neighbours label="From" edges={parents} end="source" graph={graph} onSelect={onSelect} />
       <Neighbours label="To" edges={children} end="target" graph={graph} onSelect={onSelect} />
     </aside>

@@ -33,6 +33,7 @@ export async function mount(element) {
     flowUrl: element.dataset.flowUrl || null,
     taskUrlTemplate: element.dataset.taskUrlTemplate || null,
     membersUrlTemplate: element.dataset.membersUrlTemplate || null,
+    taskApiUrlTemplate: element.dataset.taskApiUrlTemplate || null,
     liveUrl: element.dataset.liveUrl || null,
     current: element.dataset.current || null,
   };

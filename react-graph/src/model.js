@@ -161,13 +161,34 @@ export function formatDateTime(ts) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${formatClock(ts)}`;
 }
 
+// One duration format, the server's (stemtrace/server/render.py `duration`):
+// the unit is chosen after rounding (never "1000 ms" or "60 s"), rounding is
+// half up on the float itself, written out so both sides give the same text.
+// test/durations.json holds both to the same cases.
+function halfUp(value) {
+  return Math.floor(value + 0.5);
+}
+
+function two(big, bigUnit, small, smallUnit) {
+  return small ? `${big} ${bigUnit} ${small} ${smallUnit}` : `${big} ${bigUnit}`;
+}
+
 export function formatDuration(seconds) {
-  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 0) return null;
-  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
-  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
-  const m = Math.floor(seconds / 60);
-  if (m < 60) return `${m} m ${Math.round(seconds - m * 60)} s`;
-  return `${Math.floor(m / 60)} h ${m % 60} m`;
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds)) return null;
+  if (seconds < 0) return `-${formatDuration(-seconds)}`;
+  const tenthsMs = halfUp(seconds * 10000);
+  if (tenthsMs < 1000) return `${Math.floor(tenthsMs / 10)}.${tenthsMs % 10} ms`;
+  const ms = halfUp(seconds * 1000);
+  if (ms < 1000) return `${ms} ms`;
+  const hundredths = halfUp(seconds * 100);
+  if (hundredths < 1000) return `${Math.floor(hundredths / 100)}.${pad(hundredths % 100)} s`;
+  const whole = halfUp(seconds);
+  if (whole < 60) return `${whole} s`;
+  const minutes = Math.floor(whole / 60);
+  if (minutes < 60) return two(minutes, 'min', whole % 60, 's');
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) return two(hours, 'h', minutes % 60, 'min');
+  return two(Math.floor(hours / 24), 'd', hours % 24, 'h');
 }
 
 /** Run time of a task node: its runtime, else finished - started, else so far (running). */

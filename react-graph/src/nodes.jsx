@@ -49,7 +49,10 @@ function TaskNodeView({ data, selected }) {
       )}
     >
       <Handles />
-      <div className="stg-title" title={String(node.name || node.id)}>{title}</div>
+      <div className="stg-title-row">
+        <div className="stg-title" title={String(node.name || node.id)}>{title}</div>
+        {current && <span className="stg-tag">this task</span>}
+      </div>
       <div className="stg-line">
         <StateLabel state={node.state} />
         {node.attempts > 1 && <span className="stg-attempts">{plural(node.attempts, 'attempt')}</span>}
@@ -64,7 +67,6 @@ function TaskNodeView({ data, selected }) {
           </span>
         )}
       </div>
-      {current && <span className="stg-tag">this task</span>}
     </div>
   );
 }

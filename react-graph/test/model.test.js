@@ -1,7 +1,10 @@
 // Pure parts of the island: run with `npm test` (node's own test runner).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildGraph, fillTemplate, memberNode, stateInfo, structureKey } from '../src/model.js';
+import { readFileSync } from 'node:fs';
+import {
+  buildGraph, fillTemplate, formatDuration, memberNode, stateInfo, structureKey,
+} from '../src/model.js';
 import { BLOCK_MIN, DAGRE_MAX, layoutGraph } from '../src/layout.js';
 import { reconcile } from '../src/live.js';
 
@@ -97,4 +100,11 @@ test('reconcile keeps unchanged node objects and the whole flow when nothing cha
   assert.equal(next.nodes[0], before.nodes[0]);
   assert.notEqual(next.nodes[1], before.nodes[1]);
   assert.equal(structureKey(buildGraph(next, new Map())), structureKey(buildGraph(before, new Map())));
+});
+
+test('durations read as on the server pages (the cases tests/test_render.py checks too)', () => {
+  const cases = JSON.parse(readFileSync(new URL('./durations.json', import.meta.url), 'utf8'));
+  for (const [seconds, shown] of cases) assert.equal(formatDuration(seconds), shown, String(seconds));
+  assert.equal(formatDuration(null), null);
+  assert.equal(formatDuration(Infinity), null);
 });
