@@ -6,6 +6,7 @@ import json
 import math
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -341,6 +342,7 @@ class ScriptedReader:
         self.sizes = list(sizes)
         self.log = log
         self.sent = 0
+        self.start = time.time() - 600
 
     def read(self, after: str | None, count: int, block: float) -> list[tuple[str, bytes]]:
         size = self.sizes.pop(0) if self.sizes else 0
@@ -352,8 +354,9 @@ class ScriptedReader:
             task_id = f"c-{n:03d}"
             frame = encode_frame(
                 [
-                    sent(task_id, 1000.0 + n, "proj.streamed", [n]),
-                    ended(task_id, 1000.5 + n, name="proj.streamed"),
+                    # real times: what goes through the decoder must be a time of today
+                    sent(task_id, self.start + n, "proj.streamed", [n]),
+                    ended(task_id, self.start + n + 0.5, name="proj.streamed"),
                 ]
             )
             found.append((f"{n}-0", frame))
