@@ -100,6 +100,8 @@ def test_the_side_panel_shows_why_a_node_failed_and_what_it_was_given(
     app, _ = sender
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/live" in r.url else None)
     failing = app.tasks["proj.fail"].delay(XSS)
     login = app.tasks["proj.login"].delay(
         "ada", "hunter2", options={"api_key": "k", "note": "n" * 5000}
@@ -135,3 +137,5 @@ def test_the_side_panel_shows_why_a_node_failed_and_what_it_was_given(
         expect(badge.locator("svg")).to_have_count(1)
     expect(panel).to_contain_text("truncated: 5000 characters")
     assert dialogs == []
+    # one event stream per flow page: the graph hears the page's own (htmx's)
+    assert len(streams) == 2, streams

@@ -13,7 +13,9 @@ import {
 import { DAGRE_MAX, layoutGraph } from './layout.js';
 import { edgeClass, kindLabel, nodeTypes } from './nodes.jsx';
 import { SidePanel } from './Panel.jsx';
-import { reconcile, subscribe, throttle } from './live.js';
+import {
+  listen, reconcile, subscribe, throttle,
+} from './live.js';
 import { drawOverview } from './overview.js';
 
 const PAGE = 100;
@@ -71,7 +73,7 @@ function Graph({ initialFlow, config, onReady }) {
   const [flow, setFlow] = useState(initialFlow);
   const [expansions, setExpansions] = useState(() => new Map());
   const [selectedId, setSelectedId] = useState(null);
-  const [live, setLive] = useState(config.liveUrl ? 'connecting' : 'off');
+  const [live, setLive] = useState(config.liveSource || config.liveUrl ? 'connecting' : 'off');
   const [problem, setProblem] = useState(null);
   const [size, setSize] = useState(null);
   const [overview, setOverview] = useState(false);
@@ -236,7 +238,7 @@ function Graph({ initialFlow, config, onReady }) {
   const flowRef = useRef(flow);
   flowRef.current = flow;
   useEffect(() => {
-    if (!config.flowUrl || !config.liveUrl) return undefined;
+    if (!config.flowUrl || !(config.liveSource || config.liveUrl)) return undefined;
     let cost = 0;
     const refresh = throttle(async () => {
       const started = performance.now();
@@ -282,12 +284,14 @@ function Graph({ initialFlow, config, onReady }) {
         });
       }
     };
-    const unsubscribe = subscribe(config.liveUrl, () => refresh.request(), setLive);
+    const unsubscribe = config.liveSource
+      ? listen(config.liveSource, () => refresh.request(), setLive)
+      : subscribe(config.liveUrl, () => refresh.request(), setLive);
     return () => {
       unsubscribe();
       refresh.stop();
     };
-  }, [config.flowUrl, config.liveUrl, config.membersUrlTemplate]);
+  }, [config.flowUrl, config.liveSource, config.liveUrl, config.membersUrlTemplate]);
 
   // Keyboard: Enter/Space opens a node, arrows move between nodes, Escape closes.
   const focusNode = useCallback((id) => {

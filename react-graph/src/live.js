@@ -58,6 +58,29 @@ export function subscribe(url, onChange, onStatus) {
   return () => source.close();
 }
 
+/**
+ * The same, heard from the page's own htmx SSE connection instead of a second
+ * one: `source` is the element htmx's sse extension connected (`sse-connect`,
+ * with `sse:ready` and `sse:changed` among its triggers). A browser holds few
+ * connections per server; a page needs only one stream.
+ */
+export function listen(source, onChange, onStatus) {
+  const handlers = {
+    'sse:ready': () => {
+      onStatus('live');
+      onChange();
+    },
+    'sse:changed': () => onChange(),
+    'htmx:sseOpen': () => onStatus('live'),
+    'htmx:sseError': () => onStatus('reconnecting'),
+  };
+  for (const [name, handler] of Object.entries(handlers)) source.addEventListener(name, handler);
+  onChange(); // the stream may have opened before the island listened: catch up once
+  return () => {
+    for (const [name, handler] of Object.entries(handlers)) source.removeEventListener(name, handler);
+  };
+}
+
 /** `next` with the node objects of `previous` kept where nothing changed (cheap React updates). */
 export function reconcile(previous, next) {
   if (!previous) return next;

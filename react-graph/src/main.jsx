@@ -35,6 +35,8 @@ export async function mount(element) {
     membersUrlTemplate: element.dataset.membersUrlTemplate || null,
     taskApiUrlTemplate: element.dataset.taskApiUrlTemplate || null,
     liveUrl: element.dataset.liveUrl || null,
+    // The page's own stream, when it has one (see live.js `listen`).
+    liveSource: (element.dataset.liveSource && document.getElementById(element.dataset.liveSource)) || null,
     current: element.dataset.current || null,
   };
   let flow = readFlow(element);
