@@ -45,7 +45,7 @@ def test_the_flow_page_refreshes_its_header_critical_path_waterfall_and_steps(
     assert live["hx-swap"] == "none"  # the blocks come out of band; the graph stays put
     # the graph hears the same stream: one connection per page, not two
     assert one(live, "#flow-graph")["data-live-source"] == "flow-live"
-    assert text(one(soup, "#flow-head p")).startswith("2 nodes, 1 edges.")
+    assert text(one(soup, "#flow-head p")).startswith("2 nodes, 1 edge.")
 
     # the flow moves on: the first task ends, the second runs and fails, a third is spawned
     fill(
