@@ -1,7 +1,17 @@
+"""Fixtures shared by tests/ and e2e/, and the markers every test gets from what it uses.
+
+Markers are worked out, not written by hand, so they cannot drift: ``browser``
+for e2e/, ``worker`` where a module starts a real Celery worker, ``rabbitmq``
+where it names an AMQP URL, ``redis`` where it names Redis or uses the Redis
+fixtures, and ``unit`` for every other test: ``python -m pytest -m unit`` is
+the fast subset, which needs no service.
+"""
+
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -31,3 +41,31 @@ def scenario(request: pytest.FixtureRequest, redis_available: None) -> Iterator[
     found = Scenario(db=db)
     yield found
     found.cleanup()
+
+
+SERVICE_MARKERS = ("browser", "worker", "rabbitmq", "redis")
+_sources: dict[Path, str] = {}
+
+
+def markers_for(item: pytest.Item) -> list[str]:
+    path = Path(str(item.path))
+    source = _sources.get(path)
+    if source is None:
+        source = _sources[path] = path.read_text()
+    found = []
+    if path.parent.name == "e2e":
+        found.append("browser")
+    if "celery_worker(" in source:
+        found.append("worker")
+    if "amqp://" in source:
+        found.append("rabbitmq")
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if fixtures & {"redis_available", "scenario"} or "redis://" in source:
+        found.append("redis")
+    return found or ["unit"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in markers_for(item):
+            item.add_marker(name)
