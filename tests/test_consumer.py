@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 import redis
+from bs4 import BeautifulSoup
+from fastapi.testclient import TestClient
 
 from stemtrace.consumer import Consumer
 from stemtrace.events import encode_frame
+from stemtrace.server.app import create_app
+from stemtrace.settings import Settings
 from stemtrace.store import Store
 from stemtrace.transports import open_reader
 from stemtrace.transports.redis import FRAME_FIELD
@@ -203,3 +207,21 @@ def test_a_second_consumer_on_one_file_stands_by_until_the_writer_stops(
         second.stop()
         first_store.close()
         second_store.close()
+
+
+def test_a_standby_server_says_so_instead_of_a_broker_problem(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    path = tmp_path / "claimed.db"
+    writer = Store(path)
+    assert writer.claim_writer() is None  # another server's consumer holds the file
+    settings = Settings(db=str(path), broker=scenario.broker, stream=scenario.stream,
+                        celery_events=False)  # fmt: skip
+    try:
+        with TestClient(create_app(settings)) as client:
+            wait_for(lambda: client.get("/api/health").json()["consumer"]["standby"])
+            page = BeautifulSoup(client.get("/").text, "html.parser")
+            assert page.select_one("#standby-banner") is not None
+            assert page.select_one("#broker-banner") is None
+    finally:
+        writer.close()

@@ -94,7 +94,13 @@ class StemtraceExtension:
 
     def broker_problem(self) -> str | None:
         """Why the consumer cannot read the broker right now, if it cannot."""
-        if self.consumer is None or self.consumer.status.connected:
+        if self.consumer is None or self.consumer.status.connected or self.consumer.status.standby:
+            return None
+        return self.consumer.status.last_error
+
+    def standby(self) -> str | None:
+        """Why this server does not ingest while another process writes its database."""
+        if self.consumer is None or not self.consumer.status.standby:
             return None
         return self.consumer.status.last_error
 

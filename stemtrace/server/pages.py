@@ -91,6 +91,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:
             "request": request,
             "url": url,
             "broker_problem": ext.broker_problem(),
+            "standby": ext.standby(),
             "now": datetime.now(UTC).timestamp(),
             **context,
         }
