@@ -50,7 +50,7 @@ import redis
 from kombu import Connection
 
 from bench import MODES, add_redis_options
-from stemtrace.capture.publisher import describe_url
+from stemtrace.transports import describe_url
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = {"plain": "plain", "stemtrace": "stemtrace", "celery-events": "celery -E"}
@@ -218,7 +218,7 @@ class Run:
 
     def count_amqp_events(self, stream: str) -> int:
         """Consume the queue bound to the events exchange; count the events in its frames."""
-        from stemtrace.events import decode_frame
+        from stemtrace.core.events import decode_frame
 
         events = 0
         with self.amqp_channel() as channel:
@@ -330,7 +330,7 @@ class Run:
 
 
 def count_events(client: redis.Redis, stream: str) -> int:
-    from stemtrace.events import decode_frame
+    from stemtrace.core.events import decode_frame
 
     return sum(len(decode_frame(fields[b"d"]).events) for _, fields in client.xrange(stream))
 

@@ -6,7 +6,7 @@ heartbeats) are encoded in frames of ``--frame`` events and appended to a
 fresh Redis stream with the capture sender (``RedisStreamSender``, one entry
 ``{"d": frame}`` per frame). Then, in interleaved rounds:
 
-* ``stemtrace``: the real :class:`stemtrace.consumer.Consumer` with
+* ``stemtrace``: the real :class:`stemtrace.ingest.consumer.Consumer` with
   :func:`stemtrace.transports.open_reader` reads the whole stream into a fresh
   :class:`stemtrace.store.Store` on a temporary file. Timed from the start of
   its loop until ``status.ingested`` reaches the event count (wall clock), and
@@ -21,7 +21,7 @@ fresh Redis stream with the capture sender (``RedisStreamSender``, one entry
 The garbage collector: the benchmark's own fixtures (the events, frames and
 Celery's copies, hundreds of thousands of objects) are frozen once built, so
 that neither side pays for the collector walking them. stemtrace runs with the
-settings its own processes use (:func:`stemtrace.collector.tune`, as ``stemtrace
+settings its own processes use (:func:`stemtrace.cli.gc.tune`, as ``stemtrace
 run`` and ``stemtrace consume`` do), Celery's State with Python's defaults (as
 Flower runs it), and, for a like-for-like figure, once more with stemtrace's.
 
@@ -57,9 +57,9 @@ import redis
 
 from bench import add_redis_options
 from bench.workload import CeleryTranslator, Event, Workload, frames
-from stemtrace import collector
-from stemtrace.consumer import Consumer
-from stemtrace.events import encode_frame
+from stemtrace.cli import gc as collector
+from stemtrace.core.events import encode_frame
+from stemtrace.ingest.consumer import Consumer
 from stemtrace.store import Store
 from stemtrace.transports import Reader, open_reader
 from stemtrace.transports.redis import RedisStreamSender
@@ -93,7 +93,7 @@ def redis_cpu(client: redis.Redis) -> float:
 
 @contextlib.contextmanager
 def collector_settings(tuned: bool) -> Iterator[None]:
-    """stemtrace's collector settings (:func:`stemtrace.collector.tune`) for a while."""
+    """stemtrace's collector settings (:func:`stemtrace.cli.gc.tune`) for a while."""
     before = gc.get_threshold()
     if tuned:
         collector.tune()

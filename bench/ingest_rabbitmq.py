@@ -12,7 +12,7 @@ each transport, with capture's own senders:
   published (``AmqpSender``, persistent messages) and counted in the queue before the
   clock starts. A queue is consumed once, hence a fresh one per round.
 
-Then, in interleaved rounds, the real :class:`stemtrace.consumer.Consumer` reads all of
+Then, in interleaved rounds, the real :class:`stemtrace.ingest.consumer.Consumer` reads all of
 it into a fresh :class:`stemtrace.store.Store` on a temporary file, with a reader
 opened inside the timed span (as ``stemtrace run`` does), from the start of its loop
 until ``status.ingested`` reaches the event count: wall clock, and the CPU time of this
@@ -51,9 +51,8 @@ from bench import add_redis_options
 from bench.capture_overhead import sigterm_as_exit
 from bench.ingest import BenchError, make_events, run_consumer
 from bench.workload import frames
-from stemtrace.capture.publisher import describe_url
-from stemtrace.events import encode_frame
-from stemtrace.transports import Reader, open_reader
+from stemtrace.core.events import encode_frame
+from stemtrace.transports import Reader, describe_url, open_reader
 from stemtrace.transports.amqp import AmqpSender
 from stemtrace.transports.redis import RedisStreamSender
 

@@ -52,7 +52,7 @@ from bench.store_queries import (
     index,
 )
 from bench.workload import frames
-from stemtrace.events import encode_frame
+from stemtrace.core.events import encode_frame
 
 TASKS = 1_000_000
 

@@ -382,7 +382,7 @@ def rss_growth(samples: list[tuple[float, float, float]]) -> float:
 
 def feed_flow(run: Run) -> tuple[str, str]:
     """A root that spawned ``--flow`` children, through the real stream. Returns ids."""
-    from stemtrace.events import encode_frame
+    from stemtrace.core.events import encode_frame
     from stemtrace.transports.redis import FRAME_FIELD
 
     root, now = uuid.uuid4().hex, time.time()

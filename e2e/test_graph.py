@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 
 import stemtrace
 from e2e.conftest import Server
-from stemtrace.events import encode_frame
+from stemtrace.core.events import encode_frame
 from stemtrace.transports.redis import FRAME_FIELD
 from tests.support import Scenario, wait_for
 

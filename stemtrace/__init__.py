@@ -6,7 +6,7 @@ the request that set them off.
 
 Layers, each importing only those above it in this list (a test enforces it):
 
-* ``stemtrace.events`` - the core model: event kinds and wire format; stdlib only.
+* ``stemtrace.core.events`` - the core model: event kinds and wire format; stdlib only.
 * ``stemtrace.transports`` - senders per URL scheme (Redis Streams, memory).
 * ``stemtrace.capture`` - runs inside Celery processes: signals, payload
   shaping, trace context, the publisher. Never imports the web stack or store.

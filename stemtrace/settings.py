@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from stemtrace.capture.config import parse_env
+from stemtrace.core.env import parse_env
 from stemtrace.store.schema import DEFAULT_DB
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")

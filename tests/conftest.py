@@ -1,9 +1,10 @@
 """Fixtures shared by tests/ and e2e/, and the markers every test gets from what it uses.
 
 Markers are worked out, not written by hand, so they cannot drift: ``browser``
-for e2e/, ``worker`` where a module starts a real Celery worker, ``rabbitmq``
-where it names an AMQP URL, ``redis`` where it names Redis or uses the Redis
-fixtures, and ``unit`` for every other test: ``python -m pytest -m unit`` is
+for e2e/, ``worker`` where a module starts a real Celery worker (or says so
+with ``pytestmark``), ``rabbitmq`` where it names an AMQP URL, ``redis`` where
+it names Redis or uses the Redis fixtures, ``node`` where it runs npm, and
+``unit`` for every other test: ``python -m pytest -m unit`` is
 the fast subset, which needs no service.
 """
 
@@ -43,7 +44,7 @@ def scenario(request: pytest.FixtureRequest, redis_available: None) -> Iterator[
     found.cleanup()
 
 
-SERVICE_MARKERS = ("browser", "worker", "rabbitmq", "redis")
+SERVICE_MARKERS = ("browser", "worker", "rabbitmq", "redis", "node")
 _sources: dict[Path, str] = {}
 
 
@@ -59,6 +60,8 @@ def markers_for(item: pytest.Item) -> list[str]:
         found.append("worker")
     if "amqp://" in source:
         found.append("rabbitmq")
+    if "npm" in source:
+        found.append("node")
     fixtures = set(getattr(item, "fixturenames", ()))
     if fixtures & {"redis_available", "scenario"} or "redis://" in source:
         found.append("redis")
@@ -67,5 +70,7 @@ def markers_for(item: pytest.Item) -> list[str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        declared = {m.name for m in item.iter_markers()} & set(SERVICE_MARKERS)
         for name in markers_for(item):
-            item.add_marker(name)
+            if not (name == "unit" and declared):
+                item.add_marker(name)

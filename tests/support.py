@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from stemtrace.events import decode_frame
+from stemtrace.core.events import decode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_HOST = "127.0.0.1"

@@ -12,7 +12,7 @@ from kombu.connection import Connection
 from starlette.testclient import TestClient
 
 import stemtrace
-from stemtrace.consumer import build_consumer
+from stemtrace.ingest.consumer import build_consumer
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store import Store

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 import stemtrace
-from stemtrace.events import Event, validate_event
+from stemtrace.core.events import Event, validate_event
 from stemtrace.server.api import create_api_router
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings

@@ -10,7 +10,7 @@ from celery import Celery
 
 import stemtrace
 from stemtrace.capture import signals as signals_module
-from stemtrace.events import decode_frame
+from stemtrace.core.events import decode_frame
 from stemtrace.transports.memory import stream_for
 
 

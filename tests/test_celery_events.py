@@ -9,9 +9,9 @@ from celery import chain
 from starlette.testclient import TestClient
 
 import stemtrace
-from stemtrace.celery_events import convert
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
+from stemtrace.transports.celery_events import convert
 from tests.proj import make_app
 from tests.support import Scenario, celery_worker, wait_for
 from tests.test_flows_e2e import Observed

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from stemtrace import __version__
-from stemtrace.events import encode_frame
+from stemtrace.core.events import encode_frame
 from stemtrace.transports.redis import FRAME_FIELD
 from tests.support import ROOT, Scenario, free_port, stop_process, wait_for
 

@@ -9,7 +9,8 @@ from unittest import mock
 
 import pytest
 
-from stemtrace import cli, collector
+from stemtrace.cli import gc as collector
+from stemtrace.cli import main as cli
 
 
 @pytest.fixture

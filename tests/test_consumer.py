@@ -12,8 +12,8 @@ import redis
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 
-from stemtrace.consumer import Consumer
-from stemtrace.events import encode_frame
+from stemtrace.core.events import encode_frame
+from stemtrace.ingest.consumer import Consumer
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store import Store
@@ -153,7 +153,7 @@ def test_an_unreachable_broker_is_reported_then_read_when_it_returns(
 def test_a_decoder_failure_skips_only_its_entry(
     scenario: Scenario, client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stemtrace import consumer as consumer_module
+    from stemtrace.ingest import consumer as consumer_module
 
     real = consumer_module.decode_frame
 

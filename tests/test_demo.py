@@ -20,6 +20,8 @@ from tests.support import ROOT, free_port, stop_process, wait_for
 
 SCRUBBED = {"__stemtrace__": "scrubbed"}
 
+pytestmark = pytest.mark.worker  # the demo runs a real Celery worker in its process
+
 
 class Demo:
     def __init__(self, process: subprocess.Popen[bytes], base: str, tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stemtrace import events as ev
 from stemtrace.capture.config import CaptureConfig
-from stemtrace.cli import build_parser
+from stemtrace.cli.main import build_parser
+from stemtrace.core import events as ev
 from stemtrace.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from stemtrace import events as ev
+from stemtrace.core import events as ev
 
 
 def task_event(**changes: Any) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from urllib.parse import quote
 import pytest
 from starlette.testclient import TestClient
 
-from stemtrace import flows
-from stemtrace.export import to_dot, to_svg
+from stemtrace.model import flows
+from stemtrace.model.export import to_dot, to_svg
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store.ingest import Ingestor

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from stemtrace import flows, timeline
-from stemtrace.export import to_dot, to_svg
+from stemtrace.model import flows, timeline
+from stemtrace.model.export import to_dot, to_svg
 
 
 def task(task_id: str, start: float, end: float | None, **fields: Any) -> dict[str, Any]:

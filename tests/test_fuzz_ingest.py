@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stemtrace import events as ev
-from stemtrace.jsonio import encode
+from stemtrace.core import events as ev
+from stemtrace.core.jsonio import encode
 from stemtrace.store import Store
 from stemtrace.store.ingest import Ingestor
 

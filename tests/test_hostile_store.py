@@ -105,7 +105,7 @@ ROUTES = (
 )  # fmt: skip
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_tasks())
 def test_every_route_answers_for_tasks_made_of_arbitrary_values(
     case: tuple[list[dict[str, Any]], str, str],

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stemtrace import jsonio
+from stemtrace.core import jsonio
 
 json_values = st.recursive(
     st.none()

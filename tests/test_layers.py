@@ -1,8 +1,14 @@
-"""The layering rule of the package docstring, checked on the code itself."""
+"""The layers of the package, each held to what it may import; a check that can fail.
+
+Every module belongs to exactly one layer (a test says so), every layer has a
+rule, and a test plants a backward import in a copy of the package and sees
+the check refuse it.
+"""
 
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,25 +17,37 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "stemtrace"
 
-# module prefix -> stemtrace modules it may import
-ALLOWED = {
-    "stemtrace.jsonio": set(),
-    "stemtrace.bounds": set(),
-    "stemtrace.events": {"stemtrace.jsonio", "stemtrace.bounds"},
-    "stemtrace.transports": {"stemtrace.transports"},
-    "stemtrace.capture": {
-        "stemtrace.events",
-        "stemtrace.jsonio",
-        "stemtrace.bounds",
-        "stemtrace.transports",
-        "stemtrace.capture",
-    },
+WEB = ("fastapi", "starlette", "jinja2", "sse_starlette", "uvicorn", "markupsafe")
+STORE = ("sqlite_utils", "sqlite3")
+
+EVERY = frozenset({"core", "transports", "capture", "store", "model", "settings", "ingest",
+                   "server", "cli", "root"})  # fmt: skip
+
+# layer -> (stemtrace layers it may import, third-party roots it must not import)
+RULES: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "core": (frozenset({"core"}), (*WEB, *STORE, "celery", "kombu", "redis", "graphviz")),
+    "transports": (frozenset({"core", "transports"}), (*WEB, *STORE)),
+    "capture": (frozenset({"core", "transports", "capture"}), (*WEB, *STORE)),
+    "store": (frozenset({"core", "store"}), (*WEB, "celery", "kombu", "redis")),
+    "model": (frozenset({"core", "model"}), (*WEB, *STORE, "celery", "kombu", "redis")),
+    "settings": (frozenset({"core", "store", "settings"}), WEB),
+    "ingest": (frozenset({"core", "transports", "store", "settings", "ingest"}), WEB),
+    "server": (EVERY - {"capture", "cli"}, ()),
+    "cli": (EVERY, ()),
+    "root": (frozenset({"core", "capture", "root"}), (*WEB, *STORE)),
 }
-WEB_AND_STORE = ("fastapi", "starlette", "jinja2", "sqlite_utils", "sse_starlette", "uvicorn")
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def layer_of(module: str) -> str:
+    """``stemtrace.core.events`` -> ``core``; ``stemtrace`` itself -> ``root``."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "root"
+    return parts[1]
+
+
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -39,31 +57,74 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
+            if node.module == "stemtrace":  # from stemtrace import x: the names are modules
+                found.update(f"stemtrace.{alias.name}" for alias in node.names)
+            else:
+                found.add(node.module)
     return found
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
-def test_each_module_imports_only_the_layers_below(path: Path) -> None:
-    name = module_name(path)
-    layer = next((prefix for prefix in ALLOWED if name.startswith(prefix)), None)
-    if layer is None:
-        return  # store, server, cli: on top, may import anything below
-    for imported in imports_of(path):
-        if imported.startswith("stemtrace."):
-            assert any(imported.startswith(ok) for ok in ALLOWED[layer]), (name, imported)
-        assert not imported.startswith(WEB_AND_STORE), (name, imported)
-    if layer in (
-        "stemtrace.events",
-        "stemtrace.jsonio",
-        "stemtrace.bounds",
-    ):  # the core: stdlib and orjson only
-        assert all(
-            i.split(".")[0] in sys.stdlib_module_names
-            or i in ("__future__", "orjson")
-            or i in ALLOWED[layer]
-            for i in imports_of(path)
-        ), name
+def violations(package: Path = PACKAGE) -> list[str]:
+    """Every import that breaks its module's layer rule, as ``module -> import``."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        name = module_name(path, package)
+        allowed, banned = RULES[layer_of(name)]
+        for imported in imports_of(path):
+            if imported == "stemtrace.__version__":
+                continue
+            if imported.startswith("stemtrace."):
+                target = layer_of(imported)
+                if target not in allowed:
+                    found.append(f"{name} -> {imported}")
+            elif imported == "stemtrace":
+                if "root" not in allowed:
+                    found.append(f"{name} -> stemtrace")
+            elif imported.split(".")[0] in banned:
+                found.append(f"{name} -> {imported}")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p))
+def test_every_module_has_a_layer_with_a_rule(path: Path) -> None:
+    assert layer_of(module_name(path)) in RULES, module_name(path)
+
+
+def test_no_module_imports_against_its_layer() -> None:
+    assert violations() == []
+
+
+def test_core_imports_the_standard_library_and_orjson_only() -> None:
+    for path in (PACKAGE / "core").rglob("*.py"):
+        for imported in imports_of(path):
+            root = imported.split(".")[0]
+            assert (
+                root in sys.stdlib_module_names
+                or root in ("__future__", "orjson")
+                or (imported.startswith("stemtrace.core"))
+            ), (path.name, imported)
+
+
+@pytest.mark.parametrize(
+    ("module", "planted"),
+    [
+        ("core/events.py", "from stemtrace.store import schema"),
+        ("capture/publisher.py", "import fastapi"),
+        ("store/queries.py", "from stemtrace.model import flows"),
+        ("model/flows.py", "import sqlite3"),
+        ("transports/redis.py", "from stemtrace.capture import payload"),
+        ("ingest/consumer.py", "from stemtrace.server import render"),
+    ],
+)
+def test_a_backward_import_planted_in_a_copy_is_caught(
+    tmp_path: Path, module: str, planted: str
+) -> None:
+    copy = tmp_path / "stemtrace"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("static", "templates"))
+    target = copy / module
+    target.write_text(target.read_text() + f"\n{planted}\n")
+    found = violations(copy)
+    assert len(found) == 1 and found[0].startswith(module_name(target, copy)), found
 
 
 def test_import_and_init_in_a_worker_stay_light() -> None:

@@ -27,8 +27,8 @@ from bs4 import BeautifulSoup, Tag, XMLParsedAsHTMLWarning
 from fastapi import Depends, FastAPI, HTTPException, Request, params
 from starlette.testclient import TestClient
 
-from stemtrace import states
-from stemtrace.events import Event
+from stemtrace.core import states
+from stemtrace.core.events import Event
 from stemtrace.server.app import create_app
 from stemtrace.server.extension import StemtraceExtension
 from stemtrace.server.live import Broadcaster

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlite_utils import Database
 
-from stemtrace import flows, planned
+from stemtrace.model import flows, planned
 from stemtrace.store import Store, queries
 from stemtrace.store import planned as store_planned
 from stemtrace.store.ingest import Ingestor

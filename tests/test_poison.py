@@ -18,7 +18,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from stemtrace.consumer import Consumer
+from stemtrace.ingest.consumer import Consumer
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store import Store

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from stemtrace.capture.publisher import Publisher, describe_url
-from stemtrace.events import decode_frame
-from stemtrace.transports import open_sender
+from stemtrace.capture.publisher import Publisher
+from stemtrace.core.events import decode_frame
+from stemtrace.transports import describe_url, open_sender
 from tests.support import read_events, redis_url, wait_for
 
 

@@ -17,7 +17,7 @@ import redis
 from kombu import Connection
 from kombu import Queue as KombuQueue
 
-from stemtrace.events import decode_frame
+from stemtrace.core.events import decode_frame
 from stemtrace.transports import open_reader
 from tests.support import REDIS_HOST, REDIS_PORT, ROOT
 

@@ -24,7 +24,7 @@ from starlette.testclient import TestClient
 import stemtrace
 from stemtrace.capture.payload import Shaper
 from stemtrace.capture.registry import describe_tasks
-from stemtrace.events import decode_frame
+from stemtrace.core.events import decode_frame
 from stemtrace.server import render
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from sqlite_utils import Database
 from starlette.testclient import TestClient
 
-from stemtrace.consumer import Consumer
-from stemtrace.events import encode_frame
+from stemtrace.core.events import encode_frame
+from stemtrace.ingest.consumer import Consumer
 from stemtrace.server.api import create_api_router
 from stemtrace.store import Store, queries, search
 from stemtrace.store.ingest import Ingestor

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stemtrace import traces
+from stemtrace.model import traces
 
 
 def task(task_id: str, seen: float, **fields: Any) -> dict[str, Any]:

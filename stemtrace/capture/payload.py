@@ -23,7 +23,7 @@ import reprlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from stemtrace.bounds import MARKER, MORE_KEY
+from stemtrace.core.bounds import MARKER, MORE_KEY
 
 __all__ = [
     "DEFAULT_SECRET_KEYS",

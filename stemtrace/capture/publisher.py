@@ -25,8 +25,10 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 
-from stemtrace.events import Event, encode_frame
-from stemtrace.transports import Sender
+from stemtrace.core.events import Event, encode_frame
+from stemtrace.transports import Sender, describe_url
+
+__all__ = ["Publisher", "describe_url"]
 
 logger = logging.getLogger("stemtrace")
 
@@ -271,14 +273,3 @@ def _flush_all_at_exit() -> None:
 
 os.register_at_fork(after_in_child=_reset_all_after_fork)
 atexit.register(_flush_all_at_exit)
-
-
-def describe_url(url: str) -> str:
-    """``url`` without its password, for log lines."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -25,7 +25,6 @@ from typing import Any
 
 from celery import signals
 
-from stemtrace import events as ev
 from stemtrace.capture import dispatch
 from stemtrace.capture.config import CaptureConfig
 from stemtrace.capture.context import (
@@ -36,11 +35,13 @@ from stemtrace.capture.context import (
     valid_trace_id,
 )
 from stemtrace.capture.payload import Shaper
-from stemtrace.capture.publisher import Publisher, describe_url
+from stemtrace.capture.publisher import Publisher
 from stemtrace.capture.registry import describe_tasks, positional_params
+from stemtrace.core import events as ev
 from stemtrace.transports import (
     AMQP_SCHEMES,
     REDIS_SCHEMES,
+    describe_url,
     is_supported,
     open_sender,
     scheme_of,

@@ -18,7 +18,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi import Path as PathParam
 
-from stemtrace import __version__, export, flows, planned, states, timeline, traces
+from stemtrace import __version__
+from stemtrace.core import states
+from stemtrace.model import export, flows, planned, timeline, traces
 from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
 from stemtrace.store.schema import Store
@@ -301,7 +303,7 @@ def load_flow(
 
 
 def load_trace(store: Store, trace_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The trace's task rows, and :func:`stemtrace.traces.trace_flows` of them."""
+    """The trace's task rows, and :func:`stemtrace.model.traces.trace_flows` of them."""
     with FLOW_SLOTS:
         rows = queries.trace_rows(store.reader().conn, trace_id)
         if not rows:

@@ -24,7 +24,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, params
 
-from stemtrace.consumer import Consumer, build_celery_events_consumer, build_consumer
+from stemtrace.ingest.consumer import Consumer, build_celery_events_consumer, build_consumer
 from stemtrace.server.api import create_api_router
 from stemtrace.server.live import Broadcaster
 from stemtrace.server.pages import create_pages_router

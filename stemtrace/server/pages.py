@@ -21,7 +21,9 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from sse_starlette import EventSourceResponse
 
-from stemtrace import __version__, flows, states, traces
+from stemtrace import __version__
+from stemtrace.core import states
+from stemtrace.model import flows, traces
 from stemtrace.server import render
 from stemtrace.server.api import (
     FLOW_SLOTS,

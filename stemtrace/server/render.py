@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import Path
 from markupsafe import Markup
 
-from stemtrace import states
-from stemtrace.bounds import MARKER, MORE_KEY, finite
+from stemtrace.core import states
+from stemtrace.core.bounds import MARKER, MORE_KEY, finite
 
 PathId = Path(min_length=1, max_length=255)
 LOCK = Markup(

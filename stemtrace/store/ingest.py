@@ -4,7 +4,7 @@ The events of one task in a batch are merged in Python (:func:`merge_rows`)
 into one row, which becomes one ``UPSERT`` into ``tasks`` whose ``SET``
 clause applies the same merge rule against what the store already holds:
 
-* the state follows :func:`stemtrace.states.state_key` (``CASE`` on the row
+* the state follows :func:`stemtrace.core.states.state_key` (``CASE`` on the row
   value ``(state_attempt, state_rank, state_ts)``), not arrival order;
 * structural fields (name, parent, root, group, trace, args, ...) keep the
   first value known (``COALESCE``);
@@ -27,9 +27,9 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from stemtrace import events as ev
-from stemtrace import jsonio, states
-from stemtrace.bounds import bound
+from stemtrace.core import events as ev
+from stemtrace.core import jsonio, states
+from stemtrace.core.bounds import bound
 from stemtrace.store import planned, search
 from stemtrace.store.schema import CELERY_ROW_FIELDS, HISTORY_COLUMNS, HISTORY_RECORD, ROW_FIELDS
 
@@ -247,7 +247,7 @@ _SENT, _RECEIVED, _STARTED, _SUCCEEDED, _FAILED = (
 
 
 def _state_key(kind: str, retries: Any) -> tuple[str, int, int]:
-    """:func:`stemtrace.states.state_key`, remembered for the few pairs that occur."""
+    """:func:`stemtrace.core.states.state_key`, remembered for the few pairs that occur."""
     if retries is not None and type(retries) is not int:
         return states.state_key(kind, retries)
     key = (kind, retries)

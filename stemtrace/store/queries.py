@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stemtrace import states
-from stemtrace.bounds import MARKER, bound
+from stemtrace.core import states
+from stemtrace.core.bounds import MARKER, bound
 from stemtrace.store import planned, search
 from stemtrace.store.schema import HISTORY_COLUMNS, HISTORY_RECORD
 
@@ -184,7 +184,7 @@ def _retry_policy(definition: dict[str, Any]) -> dict[str, Any]:
 
 
 def _loads(text: Any) -> Any:
-    """A stored JSON column as a value within :func:`stemtrace.bounds.bound`'s caps.
+    """A stored JSON column as a value within :func:`stemtrace.core.bounds.bound`'s caps.
 
     Whatever an older version let into the store (nesting past Python's limit,
     say) reads as a marker, not an error.

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from stemtrace.events import MAX_AHEAD
+from stemtrace.core.events import MAX_AHEAD
 from stemtrace.store import search
 
 
@@ -14,7 +14,7 @@ from stemtrace.store import search
 class Retention:
     """Prunes the oldest tasks (by first-seen time), their event history and search documents.
 
-    Tasks first seen more than :data:`~stemtrace.events.MAX_AHEAD` in the
+    Tasks first seen more than :data:`~stemtrace.core.events.MAX_AHEAD` in the
     future (stored by versions that took any time) go too, retention or not.
 
     ``step`` deletes at most ``slice_size`` tasks per call and only every

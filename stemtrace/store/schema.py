@@ -28,7 +28,7 @@ Tables:
 Flow edges are not a table: they follow from ``parent_id``, ``group_id``,
 ``chord_id`` and the planned ``chain`` of each row, all indexed (the last two
 through ``planned``), and are
-rebuilt per flow by :mod:`stemtrace.flows`.
+rebuilt per flow by :mod:`stemtrace.model.flows`.
 
 Writes go through one connection owned by the consumer's writer thread; reads
 use one connection per reading thread. WAL lets them run side by side.

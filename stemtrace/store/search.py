@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from stemtrace import states
+from stemtrace.core import states
 
 TEXT_COLUMNS = ("name", "id", "args", "kwargs", "exc_type", "exc_message")
 """What ``q`` searches; ``task_search`` has the same columns."""

@@ -3,7 +3,7 @@
 Two small interfaces, :class:`Sender` and :class:`Reader`, with an
 implementation per URL scheme (Redis Streams, RabbitMQ, in-process memory),
 imported only when that scheme is used. Frames are opaque bytes here (see
-:mod:`stemtrace.events` for what is inside).
+:mod:`stemtrace.core.events` for what is inside).
 """
 
 from __future__ import annotations
@@ -94,3 +94,14 @@ def open_sender(url: str, *, stream: str, maxlen: int) -> Sender:
 
         return AmqpSender(url, stream=stream, maxlen=maxlen)
     raise _unsupported(url, "publish events to")
+
+
+def describe_url(url: str) -> str:
+    """``url`` without its password, for log lines."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from stemtrace import events as ev
-from stemtrace import states
-from stemtrace.bounds import finite
+from stemtrace.core import events as ev
+from stemtrace.core import states
+from stemtrace.core.bounds import finite
 
 PHASE_NAMES = {
     states.PENDING: "queued",

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-from stemtrace import __version__, collector
-from stemtrace.capture.config import parse_env
+from stemtrace import __version__
+from stemtrace.cli import gc as collector
+from stemtrace.core.env import parse_env
 from stemtrace.settings import LOG_LEVELS, SettingError, Settings
 
 DEMO_DB = "stemtrace-demo.db"
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     environ: Mapping[str, str] = os.environ
     if args.command == "demo":
-        from stemtrace.demo import EVENTS_URL
+        from stemtrace.cli.demo import EVENTS_URL
 
         # The demo's own database unless told otherwise, and always its in-process stream.
         environ = {"STEMTRACE_DB": DEMO_DB, **os.environ}
@@ -199,7 +200,7 @@ def _demo_interval(flag: float | None) -> float:
 def demo(settings: Settings, interval: float) -> int:
     import uvicorn
 
-    from stemtrace.demo import Demo
+    from stemtrace.cli.demo import Demo
     from stemtrace.server.app import create_app
 
     _quiet_celery(settings.log_level)
@@ -253,7 +254,7 @@ def _quiet_celery(level: str) -> None:
 
 
 def consume(settings: Settings) -> int:
-    from stemtrace.consumer import build_celery_events_consumer, build_consumer, source_name
+    from stemtrace.ingest.consumer import build_celery_events_consumer, build_consumer, source_name
     from stemtrace.store.schema import Store
 
     store = Store(settings.db)
@@ -278,7 +279,7 @@ def consume(settings: Settings) -> int:
 def tail(broker: str, stream: str, from_start: bool) -> int:
     import redis
 
-    from stemtrace.events import FrameError, decode_frame
+    from stemtrace.core.events import FrameError, decode_frame
     from stemtrace.transports.redis import FRAME_FIELD, connect
 
     client = connect(broker, timeout=10)

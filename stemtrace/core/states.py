@@ -5,14 +5,14 @@ task's state is that of its *highest* event by :func:`state_key`: terminal
 states beat everything; otherwise the later attempt wins (a retried task goes
 ``STARTED, RETRY, STARTED, ...`` under one id), and within an attempt the
 lifecycle order ``PENDING < RECEIVED < STARTED < RETRY`` applies. Ties go to
-the later timestamp. Pure: imports only :mod:`stemtrace.events`.
+the later timestamp. Pure: imports only :mod:`stemtrace.core.events`.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from stemtrace import events as ev
+from stemtrace.core import events as ev
 
 PENDING: Final = "PENDING"
 RECEIVED: Final = "RECEIVED"

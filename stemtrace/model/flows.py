@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from stemtrace import states, timeline
+from stemtrace.core import states
+from stemtrace.model import timeline
 
 COLLAPSE_OVER = 200
 """Groups with more members than this come as one node with counts."""
@@ -353,7 +354,7 @@ def waterfall(
 ) -> list[dict[str, Any]]:
     """Rows of a Gantt chart of the flow: per task, its queued, waiting, running spans.
 
-    Each row's segments are the task's :func:`stemtrace.timeline.phases`: from
+    Each row's segments are the task's :func:`stemtrace.model.timeline.phases`: from
     its event history when ``histories`` holds it (a retried task's attempts
     and waits), else from the times of its row.
     """

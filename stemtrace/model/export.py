@@ -15,7 +15,7 @@ from typing import Any
 
 import graphviz
 
-from stemtrace import states
+from stemtrace.core import states
 
 STATE_COLOURS = {
     states.SUCCESS: "#1f7a3d",

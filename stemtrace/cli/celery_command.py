@@ -18,7 +18,7 @@ class _PassingOn(CeleryCommand):  # type: ignore[misc]
     """Its ``--help`` lists the ``stemtrace run`` flags it passes on, not just RUN_ARGS."""
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
-        from stemtrace.cli import run_options
+        from stemtrace.cli.main import run_options
 
         own = [p.get_help_record(ctx) for p in self.get_params(ctx) if isinstance(p, click.Option)]
         with formatter.section("Options"):
@@ -36,7 +36,7 @@ class _PassingOn(CeleryCommand):  # type: ignore[misc]
 @click.pass_context
 def stemtrace(ctx: Any, run_args: tuple[str, ...]) -> None:
     """Serve stemtrace for this app (options as for `stemtrace run`)."""
-    from stemtrace.cli import main
+    from stemtrace.cli.main import main
 
     app = ctx.obj.app
     args = ["run", *run_args]

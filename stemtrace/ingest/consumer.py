@@ -28,14 +28,20 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from stemtrace.capture.publisher import describe_url
-from stemtrace.events import Event, FrameError, decode_frame
+from stemtrace.core.events import Event, FrameError, decode_frame
 from stemtrace.settings import Settings
 from stemtrace.store.ingest import Ingestor, IngestResult, Skip, is_transient
 from stemtrace.store.retention import Retention
 from stemtrace.store.schema import Store
 from stemtrace.store.search import SearchIndexer
-from stemtrace.transports import AMQP_SCHEMES, REDIS_SCHEMES, Reader, open_reader, scheme_of
+from stemtrace.transports import (
+    AMQP_SCHEMES,
+    REDIS_SCHEMES,
+    Reader,
+    describe_url,
+    open_reader,
+    scheme_of,
+)
 
 CELERY_EVENT_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
 
@@ -318,7 +324,7 @@ def build_celery_events_consumer(settings: Settings, store: Store) -> Consumer |
     """
     if not settings.celery_events or scheme_of(settings.broker) not in CELERY_EVENT_SCHEMES:
         return None
-    from stemtrace.celery_events import CeleryEventsReader
+    from stemtrace.transports.celery_events import CeleryEventsReader
 
     return Consumer(
         store,

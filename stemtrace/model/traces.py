@@ -2,7 +2,7 @@
 
 A trace holds several flows: the tasks a web request sent one by one, each
 with whatever it set off. Flows are found as the flow page finds them
-(:func:`stemtrace.flows.build_flow`), not by ``root_id``: the members of a
+(:func:`stemtrace.model.flows.build_flow`), not by ``root_id``: the members of a
 group or chord each carry their own root id, yet belong to one flow. The
 trace's graph is the graph of all its flows under one ``trace`` node.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from stemtrace import flows, states
+from stemtrace.core import states
+from stemtrace.model import flows
 
 
 def trace_node_id(trace_id: str) -> str:
@@ -22,7 +23,7 @@ def trace_node_id(trace_id: str) -> str:
 def trace_flows(trace_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"graph", "flows"}``: the trace as one graph, and its flows, failures first.
 
-    ``graph`` is a flow graph (:func:`stemtrace.flows.build_flow`) of every
+    ``graph`` is a flow graph (:func:`stemtrace.model.flows.build_flow`) of every
     task of the trace plus a ``trace`` node with an edge of kind ``trace`` to
     each flow's root. Each flow: ``root`` (the root node), ``id`` (the id its
     flow page opens: the root task's, or the root group's), ``tasks`` (its

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stemtrace import states
+from stemtrace.core import states
 
 BROKE = {states.FAILURE: "failed", states.REVOKED: "was revoked", states.REJECTED: "was rejected"}
 """How each broken state reads after a task's name."""

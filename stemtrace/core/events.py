@@ -8,7 +8,7 @@ of failing on it. ``docs/events.md`` documents every field; keep the two in
 step (a test checks that each field below is documented).
 
 This module is the core model: it imports nothing but the standard library
-and :mod:`stemtrace.jsonio` (orjson, exact), :mod:`stemtrace.bounds`.
+and :mod:`stemtrace.core.jsonio` (orjson, exact), :mod:`stemtrace.core.bounds`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any, Final
 
 import orjson
 
-from stemtrace.bounds import MAX_SIZE, bound, cut_text, finite
-from stemtrace.jsonio import encode as json_encode
-from stemtrace.jsonio import loads as json_loads
+from stemtrace.core.bounds import MAX_SIZE, bound, cut_text, finite
+from stemtrace.core.jsonio import encode as json_encode
+from stemtrace.core.jsonio import loads as json_loads
 
 FORMAT_VERSION: Final = 1
 
@@ -293,7 +293,7 @@ def bound_event(event: Event, now: float) -> str | None:
     [:data:`MIN_TS`, ``now`` + :data:`MAX_AHEAD`]; an id or name that is not
     printable text within its length; a ``pid`` beyond 64 bits; a link list over
     :data:`MAX_LINKS`. Cut in place, the event kept: args, kwargs, result and the
-    registry (:func:`stemtrace.bounds.bound`), free text (head and tail), queues;
+    registry (:func:`stemtrace.core.bounds.bound`), free text (head and tail), queues;
     an optional number that is not finite or beyond 64 bits becomes ``None``.
     """
     ts = event["ts"]
@@ -354,7 +354,7 @@ _plans: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = {}
 
 
 def _bound_value(value: Any) -> Any:
-    """Args, kwargs or a result within :func:`stemtrace.bounds.bound`'s caps.
+    """Args, kwargs or a result within :func:`stemtrace.core.bounds.bound`'s caps.
 
     The usual value is small and shallow: orjson writing it (in C) shows that,
     and only a value it refuses (nested past 255 levels, an integer beyond 64

@@ -22,8 +22,8 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
-from stemtrace import events as ev
-from stemtrace.events import encode_frame
+from stemtrace.core import events as ev
+from stemtrace.core.events import encode_frame
 
 EXCHANGE = "celeryev"
 

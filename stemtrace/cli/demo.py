@@ -39,7 +39,7 @@ import stemtrace
 EVENTS_URL = "memory://demo"
 """Where ``init(app)`` publishes and the demo server reads: an in-process stream."""
 
-logger = logging.getLogger("stemtrace.demo")
+logger = logging.getLogger("stemtrace.cli.demo")
 
 app = Celery("shop", broker="memory://localhost/", backend="cache+memory://")
 app.conf.update(
