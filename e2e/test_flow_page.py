@@ -137,5 +137,7 @@ def test_the_side_panel_shows_why_a_node_failed_and_what_it_was_given(
         expect(badge.locator("svg")).to_have_count(1)
     expect(panel).to_contain_text("truncated: 5000 characters")
     assert dialogs == []
-    # one event stream per flow page: the graph hears the page's own (htmx's)
-    assert len(streams) == 2, streams
+    # one event stream per flow page: the graph hears the page's own (htmx's). Two pages
+    # make two streams, a reconnect on a loaded machine may add one; with the graph's own
+    # stream beside htmx's there would be four at least.
+    assert 2 <= len(streams) <= 3, streams

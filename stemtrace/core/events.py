@@ -14,6 +14,7 @@ and :mod:`stemtrace.core.jsonio` (orjson, exact), :mod:`stemtrace.core.bounds`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -311,31 +312,35 @@ def bound_event(event: Event, now: float) -> str | None:
         value = event[name]
         if value is None:
             continue
-        if check is _ID:
+        if check is _ID:  # ids and names are most of an event: checked here, inline
             if len(value) > MAX_ID or not value.isprintable():
                 return _bad_text(name, value, MAX_ID)
         elif check is _NAME:
             if len(value) > MAX_NAME or not value.isprintable():
                 return _bad_text(name, value, MAX_NAME)
-        elif check is _VALUE:
-            if type(value) in (list, dict, str, float):
-                event[name] = _bound_value(value)
-        elif check is _TEXT:
-            if len(value) > MAX_TEXT:
-                event[name] = cut_text(value, MAX_TEXT)
-        elif check is _INT:
-            if not -_INT64 <= value < _INT64:
-                event[name] = None
-        elif check is _NUMBER:
-            if not (finite(value) and -1e12 < value < 1e12):
-                event[name] = None
-        elif check is _LINKS:
-            problem = _bound_links(name, value)
-            if problem is not None:
-                return problem
-        else:
-            _bound_worker_field(event, name, value)
+        elif (problem := _OTHER_CHECKS[check](event, name, value)) is not None:
+            return problem
     return None
+
+
+def _check_value(event: Event, name: str, value: Any) -> None:
+    if type(value) in (list, dict, str, float):
+        event[name] = _bound_value(value)
+
+
+def _check_text(event: Event, name: str, value: str) -> None:
+    if len(value) > MAX_TEXT:
+        event[name] = cut_text(value, MAX_TEXT)
+
+
+def _check_int(event: Event, name: str, value: int) -> None:
+    if not -_INT64 <= value < _INT64:
+        event[name] = None
+
+
+def _check_number(event: Event, name: str, value: float) -> None:
+    if not (finite(value) and -1e12 < value < 1e12):
+        event[name] = None
 
 
 _ID, _NAME, _TEXT, _VALUE, _LINKS, _INT, _NUMBER, _WORKER = range(8)
@@ -348,6 +353,14 @@ _CHECKS: Final[dict[str, int]] = {
     **dict.fromkeys(_OPTIONAL_INTS, _INT),
     **dict.fromkeys(("runtime", "retry_at", "freq"), _NUMBER),
     **dict.fromkeys(("queues", "tasks", "loadavg"), _WORKER),
+}
+_OTHER_CHECKS: Final[dict[int, Callable[[Event, str, Any], str | None]]] = {
+    _VALUE: _check_value,
+    _TEXT: _check_text,
+    _INT: _check_int,
+    _NUMBER: _check_number,
+    _LINKS: lambda event, name, value: _bound_links(name, value),
+    _WORKER: lambda event, name, value: _bound_worker_field(event, name, value),
 }
 # Which fields of an event (by its field names, in order) need which check.
 _plans: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = {}

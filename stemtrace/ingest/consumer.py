@@ -147,27 +147,13 @@ class Consumer:
                 # With indexing left to do, only look for new entries, do not wait for them.
                 block = 0.0 if more_to_index else self.block
                 entries = reader.read(position, self.batch_frames, block)
-                if not self.status.connected:
-                    if self.status.last_error:
-                        logger.warning("stemtrace: reading %s again", self.status.source)
-                    self.status.connected = True
-                    self.status.last_error = None
+                self._connected()
                 backoff = 0.5
                 if entries:
                     position = self._write(ingestor, entries)
                     reader.commit(position)
-                self.status.lag_seconds = reader.lag(position)
-                backlog = getattr(reader, "backlog", None)
-                if backlog is not None and time.monotonic() >= self._next_backlog:
-                    self._next_backlog = time.monotonic() + 2.0
-                    self.status.backlog = backlog()
-                if self.retention is not None:
-                    self.status.pruned += self.retention.step(self.writer or self.store.writer())
-                more_to_index = False
-                if self.indexer is not None and len(entries) < self.batch_frames:
-                    indexed = self.indexer.step(self.writer or self.store.writer())
-                    more_to_index = indexed >= self.indexer.slice_size
-                    self.status.search = self.indexer.status
+                self._report(reader, position)
+                more_to_index = self._between_batches(caught_up=len(entries) < self.batch_frames)
             except Exception as exc:
                 self._on_error(exc)
                 if reader is not None:
@@ -181,6 +167,31 @@ class Consumer:
             reader.close()
 
     # -- internals -------------------------------------------------------------
+
+    def _connected(self) -> None:
+        if not self.status.connected:
+            if self.status.last_error:
+                logger.warning("stemtrace: reading %s again", self.status.source)
+            self.status.connected = True
+            self.status.last_error = None
+
+    def _report(self, reader: Reader, position: str | None) -> None:
+        self.status.lag_seconds = reader.lag(position)
+        backlog = getattr(reader, "backlog", None)
+        if backlog is not None and time.monotonic() >= self._next_backlog:
+            self._next_backlog = time.monotonic() + 2.0
+            self.status.backlog = backlog()
+
+    def _between_batches(self, *, caught_up: bool) -> bool:
+        """Retention, then (once caught up) indexing; whether indexing has more to do."""
+        writer = self.writer or self.store.writer()
+        if self.retention is not None:
+            self.status.pruned += self.retention.step(writer)
+        if self.indexer is None or not caught_up:
+            return False
+        indexed = self.indexer.step(writer)
+        self.status.search = self.indexer.status
+        return indexed >= self.indexer.slice_size
 
     def _wait_for_claim(self) -> bool:
         """Stand by while another process writes the database; False when stopped first."""

@@ -30,7 +30,7 @@ def group_node_id(group_id: str) -> str:
     return f"group:{group_id}"
 
 
-def build_flow(
+def build_flow(  # noqa: C901, PLR0912, PLR0915 - a knot to split (issue 14)
     rows: list[dict[str, Any]],
     *,
     collapse_over: int = COLLAPSE_OVER,

@@ -80,7 +80,7 @@ def not_found(what: str, value: str) -> HTTPException:
     return HTTPException(404, f"no {what} {value!r} is known to this stemtrace server")
 
 
-def create_api_router(
+def create_api_router(  # noqa: C901 - a knot to split (issue 14)
     store: Store, consumer_status: Callable[[], dict[str, Any] | None]
 ) -> APIRouter:
     """The API routes, reading ``store``; ``consumer_status`` feeds ``/api/health``."""

@@ -72,7 +72,7 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def list_tasks(
+def list_tasks(  # noqa: C901 - a knot to split (issue 14)
     conn: sqlite3.Connection, filters: TaskFilters, cursor: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first (by first-seen time), ``limit`` rows and the cursor of the next page.
