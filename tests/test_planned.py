@@ -14,8 +14,8 @@ from stemtrace.model import flows, planned
 from stemtrace.store import Store, queries
 from stemtrace.store import planned as store_planned
 from stemtrace.store.ingest import Ingestor
+from stemtrace.store.migrations import m010_planned_ids
 from stemtrace.store.retention import Retention
-from stemtrace.store.schema import m010_planned_ids
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ from stemtrace.ingest.consumer import Consumer
 from stemtrace.server.api import create_api_router
 from stemtrace.store import Store, queries, search
 from stemtrace.store.ingest import Ingestor
+from stemtrace.store.migrations import migrations
 from stemtrace.store.queries import TaskFilters
 from stemtrace.store.retention import Retention
-from stemtrace.store.schema import migrations
 from stemtrace.store.search import SearchIndexer
 
 NOW = 1_000_000.0

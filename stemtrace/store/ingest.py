@@ -31,7 +31,12 @@ from stemtrace.core import events as ev
 from stemtrace.core import jsonio, states
 from stemtrace.core.bounds import bound
 from stemtrace.store import planned, search
-from stemtrace.store.schema import CELERY_ROW_FIELDS, HISTORY_COLUMNS, HISTORY_RECORD, ROW_FIELDS
+from stemtrace.store.migrations import (
+    CELERY_ROW_FIELDS,
+    HISTORY_COLUMNS,
+    HISTORY_RECORD,
+    ROW_FIELDS,
+)
 
 _dumps = jsonio.dumps
 

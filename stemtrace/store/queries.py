@@ -14,7 +14,7 @@ from typing import Any
 from stemtrace.core import states
 from stemtrace.core.bounds import MARKER, bound
 from stemtrace.store import planned, search
-from stemtrace.store.schema import HISTORY_COLUMNS, HISTORY_RECORD
+from stemtrace.store.migrations import HISTORY_COLUMNS, HISTORY_RECORD
 
 LIST_COLUMNS = (
     "id", "name", "state", "worker", "trace_id", "root_id", "parent_id", "group_id", "retries",
