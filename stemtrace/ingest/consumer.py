@@ -30,10 +30,11 @@ from typing import Any
 
 from stemtrace.core.events import Event, FrameError, decode_frame
 from stemtrace.settings import Settings
-from stemtrace.store.ingest import Ingestor, IngestResult, Skip, is_transient
+from stemtrace.store.ingest import Ingestor, IngestResult, is_transient
 from stemtrace.store.retention import Retention
 from stemtrace.store.schema import Store
 from stemtrace.store.search import SearchIndexer
+from stemtrace.store.skipped import Skip
 from stemtrace.transports import (
     AMQP_SCHEMES,
     REDIS_SCHEMES,

@@ -23,6 +23,7 @@ from stemtrace.core import states
 from stemtrace.model import export, flows, planned, timeline, traces
 from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
+from stemtrace.store import skipped as skipped_input
 from stemtrace.store.schema import Store
 
 ID = Annotated[str, PathParam(min_length=1, max_length=255, description="a Celery task id")]
@@ -275,7 +276,7 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
             "status": "ok" if ok else "degraded",
             "version": __version__,
             "consumer": status,
-            "skipped": queries.skipped(conn(), samples=5),
+            "skipped": skipped_input.summary(conn(), samples=5),
             "store": {
                 "path": store.path,
                 "size_bytes": store.size_bytes(),

@@ -35,6 +35,7 @@ from stemtrace.server.api import (
 )
 from stemtrace.server.security import SecureRoute
 from stemtrace.store import queries
+from stemtrace.store import skipped as skipped_input
 
 if TYPE_CHECKING:
     from stemtrace.server.extension import StemtraceExtension
@@ -293,7 +294,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
     def status(request: Request) -> HTMLResponse:
         context = {
             "consumer": ext.consumer_status(),
-            "skipped": queries.skipped(store.reader().conn),
+            "skipped": skipped_input.summary(store.reader().conn),
         }
         return page(request, "status.html", context)
 

@@ -19,7 +19,6 @@ already seen.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -29,14 +28,15 @@ from typing import Any
 
 from stemtrace.core import events as ev
 from stemtrace.core import jsonio, states
-from stemtrace.core.bounds import bound
 from stemtrace.store import planned, search
+from stemtrace.store import skipped as skipped_input
 from stemtrace.store.migrations import (
     CELERY_ROW_FIELDS,
     HISTORY_COLUMNS,
     HISTORY_RECORD,
     ROW_FIELDS,
 )
+from stemtrace.store.skipped import Skip
 
 _dumps = jsonio.dumps
 
@@ -111,20 +111,6 @@ ON CONFLICT (source) DO UPDATE SET position = excluded.position, updated_at = ex
 """
 
 
-@dataclass(frozen=True)
-class Skip:
-    """One piece of input left out: why, where on the stream, and what it was."""
-
-    reason: str
-    where: str
-    sample: object
-    """The raw entry (bytes) or the event as sent; kept truncated."""
-
-
-SAMPLES_KEPT = 50
-"""Raw samples of skipped input the ``skipped_samples`` table keeps (the newest)."""
-SAMPLE_CHARS = 2000
-
 _TRANSIENT = ("locked", "busy", "disk", "full", "i/o", "readonly", "unable to open", "interrupt")
 
 
@@ -138,40 +124,6 @@ def is_transient(exc: BaseException) -> bool:
         message = str(exc).lower()
         return any(word in message for word in _TRANSIENT)
     return isinstance(exc, OSError | MemoryError)
-
-
-_QUOTED = re.compile(r"\([^()]*\)|'[^']*'|\"[^\"]*\"|\[[^\]]*\]")
-_NUMBER = re.compile(r"\d[\d,.]*")
-
-
-def reason_key(reason: str) -> str:
-    """What skipped input is counted under: the reason without its values (bounded)."""
-    for _ in range(3):  # parentheses within parentheses
-        reason = _QUOTED.sub(_keep_field_names, reason)
-    return _NUMBER.sub("N", reason).strip()[:120]
-
-
-def _keep_field_names(match: re.Match[str]) -> str:
-    text = match[0]
-    return text if _FIELD_NAME.fullmatch(text) else "…"
-
-
-_FIELD_NAME = re.compile(r"'[a-z_]{1,30}'")
-
-
-def sample_text(sample: object) -> str:
-    """A skipped entry or event as text of at most :data:`SAMPLE_CHARS` characters."""
-    if isinstance(sample, bytes | bytearray):
-        text = bytes(sample[: SAMPLE_CHARS * 4]).decode("utf-8", "replace")
-    elif isinstance(sample, str):
-        text = sample
-    else:
-        try:
-            text = _dumps(bound(sample, max_depth=8, max_items=50, max_string=500,
-                                max_size=SAMPLE_CHARS))  # fmt: skip
-        except Exception:
-            text = f"<a {type(sample).__name__} that cannot be shown>"
-    return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "…"
 
 
 @dataclass
@@ -413,7 +365,7 @@ class Ingestor:
             if task_rows:
                 self._touch_workers(task_rows)
             if skipped:
-                self._skipped(skipped, cursor[0] if cursor else "", now)
+                skipped_input.record(conn, skipped, cursor[0] if cursor else "", now)
             if cursor is not None:
                 conn.execute(UPSERT_CURSOR, (cursor[0], cursor[1], now))
             conn.execute("COMMIT")
@@ -421,28 +373,6 @@ class Ingestor:
             conn.execute("ROLLBACK")
             raise
         return result
-
-    def _skipped(self, skipped: Sequence[Skip], source: str, now: float) -> None:
-        counts: dict[str, int] = {}
-        for skip in skipped:
-            key = reason_key(skip.reason)
-            counts[key] = counts.get(key, 0) + 1
-        self.conn.executemany(
-            "INSERT INTO skipped (reason, count, first_at, last_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count,"
-            " last_at = excluded.last_at",
-            [(key, count, now, now) for key, count in counts.items()],
-        )
-        self.conn.executemany(
-            "INSERT INTO skipped_samples (at, source, place, reason, sample)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(now, source, s.where[:200], s.reason[:500], sample_text(s.sample))
-             for s in skipped[-SAMPLES_KEPT:]],
-        )  # fmt: skip
-        self.conn.execute(
-            "DELETE FROM skipped_samples WHERE id <= (SELECT MAX(id) FROM skipped_samples) - ?",
-            (SAMPLES_KEPT,),
-        )
 
     def _touch_workers(self, rows: list[list[Any]]) -> None:
         """Workers seen through their tasks count as alive at that moment."""

@@ -545,23 +545,3 @@ def group_page(
         (group_id, group_id, limit, offset),
     )
     return size, [_list_row(row) for row in rows]
-
-
-def skipped(conn: sqlite3.Connection, samples: int = 20) -> dict[str, Any]:
-    """Input the consumers left out, as kept in the database: by reason, and the newest samples."""
-    reasons = [
-        {"reason": reason, "count": count, "first_at": first, "last_at": last}
-        for reason, count, first, last in conn.execute(
-            "SELECT reason, count, first_at, last_at FROM skipped ORDER BY count DESC LIMIT 200"
-        )
-    ]
-    recent = [
-        {"at": at, "source": source, "place": place, "reason": reason, "sample": sample}
-        for at, source, place, reason, sample in conn.execute(
-            "SELECT at, source, place, reason, sample FROM skipped_samples"
-            " ORDER BY id DESC LIMIT ?",
-            (samples,),
-        )
-    ]
-    total = conn.execute("SELECT COALESCE(SUM(count), 0) FROM skipped").fetchone()[0]
-    return {"total": int(total), "by_reason": reasons, "samples": recent}
