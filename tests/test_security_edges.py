@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from stemtrace.server.app import create_app
 from stemtrace.server.security import CSP
 from stemtrace.settings import Settings
-from stemtrace.store import queries
+from stemtrace.store import fleet
 
 
 def client_for(tmp_path: Path, **settings: Any) -> TestClient:
@@ -56,7 +56,7 @@ def test_an_unexpected_error_still_carries_the_security_headers(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(queries, "workers", broken)
+    monkeypatch.setattr(fleet, "workers", broken)
     with client_for(tmp_path) as client:
         response = client.get("/workers")
     assert response.status_code == 500

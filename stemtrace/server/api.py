@@ -22,7 +22,7 @@ from stemtrace import __version__
 from stemtrace.core import states
 from stemtrace.model import export, flows, planned, timeline, traces
 from stemtrace.server.security import SecureRoute
-from stemtrace.store import queries
+from stemtrace.store import fleet, queries
 from stemtrace.store import skipped as skipped_input
 from stemtrace.store.schema import Store
 
@@ -262,11 +262,11 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
 
     @router.get("/registry", summary="Task definitions with counts, rates and runtimes")
     def get_registry() -> dict[str, Any]:
-        return {"tasks": store.cached("registry", 10.0, lambda: queries.registry(conn()))}
+        return {"tasks": store.cached("registry", 10.0, lambda: fleet.registry(conn()))}
 
     @router.get("/workers", summary="Workers: online or not, last heartbeat, what they run")
     def get_workers() -> dict[str, Any]:
-        return {"workers": queries.workers(conn())}
+        return {"workers": fleet.workers(conn())}
 
     @router.get("/health", summary="Consumer status, lag, counters and store size")
     def health() -> dict[str, Any]:

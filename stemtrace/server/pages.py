@@ -34,7 +34,7 @@ from stemtrace.server.api import (
     task_detail,
 )
 from stemtrace.server.security import SecureRoute
-from stemtrace.store import queries
+from stemtrace.store import fleet, queries
 from stemtrace.store import skipped as skipped_input
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
 
     @router.get("/registry", name="stemtrace.registry")
     def registry(request: Request) -> HTMLResponse:
-        tasks = store.cached("registry", 10.0, lambda: queries.registry(store.reader().conn))
+        tasks = store.cached("registry", 10.0, lambda: fleet.registry(store.reader().conn))
         return page(request, "registry.html", {"tasks": tasks})
 
     @router.get("/status", name="stemtrace.status")
@@ -300,7 +300,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
 
     @router.get("/workers", name="stemtrace.workers")
     def workers(request: Request) -> HTMLResponse:
-        return page(request, "workers.html", {"workers": queries.workers(store.reader().conn)})
+        return page(request, "workers.html", {"workers": fleet.workers(store.reader().conn)})
 
     @router.get("/static/{path:path}", name="stemtrace.static")
     def static(path: str) -> Response:

@@ -73,6 +73,8 @@ def duration(seconds: float | None) -> str:
         return "∞" if seconds == math.inf else "—"
     if seconds < 0:
         return "-" + duration(-seconds)
+    if seconds >= 1e12:  # a broken clock's difference; past this the units overflow
+        return "over 30,000 years"
     tenths_ms = _half_up(seconds * 10_000)
     if tenths_ms < 1000:
         return f"{tenths_ms // 10}.{tenths_ms % 10} ms"

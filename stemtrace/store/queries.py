@@ -6,7 +6,6 @@ import base64
 import json
 import math
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,23 +166,7 @@ def _span(start: float | None, end: float | None) -> float | None:
     return round(max(end - start, 0.0), 6)
 
 
-def _retry_policy(definition: dict[str, Any]) -> dict[str, Any]:
-    """The policy the worker described; rows written before migration 9 have the columns only."""
-    stored = _loads(definition.get("retry_policy"))
-    if isinstance(stored, dict):
-        return stored
-    return {
-        "max_retries": definition.get("max_retries"),
-        "countdown": definition.get("default_retry_delay"),
-        "backoff": None,
-        "backoff_max": None,
-        "jitter": None,
-        "autoretry_for": _loads(definition.get("autoretry_for")) or [],
-        "dont_autoretry_for": [],
-    }
-
-
-def _loads(text: Any) -> Any:
+def load_json(text: Any) -> Any:
     """A stored JSON column as a value within :func:`stemtrace.core.bounds.bound`'s caps.
 
     Whatever an older version let into the store (nesting past Python's limit,
@@ -208,7 +191,7 @@ def get_task(conn: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
     names = [d[0] for d in cursor.description]
     found = dict(zip(names, row, strict=True))
     for column in JSON_COLUMNS:
-        found[column] = _loads(found[column])
+        found[column] = load_json(found[column])
     found["instrumented"] = None if found["instrumented"] is None else bool(found["instrumented"])
     found["queue_wait"] = _span(found["sent_at"], found["started_at"])
     bits = found.pop("sources") or 1
@@ -389,7 +372,7 @@ def _select_in(
 
 def _flow_row(row: tuple[Any, ...]) -> dict[str, Any]:
     found = dict(zip(FLOW_COLUMNS, row, strict=True))
-    found["chain"] = _loads(found["chain"]) or []
+    found["chain"] = load_json(found["chain"]) or []
     return found
 
 
@@ -408,7 +391,7 @@ def trace_rows(
     for row in rows:
         task = _list_row(row[: len(LIST_COLUMNS)])
         task.update(zip(TRACE_COLUMNS[len(LIST_COLUMNS) :], row[len(LIST_COLUMNS) :], strict=True))
-        task["chain"] = _loads(task["chain"]) or []
+        task["chain"] = load_json(task["chain"]) or []
         found.append(task)
     return found
 
@@ -416,112 +399,6 @@ def trace_rows(
 def listed(task: dict[str, Any]) -> dict[str, Any]:
     """A :func:`trace_rows` row with the fields :func:`list_tasks` gives."""
     return {name: task[name] for name in (*LIST_COLUMNS, "queue_wait")}
-
-
-def registry(conn: sqlite3.Connection, sample: int = 10_000) -> list[dict[str, Any]]:
-    """Task definitions (announced by workers or seen in executions) with their numbers.
-
-    Counts and rates cover every stored execution; p50/p95 runtime the latest
-    ``sample`` successful ones of each task.
-    """
-    defined = {
-        row["name"]: dict(row) for row in _dict_rows(conn, "SELECT * FROM registry ORDER BY name")
-    }
-    stats = {
-        row["name"]: dict(row)
-        for row in _dict_rows(
-            conn,
-            """SELECT name, COUNT(*) AS total,
-                SUM(state = 'SUCCESS') AS succeeded, SUM(state = 'FAILURE') AS failed,
-                SUM(state IN ('REVOKED', 'REJECTED')) AS revoked,
-                SUM(state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'REJECTED')) AS active,
-                SUM(retries > 0) AS retried, MAX(seen_at) AS last_seen
-            FROM tasks WHERE name IS NOT NULL GROUP BY name""",
-        )
-    }
-    found = []
-    for name in sorted(set(defined) | set(stats)):
-        entry: dict[str, Any] = {"name": name, "defined": name in defined}
-        definition = defined.get(name, {})
-        for key in ("module", "signature", "queue", "max_retries", "default_retry_delay",
-                    "retry_backoff", "rate_limit", "time_limit", "soft_time_limit"):  # fmt: skip
-            entry[key] = definition.get(key)
-        for key in ("acks_late", "ignore_result"):
-            value = definition.get(key)
-            entry[key] = None if value is None else bool(value)
-        entry["autoretry_for"] = _loads(definition.get("autoretry_for")) or []
-        entry["retry_policy"] = _retry_policy(definition) if definition else None
-        entry["workers"] = _loads(definition.get("workers")) or []
-        numbers = stats.get(name, {})
-        total = int(numbers.get("total") or 0)
-        entry["counts"] = {
-            key: int(numbers.get(key) or 0)
-            for key in ("total", "succeeded", "failed", "revoked", "active", "retried")
-        }
-        entry["failure_rate"] = _rate(numbers.get("failed"), total)
-        entry["retry_rate"] = _rate(numbers.get("retried"), total)
-        entry["last_seen"] = numbers.get("last_seen")
-        runtimes = [
-            row[0]
-            for row in conn.execute(
-                "SELECT runtime FROM tasks WHERE name = ? AND state = 'SUCCESS'"
-                " AND runtime IS NOT NULL ORDER BY seen_at DESC LIMIT ?",
-                (name, sample),
-            )
-        ]
-        entry["runtime_p50"] = percentile(runtimes, 0.50)
-        entry["runtime_p95"] = percentile(runtimes, 0.95)
-        found.append(entry)
-    return found
-
-
-def percentile(values: Iterable[float], fraction: float) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    index = min(round(fraction * (len(ordered) - 1)), len(ordered) - 1)
-    return float(ordered[index])
-
-
-def _rate(part: Any, total: int) -> float | None:
-    return round(int(part or 0) / total, 4) if total else None
-
-
-def _dict_rows(
-    conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()
-) -> list[dict[str, Any]]:
-    cursor = conn.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
-
-
-def workers(conn: sqlite3.Connection, now: float | None = None) -> list[dict[str, Any]]:
-    """Every worker; one not heard from for three heartbeats (or 60 s) counts as offline."""
-    now = time.time() if now is None else now
-    found = []
-    for row in _dict_rows(conn, "SELECT * FROM workers ORDER BY hostname"):
-        silence = max(3 * float(row["heartbeat_freq"] or 20.0), 60.0)
-        state = row["state"]
-        if state == "online" and now - row["last_seen"] > silence:
-            state = "lost"
-        row["state"] = state
-        queues = _loads(row["queues"])
-        queues = queues if isinstance(queues, list) else []
-        row["queues"] = [q for q in queues if isinstance(q, str)]
-        loadavg = _loads(row["loadavg"])
-        row["loadavg"] = (
-            [x for x in loadavg if isinstance(x, int | float)] if isinstance(loadavg, list) else []
-        )
-        row["running"] = [
-            dict(zip(("id", "name", "started_at"), r, strict=True))
-            for r in conn.execute(
-                "SELECT id, name, started_at FROM tasks INDEXED BY tasks_running"
-                " WHERE worker = ? AND state = 'STARTED' ORDER BY seen_at DESC LIMIT 100",
-                (row["hostname"],),
-            )
-        ]
-        found.append(row)
-    return found
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:
