@@ -105,6 +105,34 @@ def test_core_imports_the_standard_library_and_orjson_only() -> None:
             ), (path.name, imported)
 
 
+_SQL = ("SELECT ", "INSERT ", "UPDATE ", "DELETE ", "CREATE ", "PRAGMA ", "BEGIN ", "WITH ")
+
+
+def sql_outside_the_store(package: Path = PACKAGE) -> list[str]:
+    """String literals that read as SQL in modules outside ``stemtrace/store``."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.is_relative_to(package / "store"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and text.lstrip().startswith(_SQL):
+                found.append(f"{module_name(path, package)}: {text.strip()[:60]!r}")
+    return found
+
+
+def test_no_sql_outside_the_store() -> None:
+    assert sql_outside_the_store() == []
+
+
+def test_the_sql_check_can_fail(tmp_path: Path) -> None:
+    copy = tmp_path / "stemtrace"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("static", "templates"))
+    target = copy / "server" / "pages.py"
+    target.write_text(target.read_text() + '\nQUERY = "SELECT 1 FROM tasks"\n')
+    assert sql_outside_the_store(copy) == ["stemtrace.server.pages: 'SELECT 1 FROM tasks'"]
+
+
 @pytest.mark.parametrize(
     ("module", "planted"),
     [

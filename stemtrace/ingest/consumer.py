@@ -30,6 +30,7 @@ from typing import Any
 
 from stemtrace.core.events import Event, FrameError, decode_frame
 from stemtrace.settings import Settings
+from stemtrace.store import queries
 from stemtrace.store.ingest import Ingestor, IngestResult, is_transient
 from stemtrace.store.retention import Retention
 from stemtrace.store.schema import Store
@@ -213,12 +214,7 @@ class Consumer:
         return True
 
     def _load_position(self) -> str | None:
-        row = (
-            (self.writer or self.store.writer())
-            .execute("SELECT position FROM cursors WHERE source = ?", (self.status.source,))
-            .fetchone()
-        )
-        return str(row[0]) if row else None
+        return queries.cursor_position(self.writer or self.store.writer(), self.status.source)
 
     def _write(self, ingestor: Ingestor, entries: list[tuple[str, bytes]]) -> str:
         batch: list[Event] = []

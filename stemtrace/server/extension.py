@@ -30,6 +30,7 @@ from stemtrace.server.live import Broadcaster
 from stemtrace.server.pages import create_pages_router
 from stemtrace.server.security import SecureRoute
 from stemtrace.settings import Settings
+from stemtrace.store import queries
 from stemtrace.store.schema import Store
 
 logger = logging.getLogger("stemtrace")
@@ -142,5 +143,4 @@ class StemtraceExtension:
             await asyncio.sleep(interval)
 
     def _last_write(self) -> object:
-        row = self.store.reader().conn.execute("SELECT MAX(updated_at) FROM cursors").fetchone()
-        return row[0] if row else None
+        return queries.last_write(self.store.reader().conn)

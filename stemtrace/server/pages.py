@@ -182,9 +182,8 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
             "next_cursor": next_cursor,
             "limit": limit,
             "states": states.ALL,
-            "names": [r[0] for r in conn.execute("SELECT name FROM registry ORDER BY name")],
-            "workers": [r[0] for r in conn.execute("SELECT hostname FROM workers ORDER BY 1")],
-            "empty_store": not rows and not any(form.values()) and _store_is_empty(conn),
+            **queries.filter_choices(conn),
+            "empty_store": not rows and not any(form.values()) and queries.is_empty(conn),
         }
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "rows":
             return page(request, "_rows.html", context, 422 if error else 200)
@@ -365,7 +364,3 @@ def _current_node(graph: dict[str, Any], rows: list[dict[str, Any]], task_id: st
 
 def _is_waiting_poll(request: Request) -> bool:
     return bool(request.headers.get("HX-Request")) and request.headers.get("HX-Target") == "waiting"
-
-
-def _store_is_empty(conn: Any) -> bool:
-    return conn.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None

@@ -422,3 +422,28 @@ def group_page(
         (group_id, group_id, limit, offset),
     )
     return size, [_list_row(row) for row in rows]
+
+
+def filter_choices(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """The task names and workers the executions page offers as filters."""
+    return {
+        "names": [r[0] for r in conn.execute("SELECT name FROM registry ORDER BY name")],
+        "workers": [r[0] for r in conn.execute("SELECT hostname FROM workers ORDER BY 1")],
+    }
+
+
+def is_empty(conn: sqlite3.Connection) -> bool:
+    """Whether the store holds no task at all (the pages then say how to send some)."""
+    return conn.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
+
+
+def last_write(conn: sqlite3.Connection) -> float | None:
+    """When a consumer last wrote a batch (a server without its own consumer watches this)."""
+    row = conn.execute("SELECT MAX(updated_at) FROM cursors").fetchone()
+    return row[0] if row else None
+
+
+def cursor_position(conn: sqlite3.Connection, source: str) -> str | None:
+    """How far the consumer of ``source`` has read, as its transport's position."""
+    row = conn.execute("SELECT position FROM cursors WHERE source = ?", (source,)).fetchone()
+    return str(row[0]) if row else None
