@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.site import db_path, site  # noqa: F401 - fixtures for every test module
 from tests.support import REDIS_HOST, REDIS_PORT, Scenario
 
 

@@ -16,9 +16,9 @@ from stemtrace.ingest.consumer import build_consumer
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store import Store
+from tests.observed import Observed, edges, node
 from tests.proj import make_app
 from tests.support import AMQP_URL, PrivateRabbit, Scenario, celery_worker, stored_events, wait_for
-from tests.test_flows_e2e import Observed, edges, node
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import stemtrace
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.transports.celery_events import convert
+from tests.observed import Observed
 from tests.proj import make_app
 from tests.support import Scenario, celery_worker, wait_for
-from tests.test_flows_e2e import Observed
 
 
 def test_convert_maps_celery_events() -> None:

@@ -25,8 +25,7 @@ from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.schema import Store
-from tests.test_api import lifecycle
-from tests.test_flows import task
+from tests.factories import lifecycle, task
 
 pytestmark = pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz's dot")
 

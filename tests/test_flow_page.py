@@ -7,8 +7,8 @@ from pathlib import Path
 
 from bs4 import BeautifulSoup
 
-from tests.test_api import lifecycle, link
-from tests.test_pages import Site, db_path, fill, htmx, label, one, page, site, text, vary
+from tests.factories import lifecycle, link
+from tests.site import Site, db_path, fill, htmx, label, one, page, site, text, vary
 
 __all__ = ["db_path", "site"]  # fixtures
 

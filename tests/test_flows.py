@@ -9,17 +9,7 @@ import pytest
 
 from stemtrace.model import flows, timeline
 from stemtrace.model.export import to_dot, to_svg
-
-
-def task(task_id: str, start: float, end: float | None, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": task_id, "name": fields.pop("name", "proj.step"), "state": "SUCCESS",
-        "parent_id": None, "root_id": "a", "group_id": None, "group_index": None,
-        "chord_id": None, "chord_name": None, "trace_id": "t", "worker": "w", "retries": 0,
-        "seen_at": start, "sent_at": start, "received_at": start + 0.1,
-        "started_at": start + 0.2, "finished_at": end, "runtime": None, "chain": [],
-        "exc_type": None, **fields,
-    }  # fmt: skip
+from tests.factories import task
 
 
 def chord_flow() -> dict[str, Any]:

@@ -9,50 +9,15 @@ from typing import Any
 
 import pytest
 from bs4 import BeautifulSoup
-from celery import Celery, chain, chord, group
+from celery import chain, chord, group
 from starlette.testclient import TestClient
 
 import stemtrace
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
+from tests.observed import Observed, edges, node
 from tests.proj import make_app
 from tests.support import Scenario, celery_worker, wait_for
-
-
-class Observed:
-    """A sending app with ``init(app)``, a real worker, and the API reading the stream."""
-
-    def __init__(self, app: Celery, http: TestClient) -> None:
-        self.app = app
-        self.http = http
-
-    def task(self, task_id: str, state: str | None = None) -> dict[str, Any]:
-        def ready() -> dict[str, Any] | None:
-            response = self.http.get(f"/api/tasks/{task_id}")
-            if response.status_code != 200:
-                return None
-            found: dict[str, Any] = response.json()
-            return found if state is None or found["state"] == state else None
-
-        found: dict[str, Any] = wait_for(ready, timeout=30)
-        return found
-
-    def flow(self, task_id: str, settled: int, **params: Any) -> dict[str, Any]:
-        """The flow, once ``settled`` task nodes are in a final state."""
-
-        def ready() -> dict[str, Any] | None:
-            response = self.http.get(f"/api/flows/{task_id}", params=params)
-            if response.status_code != 200:
-                return None
-            flow: dict[str, Any] = response.json()
-            done = [
-                n for n in flow["nodes"]
-                if n["kind"] == "task" and n["state"] in ("SUCCESS", "FAILURE", "REVOKED")
-            ]  # fmt: skip
-            return flow if len(done) >= settled else None
-
-        found: dict[str, Any] = wait_for(ready, timeout=40)
-        return found
 
 
 @pytest.fixture
@@ -65,14 +30,6 @@ def observed(scenario: Scenario, tmp_path: Path) -> Iterator[Observed]:
         yield Observed(app, http)
     capture.publisher.close(1)
     app.close()
-
-
-def edges(flow: dict[str, Any], kind: str) -> set[tuple[str, str]]:
-    return {(e["source"], e["target"]) for e in flow["edges"] if e["kind"] == kind}
-
-
-def node(flow: dict[str, Any], node_id: str) -> dict[str, Any]:
-    return next(n for n in flow["nodes"] if n["id"] == node_id)
 
 
 def test_canvas_shapes_through_the_api(observed: Observed) -> None:

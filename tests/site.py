@@ -1,0 +1,165 @@
+"""A stemtrace site for page tests, and ways to read its pages (BeautifulSoup)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bs4 import BeautifulSoup, Tag
+from fastapi import FastAPI, params
+from starlette.testclient import TestClient
+
+from stemtrace.core.events import Event
+from stemtrace.server.app import create_app
+from stemtrace.server.extension import StemtraceExtension
+from stemtrace.settings import Settings
+from stemtrace.store.ingest import Ingestor
+from stemtrace.store.schema import Store
+
+URL_ATTRIBUTES = ("href", "src", "action", "hx-get", "sse-connect")
+
+
+HTMX_WRITES = ("hx-post", "hx-put", "hx-patch", "hx-delete")
+
+
+Site = Callable[..., TestClient]
+
+
+def fill(db_path: Path, events: list[Event]) -> None:
+    store = Store(db_path)
+    try:
+        Ingestor(store.writer()).ingest(events)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "t.db"
+
+
+@pytest.fixture
+def site(db_path: Path) -> Iterator[Site]:
+    """``site(events)``: the standalone app on a store holding ``events``.
+
+    ``site(events, prefix="/x")`` mounts a :class:`StemtraceExtension` under
+    ``/x`` in a fresh FastAPI app instead; ``dependencies=`` guard it.
+    Other keyword arguments go to :class:`Settings`.
+    """
+    with ExitStack() as stack:
+
+        def build(
+            events: list[Event],
+            *,
+            prefix: str | None = None,
+            dependencies: Sequence[params.Depends] = (),
+            **settings: Any,
+        ) -> TestClient:
+            fill(db_path, events)
+            config = Settings(db=str(db_path), consumer=False, **settings)
+            if prefix is None:
+                app = create_app(config)
+            else:
+                ext = StemtraceExtension(settings=config, dependencies=dependencies)
+                app = FastAPI(lifespan=ext.lifespan)
+                app.include_router(ext.router, prefix=prefix)
+            return stack.enter_context(TestClient(app, raise_server_exceptions=False))
+
+        yield build
+
+
+def html(response: Any, status: int = 200) -> BeautifulSoup:
+    assert response.status_code == status, (response.url, response.status_code, response.text)
+    assert response.headers["content-type"].startswith("text/html"), response.headers
+    return BeautifulSoup(response.text, "html.parser")
+
+
+def page(client: TestClient, url: str, status: int = 200, **query: Any) -> BeautifulSoup:
+    # (httpx drops a query string already in ``url`` when given ``params``, even empty)
+    return html(client.get(url, params=query) if query else client.get(url), status)
+
+
+def one(soup: BeautifulSoup | Tag, selector: str) -> Tag:
+    found = soup.select(selector)
+    assert len(found) == 1, (selector, found)
+    return found[0]
+
+
+def text(tag: Tag | None) -> str:
+    assert tag is not None
+    return " ".join(tag.get_text().split())
+
+
+def row_ids(soup: BeautifulSoup) -> list[str]:
+    return [str(tr["id"]).removeprefix("task-") for tr in soup.select("tr[id^=task-]")]
+
+
+def label(badge: Tag) -> str:
+    """A state badge's words, without the decorative icon hidden from screen readers."""
+    icon = badge.find("span", attrs={"aria-hidden": "true"})
+    assert icon is not None and icon.get_text().strip(), badge
+    return "".join(badge.find_all(string=True, recursive=False)).strip()
+
+
+def links(soup: BeautifulSoup | Tag) -> list[str]:
+    return [str(a["href"]) for a in soup.select("a[href]")]
+
+
+def value_box(soup: BeautifulSoup, heading: str) -> Tag:
+    [box] = [div for div in soup.select("div.value") if text(div.h3) == heading]
+    return box
+
+
+def htmx(target: str) -> dict[str, str]:
+    """The headers htmx sends when it swaps into the element with id ``target``."""
+    return {"HX-Request": "true", "HX-Target": target}
+
+
+def vary(response: Any) -> list[str]:
+    return [v.strip().lower() for v in response.headers.get("vary", "").split(",")]
+
+
+def urls_in(soup: BeautifulSoup) -> list[tuple[str, str, str]]:
+    """``(tag, attribute, url)`` for every URL-valued attribute of the page."""
+    return [
+        (tag.name, attribute, str(tag[attribute]))
+        for attribute in URL_ATTRIBUTES
+        for tag in soup.find_all(attrs={attribute: True})
+    ]
+
+
+def assert_no_active_content(soup: BeautifulSoup, prefix: str = "") -> None:
+    """Only stemtrace's own script files run: no inline script, handler or javascript: URL."""
+    for script in soup.find_all("script"):
+        if script.get("type") == "application/json":  # a data block: never executed
+            assert not script.get("src"), script
+            continue
+        assert script.get("src", "").startswith(f"{prefix}/static/"), script
+        assert not script.get_text().strip(), script
+    handlers = [
+        (tag.name, name)
+        for tag in soup.find_all(True)
+        for name in tag.attrs
+        if name.startswith("on")
+    ]
+    assert handlers == []
+    for name, attribute, url in urls_in(soup):
+        assert not url.strip().lower().startswith("javascript:"), (name, attribute, url)
+    assert writes(soup) == []
+
+
+def writes(soup: BeautifulSoup) -> list[Tag]:
+    """Elements that would make htmx send anything but a GET."""
+    return [tag for tag in soup.find_all(True) if any(name in tag.attrs for name in HTMX_WRITES)]
+
+
+def csp_of(response: Any) -> dict[str, list[str]]:
+    policy = response.headers["content-security-policy"]
+    found: dict[str, list[str]] = {}
+    for directive in policy.split(";"):
+        name, *sources = directive.split()
+        found[name] = sources
+    return found
