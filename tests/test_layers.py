@@ -167,3 +167,11 @@ def test_import_and_init_in_a_worker_stay_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pages_lean_on_views_not_on_the_api() -> None:
+    """What both read lives in server/views.py; neither imports the other."""
+    pages = imports_of(PACKAGE / "server" / "pages.py")
+    api = imports_of(PACKAGE / "server" / "api.py")
+    assert "stemtrace.server.api" not in pages and "stemtrace.server.pages" not in api
+    assert "stemtrace.server.views" in pages and "stemtrace.server.views" in api

@@ -7,9 +7,6 @@ SQLite reads never block the event loop.
 
 from __future__ import annotations
 
-import math
-import re
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,65 +17,24 @@ from fastapi import Path as PathParam
 
 from stemtrace import __version__
 from stemtrace.core import states
-from stemtrace.model import export, flows, planned, timeline, traces
+from stemtrace.model import export, flows
 from stemtrace.server.security import SecureRoute
+from stemtrace.server.views import (
+    flow_and_path,
+    histories,
+    load_flow,
+    load_trace,
+    not_found,
+    parse_states,
+    parse_time,
+    task_detail,
+)
 from stemtrace.store import fleet, queries
 from stemtrace.store import skipped as skipped_input
 from stemtrace.store.schema import Store
 
 ID = Annotated[str, PathParam(min_length=1, max_length=255, description="a Celery task id")]
 Text = Annotated[str | None, Query(min_length=1, max_length=255)]
-
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(name: str, value: str | None, now: float) -> float | None:
-    """Epoch seconds, ISO-8601 (UTC when no zone is given), or an age such as ``15m``."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(number):
-            raise HTTPException(422, f"{name} must be a finite time, not {value!r}")
-        return number
-    relative = _RELATIVE.match(text.lower())
-    if relative:
-        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(
-            422,
-            f"{name} must be epoch seconds, an ISO-8601 time or an age like 15m, 2h, 7d;"
-            f" got {value!r}",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def parse_states(values: list[str] | None) -> tuple[str, ...]:
-    found: list[str] = []
-    for value in values or ():
-        for part in value.split(","):
-            state = part.strip().upper()
-            if not state:
-                continue
-            if state not in states.ALL:
-                raise HTTPException(
-                    422, f"unknown state {part.strip()!r}; use one of {', '.join(states.ALL)}"
-                )
-            found.append(state)
-    return tuple(dict.fromkeys(found))
-
-
-def not_found(what: str, value: str) -> HTTPException:
-    return HTTPException(404, f"no {what} {value!r} is known to this stemtrace server")
 
 
 def create_api_router(  # noqa: C901 - a knot to split (issue 14)
@@ -287,101 +243,5 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
     return router
 
 
-FLOW_SLOTS = threading.BoundedSemaphore(2)
-"""Flows built at once. A 10,000-task flow holds tens of megabytes while it is
-built; requests beyond two wait their turn (the interpreter lock would have
-them take turns anyway) instead of each adding that much to the server."""
-
-
-def load_flow(
-    store: Store, task_id: str, collapse_over: int, expand: list[str] | None
-) -> dict[str, Any]:
-    with FLOW_SLOTS:
-        rows = queries.flow_rows(store.reader().conn, task_id)
-        if rows is None:
-            raise not_found("task or group", task_id)
-        return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
-
-
-def load_trace(store: Store, trace_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The trace's task rows, and :func:`stemtrace.model.traces.trace_flows` of them."""
-    with FLOW_SLOTS:
-        rows = queries.trace_rows(store.reader().conn, trace_id)
-        if not rows:
-            raise not_found("trace", trace_id)
-        return rows, traces.trace_flows(trace_id, rows)
-
-
-def flow_and_path(store: Store, task_id: str) -> tuple[dict[str, Any], set[str]]:
-    """A flow as exports draw it, and the ids on its critical path."""
-    graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
-    return graph, set(flows.critical_path(graph, time.time())["nodes"])
-
-
-def histories(store: Store, graph: dict[str, Any], limit: int = 200) -> dict[str, Any]:
-    """The event histories of the flow's retried tasks (the first ``limit``).
-
-    Their waterfall rows need each attempt and wait; a task that ran once is
-    drawn from its row's times.
-    """
-    retried = [n["id"] for n in graph["nodes"] if n["kind"] == "task" and n.get("attempts", 0) > 1]
-    conn = store.reader().conn
-    return {task_id: queries.task_events(conn, task_id) for task_id in retried[:limit]}
-
-
 def _safe_name(task_id: str) -> str:
     return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in task_id)[:80]
-
-
-def planned_detail(store: Store, task_id: str) -> dict[str, Any]:
-    """An id that never ran (a chain link, a chord callback) or a group's id, in its flow.
-
-    ``state`` is ``NOT_RUN`` or ``PLANNED`` (a group's: its members'); ``planned``
-    says what the id is and what it waits for or what stopped it.
-    """
-    try:
-        graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
-    except HTTPException:
-        raise not_found("task", task_id) from None
-    described = planned.describe(graph, task_id)
-    if described is None:
-        raise not_found("task", task_id)
-    graph["critical_path"] = flows.critical_path(graph, time.time())
-    return {
-        "id": task_id,
-        "name": described["name"],
-        "state": described["state"],
-        "planned": described,
-        "events": [],
-        "phases": [],
-        "durations": {},
-        "attempts": [],
-        "children": [],
-        "flow": graph,
-    }
-
-
-def task_detail(store: Store, task_id: str) -> dict[str, Any]:
-    """Everything about one task, as ``GET /api/tasks/{id}`` returns it.
-
-    For an id stemtrace knows only as planned, see :func:`planned_detail`.
-    """
-    conn = store.reader().conn
-    task = queries.get_task(conn, task_id)
-    if task is None:
-        return planned_detail(store, task_id)
-    history = queries.task_events(conn, task_id)
-    for field in ("args", "kwargs", "result"):  # seen only through Celery's events
-        if task[field] is None:
-            task[field] = next((e[field] for e in history if e.get(field) is not None), None)
-    now = datetime.now(UTC).timestamp()
-    found_phases = timeline.phases(history, now=None if task["state"] in states.TERMINAL else now)
-    task["events"] = history
-    task["phases"] = found_phases
-    task["durations"] = timeline.durations(found_phases)
-    task["attempts"] = timeline.attempts(history, found_phases)
-    task["children"] = queries.children(conn, task_id)
-    task["exception"] = (
-        {"type": task["exc_type"], "message": task["exc_message"]} if task["exc_type"] else None
-    )
-    return task

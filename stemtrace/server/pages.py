@@ -25,7 +25,9 @@ from stemtrace import __version__
 from stemtrace.core import states
 from stemtrace.model import flows, traces
 from stemtrace.server import render
-from stemtrace.server.api import (
+from stemtrace.server.errors import BadParameter, NotFound
+from stemtrace.server.security import SecureRoute
+from stemtrace.server.views import (
     FLOW_SLOTS,
     histories,
     load_trace,
@@ -33,7 +35,6 @@ from stemtrace.server.api import (
     parse_time,
     task_detail,
 )
-from stemtrace.server.security import SecureRoute
 from stemtrace.store import fleet, queries
 from stemtrace.store import skipped as skipped_input
 
@@ -171,8 +172,8 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
                 until=parse_time("until", until or None, now),
             )
             rows, next_cursor = queries.list_tasks(store.reader().conn, filters, cursor, limit)
-        except (HTTPException, queries.BadCursor) as exc:
-            error = exc.detail if isinstance(exc, HTTPException) else str(exc)
+        except (BadParameter, queries.BadCursor) as exc:
+            error = str(exc)
         conn = store.reader().conn
         context = {
             "rows": rows,
@@ -193,7 +194,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
     def task(request: Request, task_id: Annotated[str, render.PathId]) -> Response:
         try:
             detail = task_detail(store, task_id)
-        except HTTPException:
+        except NotFound:
             return not_found(
                 request, "task", task_id, ("stemtrace.task", {"task_id": task_id}), task_id
             )
@@ -261,7 +262,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
         """What one request set off, end to end: its flows as one graph, one waterfall."""
         try:
             rows, traced = load_trace(store, trace_id)
-        except HTTPException:
+        except NotFound:
             again = ("stemtrace.trace", {"trace_id": trace_id})
             return not_found(request, "trace", trace_id, again)
         if reload := found(request):

@@ -13,6 +13,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stemtrace.server.errors import BadParameter, NotFound
+
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
@@ -36,6 +38,8 @@ class SecureRoute(APIRoute):
         async def secured(request: Request) -> Response:
             try:
                 response = await handler(request)
+            except (NotFound, BadParameter) as exc:  # a view's answer: 404 or 422
+                raise HTTPException(exc.status_code, str(exc), dict(HEADERS)) from None
             except StarletteHTTPException as exc:  # 401, 404, 422 raised by us or a dependency
                 exc.headers = {**HEADERS, **(exc.headers or {})}
                 raise
