@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
 
+from stemtrace.core import states
 from stemtrace.server import render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,3 +42,18 @@ def test_the_scrubbed_badge_needs_no_emoji_font() -> None:
     assert all(ord(c) < 0x2000 for c in text), text  # no pictograph that needs an emoji font
     icon = mark.find("svg")
     assert icon is not None and icon.get("aria-hidden") == "true"
+
+
+def test_the_island_shows_each_state_as_the_pages_do() -> None:
+    """One look per state: the step tree and the graph cannot disagree on what ○ means."""
+    source = (ROOT / "react-graph" / "src" / "model.js").read_text()
+    start = source.index("const STATES = {")
+    table = source[start : source.index("};", start)]
+    island = {
+        state: (icon, word, cls)
+        for state, icon, word, cls in re.findall(
+            r"(\w+): \{ icon: '(.+?)', word: '(.+?)', cls: '(.+?)' \}", table
+        )
+    }
+    assert island == states.LOOKS
+    assert {state: look[0] for state, look in island.items()} == render.STATE_ICONS

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stemtrace.capture.payload import Shaper
+from stemtrace.core import coerce
 
 SCRUBBED_DEFAULT = "<scrubbed>"
 """What a signature shows in place of a secret-looking parameter's default."""
@@ -94,8 +95,8 @@ def retry_policy(task: Any) -> dict[str, Any]:
             backoff, backoff_max = int(max(1.0, factor)), most
             jitter = bool(getattr(task, "retry_jitter", True))
     return {
-        "max_retries": _number(max_retries),
-        "countdown": _number(countdown),
+        "max_retries": coerce.number(max_retries),
+        "countdown": coerce.number(countdown),
         "backoff": backoff,
         "backoff_max": backoff_max,
         "jitter": jitter,
@@ -109,10 +110,6 @@ def _names(exceptions: Any) -> list[str]:
         return [getattr(e, "__name__", str(e)) for e in exceptions or ()]
     except TypeError:  # a single class where Celery wants a tuple
         return [getattr(exceptions, "__name__", str(exceptions))]
-
-
-def _number(value: Any) -> int | float | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _signature(run: Any, shaper: Shaper) -> str | None:

@@ -37,6 +37,7 @@ from stemtrace.capture.context import (
 from stemtrace.capture.payload import Shaper
 from stemtrace.capture.publisher import Publisher
 from stemtrace.capture.registry import describe_tasks, positional_params
+from stemtrace.core import coerce
 from stemtrace.core import events as ev
 from stemtrace.transports import (
     AMQP_SCHEMES,
@@ -156,14 +157,14 @@ class Capture:
             "parent_id": parent_id,
             "root_id": headers.get("root_id"),
             "group_id": group_id,
-            "group_index": _int_or_none(headers.get("group_index")),
+            "group_index": coerce.count(headers.get("group_index")),
             "chain": _links(reversed(embed.get("chain") or ())),
-            "retries": _int_or_none(headers.get("retries")) or 0,
-            "eta": _str_or_none(headers.get("eta")),
-            "expires": _str_or_none(headers.get("expires")),
+            "retries": coerce.count(headers.get("retries")) or 0,
+            "eta": coerce.text_of(headers.get("eta")),
+            "expires": coerce.text_of(headers.get("expires")),
             "queue": _queue_name(declare, routing_key),
             "exchange": _exchange_name(exchange),
-            "routing_key": _str_or_none(routing_key),
+            "routing_key": coerce.text_of(routing_key),
         }
         if isinstance(chord, dict):
             link = _link(chord)
@@ -188,11 +189,11 @@ class Capture:
             "task_id": request.id,
             "name": request.name,
             "worker": hostname,
-            "retries": retries if type(retries) is int else _int_or_none(retries),
+            "retries": retries if type(retries) is int else coerce.count(retries),
         }
         eta = headers.get("eta")
         if eta is not None:
-            fields["eta"] = _str_or_none(eta)
+            fields["eta"] = coerce.text_of(eta)
         if TRACE_HEADER in headers:
             fields["instrumented"] = True
         else:
@@ -215,7 +216,7 @@ class Capture:
             worker=getattr(request, "hostname", None),
             terminated=bool(terminated),
             expired=bool(expired),
-            signum=_int_or_none(signum),
+            signum=coerce.count(signum),
         )
 
     def on_rejected(self, consumer: Any, message: Any, reason: str) -> None:
@@ -243,7 +244,7 @@ class Capture:
             worker=hostname,
             sw_ver=_celery_version(),
             pool=type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None,
-            concurrency=_int_or_none(getattr(pool, "limit", None)),
+            concurrency=coerce.count(getattr(pool, "limit", None)),
             queues=[getattr(q, "name", str(q)) for q in queues],
             tasks=describe_tasks(self.app, self.shaper),
             freq=self.config.heartbeat_interval,
@@ -299,7 +300,7 @@ class Capture:
         hostname = getattr(request, "hostname", None)
         retries = getattr(request, "retries", None)
         if type(retries) is not int:
-            retries = _int_or_none(retries)
+            retries = coerce.count(retries)
         fields: dict[str, Any] = {
             "task_id": task_id,
             "name": name,
@@ -357,7 +358,7 @@ class Capture:
             request = task.request
             task_id = request.id
             hostname = getattr(request, "hostname", None)
-            retries = _int_or_none(getattr(request, "retries", None))
+            retries = coerce.count(getattr(request, "retries", None))
             measured = self.end_run(task_id)
         fields: dict[str, Any] = {
             "task_id": task_id,
@@ -378,7 +379,7 @@ class Capture:
             task_id=task_id,
             name=task.name,
             worker=getattr(request, "hostname", None),
-            retries=_int_or_none(getattr(request, "retries", None)),
+            retries=coerce.count(getattr(request, "retries", None)),
             runtime=self.end_run(task_id),
             **self.exception_fields(exc, getattr(einfo, "traceback", None)),
         )
@@ -392,7 +393,7 @@ class Capture:
             retry_at = when.timestamp()
         elif isinstance(when, int | float) and not isinstance(when, bool):
             retry_at = now + float(when)
-        retries = _int_or_none(getattr(request, "retries", None)) or 0
+        retries = coerce.count(getattr(request, "retries", None)) or 0
         self.emit(
             ev.RETRY,
             getattr(request, "hostname", None),
@@ -732,26 +733,12 @@ def _queue_name(declare: Any, routing_key: Any) -> str | None:
         name = getattr(queue, "name", None)
         if isinstance(name, str) and name:
             return name
-    return _str_or_none(routing_key)
+    return coerce.text_of(routing_key)
 
 
 def _exchange_name(exchange: Any) -> str | None:
     name = getattr(exchange, "name", exchange)
     return name if isinstance(name, str) else None
-
-
-def _str_or_none(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return int(value)
-    return value if isinstance(value, int) else None
 
 
 def _fast_trace_id(value: Any) -> str | None:

@@ -69,3 +69,21 @@ def state_key(kind: str, retries: int | None) -> tuple[str, int, int]:
     if attempt and state in (PENDING, RECEIVED):
         return RETRY, attempt - 1, RANK[RETRY]
     return state, attempt, RANK[state]
+
+
+LOOKS: Final[dict[str, tuple[str, str, str]]] = {
+    SUCCESS: ("✓", "success", "success"),
+    FAILURE: ("✗", "failure", "failure"),
+    REJECTED: ("✗", "rejected", "failure"),
+    REVOKED: ("⊘", "revoked", "revoked"),
+    RETRY: ("↻", "retry", "retry"),
+    STARTED: ("▶", "running", "started"),
+    RECEIVED: ("◷", "received", "waiting"),
+    PENDING: ("◷", "pending", "waiting"),
+    NOT_RUN: ("\u2013", "not run", "ghost"),  # an en dash
+    PLANNED: ("○", "planned", "ghost"),
+    "UNKNOWN": ("?", "unknown", "unknown"),
+}
+"""How each state looks: its icon, its word and its style class. Colour is never the
+only cue. The graph island's table (react-graph/src/model.js ``STATES``) is held to
+this one by tests/test_render.py."""

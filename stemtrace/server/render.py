@@ -24,19 +24,8 @@ LOCK = Markup(
 )
 """The scrubbed badge's mark: drawn, so that it needs no emoji font (the island draws it too)."""
 
-STATE_ICONS = {
-    states.PENDING: "◷",
-    states.RECEIVED: "⇣",
-    states.STARTED: "▶",
-    states.RETRY: "↻",
-    states.SUCCESS: "✓",
-    states.FAILURE: "✗",
-    states.REVOKED: "⊘",
-    states.REJECTED: "⊘",
-    states.NOT_RUN: "○",
-    states.PLANNED: "◌",
-    "UNKNOWN": "?",
-}
+STATE_ICONS = {state: look[0] for state, look in states.LOOKS.items()}
+"""Each state's icon, as :data:`stemtrace.core.states.LOOKS` defines it."""
 
 
 def when(ts: float | None) -> str:

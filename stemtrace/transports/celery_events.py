@@ -22,6 +22,7 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
+from stemtrace.core import coerce
 from stemtrace.core import events as ev
 from stemtrace.core.events import encode_frame
 
@@ -62,18 +63,9 @@ def _exception(text: Any) -> tuple[str | None, str | None]:
     return match.group(1), message
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _float(value: Any) -> float | None:
+    found = coerce.number(value)
+    return None if found is None else float(found)
 
 
 def convert(event: Any) -> ev.Event | None:  # noqa: C901 - a knot to split (issue 14)
@@ -81,56 +73,56 @@ def convert(event: Any) -> ev.Event | None:  # noqa: C901 - a knot to split (iss
     if not isinstance(event, dict):
         return None
     kind = _KINDS.get(event.get("type", ""))
-    ts = _num(event.get("timestamp"))
+    ts = _float(event.get("timestamp"))
     if kind is None or ts is None:
         return None
-    host = _str(event.get("hostname")) or "unknown"
+    host = coerce.text(event.get("hostname")) or "unknown"
     found: ev.Event = {
         "kind": kind,
         "ts": ts,
         "host": host,
-        "pid": _int(event.get("pid")) or 0,
+        "pid": coerce.count(event.get("pid")) or 0,
         "source": "celery",
     }
     if kind in ev.WORKER_KINDS:
         found["eid"] = f"celery:{event['type']}:{host}:{ts}"
         found["worker"] = host
-        found["sw_ver"] = _str(event.get("sw_ver"))
-        found["freq"] = _num(event.get("freq"))
-        found["active"] = _int(event.get("active"))
-        found["processed"] = _int(event.get("processed"))
+        found["sw_ver"] = coerce.text(event.get("sw_ver"))
+        found["freq"] = _float(event.get("freq"))
+        found["active"] = coerce.count(event.get("active"))
+        found["processed"] = coerce.count(event.get("processed"))
         loadavg = event.get("loadavg")
         found["loadavg"] = [x for x in loadavg if isinstance(x, int | float)] if isinstance(
             loadavg, list | tuple
         ) else []  # fmt: skip
         return found
-    task_id = _str(event.get("uuid"))
+    task_id = coerce.text(event.get("uuid"))
     if task_id is None:
         return None
     found["eid"] = f"celery:{event['type']}:{task_id}:{ts}"
     found["task_id"] = task_id
-    found["name"] = _str(event.get("name"))
+    found["name"] = coerce.text(event.get("name"))
     if kind != ev.SENT:
         found["worker"] = host
     for field in ("root_id", "parent_id", "eta", "expires", "queue", "exchange", "routing_key"):
         if field in event:
-            found[field] = _str(event.get(field))
+            found[field] = coerce.text(event.get(field))
     if "retries" in event:
-        found["retries"] = _int(event.get("retries"))
+        found["retries"] = coerce.count(event.get("retries"))
     if kind in (ev.SENT, ev.RECEIVED):
         found["args"] = _repr_marker(event.get("args"))
         found["kwargs"] = _repr_marker(event.get("kwargs"))
         found["instrumented"] = False
     if kind == ev.SUCCEEDED:
         found["result"] = _repr_marker(event.get("result"))
-        found["runtime"] = _num(event.get("runtime"))
+        found["runtime"] = _float(event.get("runtime"))
     if kind in (ev.FAILED, ev.RETRY):
         found["exc_type"], found["exc_message"] = _exception(event.get("exception"))
-        found["traceback"] = _str(event.get("traceback"))
+        found["traceback"] = coerce.text(event.get("traceback"))
     if kind == ev.REVOKED:
         found["terminated"] = bool(event.get("terminated"))
         found["expired"] = bool(event.get("expired"))
-        found["signum"] = _int(event.get("signum"))
+        found["signum"] = coerce.count(event.get("signum"))
     if kind == ev.REJECTED:
         found["reason"] = "rejected (requeued)" if event.get("requeue") else "rejected"
     return found
