@@ -3,7 +3,7 @@
 Two web processes send work to four workers (one main process and four pool
 children each). What they send is a mix of single tasks, tasks that spawn a
 few children, retries, failures, chains, groups and chords, with the fields
-that capture (``stemtrace/capture/signals.py``) puts on each kind, shaped
+that capture (``stemtrace/capture/capture.py``) puts on each kind, shaped
 arguments and results, tracebacks, and worker online and heartbeat events.
 Optionally one big flow: a root task that spawns a chord of thousands of
 members and its callback.

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import stemtrace
-from stemtrace.capture.signals import Capture
+from stemtrace.capture.capture import Capture
 from tests.conftest import redis_available  # noqa: F401 - a fixture
 from tests.proj import make_app
 from tests.support import ROOT, Scenario, celery_worker, free_port, stop_process, wait_for

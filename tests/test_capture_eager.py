@@ -9,7 +9,7 @@ from unittest import mock
 from celery import Celery
 
 import stemtrace
-from stemtrace.capture import signals as signals_module
+from stemtrace.capture import capture as capture_module
 from stemtrace.core.events import decode_frame
 from stemtrace.transports.memory import stream_for
 
@@ -101,7 +101,7 @@ def test_a_run_whose_start_could_not_be_read_still_ends_under_its_own_id() -> No
     assert capture is not None
     stale = ["stale", "broken.leaf", None, None, 0.0, None]  # a run that never ended
     capture._runs().append(stale)
-    with mock.patch.object(signals_module, "set_trace_id", side_effect=RuntimeError("bug")):
+    with mock.patch.object(capture_module, "set_trace_id", side_effect=RuntimeError("bug")):
         assert leaf.apply(task_id="first").get() == 1
     assert leaf.apply(task_id="second").get() == 1
     assert capture._runs() == [stale]  # not taken for either

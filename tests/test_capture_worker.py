@@ -10,7 +10,7 @@ import pytest
 from celery import Celery, chain, chord, group
 
 import stemtrace
-from stemtrace.capture.signals import Capture
+from stemtrace.capture.capture import Capture
 from tests.proj import BadRepr, Unserializable, make_app
 from tests.support import Scenario, celery_worker, wait_for
 

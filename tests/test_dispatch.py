@@ -14,7 +14,7 @@ from celery.utils.dispatch import Signal
 
 import stemtrace
 from stemtrace.capture import dispatch
-from stemtrace.capture.signals import Capture
+from stemtrace.capture.capture import Capture
 from stemtrace.core.events import decode_frame
 from stemtrace.transports.memory import stream_for
 
