@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +28,49 @@ WEB_PID, MAIN_PID, POOL_PID = 100, 200, 201
 Api = Callable[..., TestClient]
 
 
+T0 = 1_732_900_000.0
+"""When events happen in tests that need no particular clock."""
+
+
+def unchecked(kind: Any, ts: Any, host: Any, pid: Any, **fields: Any) -> dict[str, Any]:
+    """An event made of whatever it is given, not validated: what a hostile producer
+    or an older version may have sent or stored (a NaN time, a 1000-deep value)."""
+    return {"kind": kind, "eid": uuid.uuid4().hex, "ts": ts, "host": host, "pid": pid, **fields}
+
+
 def event(kind: str, ts: float, host: str, pid: int, **fields: Any) -> Event:
-    found = {"kind": kind, "eid": uuid.uuid4().hex, "ts": ts, "host": host, "pid": pid, **fields}
+    found = unchecked(kind, ts, host, pid, **fields)
     problem = validate_event(found)
     assert problem is None, f"test built an invalid event: {problem}: {found}"
     return found
+
+
+def task_event(
+    kind: str,
+    task_id: str,
+    ts: float = T0,
+    *,
+    host: str = W1,
+    pid: int = POOL_PID,
+    name: str | None = None,
+    **fields: Any,
+) -> Event:
+    """An event of ``task_id``, where which process sent it does not matter."""
+    return event(kind, ts, host, pid, task_id=task_id, name=name, **fields)
+
+
+def started(n: int, ts: float = T0, **fields: Any) -> Event:
+    """The ``n``-th of a run of distinct tasks seen starting: task ``task-{n:04}``,
+    eid ``e{n}``, at ``ts + n``."""
+    extra = {"eid": f"e{n}", "name": "proj.add", "retries": 0, **fields}
+    return task_event("started", f"task-{n:04}", ts + n, **extra)
+
+
+def json_text(found: dict[str, Any], **raw: str) -> str:
+    """``found`` as JSON text, with the fields in ``raw`` written as given: what
+    ``json.dumps`` would not write (``NaN``, ``1e400``, arrays nested 1000 deep)."""
+    texts = {**{name: json.dumps(value) for name, value in found.items()}, **raw}
+    return "{" + ", ".join(f"{json.dumps(name)}: {text}" for name, text in texts.items()) + "}"
 
 
 def link(task_id: str, name: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ import redis
 from stemtrace import __version__
 from stemtrace.core.events import encode_frame
 from stemtrace.transports.redis import FRAME_FIELD
+from tests.factories import task_event
 from tests.support import ROOT, Scenario, free_port, stop_process, wait_for
 
 README = (ROOT / "README.md").read_text()
@@ -116,10 +117,8 @@ def test_a_separate_consumer_feeds_a_server_without_one(scenario: Scenario, tmp_
     client = redis.Redis.from_url(scenario.broker)
     now = time.time()  # older events would fall to the default 7-day retention at once
     events = [
-        {"kind": "succeeded", "eid": f"e{n}", "ts": now + n, "host": "celery@w", "pid": 1,
-         "task_id": f"t{n}", "name": "proj.add", "result": n}
-        for n in range(25)
-    ]  # fmt: skip
+        task_event("succeeded", f"t{n}", now + n, name="proj.add", result=n) for n in range(25)
+    ]
     client.xadd(scenario.stream, {FRAME_FIELD: encode_frame(events)})
     client.close()
     consumer = subprocess.Popen(
@@ -171,10 +170,16 @@ def test_tail_into_head_stops_quietly(scenario: Scenario) -> None:
     now = time.time()
     for frame in range(10):  # far more than a pipe holds, so tail writes after head is gone
         events = [
-            {"kind": "succeeded", "eid": f"e{frame}-{n}", "ts": now, "host": "celery@w",
-             "pid": 1, "task_id": f"t{frame}-{n}", "name": "proj.add", "result": "x" * 100}
+            task_event(
+                "succeeded",
+                f"t{frame}-{n}",
+                now,
+                eid=f"e{frame}-{n}",
+                name="proj.add",
+                result="x" * 100,
+            )
             for n in range(200)
-        ]  # fmt: skip
+        ]
         client.xadd(scenario.stream, {FRAME_FIELD: encode_frame(events)})
     client.close()
     tail = subprocess.Popen(

@@ -19,12 +19,8 @@ from stemtrace.settings import Settings
 from stemtrace.store import Store
 from stemtrace.transports import open_reader
 from stemtrace.transports.redis import FRAME_FIELD
+from tests.factories import started
 from tests.support import PrivateRedis, Scenario, stored_events, wait_for
-
-
-def started(n: int) -> dict[str, Any]:
-    return {"kind": "started", "eid": f"e{n}", "ts": 1.7329e9 + n, "host": "celery@w", "pid": 1,
-            "task_id": f"task-{n:04}", "name": "proj.add", "retries": 0}  # fmt: skip
 
 
 @pytest.fixture

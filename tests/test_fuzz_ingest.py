@@ -24,6 +24,7 @@ from stemtrace.core import events as ev
 from stemtrace.core.jsonio import encode
 from stemtrace.store import Store
 from stemtrace.store.ingest import Ingestor
+from tests.factories import unchecked
 
 INT = st.integers(min_value=-(2**80), max_value=2**80)
 json_scalars = (
@@ -104,8 +105,8 @@ def of_type(types: tuple[type, ...]) -> st.SearchStrategy[Any]:
 @st.composite
 def hostile_events(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(st.sampled_from(sorted(ev.KINDS)))
-    event: dict[str, Any] = {"kind": kind, "eid": draw(IDS), "ts": draw(TIMES),
-                             "host": draw(IDS), "pid": draw(st.integers(1, 99) | INT)}  # fmt: skip
+    eid, ts, host, pid = draw(IDS), draw(TIMES), draw(IDS), draw(st.integers(1, 99) | INT)
+    event = unchecked(kind, ts, host, pid, eid=eid)
     if kind in ev.TASK_KINDS:
         event["task_id"] = draw(IDS)
         event["name"] = draw(IDS | st.none())

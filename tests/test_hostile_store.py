@@ -21,6 +21,7 @@ from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store import Store
 from stemtrace.store.ingest import Ingestor
+from tests.factories import unchecked
 
 INT64 = 2**63 - 1
 
@@ -69,30 +70,32 @@ def hostile_tasks(draw: st.DrawFn) -> tuple[list[dict[str, Any]], str, str]:
     name = draw(texts | st.none())
     worker = draw(texts)
 
-    def event(kind: str, tid: str, **fields: Any) -> dict[str, Any]:
-        return {"kind": kind, "eid": draw(texts), "ts": draw(times), "host": worker,
-                "pid": draw(st.integers(-INT64, INT64)), "task_id": tid, "name": name,
-                "worker": worker, **fields}  # fmt: skip
+    def drawn(kind: str, tid: str, **fields: Any) -> dict[str, Any]:
+        """An event of task ``tid`` with hostile common fields."""
+        pid = draw(st.integers(-INT64, INT64))
+        return unchecked(kind, draw(times), worker, pid, eid=draw(texts), task_id=tid,
+                         name=name, worker=worker, **fields)  # fmt: skip
 
     events = [
-        event("sent", task_id, args=draw(values), kwargs=draw(values), trace_id=trace_id,
+        drawn("sent", task_id, args=draw(values), kwargs=draw(values), trace_id=trace_id,
               root_id=task_id, retries=0, eta=draw(texts | st.none()),
               chain=[{"id": child_id, "name": draw(texts | st.none())}]),
-        event("started", task_id, retries=0),
-        event("retry", task_id, retries=0, attempt=1, exc_type=draw(texts),
+        drawn("started", task_id, retries=0),
+        drawn("retry", task_id, retries=0, attempt=1, exc_type=draw(texts),
               exc_message=draw(texts), traceback=draw(texts), retry_at=draw(times)),
-        event("started", task_id, retries=1),
-        event(draw(st.sampled_from(["succeeded", "failed", "revoked"])), task_id, retries=1,
+        drawn("started", task_id, retries=1),
+        drawn(draw(st.sampled_from(["succeeded", "failed", "revoked"])), task_id, retries=1,
               result=draw(values), runtime=draw(times), exc_type=draw(texts)),
-        event("sent", child_id, parent_id=task_id, root_id=task_id, trace_id=trace_id,
+        drawn("sent", child_id, parent_id=task_id, root_id=task_id, trace_id=trace_id,
               group_id=draw(ids), group_index=draw(st.integers(-INT64, INT64)),
               chord_id=draw(ids), args=draw(values)),
-        {"kind": "worker_online", "eid": "w", "ts": draw(times), "host": worker, "pid": 1,
-         "worker": worker, "queues": draw(values), "pool": draw(texts),
-         "concurrency": draw(st.integers(-INT64, INT64)), "freq": draw(times),
-         "tasks": [{"name": draw(texts), "signature": draw(texts), "max_retries": draw(times)}]},
-        {"kind": "worker_heartbeat", "eid": "h", "ts": draw(times), "host": worker, "pid": 1,
-         "worker": worker, "loadavg": draw(values), "active": draw(st.integers(-INT64, INT64))},
+        unchecked("worker_online", draw(times), worker, 1, eid="w", worker=worker,
+                  queues=draw(values), pool=draw(texts),
+                  concurrency=draw(st.integers(-INT64, INT64)), freq=draw(times),
+                  tasks=[{"name": draw(texts), "signature": draw(texts),
+                          "max_retries": draw(times)}]),
+        unchecked("worker_heartbeat", draw(times), worker, 1, eid="h", worker=worker,
+                  loadavg=draw(values), active=draw(st.integers(-INT64, INT64))),
     ]  # fmt: skip
     return events, task_id, trace_id
 

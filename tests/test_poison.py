@@ -18,28 +18,20 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from stemtrace.core.events import Event
 from stemtrace.ingest.consumer import Consumer
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store import Store
 from stemtrace.transports import open_reader
 from stemtrace.transports.redis import FRAME_FIELD
+from tests.factories import json_text, started, task_event
 from tests.support import Scenario, wait_for
 
 NOW = time.time()
 
 
-def good(n: int) -> str:
-    found = {"kind": "started", "eid": f"good-{n}", "ts": NOW, "host": "celery@w", "pid": 1,
-             "task_id": f"good-{n:03}", "name": "proj.add", "retries": 0}  # fmt: skip
-    return json.dumps(found)
-
-
-def event(**fields: str) -> str:
-    """An event as JSON text, each field's value given as raw JSON (NaN, 1e400 ...)."""
-    base = {"kind": '"started"', "eid": '"bad"', "ts": str(NOW), "host": '"celery@w"',
-            "pid": "1", "task_id": '"bad-task"', "name": '"proj.bad"', **fields}  # fmt: skip
-    return "{" + ", ".join(f'"{k}": {v}' for k, v in base.items()) + "}"
+BAD = task_event("started", "bad-task", NOW, eid="bad", name="proj.bad")
 
 
 def deep(levels: int) -> str:
@@ -48,22 +40,24 @@ def deep(levels: int) -> str:
 
 # name -> (the bad event's JSON text, whether it is skipped (else kept, cut))
 TRIGGERS = {
-    "nan ts": (event(ts="NaN"), True),
-    "infinite ts": (event(ts="Infinity"), True),
-    "ts beyond double range": (event(ts="1e400"), True),
-    "far-future ts": (event(ts="1e15"), True),
-    "ts past year 9999": (event(ts="2.6e11"), True),
-    "NUL in task_id": (event(task_id='"a\\u0000b"'), True),
-    "10 MB task name": (event(name=json.dumps("n" * 10_000_000)), True),
-    "pid beyond 64 bits": (event(pid=str(2**70)), True),
-    "args nested 1000 deep": (event(kind='"sent"', args=deep(1000)), False),
+    "nan ts": (json_text(BAD, ts="NaN"), True),
+    "infinite ts": (json_text(BAD, ts="Infinity"), True),
+    "ts beyond double range": (json_text(BAD, ts="1e400"), True),
+    "far-future ts": (json_text(BAD, ts="1e15"), True),
+    "ts past year 9999": (json_text(BAD, ts="2.6e11"), True),
+    "NUL in task_id": (json_text(BAD, task_id='"a\\u0000b"'), True),
+    "10 MB task name": (json_text(BAD, name=json.dumps("n" * 10_000_000)), True),
+    "pid beyond 64 bits": (json_text(BAD, pid=str(2**70)), True),
+    "args nested 1000 deep": (json_text(BAD, kind='"sent"', args=deep(1000)), False),
     "worker queues nested 900 deep": (
-        event(kind='"worker_online"', queues=f"[{deep(900)}, \"celery\"]"), False),
+        json_text(BAD, kind='"worker_online"', queues=f"[{deep(900)}, \"celery\"]"), False),
 }  # fmt: skip
 
 
-def frame(*events: str, version: str = "1") -> bytes:
-    return ('{"v": ' + version + ', "events": [' + ", ".join(events) + "]}").encode()
+def frame(*events: str | Event, version: str = "1") -> bytes:
+    """A frame of ``events``, each an event or its JSON text."""
+    texts = [e if isinstance(e, str) else json_text(e) for e in events]
+    return ('{"v": ' + version + ', "events": [' + ", ".join(texts) + "]}").encode()
 
 
 @pytest.fixture
@@ -79,13 +73,16 @@ def test_each_trigger_between_two_good_events(
     n = 0
     for bad, _ in TRIGGERS.values():
         # as a frame of its own between good frames, and inside one frame with good events
-        client.xadd(scenario.stream, {FRAME_FIELD: frame(good(n))})
+        client.xadd(scenario.stream, {FRAME_FIELD: frame(started(n, NOW))})
         client.xadd(scenario.stream, {FRAME_FIELD: frame(bad)})
-        client.xadd(scenario.stream, {FRAME_FIELD: frame(good(n + 1), bad, good(n + 2))})
+        client.xadd(
+            scenario.stream,
+            {FRAME_FIELD: frame(started(n + 1, NOW), bad, started(n + 2, NOW))},
+        )
         n += 3
     for version in ("true", "1.0", '"1"'):  # a version must be the integer 1
-        client.xadd(scenario.stream, {FRAME_FIELD: frame(good(999), version=version)})
-    client.xadd(scenario.stream, {FRAME_FIELD: frame(good(n))})
+        client.xadd(scenario.stream, {FRAME_FIELD: frame(started(999, NOW), version=version)})
+    client.xadd(scenario.stream, {FRAME_FIELD: frame(started(n, NOW))})
     n += 1
     path = tmp_path / "p.db"
     store = Store(path)
@@ -93,12 +90,12 @@ def test_each_trigger_between_two_good_events(
                         source=scenario.stream, block=0.1)  # fmt: skip
     consumer.start()
     try:
-        wait_for(lambda: consumer.status.position is not None and n == _count(store, "good-%"),
+        wait_for(lambda: consumer.status.position is not None and n == _count(store, "task-%"),
                  timeout=60)  # fmt: skip
         skipped_triggers = sum(2 for _, skipped in TRIGGERS.values() if skipped)
         wait_for(lambda: consumer.status.skipped == skipped_triggers + 3)
         assert consumer.status.connected and consumer.status.last_error is None
-        assert _count(store, "good-999") == 0  # its frames had no valid version
+        assert _count(store, "task-0999") == 0  # its frames had no valid version
         # the kept triggers are stored, their values cut with the visible marker
         row = store.reader().conn.execute("SELECT args FROM tasks WHERE id = 'bad-task'")
         args = row.fetchone()[0]
@@ -113,8 +110,8 @@ def test_each_trigger_between_two_good_events(
         samples = store.reader().conn.execute("SELECT sample FROM skipped_samples").fetchall()
         assert samples and all(len(s) <= 2001 for (s,) in samples)
         # and still reading: one more good event arrives
-        client.xadd(scenario.stream, {FRAME_FIELD: frame(good(n))})
-        wait_for(lambda: _count(store, "good-%") == n + 1)
+        client.xadd(scenario.stream, {FRAME_FIELD: frame(started(n, NOW))})
+        wait_for(lambda: _count(store, "task-%") == n + 1)
     finally:
         consumer.stop()
         store.close()

@@ -12,6 +12,7 @@ import pytest
 from stemtrace.capture.publisher import Publisher
 from stemtrace.core.events import decode_frame
 from stemtrace.transports import describe_url, open_sender
+from tests.factories import started
 from tests.support import read_events, redis_url, wait_for
 
 
@@ -37,18 +38,6 @@ class FakeSender:
         return [e for frame in self.frames for e in decode_frame(frame).events]
 
 
-def event(n: int) -> dict[str, Any]:
-    return {
-        "kind": "started",
-        "eid": str(n),
-        "ts": 1.7e9,
-        "host": "h",
-        "pid": 1,
-        "task_id": f"t{n}",
-        "name": "x",
-    }
-
-
 def make(sender: FakeSender, **options: Any) -> Publisher:
     options.setdefault("flush_interval", 0.01)
     return Publisher(lambda: sender, describe="fake://", **options)
@@ -58,9 +47,9 @@ def test_events_are_sent_in_batches_in_order() -> None:
     sender = FakeSender()
     publisher = make(sender, batch_size=10)
     for n in range(25):
-        publisher.publish(event(n))
+        publisher.publish(started(n))
     assert publisher.flush(5)
-    assert [e["eid"] for e in sender.events()] == [str(n) for n in range(25)]
+    assert [e["eid"] for e in sender.events()] == [f"e{n}" for n in range(25)]
     assert len(sender.frames) >= 3  # at most 10 events per frame
     publisher.close(1)
 
@@ -70,7 +59,7 @@ def test_publish_returns_while_the_sender_hangs() -> None:
     sender.release.clear()
     publisher = make(sender, buffer_size=100)
     for n in range(500):  # the sender is stuck: all of this must still return
-        publisher.publish(event(n))
+        publisher.publish(started(n))
     assert publisher.dropped >= 400
     sender.release.set()
     assert publisher.flush(5)
@@ -83,15 +72,15 @@ def test_outage_drops_are_counted_and_logged_once(caplog: pytest.LogCaptureFixtu
     sender.failing = True
     publisher = make(sender, buffer_size=5)
     for n in range(50):
-        publisher.publish(event(n))
+        publisher.publish(started(n))
     wait_for(lambda: publisher.send_errors >= 2)
     assert publisher.dropped >= 40
     assert len([r for r in caplog.records if "cannot publish" in r.message]) == 1
     sender.failing = False
     wait_for(lambda: sender.frames, timeout=10)
-    publisher.publish(event(99))
+    publisher.publish(started(99))
     assert publisher.flush(5)
-    assert "99" in [e["eid"] for e in sender.events()]
+    assert "e99" in [e["eid"] for e in sender.events()]
     resumed = [r.message for r in caplog.records if "resumed" in r.message]
     assert len(resumed) == 1 and f"{publisher.dropped} events were dropped" in resumed[0]
     publisher.close(1)
@@ -100,11 +89,11 @@ def test_outage_drops_are_counted_and_logged_once(caplog: pytest.LogCaptureFixtu
 def test_text_json_cannot_encode_does_not_block_later_events() -> None:
     sender = FakeSender()
     publisher = make(sender, batch_size=10)
-    publisher.publish({**event(1), "name": "bad \ud800 surrogate", "args": [2**70]})
-    publisher.publish(event(2))
+    publisher.publish(started(1, name="bad \ud800 surrogate", args=[2**70]))
+    publisher.publish(started(2))
     assert publisher.flush(5)
     found = sender.events()
-    assert [e["eid"] for e in found] == ["1", "2"]
+    assert [e["eid"] for e in found] == ["e1", "e2"]
     assert found[0]["name"] == "bad ? surrogate" and found[0]["args"] == [2**70]
     publisher.close(1)
 
@@ -124,10 +113,10 @@ def test_a_batch_that_cannot_be_encoded_is_dropped_not_retried(
     monkeypatch.setattr(publisher_module, "encode_frame", refuse_poison)
     sender = FakeSender()
     publisher = make(sender, batch_size=1)
-    publisher.publish({**event(0), "eid": "poison"})
-    publisher.publish(event(1))
+    publisher.publish(started(0, eid="poison"))
+    publisher.publish(started(1))
     assert publisher.flush(5)
-    assert [e["eid"] for e in sender.events()] == ["1"]
+    assert [e["eid"] for e in sender.events()] == ["e1"]
     assert publisher.dropped == 1 and publisher.send_errors == 0
     publisher.close(1)
 
@@ -141,14 +130,14 @@ def test_fork_gives_the_child_its_own_publisher(redis_available: None) -> None:
     stream = f"stemtrace-test:{uuid.uuid4().hex[:12]}"
     url = redis_url(2)
     publisher = Publisher(lambda: open_sender(url, stream=stream, maxlen=1000), flush_interval=0.01)
-    publisher.publish(event(1))
+    publisher.publish(started(1))
     assert publisher.flush(5)
-    publisher.publish(event(2))  # may still be buffered at fork: the child must not resend it
+    publisher.publish(started(2))  # may still be buffered at fork: the child must not resend it
     pid = os.fork()
     if pid == 0:  # child
         code = 1
         try:
-            publisher.publish(event(3))
+            publisher.publish(started(3))
             code = 0 if publisher.flush(5) else 2
         finally:
             os._exit(code)
@@ -156,7 +145,7 @@ def test_fork_gives_the_child_its_own_publisher(redis_available: None) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert publisher.flush(5)
     events = read_events(url, stream)
-    assert sorted(e["eid"] for e in events) == ["1", "2", "3"]
+    assert sorted(e["eid"] for e in events) == ["e1", "e2", "e3"]
     publisher.close(1)
     import redis
 

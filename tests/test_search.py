@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlite_utils import Database
 from starlette.testclient import TestClient
 
-from stemtrace.core.events import encode_frame
+from stemtrace.core.events import Event, encode_frame
 from stemtrace.ingest.consumer import Consumer
 from stemtrace.server.api import create_api_router
 from stemtrace.store import Store, queries, search
@@ -29,6 +29,7 @@ from stemtrace.store.migrations import migrations
 from stemtrace.store.queries import TaskFilters
 from stemtrace.store.retention import Retention
 from stemtrace.store.search import SearchIndexer
+from tests.factories import WEB, WEB_PID, task_event
 
 NOW = 1_000_000.0
 """The indexer's clock in these tests; every task was written long before."""
@@ -38,15 +39,14 @@ WORDS = ["Timeout", "timeout", "ord-0042", "50%_off", "back\\slash", 'say "hi"',
 ALPHABET = "abcotiTOemu%_\\\"'-0 4éÉ\x00"
 
 
-def sent(task_id: str, ts: float, name: str, args: list[Any], **fields: Any) -> dict[str, Any]:
-    return {"kind": "sent", "eid": uuid.uuid4().hex, "ts": ts, "host": "web", "pid": 1,
-            "task_id": task_id, "name": name, "args": args, "kwargs": {"note": fields.pop(
-                "note", "")}, "retries": 0, **fields}  # fmt: skip
+def sent(task_id: str, ts: float, name: str, args: list[Any], note: str = "") -> Event:
+    """A task sent from a web process, with ``note`` as its keyword argument."""
+    return task_event("sent", task_id, ts, host=WEB, pid=WEB_PID, name=name, args=args,
+                      kwargs={"note": note}, retries=0)  # fmt: skip
 
 
-def ended(task_id: str, ts: float, kind: str = "succeeded", **fields: Any) -> dict[str, Any]:
-    return {"kind": kind, "eid": uuid.uuid4().hex, "ts": ts, "host": "w", "pid": 2,
-            "task_id": task_id, "retries": 0, **fields}  # fmt: skip
+def ended(task_id: str, ts: float, kind: str = "succeeded", **fields: Any) -> Event:
+    return task_event(kind, task_id, ts, retries=0, **fields)
 
 
 def fill(store: Store, count: int, seed: int = 7) -> None:

@@ -6,7 +6,6 @@ import json
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 from stemtrace.store import Store, queries
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
+from tests.factories import task_event
 from tests.support import stored_events, wait_for
 
 
@@ -28,28 +28,25 @@ def store(tmp_path: Path) -> Iterator[Store]:
     found.close()
 
 
-def event(kind: str, task_id: str, ts: float, **fields: Any) -> dict[str, Any]:
-    return {"kind": kind, "eid": uuid.uuid4().hex, "ts": ts, "host": "celery@w1", "pid": 10,
-            "task_id": task_id, "name": "proj.flaky", **fields}  # fmt: skip
-
-
 def retried_twice(task_id: str = "t1") -> list[dict[str, Any]]:
     """A task that failed twice, was retried, and then succeeded: its whole life."""
     return [
-        event("sent", task_id, 1.0, retries=0, args=[1], kwargs={}, trace_id="tr", root_id=task_id),
-        event("received", task_id, 1.1, retries=0, worker="celery@w1"),
-        event("started", task_id, 1.2, retries=0, worker="celery@w1"),
-        event("sent", task_id, 1.3, retries=1, parent_id=task_id, root_id=task_id),
-        event("retry", task_id, 1.31, retries=0, attempt=1, exc_type="ConnectionError",
-              exc_message="attempt 1 failed", traceback="Traceback...1"),
-        event("received", task_id, 1.4, retries=1, worker="celery@w2"),
-        event("started", task_id, 1.5, retries=1, worker="celery@w2"),
-        event("sent", task_id, 1.6, retries=2, parent_id=task_id, root_id=task_id),
-        event("retry", task_id, 1.61, retries=1, attempt=2, exc_type="ConnectionError",
-              exc_message="attempt 2 failed", traceback="Traceback...2"),
-        event("received", task_id, 1.7, retries=2, worker="celery@w1"),
-        event("started", task_id, 1.8, retries=2, worker="celery@w1"),
-        event("succeeded", task_id, 1.9, retries=2, worker="celery@w1", result=7, runtime=0.1),
+        task_event("sent", task_id, 1.0, retries=0, args=[1], kwargs={}, trace_id="tr",
+                   root_id=task_id),
+        task_event("received", task_id, 1.1, retries=0, worker="celery@w1"),
+        task_event("started", task_id, 1.2, retries=0, worker="celery@w1"),
+        task_event("sent", task_id, 1.3, retries=1, parent_id=task_id, root_id=task_id),
+        task_event("retry", task_id, 1.31, retries=0, attempt=1, exc_type="ConnectionError",
+                   exc_message="attempt 1 failed", traceback="Traceback...1"),
+        task_event("received", task_id, 1.4, retries=1, worker="celery@w2"),
+        task_event("started", task_id, 1.5, retries=1, worker="celery@w2"),
+        task_event("sent", task_id, 1.6, retries=2, parent_id=task_id, root_id=task_id),
+        task_event("retry", task_id, 1.61, retries=1, attempt=2, exc_type="ConnectionError",
+                   exc_message="attempt 2 failed", traceback="Traceback...2"),
+        task_event("received", task_id, 1.7, retries=2, worker="celery@w1"),
+        task_event("started", task_id, 1.8, retries=2, worker="celery@w1"),
+        task_event("succeeded", task_id, 1.9, retries=2, worker="celery@w1", result=7,
+                   runtime=0.1),
     ]  # fmt: skip
 
 
@@ -100,8 +97,10 @@ def test_a_terminal_state_wins_whatever_comes_after(
     store = Store(tmp_path_factory.mktemp("t") / "t.db")
     try:
         ingestor = Ingestor(store.writer())
-        ingestor.ingest([event(terminal, "t1", 5.0)])
-        ingestor.ingest([event(kind, "t1", 6.0 + i, retries=0) for i, kind in enumerate(later)])
+        ingestor.ingest([task_event(terminal, "t1", 5.0)])
+        ingestor.ingest(
+            [task_event(kind, "t1", 6.0 + i, retries=0) for i, kind in enumerate(later)]
+        )
         expected = {"succeeded": "SUCCESS", "failed": "FAILURE", "revoked": "REVOKED",
                     "rejected": "REJECTED"}[terminal]  # fmt: skip
         assert row(store)["state"] == expected
@@ -131,7 +130,7 @@ def test_waiting_for_a_retry_is_its_own_state(store: Store) -> None:
 
 def test_retention_by_count_and_by_age(store: Store) -> None:
     ingestor = Ingestor(store.writer())
-    ingestor.ingest([event("succeeded", f"t{i:03}", 1000.0 + i) for i in range(50)])
+    ingestor.ingest([task_event("succeeded", f"t{i:03}", 1000.0 + i) for i in range(50)])
     pruned = Retention(max_tasks=20, slice_size=7).step(store.writer(), now=2000.0)
     assert pruned == 7  # one bounded slice per step
     retention = Retention(max_tasks=20, slice_size=7, interval=0)
@@ -212,8 +211,8 @@ def test_history_written_as_json_documents_is_migrated(
 def test_a_history_row_keeps_what_the_task_row_does_not(store: Store) -> None:
     Ingestor(store.writer()).ingest(
         [
-            event("sent", "t1", 1.0, args=[1], queue="q", future_field={"x": [1]}),
-            event("revoked", "t1", 2.0, terminated=True, signum=15, worker="celery@w1"),
+            task_event("sent", "t1", 1.0, args=[1], queue="q", future_field={"x": [1]}),
+            task_event("revoked", "t1", 2.0, terminated=True, signum=15, worker="celery@w1"),
         ]
     )
     conn = store.reader().conn
@@ -287,7 +286,7 @@ def test_retention_forgets_tasks_from_the_future_even_when_keeping_everything(
     now = time.time()
     ingestor = Ingestor(store.writer())
     times = {"future": 1e15, "inf": float("inf"), "now": now, "old": now - 86_400 * 30}
-    ingestor.ingest([event("sent", task_id, ts) for task_id, ts in times.items()])
+    ingestor.ingest([task_event("sent", task_id, ts) for task_id, ts in times.items()])
     assert Retention().step(store.writer(), now=now) == 2
     ids = {r[0] for r in store.reader().conn.execute("SELECT id FROM tasks")}
     assert ids == {"now", "old"}
