@@ -117,7 +117,7 @@ def run_consumer(
     """
     path = workdir / f"stemtrace-{uuid.uuid4().hex[:8]}.db"
     store = Store(path)
-    consumer = Consumer(store, reader, source=source, retention=None)
+    consumer = Consumer(store, reader, source=source)
     status = consumer.status
     done: dict[str, float] = {}
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from stemtrace.core.env import parse_env
-from stemtrace.store.schema import DEFAULT_DB
+from stemtrace.store import DEFAULT_DB
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

@@ -15,7 +15,10 @@ from starlette.testclient import TestClient
 from stemtrace.core.events import Event
 from stemtrace.server.app import create_app
 from stemtrace.server.extension import StemtraceExtension
+from stemtrace.server.live import Broadcaster
+from stemtrace.server.site import Site as RouteSite
 from stemtrace.settings import Settings
+from stemtrace.store import Backend
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.schema import Store
 
@@ -163,3 +166,12 @@ def csp_of(response: Any) -> dict[str, list[str]]:
         name, *sources = directive.split()
         found[name] = sources
     return found
+
+
+def site_of(
+    store: Backend, consumer_status: Callable[[], dict[str, Any] | None] | None = None
+) -> RouteSite:
+    """The routes' dependencies on ``store``, with ``consumer_status`` for ``/api/health``."""
+    if consumer_status is None:
+        return RouteSite(store=store, broadcaster=Broadcaster())
+    return RouteSite(store=store, broadcaster=Broadcaster(), consumer_status=consumer_status)

@@ -81,6 +81,7 @@ from tests.factories import (
     retried_twice,
     worker_event,
 )
+from tests.site import site_of
 
 # -- building events as the capture side makes them -------------------------------
 
@@ -1042,7 +1043,7 @@ def test_openapi_lists_every_api_path(api: Api, db_path: Path) -> None:
     documented = {path for path in document["paths"] if path.startswith("/api")}
     store = Store(db_path)
     try:
-        routed = {getattr(r, "path", None) for r in create_api_router(store, lambda: None).routes}
+        routed = {getattr(r, "path", None) for r in create_api_router(site_of(store)).routes}
     finally:
         store.close()
     assert documented == routed == API_PATHS
@@ -1061,7 +1062,7 @@ def test_router_mounted_in_a_host_app_reports_its_consumer(db_path: Path) -> Non
         Ingestor(store.writer()).ingest(lifecycle(ADD_OLD, "proj.tasks.add", time.time() - 5))
         status = {"connected": False, "error": "Connection refused"}
         host = FastAPI()
-        host.include_router(create_api_router(store, lambda: status), prefix="/observe")
+        host.include_router(create_api_router(site_of(store, lambda: status)), prefix="/observe")
         with TestClient(host) as client:
             health = ok(client, "/observe/api/health")
             assert health["status"] == "degraded"

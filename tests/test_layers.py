@@ -175,3 +175,88 @@ def test_pages_lean_on_views_not_on_the_api() -> None:
     api = imports_of(PACKAGE / "server" / "api.py")
     assert "stemtrace.server.api" not in pages and "stemtrace.server.pages" not in api
     assert "stemtrace.server.views" in pages and "stemtrace.server.views" in api
+
+
+def imported_modules(path: Path, package: Path = PACKAGE) -> set[str]:
+    """Our modules ``path`` imports, ``from a import b`` counted as ``a.b`` when b is a module."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("stemtrace"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if not node.module.startswith("stemtrace"):
+                continue
+            base = package.parent.joinpath(*node.module.split("."))
+            for alias in node.names:
+                is_module = (base / f"{alias.name}.py").exists() or (base / alias.name).is_dir()
+                found.add(f"{node.module}.{alias.name}" if is_module else node.module)
+    return found
+
+
+STORE_SURFACE = frozenset({"stemtrace.store", "stemtrace.store.surface"})
+
+
+def reaches_behind_the_store(package: Path = PACKAGE) -> list[str]:
+    """Imports from outside ``store/`` of a store module other than its surface."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.is_relative_to(package / "store"):
+            continue
+        for imported in sorted(imported_modules(path, package)):
+            if imported.startswith("stemtrace.store") and imported not in STORE_SURFACE:
+                found.append(f"{module_name(path, package)} -> {imported}")
+    return found
+
+
+def test_the_rest_reads_the_store_through_its_surface_only() -> None:
+    """A second backend implements stemtrace.store.surface; nothing may lean past it."""
+    assert reaches_behind_the_store() == []
+
+
+def test_the_store_surface_check_can_fail(tmp_path: Path) -> None:
+    copy = tmp_path / "stemtrace"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("static", "templates"))
+    target = copy / "server" / "api.py"
+    target.write_text(target.read_text() + "\nfrom stemtrace.store import queries\n")
+    assert reaches_behind_the_store(copy) == ["stemtrace.server.api -> stemtrace.store.queries"]
+
+
+def import_cycles(package: Path = PACKAGE) -> list[list[str]]:
+    """Cycles among our modules' imports (any import, TYPE_CHECKING and in functions too)."""
+    modules = {module_name(p, package): p for p in package.rglob("*.py")}
+    graph = {
+        name: {m for m in imported_modules(path, package) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        stack.append(name)
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                cycles.append([*stack[stack.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    return cycles
+
+
+def test_no_import_cycle() -> None:
+    assert import_cycles() == []
+
+
+def test_the_cycle_check_can_fail(tmp_path: Path) -> None:
+    copy = tmp_path / "stemtrace"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("static", "templates"))
+    target = copy / "server" / "views.py"
+    target.write_text(target.read_text() + "\nfrom stemtrace.server import api\n")
+    assert import_cycles(copy) == [["stemtrace.server.api", "stemtrace.server.views",
+                                    "stemtrace.server.api"]]  # fmt: skip

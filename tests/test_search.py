@@ -29,7 +29,9 @@ from stemtrace.store.migrations import migrations
 from stemtrace.store.queries import TaskFilters
 from stemtrace.store.retention import Retention
 from stemtrace.store.search import SearchIndexer
+from stemtrace.store.writer import SqliteWriter
 from tests.factories import WEB, WEB_PID, task_event
+from tests.site import site_of
 
 NOW = 1_000_000.0
 """The indexer's clock in these tests; every task was written long before."""
@@ -390,8 +392,15 @@ def consume_until_indexed(store: Store, reads: list[int], log: list[str]) -> Con
     """Run a consumer on scripted reads until its indexer has caught up."""
     done = threading.Event()
     reader = ScriptedReader(reads, log)
-    consumer = Consumer(store, lambda: reader, source="scripted", batch_frames=5,
-                        indexer=LoggingIndexer(log, done), block=0.01)  # fmt: skip
+
+    class IndexLoggingConsumer(Consumer):
+        def open_writer(self) -> SqliteWriter:
+            writer = SqliteWriter(store.writer())
+            writer.indexer = LoggingIndexer(log, done)
+            return writer
+
+    consumer = IndexLoggingConsumer(store, lambda: reader, source="scripted", batch_frames=5,
+                                    block=0.01)  # fmt: skip
     consumer.start()
     try:
         assert done.wait(20)
@@ -415,7 +424,7 @@ def test_the_consumer_indexes_only_once_it_has_caught_up(store: Store) -> None:
 def test_health_shows_the_indexer(store: Store) -> None:
     consumer = consume_until_indexed(store, [3], [])
     app = FastAPI()
-    app.include_router(create_api_router(store, consumer.status.as_dict))
+    app.include_router(create_api_router(site_of(store, consumer.status.as_dict)))
     with TestClient(app) as client:
         health = client.get("/api/health").json()
     assert health["consumer"]["search"] == {

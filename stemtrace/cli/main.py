@@ -255,9 +255,9 @@ def _quiet_celery(level: str) -> None:
 
 def consume(settings: Settings) -> int:
     from stemtrace.ingest.consumer import build_celery_events_consumer, build_consumer, source_name
-    from stemtrace.store.schema import Store
+    from stemtrace.store import open_store
 
-    store = Store(settings.db)
+    store = open_store(settings.db)
     consumers = [build_consumer(settings, store)]
     celery_events = build_celery_events_consumer(settings, store)
     if celery_events is not None:

@@ -19,7 +19,6 @@ has caught up): in a burst ingestion goes first and indexing catches up after.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -30,12 +29,7 @@ from typing import Any
 
 from stemtrace.core.events import Event, FrameError, decode_frame
 from stemtrace.settings import Settings
-from stemtrace.store import queries
-from stemtrace.store.ingest import Ingestor, IngestResult, is_transient
-from stemtrace.store.retention import Retention
-from stemtrace.store.schema import Store
-from stemtrace.store.search import SearchIndexer
-from stemtrace.store.skipped import Skip
+from stemtrace.store import NO_UPKEEP, Backend, IngestResult, Skip, Upkeep, Writer
 from stemtrace.transports import (
     AMQP_SCHEMES,
     REDIS_SCHEMES,
@@ -95,21 +89,21 @@ class Consumer:
 
     def __init__(
         self,
-        store: Store,
+        store: Backend,
         open_reader: Callable[[], Reader],
         *,
         source: str,
-        retention: Retention | None = None,
-        indexer: SearchIndexer | None = None,
+        upkeep: Upkeep = NO_UPKEEP,
+        separate: bool = False,
         batch_frames: int = 100,
         block: float = 0.5,
-        writer: sqlite3.Connection | None = None,
     ) -> None:
+        """``upkeep``: the retention and indexing its writer does between batches;
+        ``separate``: a writing connection of its own (a second consumer)."""
         self.store = store
-        self.writer = writer
+        self.upkeep = upkeep
+        self.separate = separate
         self._open_reader = open_reader
-        self.retention = retention
-        self.indexer = indexer
         self.batch_frames = batch_frames
         self.block = block
         self.status = ConsumerStatus(source=source)
@@ -136,8 +130,8 @@ class Consumer:
         """Consume until :meth:`stop`; never raises."""
         if not self._wait_for_claim():
             return
-        ingestor = Ingestor(self.writer or self.store.writer())
-        position = self._load_position()
+        writer = self.open_writer()
+        position = writer.position(self.status.source)
         self.status.position = position
         reader: Reader | None = None
         backoff = 0.5
@@ -152,10 +146,12 @@ class Consumer:
                 self._connected()
                 backoff = 0.5
                 if entries:
-                    position = self._write(ingestor, entries)
+                    position = self._write(writer, entries)
                     reader.commit(position)
                 self._report(reader, position)
-                more_to_index = self._between_batches(caught_up=len(entries) < self.batch_frames)
+                more_to_index = self._between_batches(
+                    writer, caught_up=len(entries) < self.batch_frames
+                )
             except Exception as exc:
                 self._on_error(exc)
                 if reader is not None:
@@ -167,6 +163,10 @@ class Consumer:
                 backoff = min(backoff * 2, 10.0)
         if reader is not None:
             reader.close()
+
+    def open_writer(self) -> Writer:
+        """The store's writer this consumer writes through (tests replace it)."""
+        return self.store.open_writer(self.upkeep, separate=self.separate)
 
     # -- internals -------------------------------------------------------------
 
@@ -184,16 +184,13 @@ class Consumer:
             self._next_backlog = time.monotonic() + 2.0
             self.status.backlog = backlog()
 
-    def _between_batches(self, *, caught_up: bool) -> bool:
+    def _between_batches(self, writer: Writer, *, caught_up: bool) -> bool:
         """Retention, then (once caught up) indexing; whether indexing has more to do."""
-        writer = self.writer or self.store.writer()
-        if self.retention is not None:
-            self.status.pruned += self.retention.step(writer)
-        if self.indexer is None or not caught_up:
-            return False
-        indexed = self.indexer.step(writer)
-        self.status.search = self.indexer.status
-        return indexed >= self.indexer.slice_size
+        pruned, more = writer.upkeep(caught_up=caught_up)
+        self.status.pruned += pruned
+        if writer.search_status is not None:
+            self.status.search = writer.search_status
+        return more
 
     def _wait_for_claim(self) -> bool:
         """Stand by while another process writes the database; False when stopped first."""
@@ -213,10 +210,7 @@ class Consumer:
             self.status.last_error = None
         return True
 
-    def _load_position(self) -> str | None:
-        return queries.cursor_position(self.writer or self.store.writer(), self.status.source)
-
-    def _write(self, ingestor: Ingestor, entries: list[tuple[str, bytes]]) -> str:
+    def _write(self, writer: Writer, entries: list[tuple[str, bytes]]) -> str:
         batch: list[Event] = []
         skipped: list[Skip] = []
         now = time.time()
@@ -239,15 +233,15 @@ class Consumer:
         position = entries[-1][0]
         cursor = (self.status.source, position)
         try:
-            result = ingestor.ingest(batch, cursor, skipped)
+            result = writer.ingest(batch, cursor, skipped)
         except Exception as exc:
-            if is_transient(exc):
+            if writer.is_transient(exc):
                 raise  # the database's fault, not the events': read the batch again later
             logger.warning(
                 "stemtrace: a batch cannot be stored (%s: %s); storing its events one by one",
                 type(exc).__name__, str(exc)[:200],
             )  # fmt: skip
-            result, batch = self._write_one_by_one(ingestor, batch, cursor, skipped)
+            result, batch = self._write_one_by_one(writer, batch, cursor, skipped)
         self._count(skipped)
         self.status.ingested += len(batch)
         self.status.batches += 1
@@ -263,7 +257,7 @@ class Consumer:
 
     def _write_one_by_one(
         self,
-        ingestor: Ingestor,
+        writer: Writer,
         batch: list[Event],
         cursor: tuple[str, str],
         skipped: list[Skip],
@@ -274,9 +268,9 @@ class Consumer:
         workers: set[str] = set()
         for event in batch:
             try:
-                one = ingestor.ingest([event])
+                one = writer.ingest([event])
             except Exception as exc:
-                if is_transient(exc):
+                if writer.is_transient(exc):
                     raise
                 reason = f"cannot be stored ({type(exc).__name__}: {str(exc)[:200]})"
                 skipped.append(Skip(reason, f"event {str(event.get('eid'))[:80]}", event))
@@ -284,7 +278,7 @@ class Consumer:
             kept.append(event)
             task_ids |= one.task_ids
             workers |= one.workers
-        ingestor.ingest([], cursor, skipped)
+        writer.ingest([], cursor, skipped)
         return IngestResult(task_ids=task_ids, workers=workers), kept
 
     def _count(self, skipped: list[Skip]) -> None:
@@ -314,18 +308,19 @@ def source_name(settings: Settings) -> str:
     return f"{describe_url(settings.broker)}#{settings.stream}"
 
 
-def build_consumer(settings: Settings, store: Store) -> Consumer:
+def build_consumer(settings: Settings, store: Backend) -> Consumer:
     """The consumer ``stemtrace run`` and ``stemtrace consume`` use."""
     return Consumer(
         store,
         lambda: open_reader(settings.broker, stream=settings.stream, queue=settings.queue_name),
         source=source_name(settings),
-        retention=Retention(max_age=settings.retention_seconds, max_tasks=settings.task_limit),
-        indexer=SearchIndexer(),
+        upkeep=Upkeep(
+            max_age=settings.retention_seconds, max_tasks=settings.task_limit, index=True
+        ),
     )
 
 
-def build_celery_events_consumer(settings: Settings, store: Store) -> Consumer | None:
+def build_celery_events_consumer(settings: Settings, store: Backend) -> Consumer | None:
     """A second consumer for Celery's own events (workers without ``init(app)``).
 
     It indexes nothing: the main consumer's indexer covers the whole store.
@@ -338,5 +333,5 @@ def build_celery_events_consumer(settings: Settings, store: Store) -> Consumer |
         store,
         lambda: CeleryEventsReader(settings.broker),
         source=f"celery-events:{describe_url(settings.broker)}",
-        writer=store.new_writer(),
+        separate=True,
     )

@@ -8,7 +8,6 @@ SQLite reads never block the event loop.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ from stemtrace import __version__
 from stemtrace.core import states
 from stemtrace.model import export, flows
 from stemtrace.server.security import SecureRoute
+from stemtrace.server.site import Site
 from stemtrace.server.views import (
     flow_and_path,
     histories,
@@ -29,22 +29,25 @@ from stemtrace.server.views import (
     parse_time,
     task_detail,
 )
-from stemtrace.store import fleet, queries
-from stemtrace.store import skipped as skipped_input
-from stemtrace.store.schema import Store
+from stemtrace.store import Backend, BadCursor, TaskFilters, listed
 
 ID = Annotated[str, PathParam(min_length=1, max_length=255, description="a Celery task id")]
 Text = Annotated[str | None, Query(min_length=1, max_length=255)]
 
 
-def create_api_router(  # noqa: C901 - a knot to split (issue 14)
-    store: Store, consumer_status: Callable[[], dict[str, Any] | None]
-) -> APIRouter:
-    """The API routes, reading ``store``; ``consumer_status`` feeds ``/api/health``."""
+def create_api_router(site: Site) -> APIRouter:
+    """The API routes, reading ``site.store``; ``site.consumer_status`` feeds ``/api/health``."""
     router = APIRouter(prefix="/api", tags=["api"], route_class=SecureRoute)
+    _task_routes(router, site.store)
+    _flow_routes(router, site.store)
+    _export_routes(router, site.store)
+    _trace_routes(router, site.store)
+    _fleet_routes(router, site)
+    return router
 
-    def conn() -> Any:
-        return store.reader().conn
+
+def _task_routes(router: APIRouter, store: Backend) -> None:
+    """Executions, one task, a group's members."""
 
     @router.get("/tasks", summary="Task executions, newest first")
     def list_tasks(
@@ -73,7 +76,7 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
         ] = None,
     ) -> dict[str, Any]:
         now = datetime.now(UTC).timestamp()
-        filters = queries.TaskFilters(
+        filters = TaskFilters(
             states=parse_states(state),
             name=name,
             worker=worker,
@@ -84,8 +87,8 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
             until=parse_time("until", until, now),
         )
         try:
-            rows, next_cursor = queries.list_tasks(conn(), filters, cursor, limit)
-        except queries.BadCursor as exc:
+            rows, next_cursor = store.list_tasks(filters, cursor, limit)
+        except BadCursor as exc:
             raise HTTPException(422, str(exc)) from None
         return {"tasks": rows, "next_cursor": next_cursor}
 
@@ -96,6 +99,25 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
     )
     def get_task(task_id: ID) -> dict[str, Any]:
         return task_detail(store, task_id)
+
+    @router.get(
+        "/groups/{group_id}/members",
+        summary="A page of a group's members",
+        name="stemtrace.api.group_members",
+    )
+    def group_members(
+        group_id: ID,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        total, members = store.group_page(group_id, offset, limit)
+        if total == 0:
+            raise not_found("group", group_id)
+        return {"group_id": group_id, "size": total, "offset": offset, "members": members}
+
+
+def _flow_routes(router: APIRouter, store: Backend) -> None:
+    """A flow's graph and its waterfall."""
 
     @router.get(
         "/flows/{task_id}",
@@ -127,6 +149,10 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
             "end": max((r["end"] for r in rows), default=None),
             "critical_path": flows.critical_path(graph, now),
         }
+
+
+def _export_routes(router: APIRouter, store: Backend) -> None:
+    """A flow as Graphviz DOT and SVG."""
 
     @router.get(
         "/flows/{task_id}/graph.dot",
@@ -163,20 +189,9 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
             },
         )
 
-    @router.get(
-        "/groups/{group_id}/members",
-        summary="A page of a group's members",
-        name="stemtrace.api.group_members",
-    )
-    def group_members(
-        group_id: ID,
-        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> dict[str, Any]:
-        total, members = queries.group_page(conn(), group_id, offset, limit)
-        if total == 0:
-            raise not_found("group", group_id)
-        return {"group_id": group_id, "size": total, "offset": offset, "members": members}
+
+def _trace_routes(router: APIRouter, store: Backend) -> None:
+    """Everything one trace set off."""
 
     @router.get("/traces/{trace_id}", summary="Every task of one trace, and its flows")
     def get_trace(trace_id: ID) -> dict[str, Any]:
@@ -199,7 +214,7 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
                 }
                 for f in found["flows"]
             ],
-            "tasks": [queries.listed(t) for t in rows],
+            "tasks": [listed(t) for t in rows],
             "count": len(rows),
             "failures": sum(t["state"] in states.BROKEN for t in rows),
             "started_at": min(t["sent_at"] or t["seen_at"] for t in rows),
@@ -216,31 +231,34 @@ def create_api_router(  # noqa: C901 - a knot to split (issue 14)
         graph["critical_path"] = flows.critical_path(graph, time.time())
         return graph
 
+
+def _fleet_routes(router: APIRouter, site: Site) -> None:
+    """The registry, the workers, the consumer's health."""
+    store = site.store
+
     @router.get("/registry", summary="Task definitions with counts, rates and runtimes")
     def get_registry() -> dict[str, Any]:
-        return {"tasks": store.cached("registry", 10.0, lambda: fleet.registry(conn()))}
+        return {"tasks": store.registry()}
 
     @router.get("/workers", summary="Workers: online or not, last heartbeat, what they run")
     def get_workers() -> dict[str, Any]:
-        return {"workers": fleet.workers(conn())}
+        return {"workers": store.workers()}
 
     @router.get("/health", summary="Consumer status, lag, counters and store size")
     def health() -> dict[str, Any]:
-        status = consumer_status()
+        status = site.consumer_status()
         ok = status is None or bool(status.get("connected"))
         return {
             "status": "ok" if ok else "degraded",
             "version": __version__,
             "consumer": status,
-            "skipped": skipped_input.summary(conn(), samples=5),
+            "skipped": store.skipped(samples=5),
             "store": {
                 "path": store.path,
                 "size_bytes": store.size_bytes(),
-                **store.cached("counts", 5.0, lambda: queries.counts(conn())),
+                **store.counts(),
             },
         }
-
-    return router
 
 
 def _safe_name(task_id: str) -> str:

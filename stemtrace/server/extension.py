@@ -29,9 +29,9 @@ from stemtrace.server.api import create_api_router
 from stemtrace.server.live import Broadcaster
 from stemtrace.server.pages import create_pages_router
 from stemtrace.server.security import SecureRoute
+from stemtrace.server.site import Site
 from stemtrace.settings import Settings
-from stemtrace.store import queries
-from stemtrace.store.schema import Store
+from stemtrace.store import Backend, open_store
 
 logger = logging.getLogger("stemtrace")
 
@@ -67,7 +67,7 @@ class StemtraceExtension:
             retention_days=retention_days,
             max_tasks=max_tasks,
         )
-        self.store = Store(self.settings.db)
+        self.store: Backend = open_store(self.settings.db)
         self.broadcaster = Broadcaster()
         self.consumer: Consumer | None = None
         self.celery_events: Consumer | None = None
@@ -82,8 +82,15 @@ class StemtraceExtension:
             route_class=SecureRoute,
             include_in_schema=include_in_schema,
         )
-        self.router.include_router(create_api_router(self.store, self.consumer_status))
-        self.router.include_router(create_pages_router(self))
+        self.site = Site(
+            store=self.store,
+            broadcaster=self.broadcaster,
+            consumer_status=self.consumer_status,
+            broker_problem=self.broker_problem,
+            standby=self.standby,
+        )
+        self.router.include_router(create_api_router(self.site))
+        self.router.include_router(create_pages_router(self.site))
 
     def consumer_status(self) -> dict[str, Any] | None:
         if self.consumer is None:
@@ -143,4 +150,4 @@ class StemtraceExtension:
             await asyncio.sleep(interval)
 
     def _last_write(self) -> object:
-        return queries.last_write(self.store.reader().conn)
+        return self.store.last_write()

@@ -13,7 +13,7 @@ import mimetypes
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -27,6 +27,7 @@ from stemtrace.model import flows, traces
 from stemtrace.server import render
 from stemtrace.server.errors import BadParameter, NotFound
 from stemtrace.server.security import SecureRoute
+from stemtrace.server.site import Site
 from stemtrace.server.views import (
     FLOW_SLOTS,
     histories,
@@ -35,11 +36,7 @@ from stemtrace.server.views import (
     parse_time,
     task_detail,
 )
-from stemtrace.store import fleet, queries
-from stemtrace.store import skipped as skipped_input
-
-if TYPE_CHECKING:
-    from stemtrace.server.extension import StemtraceExtension
+from stemtrace.store import BadCursor, TaskFilters
 
 PACKAGE = Path(__file__).resolve().parent.parent
 STATIC = PACKAGE / "static"
@@ -68,12 +65,28 @@ def create_templates() -> Jinja2Templates:
     return templates
 
 
-def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PLR0915 - a knot to split (issue 14)
+def create_pages_router(site: Site) -> APIRouter:
+    """The pages, the static files and the live stream, reading ``site``."""
     router = APIRouter(route_class=SecureRoute, include_in_schema=False)
-    templates = create_templates()
-    store = ext.store
+    pages = Pages(site)
+    _execution_routes(router, pages)
+    _task_routes(router, pages)
+    _flow_routes(router, pages)
+    _fleet_routes(router, pages)
+    _asset_routes(router, site)
+    return router
+
+
+class Pages:
+    """Renders the templates with what every page shows (the broker's trouble, the time)."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.store = site.store
+        self.templates = create_templates()
 
     def page(
+        self,
         request: Request,
         name: str,
         context: dict[str, Any],
@@ -94,20 +107,21 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
         full = {
             "request": request,
             "url": url,
-            "broker_problem": ext.broker_problem(),
-            "standby": ext.standby(),
+            "broker_problem": self.site.broker_problem(),
+            "standby": self.site.standby(),
             "now": datetime.now(UTC).timestamp(),
             **context,
         }
         response: HTMLResponse
         if blocks:
-            response = HTMLResponse(render_blocks(templates, name, blocks, full), status_code)
+            response = HTMLResponse(render_blocks(self.templates, name, blocks, full), status_code)
         else:
-            response = templates.TemplateResponse(request, name, full, status_code=status_code)
+            response = self.templates.TemplateResponse(request, name, full, status_code=status_code)
         response.headers["Vary"] = "HX-Request, HX-Target"
         return response
 
     def not_found(
+        self,
         request: Request,
         what: str,
         value: str,
@@ -126,13 +140,31 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
             return Response(status_code=204)
         live = {"task": watch} if watch else None
         context = {"what": what, "value": value, "live": live, "again": again}
-        return page(request, "404.html", context, status_code=404)
+        return self.page(request, "404.html", context, status_code=404)
 
+    @staticmethod
     def found(request: Request) -> Response | None:
         """The waiting 404 page asked again and the record now exists: reload it."""
         if _is_waiting_poll(request):
             return Response(status_code=200, headers={"HX-Refresh": "true"})
         return None
+
+    def planned(self, request: Request, detail: dict[str, Any]) -> Response:
+        """An id that has not run, or a group's: what it is, and a way to its flow.
+
+        A ``PLANNED`` page watches like the 404 does, and reloads once the
+        task is sent or can no longer run.
+        """
+        if _is_waiting_poll(request):
+            if detail["state"] == states.PLANNED:
+                return Response(status_code=204)
+            return Response(status_code=200, headers={"HX-Refresh": "true"})
+        return self.page(request, "planned.html", {"task": detail})
+
+
+def _execution_routes(router: APIRouter, pages: Pages) -> None:
+    """The executions list, with its filters; its rows alone for an htmx swap."""
+    store = pages.store
 
     @router.get("/", name="stemtrace.executions")
     def executions(
@@ -162,7 +194,7 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
         rows: list[dict[str, Any]] = []
         next_cursor = None
         try:
-            filters = queries.TaskFilters(
+            filters = TaskFilters(
                 states=parse_states(chosen),
                 name=name or None,
                 worker=worker or None,
@@ -171,10 +203,9 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
                 since=parse_time("since", since or None, now),
                 until=parse_time("until", until or None, now),
             )
-            rows, next_cursor = queries.list_tasks(store.reader().conn, filters, cursor, limit)
-        except (BadParameter, queries.BadCursor) as exc:
+            rows, next_cursor = store.list_tasks(filters, cursor, limit)
+        except (BadParameter, BadCursor) as exc:
             error = str(exc)
-        conn = store.reader().conn
         context = {
             "rows": rows,
             "form": form,
@@ -183,31 +214,36 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
             "next_cursor": next_cursor,
             "limit": limit,
             "states": states.ALL,
-            **queries.filter_choices(conn),
-            "empty_store": not rows and not any(form.values()) and queries.is_empty(conn),
+            **store.filter_choices(),
+            "empty_store": not rows and not any(form.values()) and store.is_empty(),
         }
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "rows":
-            return page(request, "_rows.html", context, 422 if error else 200)
-        return page(request, "executions.html", context, 422 if error else 200)
+            return pages.page(request, "_rows.html", context, 422 if error else 200)
+        return pages.page(request, "executions.html", context, 422 if error else 200)
+
+
+def _task_routes(router: APIRouter, pages: Pages) -> None:
+    """One task's page (or its planned id's, or a waiting 404)."""
+    store = pages.store
 
     @router.get("/tasks/{task_id:path}", name="stemtrace.task")
     def task(request: Request, task_id: Annotated[str, render.PathId]) -> Response:
         try:
             detail = task_detail(store, task_id)
         except NotFound:
-            return not_found(
+            return pages.not_found(
                 request, "task", task_id, ("stemtrace.task", {"task_id": task_id}), task_id
             )
         if detail.get("planned"):
-            return planned(request, detail)
-        if reload := found(request):
+            return pages.planned(request, detail)
+        if reload := pages.found(request):
             return reload
         context = {"task": detail, "bar": render.timeline_bar(detail["phases"])}
         partial = (
             request.headers.get("HX-Request") and request.headers.get("HX-Target") == "task-live"
         )
         name = "_task.html" if partial else "task.html"
-        return page(request, name, context)
+        return pages.page(request, name, context)
 
     def planned(request: Request, detail: dict[str, Any]) -> Response:
         """An id that has not run, or a group's: what it is, and a way to its flow.
@@ -219,16 +255,21 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
             if detail["state"] == states.PLANNED:
                 return Response(status_code=204)
             return Response(status_code=200, headers={"HX-Refresh": "true"})
-        return page(request, "planned.html", {"task": detail})
+        return pages.page(request, "planned.html", {"task": detail})
+
+
+def _flow_routes(router: APIRouter, pages: Pages) -> None:
+    """A flow's page and a trace's page."""
+    store = pages.store
 
     @router.get("/flows/{task_id:path}", name="stemtrace.flow")
     def flow(request: Request, task_id: Annotated[str, render.PathId]) -> Response:
         with FLOW_SLOTS:  # see FLOW_SLOTS: big flows take turns
-            rows = queries.flow_rows(store.reader().conn, task_id)
+            rows = store.flow_rows(task_id)
             if rows is None:
                 again = ("stemtrace.flow", {"task_id": task_id})
-                return not_found(request, "task or group", task_id, again)
-            if reload := found(request):
+                return pages.not_found(request, "task or group", task_id, again)
+            if reload := pages.found(request):
                 return reload
             graph = flows.build_flow(rows)
             now = datetime.now(UTC).timestamp()
@@ -254,8 +295,8 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
             }
         if _is_htmx(request, "flow-live"):  # the live refresh: head and body, out of band
             context["swap"] = True
-            return page(request, "flow.html", context, blocks=("flow_head", "flow_body"))
-        return page(request, "flow.html", context)
+            return pages.page(request, "flow.html", context, blocks=("flow_head", "flow_body"))
+        return pages.page(request, "flow.html", context)
 
     @router.get("/traces/{trace_id:path}", name="stemtrace.trace")
     def trace(request: Request, trace_id: Annotated[str, render.PathId]) -> Response:
@@ -264,8 +305,8 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
             rows, traced = load_trace(store, trace_id)
         except NotFound:
             again = ("stemtrace.trace", {"trace_id": trace_id})
-            return not_found(request, "trace", trace_id, again)
-        if reload := found(request):
+            return pages.not_found(request, "trace", trace_id, again)
+        if reload := pages.found(request):
             return reload
         graph = traced["graph"]
         now = datetime.now(UTC).timestamp()
@@ -283,24 +324,34 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
             "waterfall": render.waterfall_svg(lines, set(critical["nodes"])),
             "waterfall_of": "trace",
         }
-        return page(request, "trace.html", context)
+        return pages.page(request, "trace.html", context)
+
+
+def _fleet_routes(router: APIRouter, pages: Pages) -> None:
+    """The registry, the consumer's status, the workers."""
+    store = pages.store
+    site = pages.site
 
     @router.get("/registry", name="stemtrace.registry")
     def registry(request: Request) -> HTMLResponse:
-        tasks = store.cached("registry", 10.0, lambda: fleet.registry(store.reader().conn))
-        return page(request, "registry.html", {"tasks": tasks})
+        tasks = store.registry()
+        return pages.page(request, "registry.html", {"tasks": tasks})
 
     @router.get("/status", name="stemtrace.status")
     def status(request: Request) -> HTMLResponse:
         context = {
-            "consumer": ext.consumer_status(),
-            "skipped": skipped_input.summary(store.reader().conn),
+            "consumer": site.consumer_status(),
+            "skipped": store.skipped(),
         }
-        return page(request, "status.html", context)
+        return pages.page(request, "status.html", context)
 
     @router.get("/workers", name="stemtrace.workers")
     def workers(request: Request) -> HTMLResponse:
-        return page(request, "workers.html", {"workers": fleet.workers(store.reader().conn)})
+        return pages.page(request, "workers.html", {"workers": store.workers()})
+
+
+def _asset_routes(router: APIRouter, site: Site) -> None:
+    """The static files and the live stream (server-sent events)."""
 
     @router.get("/static/{path:path}", name="stemtrace.static")
     def static(path: str) -> Response:
@@ -324,10 +375,8 @@ def create_pages_router(ext: StemtraceExtension) -> APIRouter:  # noqa: C901, PL
         task: Annotated[list[str] | None, Query(max_length=255)] = None,
     ) -> EventSourceResponse:
         wanted = frozenset(task) if task else None
-        stream = ext.broadcaster.events(wanted, is_disconnected=request.is_disconnected)
+        stream = site.broadcaster.events(wanted, is_disconnected=request.is_disconnected)
         return EventSourceResponse(stream, ping=None)
-
-    return router
 
 
 def render_blocks(

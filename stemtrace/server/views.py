@@ -18,8 +18,7 @@ from typing import Any
 from stemtrace.core import states
 from stemtrace.model import flows, planned, timeline, traces
 from stemtrace.server.errors import BadParameter, NotFound
-from stemtrace.store import queries
-from stemtrace.store.schema import Store
+from stemtrace.store import Backend
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -79,42 +78,41 @@ them take turns anyway) instead of each adding that much to the server."""
 
 
 def load_flow(
-    store: Store, task_id: str, collapse_over: int, expand: list[str] | None
+    store: Backend, task_id: str, collapse_over: int, expand: list[str] | None
 ) -> dict[str, Any]:
     with FLOW_SLOTS:
-        rows = queries.flow_rows(store.reader().conn, task_id)
+        rows = store.flow_rows(task_id)
         if rows is None:
             raise not_found("task or group", task_id)
         return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
 
 
-def load_trace(store: Store, trace_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def load_trace(store: Backend, trace_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The trace's task rows, and :func:`stemtrace.model.traces.trace_flows` of them."""
     with FLOW_SLOTS:
-        rows = queries.trace_rows(store.reader().conn, trace_id)
+        rows = store.trace_rows(trace_id)
         if not rows:
             raise not_found("trace", trace_id)
         return rows, traces.trace_flows(trace_id, rows)
 
 
-def flow_and_path(store: Store, task_id: str) -> tuple[dict[str, Any], set[str]]:
+def flow_and_path(store: Backend, task_id: str) -> tuple[dict[str, Any], set[str]]:
     """A flow as exports draw it, and the ids on its critical path."""
     graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
     return graph, set(flows.critical_path(graph, time.time())["nodes"])
 
 
-def histories(store: Store, graph: dict[str, Any], limit: int = 200) -> dict[str, Any]:
+def histories(store: Backend, graph: dict[str, Any], limit: int = 200) -> dict[str, Any]:
     """The event histories of the flow's retried tasks (the first ``limit``).
 
     Their waterfall rows need each attempt and wait; a task that ran once is
     drawn from its row's times.
     """
     retried = [n["id"] for n in graph["nodes"] if n["kind"] == "task" and n.get("attempts", 0) > 1]
-    conn = store.reader().conn
-    return {task_id: queries.task_events(conn, task_id) for task_id in retried[:limit]}
+    return {task_id: store.task_events(task_id) for task_id in retried[:limit]}
 
 
-def planned_detail(store: Store, task_id: str) -> dict[str, Any]:
+def planned_detail(store: Backend, task_id: str) -> dict[str, Any]:
     """An id that never ran (a chain link, a chord callback) or a group's id, in its flow.
 
     ``state`` is ``NOT_RUN`` or ``PLANNED`` (a group's: its members'); ``planned``
@@ -142,16 +140,15 @@ def planned_detail(store: Store, task_id: str) -> dict[str, Any]:
     }
 
 
-def task_detail(store: Store, task_id: str) -> dict[str, Any]:
+def task_detail(store: Backend, task_id: str) -> dict[str, Any]:
     """Everything about one task, as ``GET /api/tasks/{id}`` returns it.
 
     For an id stemtrace knows only as planned, see :func:`planned_detail`.
     """
-    conn = store.reader().conn
-    task = queries.get_task(conn, task_id)
+    task = store.get_task(task_id)
     if task is None:
         return planned_detail(store, task_id)
-    history = queries.task_events(conn, task_id)
+    history = store.task_events(task_id)
     for field in ("args", "kwargs", "result"):  # seen only through Celery's events
         if task[field] is None:
             task[field] = next((e[field] for e in history if e.get(field) is not None), None)
@@ -161,7 +158,7 @@ def task_detail(store: Store, task_id: str) -> dict[str, Any]:
     task["phases"] = found_phases
     task["durations"] = timeline.durations(found_phases)
     task["attempts"] = timeline.attempts(history, found_phases)
-    task["children"] = queries.children(conn, task_id)
+    task["children"] = store.children(task_id)
     task["exception"] = (
         {"type": task["exc_type"], "message": task["exc_message"]} if task["exc_type"] else None
     )

@@ -1,5 +1,37 @@
-"""The SQLite store: schema and migrations, the single-writer ingest, read queries."""
+"""The store: the SQLite backend, and the surface every backend offers.
 
-from stemtrace.store.schema import Store
+May import: core only. The rest of stemtrace imports this package and
+:mod:`stemtrace.store.surface` only, never the modules behind them.
+"""
 
-__all__ = ["Store"]
+from stemtrace.store.queries import listed
+from stemtrace.store.schema import DEFAULT_DB, Store
+from stemtrace.store.surface import (
+    NO_UPKEEP,
+    Backend,
+    BadCursor,
+    IngestResult,
+    Skip,
+    TaskFilters,
+    Upkeep,
+    Writer,
+)
+
+__all__ = [
+    "DEFAULT_DB",
+    "NO_UPKEEP",
+    "Backend",
+    "BadCursor",
+    "IngestResult",
+    "Skip",
+    "Store",
+    "TaskFilters",
+    "Upkeep",
+    "Writer",
+    "listed",
+]
+
+
+def open_store(target: str) -> Backend:
+    """The store at ``target``: a SQLite file's path."""
+    return Store(target)

@@ -49,7 +49,11 @@ from typing import IO, Any, cast
 
 from sqlite_utils import Database
 
+from stemtrace.store import fleet, queries, skipped
 from stemtrace.store.migrations import migrations
+from stemtrace.store.queries import TaskFilters
+from stemtrace.store.surface import NO_UPKEEP, Upkeep
+from stemtrace.store.writer import SqliteWriter
 
 DEFAULT_DB = "stemtrace.db"
 
@@ -68,8 +72,15 @@ READER_CACHE_KIB = 4096
 """Page cache of each reading connection (the writer's is 32 MiB)."""
 
 
+Row = dict[str, Any]
+
+
 class Store:
-    """One stemtrace database file; migrated to the current schema when opened."""
+    """One stemtrace database file; migrated to the current schema when opened.
+
+    SQLite's :class:`stemtrace.store.surface.Backend`: the methods below the
+    connections are the surface the rest of stemtrace reads through.
+    """
 
     def __init__(self, path: str | Path = DEFAULT_DB) -> None:
         self.path = str(path)
@@ -221,6 +232,61 @@ class Store:
             if candidate.exists():
                 total += candidate.stat().st_size
         return total
+
+    def open_writer(self, upkeep: Upkeep = NO_UPKEEP, *, separate: bool = False) -> SqliteWriter:
+        """A writer on the writing connection (``separate``: on a connection of its own)."""
+        return SqliteWriter(self.new_writer() if separate else self.writer(), upkeep)
+
+    # -- the surface's reads (see stemtrace.store.surface.Backend) --------------
+
+    def _conn(self) -> sqlite3.Connection:
+        return self.reader().conn
+
+    def get_task(self, task_id: str) -> Row | None:
+        return queries.get_task(self._conn(), task_id)
+
+    def task_events(self, task_id: str) -> list[Row]:
+        return queries.task_events(self._conn(), task_id)
+
+    def children(self, task_id: str, limit: int = 500) -> list[Row]:
+        return queries.children(self._conn(), task_id, limit)
+
+    def list_tasks(
+        self, filters: TaskFilters, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        return queries.list_tasks(self._conn(), filters, cursor, limit)
+
+    def flow_rows(self, task_id: str) -> list[Row] | None:
+        return queries.flow_rows(self._conn(), task_id)
+
+    def trace_rows(self, trace_id: str) -> list[Row]:
+        return queries.trace_rows(self._conn(), trace_id)
+
+    def group_page(self, group_id: str, offset: int, limit: int) -> tuple[int, list[Row]]:
+        return queries.group_page(self._conn(), group_id, offset, limit)
+
+    def counts(self) -> dict[str, int]:
+        counted: dict[str, int] = self.cached("counts", 5.0, lambda: queries.counts(self._conn()))
+        return counted
+
+    def registry(self) -> list[Row]:
+        found: list[Row] = self.cached("registry", 10.0, lambda: fleet.registry(self._conn()))
+        return found
+
+    def workers(self, now: float | None = None) -> list[Row]:
+        return fleet.workers(self._conn(), now)
+
+    def filter_choices(self) -> dict[str, list[str]]:
+        return queries.filter_choices(self._conn())
+
+    def skipped(self, samples: int = 20) -> dict[str, Any]:
+        return skipped.summary(self._conn(), samples)
+
+    def is_empty(self) -> bool:
+        return queries.is_empty(self._conn())
+
+    def last_write(self) -> float | None:
+        return queries.last_write(self._conn())
 
     def close(self) -> None:
         """Close every connection, the readers of other threads included."""

@@ -1,0 +1,28 @@
+"""What the pages and the API read besides their requests: one :class:`Site`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stemtrace.server.live import Broadcaster
+from stemtrace.store import Backend
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Site:
+    """The narrow dependencies of every route: the store, the live feed, the consumer's word."""
+
+    store: Backend
+    broadcaster: Broadcaster
+    consumer_status: Callable[[], dict[str, Any] | None] = _nothing
+    """The consumer's counters for ``/api/health`` and ``/status``; ``None``: none runs here."""
+    broker_problem: Callable[[], str | None] = _nothing
+    """Why the consumer cannot read the broker right now (shown on every page)."""
+    standby: Callable[[], str | None] = _nothing
+    """Why this server does not ingest while another process writes its store."""

@@ -1,0 +1,154 @@
+"""The store's surface: all that ingest, the server and the CLI may call on a store.
+
+A backend is one class that satisfies :class:`Backend` (reads, the writer's
+claim, closing) and hands out :class:`Writer` objects (a batch at a time, in
+one transaction, with the cursor that covers it). SQLite's is
+:class:`stemtrace.store.schema.Store`; a second backend implements exactly
+these two protocols, and the tests that take the ``store`` fixture run
+against each. Nothing outside ``stemtrace.store`` imports another module of
+it (``tests/test_layers.py`` holds the layers to that).
+
+Rows come back as plain dicts (JSON columns decoded); times are epoch
+seconds. Every read is safe from any thread; a writer belongs to one thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from stemtrace.core.events import Event
+from stemtrace.store.ingest import IngestResult
+from stemtrace.store.queries import BadCursor, TaskFilters
+from stemtrace.store.skipped import Skip
+
+__all__ = [
+    "NO_UPKEEP",
+    "Backend",
+    "BadCursor",
+    "IngestResult",
+    "Skip",
+    "TaskFilters",
+    "Upkeep",
+    "Writer",
+]
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Upkeep:
+    """What a writer does between batches besides writing them."""
+
+    max_age: float | None = None
+    """Forget tasks first seen more than this many seconds ago (``None``: keep)."""
+    max_tasks: int | None = None
+    """Keep at most this many tasks, forgetting the oldest (``None``: no limit)."""
+    index: bool = False
+    """Keep the text index behind ``q`` up to date (one writer per store does)."""
+
+
+NO_UPKEEP = Upkeep()
+"""Write, and nothing else (the default)."""
+
+
+class Writer(Protocol):
+    """Writes batches of events; one per consumer, used by that consumer's thread only."""
+
+    def ingest(
+        self,
+        batch: Iterable[Event],
+        cursor: tuple[str, str] | None = None,
+        skipped: Sequence[Skip] = (),
+    ) -> IngestResult:
+        """The batch, the cursor ``(source, position)`` covering it and what it skipped.
+
+        One transaction: all of it is stored or none. Idempotent per event id,
+        so a batch read again after a crash changes nothing.
+        """
+
+    def position(self, source: str) -> str | None:
+        """How far the consumer of ``source`` had read when it last committed."""
+
+    def upkeep(self, *, caught_up: bool) -> tuple[int, bool]:
+        """Retention and indexing, a slice at a time: ``(tasks forgotten, more to do)``."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether a failed write was the database's fault (retry the batch), not the events'."""
+
+    @property
+    def search_status(self) -> dict[str, Any] | None:
+        """How far the text index has got, when this writer keeps it."""
+
+
+class Backend(Protocol):
+    """One store: what the server and the CLI read, and the writers ingest uses."""
+
+    @property
+    def path(self) -> str:
+        """Where the store lives, as shown to people (a file, a database URL without secrets)."""
+
+    # -- writing ---------------------------------------------------------------
+
+    def claim_writer(self) -> str | None:
+        """Become a writer; ``None`` when this process may write, else who holds the store."""
+
+    def open_writer(self, upkeep: Upkeep = NO_UPKEEP, *, separate: bool = False) -> Writer:
+        """A writer; ``separate`` gives a second consumer of this process its own connection."""
+
+    # -- one task --------------------------------------------------------------
+
+    def get_task(self, task_id: str) -> Row | None:
+        """The whole row of one task, or ``None``."""
+
+    def task_events(self, task_id: str) -> list[Row]:
+        """The task's event history in lifecycle order."""
+
+    def children(self, task_id: str, limit: int = 500) -> list[Row]:
+        """The tasks ``task_id`` sent (list fields), oldest first."""
+
+    # -- many tasks ------------------------------------------------------------
+
+    def list_tasks(
+        self, filters: TaskFilters, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        """A page of tasks, newest first, and the cursor of the next (raises :class:`BadCursor`)."""
+
+    def flow_rows(self, task_id: str) -> list[Row] | None:
+        """Every task in the flow of ``task_id`` (a task, group or planned id), or ``None``."""
+
+    def trace_rows(self, trace_id: str) -> list[Row]:
+        """The trace's tasks in the order first seen (list and flow fields)."""
+
+    def group_page(self, group_id: str, offset: int, limit: int) -> tuple[int, list[Row]]:
+        """``(size, members)`` of a group in group order."""
+
+    # -- the whole store -------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """``{"tasks": n}``; may be a few seconds old."""
+
+    def registry(self) -> list[Row]:
+        """Task definitions and what ran of each; may be a few seconds old."""
+
+    def workers(self, now: float | None = None) -> list[Row]:
+        """Every worker seen, with its state at ``now``."""
+
+    def filter_choices(self) -> dict[str, list[str]]:
+        """The task names and workers offered as filters."""
+
+    def skipped(self, samples: int = 20) -> dict[str, Any]:
+        """Input the consumers left out: counts by reason and the newest samples."""
+
+    def is_empty(self) -> bool:
+        """Whether no task at all is stored."""
+
+    def last_write(self) -> float | None:
+        """When a consumer last committed a batch."""
+
+    def size_bytes(self) -> int:
+        """Bytes the store takes on disk."""
+
+    def close(self) -> None:
+        """Release every connection."""
