@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -254,3 +255,34 @@ def test_celery_subcommand_help_lists_the_flags_it_passes_on() -> None:
     assert set(shown) >= run_flags
     assert "default 8000" in shown["--port"]
     assert "default: the app's broker" in shown["--broker"]
+
+
+def test_tail_prints_only_what_arrives_after_it_starts(scenario: Scenario) -> None:
+    client = redis.Redis.from_url(scenario.broker)
+    old = task_event("succeeded", "old", time.time(), name="proj.add")
+    client.xadd(scenario.stream, {FRAME_FIELD: encode_frame([old])})
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "stemtrace.cli", "tail",
+         "--broker", scenario.broker, "--stream", scenario.stream],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert tail.stdout is not None
+    lines: list[bytes] = []
+    reading = threading.Thread(target=lambda: lines.append(tail.stdout.readline()), daemon=True)
+    reading.start()
+    try:
+        for n in range(60):  # until tail has started and prints one
+            new = task_event("succeeded", f"new-{n}", time.time(), name="proj.add")
+            client.xadd(scenario.stream, {FRAME_FIELD: encode_frame([new])})
+            reading.join(0.5)
+            if lines:
+                break
+    finally:
+        tail.kill()
+        tail.wait(10)
+        reading.join(5)
+        tail.stdout.close()
+        assert tail.stderr is not None
+        tail.stderr.close()
+        client.close()
+    assert lines and json.loads(lines[0])["task_id"].startswith("new-")

@@ -277,32 +277,29 @@ def consume(settings: Settings) -> int:
 
 
 def tail(broker: str, stream: str, from_start: bool) -> int:
-    import redis
-
     from stemtrace.core.events import FrameError, decode_frame
-    from stemtrace.transports.redis import FRAME_FIELD, connect
+    from stemtrace.transports.redis import RedisStreamReader
 
-    client = connect(broker, timeout=10)
-    cursor = "0" if from_start else "$"
+    reader = RedisStreamReader(broker, stream=stream)
     try:
+        position = None if from_start else reader.newest()
         while True:
             try:
-                reply: Any = client.xread({stream: cursor}, count=100, block=5000)
-            except redis.RedisError as exc:
+                entries = reader.read(position, 100, 5.0)
+            except Exception as exc:  # the broker's errors: say so and stop
                 print(f"stemtrace: cannot read {stream} from {broker}: {exc}", file=sys.stderr)
                 return 1
-            for _key, entries in reply or ():
-                for entry_id, fields in entries:
-                    cursor = entry_id
-                    try:
-                        decoded = decode_frame(fields.get(FRAME_FIELD, b""))
-                    except FrameError as exc:
-                        print(f"skipped entry {entry_id!r}: {exc}", file=sys.stderr)
-                        continue
-                    for event in decoded.events:
-                        print(json.dumps(event, ensure_ascii=False), flush=True)
-                    for error in decoded.errors:
-                        print(f"skipped in entry {entry_id!r}: {error}", file=sys.stderr)
+            for entry_id, frame in entries:
+                position = entry_id
+                try:
+                    decoded = decode_frame(frame)
+                except FrameError as exc:
+                    print(f"skipped entry {entry_id!r}: {exc}", file=sys.stderr)
+                    continue
+                for event in decoded.events:
+                    print(json.dumps(event, ensure_ascii=False), flush=True)
+                for error in decoded.errors:
+                    print(f"skipped in entry {entry_id!r}: {error}", file=sys.stderr)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:  # the reader has had enough (`stemtrace tail | head`)
@@ -310,7 +307,7 @@ def tail(broker: str, stream: str, from_start: bool) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        client.close()
+        reader.close()
 
 
 if __name__ == "__main__":

@@ -63,6 +63,14 @@ class RedisStreamReader:
                 found.append((position, fields.get(FRAME_FIELD, b"")))
         return found
 
+    def newest(self) -> str | None:
+        """The id of the stream's last entry (read after it for new entries only)."""
+        reply: Any = self.client.xrevrange(self.stream, count=1)
+        if not reply:
+            return None
+        entry_id = reply[0][0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
     def commit(self, position: str) -> None:
         """Nothing to do: the position is kept in the store, with the events."""
 
