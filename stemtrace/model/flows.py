@@ -17,6 +17,7 @@ parent that was never captured becomes a ``placeholder`` node.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from stemtrace.core import states
@@ -30,7 +31,7 @@ def group_node_id(group_id: str) -> str:
     return f"group:{group_id}"
 
 
-def build_flow(  # noqa: C901, PLR0912, PLR0915 - a knot to split (issue 14)
+def build_flow(
     rows: list[dict[str, Any]],
     *,
     collapse_over: int = COLLAPSE_OVER,
@@ -38,75 +39,136 @@ def build_flow(  # noqa: C901, PLR0912, PLR0915 - a knot to split (issue 14)
 ) -> dict[str, Any]:
     """``{"root_id", "nodes", "edges"}`` for the flow made of ``rows``.
 
-    Groups in ``expand`` are never collapsed.
+    Groups in ``expand`` are never collapsed. The phases run in this order, each
+    adding to one graph: the order of nodes and edges is the order they are found.
     """
     tasks = {row["id"]: row for row in rows}
-    nodes: dict[str, dict[str, Any]] = {}
-    edges: dict[tuple[str, str, str], dict[str, str]] = {}
+    groups = _Groups.of(rows, collapse_over, expand)
+    graph = _Graph()
+    _add_group_nodes(graph, groups)
+    _add_task_nodes(graph, rows, groups)
+    chain_next = _add_chain_links(graph, rows, tasks, groups)
+    header_chain_heads = _hang_header_chains(graph, rows, groups)
+    _add_planned_callbacks(graph, groups)
+    _add_parent_edges(graph, rows, tasks, groups, chain_next, header_chain_heads)
+    return {
+        "root_id": _root_id(rows, graph.nodes, graph.edges),
+        "nodes": list(graph.nodes.values()),
+        "edges": list(graph.edges.values()),
+    }
 
-    def edge(source: str, target: str, kind: str) -> None:
+
+@dataclass
+class _Graph:
+    """The nodes and edges of a flow as :func:`build_flow` finds them."""
+
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    edges: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
+
+    def edge(self, source: str, target: str, kind: str) -> None:
         if source != target:
-            edges.setdefault(
+            self.edges.setdefault(
                 (source, target, kind), {"source": source, "target": target, "kind": kind}
             )
 
-    members: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        if row.get("group_id"):
-            members.setdefault(row["group_id"], []).append(row)
-    # A task is in a group as a member only if it is not the chord callback
-    # (Celery gives the callback the header's group id too).
-    callbacks = {row["chord_id"] for row in rows if row.get("chord_id")}
-    for group_id, group_rows in list(members.items()):
-        members[group_id] = [r for r in group_rows if r["id"] not in callbacks]
-        if not members[group_id]:
-            del members[group_id]
-    collapsed = {
-        group_id
-        for group_id, group_rows in members.items()
-        if len(group_rows) > collapse_over and group_id not in expand
-    }
-    member_of = {
-        row["id"]: group_id for group_id, group_rows in members.items() for row in group_rows
-    }
-    header_chain_heads: dict[str, str] = {}
 
-    for group_id, group_rows in members.items():
+@dataclass(frozen=True)
+class _Groups:
+    """Which tasks are members of which group, and which groups come collapsed."""
+
+    members: dict[str, list[dict[str, Any]]]
+    callbacks: set[str]
+    collapsed: set[str]
+    member_of: dict[str, str]
+
+    @classmethod
+    def of(cls, rows: list[dict[str, Any]], collapse_over: int, expand: frozenset[str]) -> _Groups:
+        members: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            if row.get("group_id"):
+                members.setdefault(row["group_id"], []).append(row)
+        # A task is in a group as a member only if it is not the chord callback
+        # (Celery gives the callback the header's group id too).
+        callbacks = {row["chord_id"] for row in rows if row.get("chord_id")}
+        for group_id, group_rows in list(members.items()):
+            members[group_id] = [r for r in group_rows if r["id"] not in callbacks]
+            if not members[group_id]:
+                del members[group_id]
+        collapsed = {
+            group_id
+            for group_id, group_rows in members.items()
+            if len(group_rows) > collapse_over and group_id not in expand
+        }
+        member_of = {
+            row["id"]: group_id for group_id, group_rows in members.items() for row in group_rows
+        }
+        return cls(members, callbacks, collapsed, member_of)
+
+    def node_of(self, task_id: str) -> str:
+        """The node a task is drawn as: its group's when that is collapsed, else its own."""
+        group_id = self.member_of.get(task_id)
+        return group_node_id(group_id) if group_id in self.collapsed and group_id else task_id
+
+
+def _add_group_nodes(graph: _Graph, groups: _Groups) -> None:
+    """A node per group or chord header, and the chord edges from it or its members."""
+    for group_id, group_rows in groups.members.items():
         chord_ids = {r["chord_id"] for r in group_rows if r.get("chord_id")}
         node_id = group_node_id(group_id)
-        counts = Counter(r["state"] for r in group_rows)
-        nodes[node_id] = {
-            "id": node_id,
-            "kind": "chord" if chord_ids else "group",
-            "group_id": group_id,
-            "name": _group_name(group_rows),
-            "state": _group_state(counts, len(group_rows)),
-            "size": len(group_rows),
-            "counts": dict(counts),
-            "collapsed": group_id in collapsed,
-            "callback_id": next(iter(chord_ids)) if chord_ids else None,
-            "started_at": _min(r.get("started_at") for r in group_rows),
-            "finished_at": _max(r.get("finished_at") for r in group_rows)
-            if all(r["state"] in states.TERMINAL for r in group_rows)
-            else None,
-        }
+        graph.nodes[node_id] = _group_node(group_id, group_rows, chord_ids, groups.collapsed)
         for callback_id in chord_ids:
-            if group_id in collapsed:
-                edge(node_id, callback_id, "chord")
+            if group_id in groups.collapsed:
+                graph.edge(node_id, callback_id, "chord")
             else:
                 for row in group_rows:
-                    edge(row["id"], callback_id, "chord")
+                    graph.edge(row["id"], callback_id, "chord")
 
+
+def _group_node(
+    group_id: str, group_rows: list[dict[str, Any]], chord_ids: set[str], collapsed: set[str]
+) -> dict[str, Any]:
+    node_id = group_node_id(group_id)
+    counts = Counter(r["state"] for r in group_rows)
+    return {
+        "id": node_id,
+        "kind": "chord" if chord_ids else "group",
+        "group_id": group_id,
+        "name": _group_name(group_rows),
+        "state": _group_state(counts, len(group_rows)),
+        "size": len(group_rows),
+        "counts": dict(counts),
+        "collapsed": group_id in collapsed,
+        "callback_id": next(iter(chord_ids)) if chord_ids else None,
+        "started_at": _min(r.get("started_at") for r in group_rows),
+        "finished_at": _max(r.get("finished_at") for r in group_rows)
+        if all(r["state"] in states.TERMINAL for r in group_rows)
+        else None,
+    }
+
+
+def _add_task_nodes(graph: _Graph, rows: list[dict[str, Any]], groups: _Groups) -> None:
+    """A node per task outside collapsed groups, with the edge from its group."""
     for row in rows:
-        member = member_of.get(row["id"])
-        if member in collapsed:
+        member = groups.member_of.get(row["id"])
+        if member in groups.collapsed:
             continue
-        nodes[row["id"]] = _task_node(row)
+        graph.nodes[row["id"]] = _task_node(row)
         if member is not None:
-            edge(group_node_id(member), row["id"], "group")
+            graph.edge(group_node_id(member), row["id"], "group")
 
-    # Chain links: each task lists the links still to come after it. A link
-    # that is a group or chord ends the walk: its callback's own links go on.
+
+def _add_chain_links(
+    graph: _Graph,
+    rows: list[dict[str, Any]],
+    tasks: dict[str, dict[str, Any]],
+    groups: _Groups,
+) -> dict[str, str]:
+    """Chain edges, and planned nodes for links never sent; each task's next link.
+
+    Each task lists the links still to come after it. A link that is a group or
+    chord ends the walk: its callback's own links go on.
+    """
+    nodes = graph.nodes
     chain_next: dict[str, str] = {}
     for row in rows:
         previous = row["id"]
@@ -116,47 +178,71 @@ def build_flow(  # noqa: C901, PLR0912, PLR0915 - a knot to split (issue 14)
             if not link_id:
                 break
             chain_next.setdefault(previous, link_id)
-            if link_id in members:
-                edge(
-                    _group_or_self(previous, member_of, collapsed), group_node_id(link_id), "chain"
-                )
+            if link_id in groups.members:
+                graph.edge(groups.node_of(previous), group_node_id(link_id), "chain")
                 break
             if link_id not in tasks and link_id not in nodes:
                 nodes[link_id] = _planned_node(link_id, link.get("name"), broken)
             elif nodes.get(link_id, {}).get("planned") and broken:
                 nodes[link_id]["state"] = states.NOT_RUN
-            edge(_group_or_self(previous, member_of, collapsed), link_id, "chain")
+            graph.edge(groups.node_of(previous), link_id, "chain")
             previous = link_id
             broken = broken or (link_id in tasks and tasks[link_id]["state"] in states.BROKEN)
+    return chain_next
 
-    # A chain inside a group or chord header: its first link hangs off the
-    # group node, and the member at its end is reached through the chain.
+
+def _hang_header_chains(
+    graph: _Graph, rows: list[dict[str, Any]], groups: _Groups
+) -> dict[str, str]:
+    """Chains inside a group or chord header, by their first link: ``{task id: group id}``.
+
+    The first link hangs off the group node, and the member at the chain's end
+    is reached through the chain (its own edge from the group goes).
+    """
+    header_chain_heads: dict[str, str] = {}
     for row in rows:
         links = [str(link.get("id")) for link in row.get("chain") or [] if isinstance(link, dict)]
-        header = member_of.get(links[-1]) if links else None
-        if header is None or row["id"] in member_of or header in collapsed:
+        header = groups.member_of.get(links[-1]) if links else None
+        if header is None or row["id"] in groups.member_of or header in groups.collapsed:
             continue
         header_chain_heads[row["id"]] = header
-        edge(group_node_id(header), row["id"], "group")
+        graph.edge(group_node_id(header), row["id"], "group")
         for link_id in links:
-            edges.pop((group_node_id(header), link_id, "group"), None)
+            graph.edges.pop((group_node_id(header), link_id, "group"), None)
+    return header_chain_heads
 
-    # Planned chord callbacks that were never sent.
-    for group_rows in members.values():
+
+def _add_planned_callbacks(graph: _Graph, groups: _Groups) -> None:
+    """Planned nodes for chord callbacks that were never sent."""
+    for group_rows in groups.members.values():
         for callback_id in {r["chord_id"] for r in group_rows if r.get("chord_id")}:
-            if callback_id not in nodes:
+            if callback_id not in graph.nodes:
                 name = next((r.get("chord_name") for r in group_rows if r.get("chord_name")), None)
                 broken = any(r["state"] in states.BROKEN for r in group_rows)
-                nodes[callback_id] = _planned_node(callback_id, name, broken)
+                graph.nodes[callback_id] = _planned_node(callback_id, name, broken)
 
-    # Parents: spawned children, and links to groups sent from a task.
+
+def _add_parent_edges(
+    graph: _Graph,
+    rows: list[dict[str, Any]],
+    tasks: dict[str, dict[str, Any]],
+    groups: _Groups,
+    chain_next: dict[str, str],
+    header_chain_heads: dict[str, str],
+) -> None:
+    """Spawned edges: children from their parents, and groups sent from a task.
+
+    None where a chain or chord edge already says it; a parent never captured
+    becomes a placeholder node.
+    """
+    member_of = groups.member_of
     for row in rows:
         parent_id = row.get("parent_id")
         if not parent_id or parent_id == row["id"]:
             continue
         in_group = member_of.get(row["id"])
         target = group_node_id(in_group) if in_group else row["id"]
-        if row["id"] in callbacks and member_of.get(parent_id):
+        if row["id"] in groups.callbacks and member_of.get(parent_id):
             continue  # the chord edge already says it: its parent is the last member
         following = chain_next.get(parent_id)
         if following is not None and following in (row["id"], in_group):
@@ -165,16 +251,10 @@ def build_flow(  # noqa: C901, PLR0912, PLR0915 - a knot to split (issue 14)
             target = group_node_id(header_chain_heads[row["id"]])
             if chain_next.get(parent_id) == header_chain_heads[row["id"]]:
                 continue
-        source = _group_or_self(parent_id, member_of, collapsed)
-        if parent_id not in tasks and source not in nodes:
-            nodes[parent_id] = _placeholder_node(parent_id)
-        edge(source, target, "spawned")
-
-    return {
-        "root_id": _root_id(rows, nodes, edges),
-        "nodes": list(nodes.values()),
-        "edges": list(edges.values()),
-    }
+        source = groups.node_of(parent_id)
+        if parent_id not in tasks and source not in graph.nodes:
+            graph.nodes[parent_id] = _placeholder_node(parent_id)
+        graph.edge(source, target, "spawned")
 
 
 def group_members(
@@ -187,11 +267,6 @@ def group_members(
         key=lambda r: (r.get("group_index") is None, r.get("group_index") or 0, r["seen_at"])
     )
     return [_task_node(r) for r in found[offset : offset + limit]]
-
-
-def _group_or_self(task_id: str, member_of: dict[str, str], collapsed: set[str]) -> str:
-    group_id = member_of.get(task_id)
-    return group_node_id(group_id) if group_id in collapsed and group_id else task_id
 
 
 def _task_node(row: dict[str, Any]) -> dict[str, Any]:
