@@ -235,12 +235,14 @@ SOURCE_CAPTURE = 1
 SOURCE_CELERY = 2
 
 
-def merge_rows(old: list[Any], new: list[Any]) -> None:  # noqa: C901 - a knot to split (issue 14)
+def merge_rows(old: list[Any], new: list[Any]) -> None:
     """Merge ``new`` into ``old`` in place by the same rules as :data:`UPSERT_TASK`.
 
     Events of one task in one batch collapse into one row before SQLite sees
-    them, which saves most of the index updates.
+    them, which saves most of the index updates. One helper call a merge, no
+    more: this runs for most events.
     """
+    # The state of the later event by state key, and the worker that reported it.
     a, r, t = _STATE_COLS[1:]
     if (new[a], new[r], new[t]) > (old[a], old[r], old[t]):
         for i in _STATE_COLS:
@@ -249,6 +251,16 @@ def merge_rows(old: list[Any], new: list[Any]) -> None:  # noqa: C901 - a knot t
             old[_WORKER] = new[_WORKER]
     elif old[_WORKER] is None:
         old[_WORKER] = new[_WORKER]
+    _merge_details(old, new)
+    if new[_RETRIES] > old[_RETRIES]:
+        old[_RETRIES] = new[_RETRIES]
+    if new[_UPDATED] > old[_UPDATED]:
+        old[_UPDATED] = new[_UPDATED]
+    old[_SOURCES] |= new[_SOURCES]
+
+
+def _merge_details(old: list[Any], new: list[Any]) -> None:
+    """First-known, earliest and latest columns, then the detail rank they were weighed by."""
     richer = new[_RANK] > old[_RANK]
     for i in _FIRST_COLS:
         if old[i] is None or (richer and new[i] is not None):
@@ -261,11 +273,6 @@ def merge_rows(old: list[Any], new: list[Any]) -> None:  # noqa: C901 - a knot t
     for i in _LATEST_COLS:
         if new[i] is not None and (as_rich or old[i] is None):
             old[i] = new[i]
-    if new[_RETRIES] > old[_RETRIES]:
-        old[_RETRIES] = new[_RETRIES]
-    if new[_UPDATED] > old[_UPDATED]:
-        old[_UPDATED] = new[_UPDATED]
-    old[_SOURCES] |= new[_SOURCES]
     if richer:
         old[_RANK] = new[_RANK]
 
