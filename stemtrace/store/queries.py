@@ -71,7 +71,7 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def list_tasks(  # noqa: C901 - a knot to split (issue 14)
+def list_tasks(
     conn: sqlite3.Connection, filters: TaskFilters, cursor: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first (by first-seen time), ``limit`` rows and the cursor of the next page.
@@ -80,6 +80,23 @@ def list_tasks(  # noqa: C901 - a knot to split (issue 14)
     leaves, with the same ``LIKE``, newest spans first until the page is final;
     otherwise, or for a common text, it scans.
     """
+    rest, params = _page_sql(filters, cursor, limit)
+    with search.snapshot(conn):
+        narrowed = search.narrow(conn, filters.q) if filters.q else None
+        found = None if narrowed is None else _narrowed_page(conn, narrowed, rest, params, limit)
+        if found is None:
+            scan = f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks{rest}"
+            found = conn.execute(scan, params).fetchall()
+        rows = [_list_row(row) for row in found]
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["seen_at"], rows[-1]["id"])
+    return rows, next_cursor
+
+
+def _page_sql(filters: TaskFilters, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
+    """The ``WHERE``, ``ORDER BY`` and ``LIMIT`` of one page, and their parameters."""
     where: list[str] = []
     params: list[Any] = []
     if filters.states:
@@ -112,33 +129,29 @@ def list_tasks(  # noqa: C901 - a knot to split (issue 14)
         " ORDER BY seen_at DESC, id DESC LIMIT ?"
     )
     params.append(limit + 1)
-    with search.snapshot(conn):
-        narrowed = search.narrow(conn, filters.q) if filters.q else None
-        if narrowed is not None:
-            # Only the rows the text index leaves: the same LIKE decides on them.
-            select = f" SELECT {', '.join(LIST_COLUMNS)} FROM found CROSS JOIN tasks"
-            select += f" ON tasks.rowid = found.r{rest}"
-            first = f"WITH found(r) AS ({search.FOUND}){select}"
-            more = f"WITH found(r) AS ({search.MORE}){select}"
-            found: list[Any] = []
-            for round_, (candidates, bound) in enumerate(narrowed.rounds(limit + 1)):
-                if round_ == 0:
-                    found = conn.execute(first, [candidates, narrowed.position, *params]).fetchall()
-                else:
-                    found = _newest(found, conn.execute(more, [candidates, *params]), limit + 1)
-                if bound is None or (len(found) > limit and found[limit][_SEEN_AT] > bound):
-                    break
-            else:
-                narrowed = None
-        if narrowed is None:
-            scan = f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks{rest}"
-            found = conn.execute(scan, params).fetchall()
-        rows = [_list_row(row) for row in found]
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1]["seen_at"], rows[-1]["id"])
-    return rows, next_cursor
+    return rest, params
+
+
+def _narrowed_page(
+    conn: sqlite3.Connection, narrowed: search.Narrowed, rest: str, params: list[Any], limit: int
+) -> list[Any] | None:
+    """The page among the rows the text index leaves (the same ``LIKE`` decides on them).
+
+    ``None`` when the walk through them grew too long: the caller scans then.
+    """
+    select = f" SELECT {', '.join(LIST_COLUMNS)} FROM found CROSS JOIN tasks"
+    select += f" ON tasks.rowid = found.r{rest}"
+    first = f"WITH found(r) AS ({search.FOUND}){select}"
+    more = f"WITH found(r) AS ({search.MORE}){select}"
+    found: list[Any] = []
+    for round_, (candidates, newest_left) in enumerate(narrowed.rounds(limit + 1)):
+        if round_ == 0:
+            found = conn.execute(first, [candidates, narrowed.position, *params]).fetchall()
+        else:
+            found = _newest(found, conn.execute(more, [candidates, *params]), limit + 1)
+        if newest_left is None or (len(found) > limit and found[limit][_SEEN_AT] > newest_left):
+            return found
+    return None
 
 
 def _newest(known: list[Any], more: Iterable[Any], most: int) -> list[Any]:
