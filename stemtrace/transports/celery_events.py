@@ -68,7 +68,7 @@ def _float(value: Any) -> float | None:
     return None if found is None else float(found)
 
 
-def convert(event: Any) -> ev.Event | None:  # noqa: C901 - a knot to split (issue 14)
+def convert(event: Any) -> ev.Event | None:
     """One Celery event as a stemtrace event, or ``None`` for what it cannot use."""
     if not isinstance(event, dict):
         return None
@@ -85,30 +85,48 @@ def convert(event: Any) -> ev.Event | None:  # noqa: C901 - a knot to split (iss
         "source": "celery",
     }
     if kind in ev.WORKER_KINDS:
-        found["eid"] = f"celery:{event['type']}:{host}:{ts}"
-        found["worker"] = host
-        found["sw_ver"] = coerce.text(event.get("sw_ver"))
-        found["freq"] = _float(event.get("freq"))
-        found["active"] = coerce.count(event.get("active"))
-        found["processed"] = coerce.count(event.get("processed"))
-        loadavg = event.get("loadavg")
-        found["loadavg"] = [x for x in loadavg if isinstance(x, int | float)] if isinstance(
-            loadavg, list | tuple
-        ) else []  # fmt: skip
+        _add_worker_fields(found, event)
         return found
     task_id = coerce.text(event.get("uuid"))
     if task_id is None:
         return None
-    found["eid"] = f"celery:{event['type']}:{task_id}:{ts}"
+    _add_task_fields(found, event, task_id)
+    _add_outcome_fields(found, event)
+    return found
+
+
+def _add_worker_fields(found: ev.Event, event: dict[str, Any]) -> None:
+    """What a worker's online, heartbeat and offline events say of it."""
+    host = found["host"]
+    found["eid"] = f"celery:{event['type']}:{host}:{found['ts']}"
+    found["worker"] = host
+    found["sw_ver"] = coerce.text(event.get("sw_ver"))
+    found["freq"] = _float(event.get("freq"))
+    found["active"] = coerce.count(event.get("active"))
+    found["processed"] = coerce.count(event.get("processed"))
+    loadavg = event.get("loadavg")
+    found["loadavg"] = [x for x in loadavg if isinstance(x, int | float)] if isinstance(
+        loadavg, list | tuple
+    ) else []  # fmt: skip
+
+
+def _add_task_fields(found: ev.Event, event: dict[str, Any], task_id: str) -> None:
+    """What every task event says: the task, where it runs, what it came from."""
+    found["eid"] = f"celery:{event['type']}:{task_id}:{found['ts']}"
     found["task_id"] = task_id
     found["name"] = coerce.text(event.get("name"))
-    if kind != ev.SENT:
-        found["worker"] = host
+    if found["kind"] != ev.SENT:
+        found["worker"] = found["host"]
     for field in ("root_id", "parent_id", "eta", "expires", "queue", "exchange", "routing_key"):
         if field in event:
             found[field] = coerce.text(event.get(field))
     if "retries" in event:
         found["retries"] = coerce.count(event.get("retries"))
+
+
+def _add_outcome_fields(found: ev.Event, event: dict[str, Any]) -> None:
+    """What only some kinds of task event say: arguments, result, exception, why revoked."""
+    kind = found["kind"]
     if kind in (ev.SENT, ev.RECEIVED):
         found["args"] = _repr_marker(event.get("args"))
         found["kwargs"] = _repr_marker(event.get("kwargs"))
@@ -125,7 +143,6 @@ def convert(event: Any) -> ev.Event | None:  # noqa: C901 - a knot to split (iss
         found["signum"] = coerce.count(event.get("signum"))
     if kind == ev.REJECTED:
         found["reason"] = "rejected (requeued)" if event.get("requeue") else "rejected"
-    return found
 
 
 class CeleryEventsReader:
