@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import pytest
 from bs4 import BeautifulSoup
 
+from stemtrace.core import states
 from tests.factories import lifecycle, link
 from tests.site import Site, db_path, fill, htmx, label, one, page, site, text, vary
 
@@ -27,6 +30,17 @@ def test_the_flow_page_is_named_for_its_root_with_its_state_and_trace(site: Site
     assert "proj.checkout" in text(heading)
     head = one(soup, "#flow-head")
     assert [a["href"] for a in head.select("a[href^='/traces/']")] == ["/traces/order-7"]
+
+
+@pytest.mark.parametrize("path", [f"/flows/{ROOT_ID}", "/traces/order-7"])
+def test_the_graph_gets_the_states_table_from_the_page(site: Site, path: str) -> None:
+    """The island draws states from core/states.LOOKS, carried as JSON: no copy of its own."""
+    client = site(lifecycle(ROOT_ID, "proj.checkout", time.time() - 60, trace_id="order-7"))
+    soup = page(client, path)
+    one(soup, "#flow-graph")
+    carried = one(soup, "script#state-looks")
+    assert carried["type"] == "application/json"
+    assert json.loads(text(carried)) == {state: list(look) for state, look in states.LOOKS.items()}
 
 
 def test_the_flow_page_refreshes_its_header_critical_path_waterfall_and_steps(

@@ -1,10 +1,9 @@
-"""What render.py turns data into: durations (shared with the island), value badges."""
+"""What render.py turns data into: durations and state looks (shared with the island), badges."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,8 @@ from stemtrace.server import render
 ROOT = Path(__file__).resolve().parent.parent
 DURATIONS = json.loads((ROOT / "react-graph" / "test" / "durations.json").read_text())
 """The cases react-graph/test/model.test.js holds the island's formatDuration to as well."""
+STATES_FIXTURE = ROOT / "react-graph" / "test" / "states.json"
+"""The states table as the page hands it to the island, for the island's node tests."""
 
 
 @pytest.mark.parametrize(("seconds", "shown"), DURATIONS)
@@ -44,16 +45,11 @@ def test_the_scrubbed_badge_needs_no_emoji_font() -> None:
     assert icon is not None and icon.get("aria-hidden") == "true"
 
 
-def test_the_island_shows_each_state_as_the_pages_do() -> None:
-    """One look per state: the step tree and the graph cannot disagree on what ○ means."""
-    source = (ROOT / "react-graph" / "src" / "model.js").read_text()
-    start = source.index("const STATES = {")
-    table = source[start : source.index("};", start)]
-    island = {
-        state: (icon, word, cls)
-        for state, icon, word, cls in re.findall(
-            r"(\w+): \{ icon: '(.+?)', word: '(.+?)', cls: '(.+?)' \}", table
-        )
-    }
-    assert island == states.LOOKS
-    assert {state: look[0] for state, look in island.items()} == render.STATE_ICONS
+def test_the_island_tests_read_the_states_table_the_pages_hand_over() -> None:
+    """The island has no table of its own (the page carries LOOKS); its tests' copy is LOOKS."""
+    regenerate = (
+        "python -c 'import json; from stemtrace.core.states import LOOKS; "
+        "print(json.dumps(LOOKS, ensure_ascii=False, indent=1))' > react-graph/test/states.json"
+    )
+    fixture = json.loads(STATES_FIXTURE.read_text(encoding="utf-8"))
+    assert fixture == json.loads(json.dumps(states.LOOKS)), f"stale: {regenerate}"

@@ -20,6 +20,7 @@ import { FIT, MIN_ZOOM, useViewport } from './useViewport.js';
 import { useFlowEdges, useFlowNodes } from './useFlowElements.js';
 import { useSelection } from './useSelection.js';
 import { useFocusNode, useKeyboard } from './useKeyboard.js';
+import { LooksContext } from './looks.js';
 
 const NO_EDGES = [];
 const FIT_FIRST = { ...FIT, minZoom: 0.1 };
@@ -30,15 +31,20 @@ const A11Y = {
   'edge.a11yDescription.default': '',
 };
 
-export function FlowGraph(props) {
+/** `look`: how states look, from the table the page hands over (model.js `stateLooks`). */
+export function FlowGraph({ look, ...props }) {
   return (
     <ReactFlowProvider>
-      <Graph {...props} />
+      <LooksContext.Provider value={look}>
+        <Graph look={look} {...props} />
+      </LooksContext.Provider>
     </ReactFlowProvider>
   );
 }
 
-function Graph({ initialFlow, config, onReady }) {
+function Graph({
+  initialFlow, config, onReady, look,
+}) {
   const wrap = useRef(null);
   const rf = useReactFlow();
   const [flow, setFlow] = useState(initialFlow);
@@ -54,7 +60,7 @@ function Graph({ initialFlow, config, onReady }) {
   const { live, problem } = useLiveFlow(config, flow, setFlow, refetchMembers);
   const {
     large, overview, canvas, onMove, hideNodesFor,
-  } = useOverview(wrap, graph, layout, config.current);
+  } = useOverview(wrap, graph, layout, config.current, look);
   const view = useViewport({
     wrap, rf, flow, graph, layout, current: config.current, hideNodesFor,
   });
@@ -62,7 +68,7 @@ function Graph({ initialFlow, config, onReady }) {
   const selection = useSelection(focusNode);
   const onKeyDown = useKeyboard(graph, layout, selection.select, focusNode);
   const nodes = useFlowNodes({
-    graph, layout, expansions, selectedId: selection.selectedId, current: config.current, expand, hidden: overview,
+    graph, layout, expansions, selectedId: selection.selectedId, current: config.current, expand, hidden: overview, look,
   });
   const edges = useFlowEdges(graph, layout);
   const selected = selection.selectedId ? graph.nodes.get(selection.selectedId) : null;

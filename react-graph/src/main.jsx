@@ -1,17 +1,19 @@
 // Entry point of the built bundle (stemtrace-graph.js, an IIFE loaded with
 // `defer`): mounts the graph on #flow-graph. The page's contract is in
 // react-graph/README.md. No inline scripts or styles are needed: the flow JSON
-// is read from a non-executable <script type="application/json"> element and
-// all CSS is in stemtrace-graph.css.
+// and the states table are read from non-executable
+// <script type="application/json"> elements and all CSS is in
+// stemtrace-graph.css.
 
 import '@xyflow/react/dist/style.css';
 import './graph.css';
 import { StrictMode } from 'react';
 import { createRoot } from 'react-dom/client';
 import { FlowGraph } from './FlowGraph.jsx';
+import { stateLooks } from './model.js';
 
-function readFlow(element) {
-  const source = document.getElementById(element.dataset.flowData || 'flow-data');
+function readJson(id) {
+  const source = document.getElementById(id);
   if (!source) return null;
   try {
     return JSON.parse(source.textContent);
@@ -39,7 +41,7 @@ export async function mount(element) {
     liveSource: (element.dataset.liveSource && document.getElementById(element.dataset.liveSource)) || null,
     current: element.dataset.current || null,
   };
-  let flow = readFlow(element);
+  let flow = readJson(element.dataset.flowData || 'flow-data');
   if (!flow && config.flowUrl) {
     try {
       flow = await loadFlow(config.flowUrl);
@@ -54,6 +56,8 @@ export async function mount(element) {
     element.textContent = 'The flow graph has no data.';
     return;
   }
+  // How states look: stemtrace.core.states LOOKS, as the page carries it.
+  const look = stateLooks(readJson('state-looks'));
   element.classList.add('stg-mounted');
   const onReady = ({ nodes, edges, layout }) => {
     element.dataset.graphState = 'ready';
@@ -63,7 +67,7 @@ export async function mount(element) {
   };
   createRoot(element).render(
     <StrictMode>
-      <FlowGraph initialFlow={flow} config={config} onReady={onReady} />
+      <FlowGraph initialFlow={flow} config={config} onReady={onReady} look={look} />
     </StrictMode>,
   );
 }

@@ -4,42 +4,41 @@
 // Everything in a node (names, ids, exception types) comes from untrusted
 // tasks: it is only ever rendered as React text or attribute values.
 
-export const GHOST_STATES = new Set(['NOT_RUN', 'PLANNED']);
 export const TERMINAL_STATES = new Set([
   'SUCCESS', 'FAILURE', 'REVOKED', 'REJECTED', 'NOT_RUN', 'UNKNOWN',
 ]);
 
-// Colour is never the only cue: every state has an icon and a word.
-const STATES = {
-  SUCCESS: { icon: '✓', word: 'success', cls: 'success' },
-  FAILURE: { icon: '✗', word: 'failure', cls: 'failure' },
-  REJECTED: { icon: '✗', word: 'rejected', cls: 'failure' },
-  REVOKED: { icon: '⊘', word: 'revoked', cls: 'revoked' },
-  RETRY: { icon: '↻', word: 'retry', cls: 'retry' },
-  STARTED: { icon: '▶', word: 'running', cls: 'started' },
-  RECEIVED: { icon: '◷', word: 'received', cls: 'waiting' },
-  PENDING: { icon: '◷', word: 'pending', cls: 'waiting' },
-  NOT_RUN: { icon: '–', word: 'not run', cls: 'ghost' },
-  PLANNED: { icon: '○', word: 'planned', cls: 'ghost' },
-  UNKNOWN: { icon: '?', word: 'unknown', cls: 'unknown' },
-};
-
-export function stateInfo(state) {
-  const known = Object.prototype.hasOwnProperty.call(STATES, state) ? STATES[state] : null;
-  return known || { icon: '?', word: String(state ?? 'unknown').toLowerCase(), cls: 'unknown' };
+/**
+ * How states look, from the table the page hands over (stemtrace.core.states
+ * LOOKS as JSON, `{state: [icon, word, class]}`; see main.jsx): a function of
+ * a state giving `{icon, word, cls}`. Colour is never the only cue: every
+ * state has an icon and a word. A state not in the table (or no table) looks
+ * unknown; its class never comes from the data.
+ */
+export function stateLooks(table) {
+  const known = new Map();
+  for (const [state, look] of Object.entries(table && typeof table === 'object' ? table : {})) {
+    if (Array.isArray(look) && look.length === 3) {
+      const [icon, word, cls] = look.map(String);
+      known.set(state, { icon, word, cls });
+    }
+  }
+  return (state) => known.get(state)
+    || { icon: '?', word: String(state ?? 'unknown').toLowerCase(), cls: 'unknown' };
 }
 
-// Group counts folded into the buckets a group node shows, in display order.
+// Group counts folded into the buckets a group node shows, in display order;
+// each looks like its first state.
 export const COUNT_BUCKETS = [
-  { key: 'succeeded', icon: '✓', states: ['SUCCESS'], cls: 'success' },
-  { key: 'failed', icon: '✗', states: ['FAILURE', 'REJECTED'], cls: 'failure' },
-  { key: 'revoked', icon: '⊘', states: ['REVOKED'], cls: 'revoked' },
-  { key: 'running', icon: '▶', states: ['STARTED'], cls: 'started' },
-  { key: 'retrying', icon: '↻', states: ['RETRY'], cls: 'retry' },
-  { key: 'waiting', icon: '◷', states: ['PENDING', 'RECEIVED'], cls: 'waiting' },
+  { key: 'succeeded', states: ['SUCCESS'] },
+  { key: 'failed', states: ['FAILURE', 'REJECTED'] },
+  { key: 'revoked', states: ['REVOKED'] },
+  { key: 'running', states: ['STARTED'] },
+  { key: 'retrying', states: ['RETRY'] },
+  { key: 'waiting', states: ['PENDING', 'RECEIVED'] },
 ];
 
-export function countBuckets(counts) {
+export function countBuckets(counts, look) {
   const found = [];
   const known = new Set();
   for (const bucket of COUNT_BUCKETS) {
@@ -48,13 +47,15 @@ export function countBuckets(counts) {
       known.add(state);
       n += Number(counts?.[state]) || 0;
     }
-    if (n) found.push({ ...bucket, n });
+    const { icon, cls } = look(bucket.states[0]);
+    if (n) found.push({ ...bucket, icon, cls, n });
   }
   let other = 0;
   for (const [state, n] of Object.entries(counts || {})) {
     if (!known.has(state)) other += Number(n) || 0;
   }
-  if (other) found.push({ key: 'other', icon: '?', cls: 'unknown', n: other });
+  const { icon, cls } = look('UNKNOWN');
+  if (other) found.push({ key: 'other', icon, cls, n: other });
   return found;
 }
 

@@ -4,8 +4,9 @@
 import { memo } from 'react';
 import { Handle, Position } from '@xyflow/react';
 import {
-  GHOST_STATES, countBuckets, duration, formatClock, formatDuration, plural, stateInfo,
+  countBuckets, duration, formatClock, formatDuration, plural,
 } from './model.js';
+import { useLooks } from './looks.js';
 
 export function classes(...names) {
   return names.filter(Boolean).join(' ');
@@ -21,7 +22,7 @@ function Handles() {
 }
 
 export function StateLabel({ state }) {
-  const info = stateInfo(state);
+  const info = useLooks()(state);
   return (
     <span className={classes('stg-state', `st-${info.cls}`)}>
       <span className="stg-icon" aria-hidden="true">{info.icon}</span>
@@ -32,7 +33,7 @@ export function StateLabel({ state }) {
 
 function TaskNodeView({ data, selected }) {
   const { node, current, critical } = data;
-  const info = stateInfo(node.state);
+  const info = useLooks()(node.state);
   const started = formatClock(node.started_at);
   const took = duration(node, Date.now() / 1000);
   let title = node.name || node.id;
@@ -41,7 +42,7 @@ function TaskNodeView({ data, selected }) {
     <div
       className={classes(
         'stg-node', 'stg-task', `st-${info.cls}`,
-        GHOST_STATES.has(node.state) && 'stg-ghost',
+        info.cls === 'ghost' && 'stg-ghost',
         node.placeholder && 'stg-placeholder',
         current && 'stg-current',
         critical && 'stg-critical',
@@ -72,7 +73,7 @@ function TaskNodeView({ data, selected }) {
 }
 
 export function GroupCounts({ counts, size }) {
-  const buckets = countBuckets(counts);
+  const buckets = countBuckets(counts, useLooks());
   return (
     <>
       <div className="stg-bar" aria-hidden="true">
@@ -120,7 +121,7 @@ export function ExpandButton({ node, expansion, onExpand, compact }) {
 
 function GroupNodeView({ data, selected }) {
   const { node, current, expansion, onExpand } = data;
-  const info = stateInfo(node.state);
+  const info = useLooks()(node.state);
   const size = Number(node.size) || 0;
   return (
     <div

@@ -3,8 +3,6 @@
 // nodes and draws this overview instead: one canvas, a rectangle per node (by
 // state colour, ghosts faded) and a line per edge, redrawn on every pan/zoom.
 
-import { GHOST_STATES, stateInfo } from './model.js';
-
 const FILL = {
   success: '#1f7a3d', failure: '#b3261e', revoked: '#b3261e', retry: '#d08a00',
   started: '#1a5fb4', waiting: '#8d9196', ghost: '#c4c7c5', unknown: '#c4c7c5',
@@ -13,7 +11,8 @@ const STROKE = {
   spawned: '#9aa0a6', chain: '#3c4043', group: '#bdc1c6', chord: '#8430ce', other: '#bdc1c6',
 };
 
-export function drawOverview(canvas, viewport, graph, layout, currentId) {
+/** `look`: how states look (model.js `stateLooks`); a node's fill is its state's class. */
+export function drawOverview(canvas, viewport, graph, layout, currentId, look) {
   const dpr = window.devicePixelRatio || 1;
   const box = canvas.getBoundingClientRect();
   const width = Math.round(box.width * dpr);
@@ -73,7 +72,8 @@ export function drawOverview(canvas, viewport, graph, layout, currentId) {
   for (const [id, node] of graph.nodes) {
     const p = layout.positions.get(id);
     if (!p || !visible(p.x, p.y, p.x + p.w, p.y + p.h)) continue;
-    const key = `${stateInfo(node.state).cls}${GHOST_STATES.has(node.state) ? ':ghost' : ''}`;
+    const { cls } = look(node.state);
+    const key = `${cls}${cls === 'ghost' ? ':ghost' : ''}`;
     if (!byFill.has(key)) byFill.set(key, []);
     byFill.get(key).push(p);
   }

@@ -4,7 +4,6 @@
 
 import { useMemo, useRef } from 'react';
 import { MarkerType } from '@xyflow/react';
-import { stateInfo } from './model.js';
 import { edgeClass, kindLabel } from './nodes.jsx';
 
 const EDGE_COLOURS = {
@@ -18,14 +17,14 @@ function taskHandles(w, h) {
   ];
 }
 
-function ariaLabel(node) {
+function ariaLabel(node, look) {
   const what = node.kind === 'task' ? 'task' : kindLabel(node);
   const name = node.name || (node.placeholder ? 'parent not captured' : node.id);
-  return `${what} ${name}: ${stateInfo(node.state).word}`;
+  return `${what} ${name}: ${look(node.state).word}`;
 }
 
 export function useFlowNodes({
-  graph, layout, expansions, selectedId, current, expand, hidden,
+  graph, layout, expansions, selectedId, current, expand, hidden, look,
 }) {
   const cache = useRef(new Map());
   return useMemo(() => {
@@ -76,13 +75,13 @@ export function useFlowNodes({
         },
         selected,
         draggable: false,
-        ariaLabel: ariaLabel(node),
+        ariaLabel: ariaLabel(node, look),
         hidden,
       }));
     }
     cache.current = fresh;
     return out;
-  }, [graph, layout, selectedId, expansions, current, expand, hidden]);
+  }, [graph, layout, selectedId, expansions, current, expand, hidden, look]);
 }
 
 export function useFlowEdges(graph, layout) {

@@ -10,22 +10,26 @@ const FAR_ZOOM = 0.45;
 // Big flows below this zoom: nodes hidden, the canvas overview drawn instead.
 const OVERVIEW_ZOOM = 0.35;
 
-export function useOverview(wrap, graph, layout, current) {
+export function useOverview(wrap, graph, layout, current, look) {
   // As many as React Flow gets: a node per graph node and per block.
   const large = graph.nodes.size + layout.blocks.length > RENDER_ALL_UP_TO;
   const [overview, setOverview] = useState(false);
   const canvas = useRef(null);
   const viewportRef = useRef(null);
-  const drawn = useRef({ graph, layout, current });
-  drawn.current = { graph, layout, current };
+  const drawn = useRef({ graph, layout, current, look });
+  drawn.current = {
+    graph, layout, current, look,
+  };
   const frame = useRef(0);
 
   const redraw = useCallback(() => {
     if (frame.current) return;
     frame.current = requestAnimationFrame(() => {
       frame.current = 0;
-      const { graph: g, layout: l, current: c } = drawn.current;
-      if (canvas.current && viewportRef.current) drawOverview(canvas.current, viewportRef.current, g, l, c);
+      const {
+        graph: g, layout: l, current: c, look: k,
+      } = drawn.current;
+      if (canvas.current && viewportRef.current) drawOverview(canvas.current, viewportRef.current, g, l, c, k);
     });
   }, []);
   const onMove = useCallback((_, viewport) => {

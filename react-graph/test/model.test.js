@@ -3,10 +3,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
-  buildGraph, fillTemplate, formatDuration, memberNode, stateInfo, structureKey,
+  buildGraph, countBuckets, fillTemplate, formatDuration, memberNode, stateLooks, structureKey,
 } from '../src/model.js';
 import { BLOCK_MIN, DAGRE_MAX, layoutGraph } from '../src/layout.js';
 import { reconcile } from '../src/live.js';
+
+// The states table as the page hands it over: tests/test_render.py holds it to core/states.LOOKS.
+const LOOKS = JSON.parse(readFileSync(new URL('./states.json', import.meta.url), 'utf8'));
+const look = stateLooks(LOOKS);
 
 const task = (id, state = 'SUCCESS') => ({ id, kind: 'task', name: id, state, attempts: 1 });
 
@@ -26,10 +30,33 @@ test('task URLs encode the id, whatever it holds', () => {
   assert.equal(fillTemplate(null, 'x'), null);
 });
 
+test('states look as the table the page hands over says', () => {
+  assert.deepEqual(look('NOT_RUN'), { icon: LOOKS.NOT_RUN[0], word: 'not run', cls: 'ghost' });
+  for (const [state, [icon, word, cls]] of Object.entries(LOOKS)) {
+    assert.deepEqual(look(state), { icon, word, cls });
+  }
+});
+
 test('unknown states get a word, never a class taken from data', () => {
-  assert.equal(stateInfo('SUCCESS').word, 'success');
-  const odd = stateInfo('"><img src=x>');
+  const odd = look('"><img src=x>');
   assert.equal(odd.cls, 'unknown');
+  assert.equal(odd.word, '"><img src=x>');
+  // No table (the page left it out): every state reads as its own word, looks unknown.
+  assert.deepEqual(stateLooks(null)('SUCCESS'), { icon: '?', word: 'success', cls: 'unknown' });
+  assert.equal(stateLooks({ SUCCESS: 'not a look' })('SUCCESS').cls, 'unknown');
+});
+
+test("a group's count buckets look like their states", () => {
+  const buckets = countBuckets({ SUCCESS: 2, REJECTED: 1, RECEIVED: 3, ODD: 4 }, look);
+  assert.deepEqual(
+    buckets.map((b) => [b.key, b.icon, b.cls, b.n]),
+    [
+      ['succeeded', LOOKS.SUCCESS[0], 'success', 2],
+      ['failed', LOOKS.FAILURE[0], 'failure', 1],
+      ['waiting', LOOKS.PENDING[0], 'waiting', 3],
+      ['other', LOOKS.UNKNOWN[0], 'unknown', 4],
+    ],
+  );
 });
 
 test('member rows become task nodes with an attempt count', () => {

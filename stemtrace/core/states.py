@@ -85,5 +85,6 @@ LOOKS: Final[dict[str, tuple[str, str, str]]] = {
     "UNKNOWN": ("?", "unknown", "unknown"),
 }
 """How each state looks: its icon, its word and its style class. Colour is never the
-only cue. The graph island's table (react-graph/src/model.js ``STATES``) is held to
-this one by tests/test_render.py."""
+only cue. The pages render from it, and hand it to the graph island as JSON (the
+``graph_island`` macro's ``#state-looks``); react-graph/test/states.json is a copy
+for the island's own tests, held to this one by tests/test_render.py."""

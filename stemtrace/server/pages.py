@@ -60,7 +60,10 @@ def create_templates() -> Jinja2Templates:
         retry_policy=render.retry_policy,
     )
     env.globals.update(
-        STATE_ICONS=render.STATE_ICONS, version=__version__, json_text=render.json_text
+        STATE_ICONS=render.STATE_ICONS,
+        STATE_LOOKS=states.LOOKS,  # handed to the graph island as JSON (graph_island)
+        version=__version__,
+        json_text=render.json_text,
     )
     return templates
 
