@@ -6,7 +6,13 @@ never edit one that has shipped: add the next.
 
 from __future__ import annotations
 
+import logging
+
 from sqlite_utils import Database, Migrations
+
+from stemtrace.store import rollups
+
+logger = logging.getLogger("stemtrace")
 
 migrations = Migrations("stemtrace")
 
@@ -375,3 +381,46 @@ def m010_planned_ids(db: Database) -> None:
         END;
         """
     )
+
+
+@migrations()
+def m011_rollups(db: Database) -> None:
+    """Rollups kept by the writer (:mod:`stemtrace.store.rollups`), built for the stored tasks.
+
+    A big store takes a while: about 10 s per million tasks, logged as it goes.
+    """
+    db.executescript(
+        f"""
+        ALTER TABLE tasks ADD COLUMN tally INTEGER;
+        ALTER TABLE tasks ADD COLUMN tally_state TEXT;
+        ALTER TABLE tasks ADD COLUMN tally_retries INTEGER;
+        ALTER TABLE tasks ADD COLUMN tally_run INTEGER;
+        CREATE TABLE rollups (
+            dim TEXT NOT NULL, key TEXT NOT NULL, res INTEGER NOT NULL, t INTEGER NOT NULL,
+            {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in rollups.OUTCOMES)},
+            PRIMARY KEY (dim, key, res, t)
+        ) WITHOUT ROWID;
+        CREATE INDEX rollups_by_time ON rollups (res, t);
+        CREATE TABLE rollup_hist (
+            dim TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, res INTEGER NOT NULL,
+            t INTEGER NOT NULL, bucket INTEGER NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (dim, key, metric, res, t, bucket)
+        ) WITHOUT ROWID;
+        CREATE INDEX rollup_hist_by_time ON rollup_hist (res, t);
+        CREATE TABLE task_counts (
+            name TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (name, state)
+        ) WITHOUT ROWID;
+        CREATE TABLE task_names (
+            name TEXT PRIMARY KEY, last_seen REAL, retried INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE rollup_state (folded_before REAL NOT NULL);
+        INSERT INTO rollup_state (folded_before) VALUES (0);
+        """
+    )
+    rollups.tally_all(db.conn, progress=_progress)
+
+
+def _progress(done: int, total: int) -> None:
+    if total >= 100_000:
+        logger.warning("stemtrace: rollups built for %s of %s tasks", f"{done:,}", f"{total:,}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
 
+from stemtrace.core import jsonio
 from stemtrace.core.events import MAX_AHEAD
-from stemtrace.store import search
+from stemtrace.store import rollups, search
 
 
 @dataclass
@@ -54,10 +56,13 @@ class Retention:
         conn.execute("BEGIN IMMEDIATE")
         try:
             rowids = [rowid for _, rowid in found]
+            rollups.forget(conn, rowids, jsonio.dumps)
             conn.execute(f"DELETE FROM history WHERE task_rowid IN ({marks})", rowids)
             search.forget(conn, [rowid for _, rowid in found])
             conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", ids)
             search.forgotten(conn)
+            if cutoff is not None:
+                rollups.prune(conn, cutoff)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -76,5 +81,5 @@ class Retention:
                 (self.max_tasks,),
             ).fetchone()
             if row is not None:
-                cutoffs.append(float(row[0]) + 1e-9)
+                cutoffs.append(math.nextafter(float(row[0]), math.inf))  # just past it
         return max(cutoffs) if cutoffs else None

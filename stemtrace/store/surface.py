@@ -47,6 +47,8 @@ class Upkeep:
     """Keep at most this many tasks, forgetting the oldest (``None``: no limit)."""
     index: bool = False
     """Keep the text index behind ``q`` up to date (one writer per store does)."""
+    minutes_for: float = 2 * 86400
+    """Seconds the rollups keep per-minute periods; older minutes fold into hours."""
 
 
 NO_UPKEEP = Upkeep()

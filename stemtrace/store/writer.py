@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stemtrace.core.events import Event
-from stemtrace.store import queries
+from stemtrace.store import queries, rollups
 from stemtrace.store.ingest import Ingestor, IngestResult, is_transient
 from stemtrace.store.retention import Retention
 from stemtrace.store.search import SearchIndexer
@@ -31,6 +32,8 @@ class SqliteWriter:
             else None
         )
         self.indexer = SearchIndexer() if upkeep.index else None
+        self.minutes_for = upkeep.minutes_for
+        self._next_fold = 0.0
 
     def ingest(
         self,
@@ -45,10 +48,25 @@ class SqliteWriter:
 
     def upkeep(self, *, caught_up: bool) -> tuple[int, bool]:
         pruned = self.retention.step(self.conn) if self.retention is not None else 0
+        self.fold()
         if self.indexer is None or not caught_up:
             return pruned, False
         indexed = self.indexer.step(self.conn)
         return pruned, indexed >= self.indexer.slice_size
+
+    def fold(self, now: float | None = None) -> None:
+        """Fold the rollups' old minutes into hours, once a minute."""
+        now = time.time() if now is None else now
+        if now < self._next_fold:
+            return
+        self._next_fold = now + 60.0
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            rollups.fold(self.conn, now - self.minutes_for)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient(exc)

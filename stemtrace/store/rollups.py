@@ -1,0 +1,328 @@
+"""Rollups: the whole-store numbers, kept up to date by the writer as events arrive.
+
+Tables (migration 11):
+
+* ``rollups`` - per dimension (``all``, ``name``, ``queue``, ``worker``), key,
+  resolution (60: a minute, 3600: an hour) and period start: the tasks sent,
+  started, succeeded, failed, retried and revoked in that period.
+* ``rollup_hist`` - the same keys per metric (``wait``: sent to started,
+  ``run``: the run time of a finished task) and bucket of
+  :mod:`stemtrace.core.buckets`: how many fell in it. Resolution 0 (period 0)
+  holds each task name's all-time run times for the registry.
+* ``task_counts`` - per task name and state, how many stored tasks are in
+  it now; ``task_names`` - per name, when last seen and how many of its
+  tasks retried. The registry reads these instead of scanning ``tasks``.
+* ``rollup_state`` - up to when minutes were folded into hours.
+
+Each task row remembers what it was counted as (``tally``: a bit per outcome
+counted; ``tally_state``; ``tally_retries``; ``tally_run``: the run-time bucket
+its name's all-time histogram holds, plus one), so a re-delivered or
+reordered event counts nothing twice: :func:`tally` compares the rows a
+batch touched with what they were counted as, in the batch's transaction.
+A task is counted once its name is known. An outcome counts in the minute it
+happened: sent at ``sent_at``, started at ``started_at``, succeeded or failed
+at ``finished_at``, revoked and retried at the state's time; a queue wait
+counts once both ends are known, whichever came first.
+
+Retention forgets a task's place in ``task_counts``, ``task_names`` and the
+all-time histogram exactly (:func:`forget`), and drops whole periods of
+``rollups`` and ``rollup_hist`` older than its cutoff (:func:`prune`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from stemtrace.core import buckets, states
+
+MINUTE = 60
+HOUR = 3600
+ALL_TIME = 0
+
+SENT, STARTED, SUCCEEDED, FAILED, REVOKED, WAITED, RAN = (1 << n for n in range(7))
+OUTCOMES = ("sent", "started", "succeeded", "failed", "retried", "revoked")
+_BIT_COLUMN = {SENT: "sent", STARTED: "started", SUCCEEDED: "succeeded", FAILED: "failed",
+               REVOKED: "revoked"}  # fmt: skip
+_REVOKED_STATES = frozenset({states.REVOKED, states.REJECTED})
+
+TALLY_COLUMNS = (
+    "rowid", "name", "state", "queue", "worker", "sent_at", "started_at", "finished_at",
+    "runtime", "retries", "state_ts", "seen_at", "tally", "tally_state", "tally_retries",
+    "tally_run",
+)  # fmt: skip
+_SELECT = (
+    f"SELECT {', '.join(TALLY_COLUMNS)} FROM tasks"
+    " WHERE rowid IN (SELECT value FROM json_each(?)) AND name IS NOT NULL"
+)
+_UPSERT_ROLLUP = f"""
+INSERT INTO rollups (dim, key, res, t, {", ".join(OUTCOMES)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (dim, key, res, t) DO UPDATE SET
+{", ".join(f"{c} = {c} + excluded.{c}" for c in OUTCOMES)}
+"""
+_UPSERT_HIST = """
+INSERT INTO rollup_hist (dim, key, metric, res, t, bucket, n) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (dim, key, metric, res, t, bucket) DO UPDATE SET n = n + excluded.n
+"""
+_UPSERT_COUNT = """
+INSERT INTO task_counts (name, state, n) VALUES (?, ?, ?)
+ON CONFLICT (name, state) DO UPDATE SET n = n + excluded.n
+"""
+_UPSERT_NAME = """
+INSERT INTO task_names (name, last_seen, retried) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET
+    last_seen = max(coalesce(last_seen, excluded.last_seen), coalesce(excluded.last_seen, 0)),
+    retried = retried + excluded.retried
+"""
+_DROP_EMPTY = "DELETE FROM task_counts WHERE name = ? AND state = ? AND n <= 0"
+_SET_TALLY = (
+    "UPDATE tasks SET tally = ?, tally_state = ?, tally_retries = ?, tally_run = ? WHERE rowid = ?"
+)
+
+Key = tuple[str, str, int]  # dim, key, minute
+
+
+def _minute(ts: Any) -> int | None:
+    if ts is None:
+        return None
+    return int(ts // MINUTE) * MINUTE
+
+
+class Deltas:
+    """What one batch adds to (or, negated, takes from) the rollup tables."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[Key, list[int]] = defaultdict(lambda: [0] * len(OUTCOMES))
+        self.hist: dict[tuple[str, str, str, int, int, int], int] = defaultdict(int)
+        self.counts: dict[tuple[str, str], int] = defaultdict(int)
+        self.names: dict[str, list[Any]] = {}
+        self.tallies: list[tuple[Any, ...]] = []
+
+    def dims(self, row: dict[str, Any], with_worker: bool = True) -> list[tuple[str, str]]:
+        found = [("all", ""), ("name", row["name"])]
+        if row["queue"]:
+            found.append(("queue", row["queue"]))
+        if with_worker and row["worker"]:
+            found.append(("worker", row["worker"]))
+        return found
+
+    def outcome(self, row: dict[str, Any], column: int, ts: Any, *, by_worker: bool) -> None:
+        minute = _minute(ts)
+        if minute is None:
+            return
+        for dim, key in self.dims(row, by_worker):
+            self.outcomes[dim, key, minute][column] += 1
+
+    def measure(self, row: dict[str, Any], metric: str, seconds: float, ts: Any) -> int | None:
+        bucket = buckets.index(seconds)
+        minute = _minute(ts)
+        if bucket is None or minute is None:
+            return None
+        for dim, key in self.dims(row):
+            self.hist[dim, key, metric, MINUTE, minute, bucket] += 1
+        return bucket
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.outcomes:
+            conn.executemany(
+                _UPSERT_ROLLUP,
+                [(dim, key, MINUTE, t, *counts) for (dim, key, t), counts in self.outcomes.items()],
+            )
+        if self.hist:
+            conn.executemany(_UPSERT_HIST, [(*k, n) for k, n in self.hist.items() if n])
+        if self.counts:
+            conn.executemany(_UPSERT_COUNT, [(*k, n) for k, n in self.counts.items() if n])
+            conn.executemany(_DROP_EMPTY, [k for k, n in self.counts.items() if n < 0])
+        if self.names:
+            conn.executemany(_UPSERT_NAME, [(name, *values) for name, values in self.names.items()])
+        if self.tallies:
+            conn.executemany(_SET_TALLY, self.tallies)
+
+
+_OUTCOME_INDEX = {name: i for i, name in enumerate(OUTCOMES)}
+
+
+def _facts(row: dict[str, Any]) -> int:
+    """The outcome bits the row shows now."""
+    state = row["state"]
+    bits = 0
+    if row["sent_at"] is not None:
+        bits |= SENT
+    if row["started_at"] is not None:
+        bits |= STARTED
+        if row["sent_at"] is not None:
+            bits |= WAITED
+    if state == states.SUCCESS:
+        bits |= SUCCEEDED
+    elif state == states.FAILURE:
+        bits |= FAILED
+    elif state in _REVOKED_STATES:
+        bits |= REVOKED
+    if row["runtime"] is not None and state in (states.SUCCESS, states.FAILURE):
+        bits |= RAN
+    return bits
+
+
+def _count_row(deltas: Deltas, row: dict[str, Any]) -> None:
+    """Add what ``row`` shows and was not counted yet; remember it on the row."""
+    tally = row["tally"] or 0
+    new = _facts(row) & ~tally
+    tally_run = _count_outcomes(deltas, row, new)
+    retries = row["retries"] if isinstance(row["retries"], int) else 0
+    counted_retries = row["tally_retries"] or 0
+    _count_name(deltas, row, retried_now=retries > 0 and counted_retries == 0)
+    if retries > counted_retries:
+        ts = row["state_ts"] if row["state_ts"] is not None else row["seen_at"]
+        for _ in range(min(retries - counted_retries, 1000)):
+            deltas.outcome(row, _OUTCOME_INDEX["retried"], ts, by_worker=True)
+    new_retries = max(retries, counted_retries)
+    if (
+        new
+        or row["tally_state"] != row["state"]
+        or new_retries != counted_retries
+        or tally_run != row["tally_run"]
+    ):
+        deltas.tallies.append((tally | new, row["state"], new_retries, tally_run, row["rowid"]))
+
+
+def _count_outcomes(deltas: Deltas, row: dict[str, Any], new: int) -> int | None:
+    """The outcomes and measures of ``new``; the row's ``tally_run`` after them."""
+    finished = row["finished_at"] if row["finished_at"] is not None else row["state_ts"]
+    if new & SENT:
+        deltas.outcome(row, _OUTCOME_INDEX["sent"], row["sent_at"], by_worker=False)
+    if new & STARTED:
+        deltas.outcome(row, _OUTCOME_INDEX["started"], row["started_at"], by_worker=True)
+    for bit in (SUCCEEDED, FAILED):
+        if new & bit:
+            deltas.outcome(row, _OUTCOME_INDEX[_BIT_COLUMN[bit]], finished, by_worker=True)
+    if new & REVOKED:
+        deltas.outcome(row, _OUTCOME_INDEX["revoked"], row["state_ts"], by_worker=True)
+    if new & WAITED:
+        deltas.measure(row, "wait", row["started_at"] - row["sent_at"], row["started_at"])
+    tally_run: int | None = row["tally_run"]
+    if new & RAN:
+        bucket = deltas.measure(row, "run", row["runtime"], finished)
+        if bucket is not None and tally_run is None:
+            deltas.hist["name", row["name"], "run", ALL_TIME, 0, bucket] += 1
+            tally_run = bucket + 1
+    return tally_run
+
+
+def _count_name(deltas: Deltas, row: dict[str, Any], *, retried_now: bool) -> None:
+    """The name's last sighting, retried tasks and tasks by state."""
+    name = row["name"]
+    known = deltas.names.setdefault(name, [None, 0])
+    if row["seen_at"] is not None and (known[0] is None or row["seen_at"] > known[0]):
+        known[0] = row["seen_at"]
+    known[1] += int(retried_now)
+    if row["tally_state"] != row["state"]:
+        if row["tally_state"] is not None:
+            deltas.counts[name, row["tally_state"]] -= 1
+        deltas.counts[name, row["state"]] += 1
+
+
+def tally(conn: sqlite3.Connection, rowids: Iterable[int], dumps: Any) -> None:
+    """Count what the rows ``rowids`` show and were not counted as; inside the writer's transaction.
+
+    ``dumps`` encodes the rowids as a JSON array (the writer's own encoder).
+    """
+    deltas = Deltas()
+    cursor = conn.execute(_SELECT, (dumps(list(rowids)),))
+    for values in cursor.fetchall():
+        _count_row(deltas, dict(zip(TALLY_COLUMNS, values, strict=True)))
+    deltas.write(conn)
+
+
+def tally_all(
+    conn: sqlite3.Connection,
+    chunk: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Count every stored task (the migration that builds the rollups of an existing store)."""
+    total = int(conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+    done = 0
+    last = 0
+    while True:
+        rowids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT rowid FROM tasks WHERE rowid > ? ORDER BY rowid LIMIT ?", (last, chunk)
+            )
+        ]
+        if not rowids:
+            return done
+        tally(conn, rowids, json.dumps)
+        done += len(rowids)
+        last = rowids[-1]
+        if progress is not None:
+            progress(done, total)
+
+
+_FORGET_SELECT = (
+    "SELECT name, tally_state, tally_retries, tally_run FROM tasks"
+    " WHERE rowid IN (SELECT value FROM json_each(?)) AND tally_state IS NOT NULL"
+)
+
+
+def forget(conn: sqlite3.Connection, rowids: Sequence[int], dumps: Any) -> None:
+    """Take the rows about to be deleted out of the per-name numbers (retention)."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    retried: dict[str, int] = defaultdict(int)
+    runs: dict[tuple[str, int], int] = defaultdict(int)
+    for name, state, retries, run in conn.execute(_FORGET_SELECT, (dumps(list(rowids)),)):
+        counts[name, state] -= 1
+        if retries:
+            retried[name] -= 1
+        if run:
+            runs[name, run - 1] -= 1
+    conn.executemany(_UPSERT_COUNT, [(*k, n) for k, n in counts.items()])
+    conn.executemany(
+        "UPDATE task_names SET retried = retried + ? WHERE name = ?",
+        [(n, name) for name, n in retried.items()],
+    )
+    conn.executemany(
+        _UPSERT_HIST, [("name", name, "run", ALL_TIME, 0, b, n) for (name, b), n in runs.items()]
+    )
+    conn.execute("DELETE FROM task_counts WHERE n <= 0")
+    conn.execute("DELETE FROM rollup_hist WHERE res = 0 AND n <= 0")
+
+
+def prune(conn: sqlite3.Connection, before: float) -> None:
+    """Drop the periods of rollups that end before ``before`` (retention's cutoff)."""
+    conn.execute("DELETE FROM rollups WHERE res = ? AND t + ? <= ?", (MINUTE, MINUTE, before))
+    conn.execute("DELETE FROM rollups WHERE res = ? AND t + ? <= ?", (HOUR, HOUR, before))
+    conn.execute("DELETE FROM rollup_hist WHERE res > 0 AND t + res <= ?", (before,))
+
+
+def fold(conn: sqlite3.Connection, before: float) -> int:
+    """Fold the minutes of the hours that ended before ``before`` into those hours.
+
+    Returns how many minute rows went. Reads then see the hour where the
+    minutes were; percentiles and counts over any range that covers whole
+    hours are unchanged.
+    """
+    edge = int(before // HOUR) * HOUR
+    hour = f"(t / {HOUR}) * {HOUR}"
+    sums = ", ".join(f"SUM({c})" for c in OUTCOMES)
+    conn.execute(
+        f"""INSERT INTO rollups (dim, key, res, t, {", ".join(OUTCOMES)})
+            SELECT dim, key, {HOUR}, {hour}, {sums} FROM rollups
+            WHERE res = {MINUTE} AND t < ? GROUP BY dim, key, {hour}
+            ON CONFLICT (dim, key, res, t) DO UPDATE SET
+            {", ".join(f"{c} = {c} + excluded.{c}" for c in OUTCOMES)}""",
+        (edge,),
+    )
+    conn.execute(
+        f"""INSERT INTO rollup_hist (dim, key, metric, res, t, bucket, n)
+            SELECT dim, key, metric, {HOUR}, {hour}, bucket, SUM(n) FROM rollup_hist
+            WHERE res = {MINUTE} AND t < ? GROUP BY dim, key, metric, {hour}, bucket
+            ON CONFLICT (dim, key, metric, res, t, bucket) DO UPDATE SET n = n + excluded.n""",
+        (edge,),
+    )
+    gone = conn.execute("DELETE FROM rollups WHERE res = ? AND t < ?", (MINUTE, edge)).rowcount
+    conn.execute("DELETE FROM rollup_hist WHERE res = ? AND t < ?", (MINUTE, edge))
+    conn.execute("UPDATE rollup_state SET folded_before = max(folded_before, ?)", (edge,))
+    return int(gone)

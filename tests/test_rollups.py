@@ -1,0 +1,261 @@
+"""Rollups kept at ingest agree with what the tasks table says, whatever order events come in."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlite_utils import Database
+
+from stemtrace.core import buckets
+from stemtrace.core.events import Event
+from stemtrace.store import Store, Upkeep
+from stemtrace.store import rollups as rollup_tables
+from stemtrace.store.ingest import Ingestor
+from stemtrace.store.migrations import migrations
+from stemtrace.store.retention import Retention
+from tests.factories import W1, W2, lifecycle
+
+OUTCOMES = ("SUCCESS", "FAILURE", "RETRY", "REVOKED", "STARTED", "PENDING")
+NAMES = ("proj.add", "proj.mul", "<script>alert(1)</script>")
+T0 = 1_760_000_000.0
+
+
+def workload(seed: int, tasks: int) -> list[Event]:
+    chance = random.Random(seed)
+    found: list[Event] = []
+    for n in range(tasks):
+        found += lifecycle(
+            f"t-{seed}-{n}",
+            chance.choice(NAMES),
+            T0 + chance.uniform(0, 3 * 3600),
+            chance.choice(OUTCOMES),
+            worker=chance.choice((W1, W2)),
+            runtime=chance.choice((0.004, 0.3, 2.5, 40.0)),
+            queue=chance.choice(("celery", "mail")),
+        )
+    return found
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path / "r.db")
+    yield opened
+    opened.close()
+
+
+def ingest(store: Store, events: list[Event], batch: int = 50) -> None:
+    writer = store.open_writer()
+    for start in range(0, len(events), batch):
+        writer.ingest(events[start : start + batch])
+
+
+def conn(store: Store) -> sqlite3.Connection:
+    return store.reader().conn
+
+
+def totals(store: Store, dim: str = "all") -> dict[str, dict[str, int]]:
+    """Outcome totals per key of ``dim`` from the rollups, minutes and hours together."""
+    found: dict[str, dict[str, int]] = {}
+    rows = conn(store).execute(
+        f"SELECT key, {', '.join(f'SUM({c})' for c in rollup_tables.OUTCOMES)}"
+        " FROM rollups WHERE dim = ? GROUP BY key",
+        (dim,),
+    )
+    for key, *values in rows:
+        found[key] = dict(zip(rollup_tables.OUTCOMES, values, strict=True))
+    return found
+
+
+def truth(store: Store, column: str | None = None) -> dict[str, dict[str, int]]:
+    """The same totals counted from the tasks table."""
+    key = "''" if column is None else column
+    rows = conn(store).execute(
+        f"""SELECT {key}, SUM(sent_at IS NOT NULL), SUM(started_at IS NOT NULL),
+                SUM(state = 'SUCCESS'), SUM(state = 'FAILURE'), SUM(retries),
+                SUM(state IN ('REVOKED', 'REJECTED'))
+            FROM tasks WHERE name IS NOT NULL GROUP BY 1"""
+    )
+    return {
+        k: dict(zip(rollup_tables.OUTCOMES, values, strict=True))
+        for k, *values in rows
+        if any(values)
+    }
+
+
+def nonzero(found: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {k: v for k, v in found.items() if any(v.values())}
+
+
+def hist(store: Store, metric: str, dim: str = "all", res: str = "res > 0") -> Counter[int]:
+    rows = conn(store).execute(
+        f"SELECT bucket, SUM(n) FROM rollup_hist WHERE metric = ? AND dim = ? AND {res}"
+        " GROUP BY bucket",
+        (metric, dim),
+    )
+    return Counter({bucket: n for bucket, n in rows if n})
+
+
+def task_counts(store: Store) -> set[tuple[str, str, int]]:
+    return set(conn(store).execute("SELECT name, state, n FROM task_counts"))
+
+
+def task_counts_truth(store: Store) -> set[tuple[str, str, int]]:
+    return set(
+        conn(store).execute(
+            "SELECT name, state, COUNT(*) FROM tasks WHERE name IS NOT NULL GROUP BY 1, 2"
+        )
+    )
+
+
+def check_agrees(store: Store) -> None:
+    assert nonzero(totals(store)) == truth(store)
+    assert nonzero(totals(store, "name")) == truth(store, "name")
+    assert task_counts(store) == task_counts_truth(store)
+    retried = set(conn(store).execute("SELECT name, retried FROM task_names WHERE retried > 0"))
+    assert retried == set(
+        conn(store).execute(
+            "SELECT name, COUNT(*) FROM tasks WHERE retries > 0 AND name IS NOT NULL GROUP BY 1"
+        )
+    )
+    runs = conn(store).execute(
+        "SELECT runtime FROM tasks WHERE state IN ('SUCCESS', 'FAILURE') AND runtime IS NOT NULL"
+    )
+    assert hist(store, "run") == Counter(buckets.index(r) for (r,) in runs)
+    all_time = conn(store).execute("SELECT key, bucket, n FROM rollup_hist WHERE res = 0 AND n > 0")
+    assert Counter({(name, b): n for name, b, n in all_time}) == Counter(
+        (name, buckets.index(r))
+        for name, r in conn(store).execute(
+            "SELECT name, runtime FROM tasks WHERE state IN ('SUCCESS', 'FAILURE')"
+            " AND runtime IS NOT NULL"
+        )
+    )
+
+
+def test_in_order_the_minutes_and_histograms_equal_the_tasks_table(store: Store) -> None:
+    ingest(store, workload(1, 300))
+    check_agrees(store)
+    for column, outcome in (("sent_at", "sent"), ("started_at", "started")):
+        by_minute = dict(
+            conn(store).execute(
+                f"SELECT t, SUM({outcome}) FROM rollups WHERE dim = 'all' AND res = 60 GROUP BY t"
+            )
+        )
+        expected = dict(
+            conn(store).execute(
+                f"SELECT CAST({column} / 60 AS INTEGER) * 60, COUNT(*) FROM tasks"
+                f" WHERE {column} IS NOT NULL GROUP BY 1"
+            )
+        )
+        assert {t: n for t, n in by_minute.items() if n} == expected
+    waits = conn(store).execute(
+        "SELECT started_at - sent_at FROM tasks"
+        " WHERE sent_at IS NOT NULL AND started_at IS NOT NULL"
+    )
+    assert hist(store, "wait") == Counter(buckets.index(w) for (w,) in waits)
+    assert hist(store, "wait", "queue") == hist(store, "wait")  # every task here has a queue
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 10_000), batch=st.integers(1, 40), copies=st.integers(1, 2))
+def test_redelivered_and_reordered_events_count_once(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, batch: int, copies: int
+) -> None:
+    events = workload(seed, 40) * copies
+    random.Random(seed).shuffle(events)
+    store = Store(tmp_path_factory.mktemp("r") / "r.db")
+    try:
+        ingest(store, events, batch)
+        check_agrees(store)
+    finally:
+        store.close()
+
+
+def test_a_late_sent_still_gives_the_wait(store: Store) -> None:
+    events = lifecycle("late", "proj.add", T0, "SUCCESS")
+    sent, rest = events[0], events[1:]
+    ingest(store, rest)
+    assert hist(store, "wait") == Counter()
+    ingest(store, [sent])
+    assert hist(store, "wait") == Counter({buckets.index(0.2): 1})
+    check_agrees(store)
+
+
+def test_retention_takes_forgotten_tasks_out_of_the_per_name_numbers(store: Store) -> None:
+    ingest(store, workload(2, 200))
+    kept = 50
+    retention = Retention(max_tasks=kept, slice_size=1000)
+    writer = store.writer()
+    while retention.step(writer, now=T0 + 4 * 3600):
+        retention._next_run = 0.0
+    assert conn(store).execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == kept
+    assert task_counts(store) == task_counts_truth(store)
+    oldest = conn(store).execute("SELECT MIN(seen_at) FROM tasks").fetchone()[0]
+    assert (
+        conn(store)
+        .execute("SELECT COUNT(*) FROM rollups WHERE t + res <= ? AND res > 0", (oldest - 1,))
+        .fetchone()[0]
+        == 0
+    )
+
+
+def test_folding_minutes_into_hours_keeps_every_total(store: Store) -> None:
+    ingest(store, workload(3, 200))
+    before = (totals(store), totals(store, "name"), hist(store, "run"), hist(store, "wait"))
+    writer = store.open_writer(Upkeep(minutes_for=0))
+    writer.fold(now=T0 + 10 * 3600)
+    minutes = conn(store).execute("SELECT COUNT(*) FROM rollups WHERE res = 60").fetchone()[0]
+    assert minutes == 0
+    after = (totals(store), totals(store, "name"), hist(store, "run"), hist(store, "wait"))
+    assert after == before
+    check_agrees(store)
+
+
+def test_the_migration_builds_the_rollups_of_an_existing_store(store: Store) -> None:
+    ingest(store, workload(4, 150))
+    expected = (totals(store, "name"), task_counts(store), hist(store, "run", "name"))
+    writer = store.writer()
+    writer.executescript(
+        """DELETE FROM rollups; DELETE FROM rollup_hist; DELETE FROM task_counts;
+           DELETE FROM task_names;
+           UPDATE tasks SET tally = NULL, tally_state = NULL, tally_retries = NULL,
+               tally_run = NULL;"""
+    )
+    seen: list[tuple[int, int]] = []
+    rollup_tables.tally_all(writer, chunk=40, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (150, 150) and len(seen) == 4
+    assert (totals(store, "name"), task_counts(store), hist(store, "run", "name")) == expected
+
+
+def test_hostile_names_are_plain_keys(store: Store) -> None:
+    ingest(store, lifecycle("x", "'); DROP TABLE tasks; --", T0, "FAILURE"))
+    assert json.dumps(totals(store, "name"))  # stored as data
+    assert task_counts(store) == {("'); DROP TABLE tasks; --", "FAILURE", 1)}
+
+
+def test_opening_a_store_from_before_the_rollups_builds_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    migrations.apply(Database(old), stop_before="m011_rollups")
+    with mock.patch.object(rollup_tables, "tally"):  # the ingestor of then kept none
+        Ingestor(old).ingest(workload(5, 120))
+    old.close()
+    store = Store(path)
+    try:
+        assert "upgrading" in caplog.text and "m011_rollups" in caplog.text
+        check_agrees(store)
+        assert totals(store)[""]["sent"] == 120
+    finally:
+        store.close()
