@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 import stemtrace
+from stemtrace.core import buckets
 from stemtrace.core.events import Event
 from stemtrace.server.api import create_api_router
 from stemtrace.server.app import create_app
@@ -81,7 +83,7 @@ from tests.factories import (
     retried_twice,
     worker_event,
 )
-from tests.site import site_of
+from tests.site import copy_of, site_of
 
 # -- building events as the capture side makes them -------------------------------
 
@@ -89,36 +91,40 @@ from tests.site import site_of
 # -- fixtures -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "t.db"
+def serve_api(
+    stack: ExitStack, db_path: Path, events: list[Event], *, raise_server_exceptions: bool = True
+) -> TestClient:
+    """A client of a fresh app on a store at ``db_path`` holding ``events``."""
+    store = Store(db_path)
+    try:
+        Ingestor(store.writer()).ingest(events)
+    finally:
+        store.close()
+    app = create_app(Settings(db=str(db_path), consumer=False))
+    client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
+    return stack.enter_context(client)
 
 
 @pytest.fixture
 def api(db_path: Path) -> Iterator[Api]:
     """``api(events)``: a store file holding ``events`` and a fresh app reading it."""
     with ExitStack() as stack:
-
-        def build(events: list[Event], *, raise_server_exceptions: bool = True) -> TestClient:
-            store = Store(db_path)
-            try:
-                Ingestor(store.writer()).ingest(events)
-            finally:
-                store.close()
-            app = create_app(Settings(db=str(db_path), consumer=False))
-            client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
-            return stack.enter_context(client)
-
-        yield build
+        yield partial(serve_api, stack, db_path)
 
 
 # -- the task list ------------------------------------------------------------------
 
 
-@pytest.fixture
-def listing(api: Api) -> tuple[TestClient, float]:
+@pytest.fixture(scope="module")
+def listing(
+    tmp_path_factory: pytest.TempPathFactory, migrated: Path
+) -> Iterator[tuple[TestClient, float]]:
+    """The catalog, one app for every test that only reads it (as Datasette shares
+    its read-only test app): it saves building an app and a store per test."""
+    path = copy_of(migrated, tmp_path_factory.mktemp("listing") / "t.db")
     now = time.time()
-    return api(catalog(now)), now
+    with ExitStack() as stack:
+        yield serve_api(stack, path, catalog(now)), now
 
 
 def test_tasks_come_newest_first_with_their_list_fields(
@@ -793,8 +799,11 @@ def test_registry_merges_definitions_and_executions(api: Api) -> None:
     }
     assert add["failure_rate"] == 0.0
     assert add["retry_rate"] == 0.0
-    assert add["runtime_p50"] == 3.0
-    assert add["runtime_p95"] == 4.0
+    # run times are read from the rollups' histogram: exact to the bucket (core.buckets)
+    assert add["runtime_p50"] == from_buckets([4.0, 1.0, 3.0, 2.0], 0.50)
+    assert add["runtime_p95"] == from_buckets([4.0, 1.0, 3.0, 2.0], 0.95)
+    assert buckets.index(add["runtime_p50"]) in (buckets.index(2.0), buckets.index(3.0))
+    assert buckets.index(add["runtime_p95"]) == buckets.index(4.0)
     assert add["last_seen"] == pytest.approx(t + 13)
 
     charge = entries["proj.tasks.charge"]
@@ -813,13 +822,15 @@ def test_registry_merges_definitions_and_executions(api: Api) -> None:
     }
     assert charge["failure_rate"] == 0.25
     assert charge["retry_rate"] == 0.25
-    assert charge["runtime_p50"] == charge["runtime_p95"] == 0.25
+    # finished runs: the failure's 0.5 s and the success's 0.25 s
+    assert charge["runtime_p50"] == from_buckets([0.5, 0.25], 0.50)
+    assert charge["runtime_p95"] == from_buckets([0.5, 0.25], 0.95)
 
     legacy = entries["proj.tasks.legacy"]  # seen only in executions
     assert legacy["defined"] is False
     assert (legacy["module"], legacy["signature"], legacy["workers"]) == (None, None, [])
     assert legacy["counts"]["total"] == 1
-    assert legacy["runtime_p50"] == 7.0
+    assert legacy["runtime_p50"] == from_buckets([7.0], 0.50)
 
     unused = entries["proj.tasks.unused"]  # defined, never run
     assert unused["defined"] is True
@@ -1073,3 +1084,7 @@ def test_router_mounted_in_a_host_app_reports_its_consumer(db_path: Path) -> Non
             assert "/observe/api/tasks" in ok(client, "/openapi.json")["paths"]
     finally:
         store.close()
+
+
+def from_buckets(runs: list[float], q: float) -> float | None:
+    return buckets.percentile(buckets.histogram(runs), q)

@@ -326,3 +326,67 @@ def fold(conn: sqlite3.Connection, before: float) -> int:
     conn.execute("DELETE FROM rollup_hist WHERE res = ? AND t < ?", (MINUTE, edge))
     conn.execute("UPDATE rollup_state SET folded_before = max(folded_before, ?)", (edge,))
     return int(gone)
+
+
+DIMENSIONS = ("all", "name", "queue", "worker")
+
+
+def series(
+    conn: sqlite3.Connection, since: float, until: float, step: int, dim: str, key: str
+) -> list[dict[str, Any]]:
+    """Outcomes and wait and run-time histograms per ``step`` seconds over ``[since, until)``.
+
+    Periods folded into hours land in the step holding their start: a step
+    shorter than an hour shows a folded hour whole in its first step.
+    """
+    start = int(since // step) * step
+    points: dict[int, dict[str, Any]] = {
+        t: {"t": t, **dict.fromkeys(OUTCOMES, 0), "wait": [0] * buckets.COUNT,
+            "run": [0] * buckets.COUNT}
+        for t in range(start, int(until), step)
+    }  # fmt: skip
+    rows = conn.execute(
+        f"SELECT t, {', '.join(OUTCOMES)} FROM rollups"
+        " WHERE dim = ? AND key = ? AND res > 0 AND t >= ? AND t < ?",
+        (dim, key, start, until),
+    )
+    for t, *counts in rows:
+        point = points.get(start + (int(t) - start) // step * step)
+        if point is not None:
+            for name, count in zip(OUTCOMES, counts, strict=True):
+                point[name] += count
+    hist_rows = conn.execute(
+        "SELECT t, metric, bucket, n FROM rollup_hist"
+        " WHERE dim = ? AND key = ? AND res > 0 AND t >= ? AND t < ?",
+        (dim, key, start, until),
+    )
+    for t, metric, bucket, n in hist_rows:
+        point = points.get(start + (int(t) - start) // step * step)
+        if point is not None and metric in ("wait", "run") and 0 <= bucket < buckets.COUNT:
+            point[metric][bucket] += n
+    return list(points.values())
+
+
+def name_numbers(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Per task name: tasks by state, retried tasks, last seen, all-time run-time counts."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str) -> dict[str, Any]:
+        return found.setdefault(
+            name,
+            {"states": {}, "retried": 0, "last_seen": None, "run": [0] * buckets.COUNT},
+        )
+
+    for name, state, n in conn.execute("SELECT name, state, n FROM task_counts WHERE n > 0"):
+        entry(name)["states"][state] = n
+    for name, last_seen, retried in conn.execute("SELECT name, last_seen, retried FROM task_names"):
+        if name in found:
+            found[name]["last_seen"] = last_seen
+            found[name]["retried"] = retried
+    for name, bucket, n in conn.execute(
+        "SELECT key, bucket, n FROM rollup_hist WHERE dim = 'name' AND metric = 'run'"
+        " AND res = 0 AND n > 0"
+    ):
+        if name in found and 0 <= bucket < buckets.COUNT:
+            found[name]["run"][bucket] = n
+    return found

@@ -270,8 +270,7 @@ class Store:
         return counted
 
     def registry(self) -> list[Row]:
-        found: list[Row] = self.cached("registry", 10.0, lambda: fleet.registry(self._conn()))
-        return found
+        return fleet.registry(self._conn())
 
     def workers(self, now: float | None = None) -> list[Row]:
         return fleet.workers(self._conn(), now)
