@@ -259,3 +259,25 @@ def test_opening_a_store_from_before_the_rollups_builds_them(
         assert totals(store)[""]["sent"] == 120
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_stats_and_stats_by_add_up_to_the_totals(store: Store, fold: bool) -> None:
+    ingest(store, workload(6, 200))
+    if fold:
+        store.open_writer(Upkeep(minutes_for=3600)).fold(now=T0 + 3 * 3600)
+    since, until = T0 - 3600, T0 + 5 * 3600
+    points = store.stats(since, until, 600, "all", "")
+    assert [p["t"] for p in points] == list(range(int(since // 600) * 600, int(until), 600))
+    summed = {c: sum(p[c] for p in points) for c in rollup_tables.OUTCOMES}
+    assert summed == totals(store)[""]
+    assert Counter({b: n for b, n in enumerate(
+        [sum(col) for col in zip(*(p["run"] for p in points), strict=True)]) if n}
+    ) == hist(store, "run")  # fmt: skip
+    by_name = store.stats_by("name", since, until)
+    assert {k: {c: v[c] for c in rollup_tables.OUTCOMES} for k, v in by_name.items()} == totals(
+        store, "name"
+    )
+    mail = store.stats(since, until, 3600, "queue", "mail")
+    assert sum(p["sent"] for p in mail) == totals(store, "queue")["mail"]["sent"]
+    assert store.stats(since, until, 600, "name", "no.such.task")[0]["sent"] == 0

@@ -390,3 +390,32 @@ def name_numbers(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
         if name in found and 0 <= bucket < buckets.COUNT:
             found[name]["run"][bucket] = n
     return found
+
+
+def by_key(conn: sqlite3.Connection, dim: str, since: float, until: float) -> dict[str, Any]:
+    """Per key of ``dim`` over ``[since, until)``: outcome totals and wait and run histograms."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def entry(key: str) -> dict[str, Any]:
+        return found.setdefault(
+            key,
+            {**dict.fromkeys(OUTCOMES, 0), "wait": [0] * buckets.COUNT,
+             "run": [0] * buckets.COUNT},
+        )  # fmt: skip
+
+    rows = conn.execute(
+        f"SELECT key, {', '.join(f'SUM({c})' for c in OUTCOMES)} FROM rollups"
+        " WHERE dim = ? AND res > 0 AND t >= ? AND t < ? GROUP BY key",
+        (dim, int(since // MINUTE) * MINUTE, until),
+    )
+    for key, *counts in rows:
+        entry(key).update(zip(OUTCOMES, counts, strict=True))
+    hist_rows = conn.execute(
+        "SELECT key, metric, bucket, SUM(n) FROM rollup_hist"
+        " WHERE dim = ? AND res > 0 AND t >= ? AND t < ? GROUP BY key, metric, bucket",
+        (dim, int(since // MINUTE) * MINUTE, until),
+    )
+    for key, metric, bucket, n in hist_rows:
+        if metric in ("wait", "run") and 0 <= bucket < buckets.COUNT:
+            entry(key)[metric][bucket] += n
+    return found

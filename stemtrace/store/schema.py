@@ -49,7 +49,7 @@ from typing import IO, Any, cast
 
 from sqlite_utils import Database
 
-from stemtrace.store import fleet, queries, skipped
+from stemtrace.store import fleet, queries, rollups, skipped
 from stemtrace.store.migrations import migrations
 from stemtrace.store.queries import TaskFilters
 from stemtrace.store.surface import NO_UPKEEP, Upkeep
@@ -268,6 +268,13 @@ class Store:
     def counts(self) -> dict[str, int]:
         counted: dict[str, int] = self.cached("counts", 5.0, lambda: queries.counts(self._conn()))
         return counted
+
+    def stats(self, since: float, until: float, step: int, dim: str, key: str) -> list[Row]:
+        return rollups.series(self._conn(), since, until, step, dim, key)
+
+    def stats_by(self, dim: str, since: float, until: float) -> dict[str, Row]:
+        found: dict[str, Row] = rollups.by_key(self._conn(), dim, since, until)
+        return found
 
     def registry(self) -> list[Row]:
         return fleet.registry(self._conn())

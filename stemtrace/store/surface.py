@@ -128,6 +128,17 @@ class Backend(Protocol):
 
     # -- the whole store -------------------------------------------------------
 
+    def stats(self, since: float, until: float, step: int, dim: str, key: str) -> list[Row]:
+        """The rollups per ``step`` seconds over ``[since, until)`` for one key of ``dim``.
+
+        ``dim`` is ``all`` (key ``""``), ``name``, ``queue`` or ``worker``. Each
+        point: ``t``, the counts of :data:`stemtrace.store.rollups.OUTCOMES`,
+        and ``wait`` and ``run``: counts per bucket of :mod:`stemtrace.core.buckets`.
+        """
+
+    def stats_by(self, dim: str, since: float, until: float) -> dict[str, Row]:
+        """The same totals over ``[since, until)`` for every key of ``dim`` at once."""
+
     def counts(self) -> dict[str, int]:
         """``{"tasks": n}``; may be a few seconds old."""
 
