@@ -62,12 +62,12 @@ def conn(store: Store) -> sqlite3.Connection:
     return store.reader().conn
 
 
-def totals(store: Store, dim: str = "all") -> dict[str, dict[str, int]]:
-    """Outcome totals per key of ``dim`` from the rollups, minutes and hours together."""
+def totals(store: Store, dim: str = "all", res: str = "res > 0") -> dict[str, dict[str, int]]:
+    """Outcome totals per key of ``dim`` from the rollups (minutes and hours; 0: since ever)."""
     found: dict[str, dict[str, int]] = {}
     rows = conn(store).execute(
         f"SELECT key, {', '.join(f'SUM({c})' for c in rollup_tables.OUTCOMES)}"
-        " FROM rollups WHERE dim = ? GROUP BY key",
+        f" FROM rollups WHERE dim = ? AND {res} GROUP BY key",
         (dim,),
     )
     for key, *values in rows:
@@ -119,6 +119,7 @@ def task_counts_truth(store: Store) -> set[tuple[str, str, int]]:
 def check_agrees(store: Store) -> None:
     assert nonzero(totals(store)) == truth(store)
     assert nonzero(totals(store, "name")) == truth(store, "name")
+    assert nonzero(totals(store, "name", "res = 0")) == truth(store, "name")  # nothing pruned
     assert task_counts(store) == task_counts_truth(store)
     retried = set(conn(store).execute("SELECT name, retried FROM task_names WHERE retried > 0"))
     assert retried == set(
@@ -130,7 +131,10 @@ def check_agrees(store: Store) -> None:
         "SELECT runtime FROM tasks WHERE state IN ('SUCCESS', 'FAILURE') AND runtime IS NOT NULL"
     )
     assert hist(store, "run") == Counter(buckets.index(r) for (r,) in runs)
-    all_time = conn(store).execute("SELECT key, bucket, n FROM rollup_hist WHERE res = 0 AND n > 0")
+    all_time = conn(store).execute(
+        "SELECT key, bucket, n FROM rollup_hist"
+        " WHERE res = 0 AND dim = 'name' AND metric = 'run' AND n > 0"
+    )
     assert Counter({(name, b): n for name, b, n in all_time}) == Counter(
         (name, buckets.index(r))
         for name, r in conn(store).execute(
@@ -193,6 +197,7 @@ def test_a_late_sent_still_gives_the_wait(store: Store) -> None:
 
 def test_retention_takes_forgotten_tasks_out_of_the_per_name_numbers(store: Store) -> None:
     ingest(store, workload(2, 200))
+    since_ever = totals(store, "name", "res = 0"), hist(store, "run", "name", "res = 0")
     kept = 50
     retention = Retention(max_tasks=kept, slice_size=1000)
     writer = store.writer()
@@ -200,6 +205,8 @@ def test_retention_takes_forgotten_tasks_out_of_the_per_name_numbers(store: Stor
         retention._next_run = 0.0
     assert conn(store).execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == kept
     assert task_counts(store) == task_counts_truth(store)
+    # counters since the store began only grow (Prometheus reads them as counters)
+    assert (totals(store, "name", "res = 0"), hist(store, "run", "name", "res = 0")) == since_ever
     oldest = conn(store).execute("SELECT MIN(seen_at) FROM tasks").fetchone()[0]
     assert (
         conn(store)
@@ -228,8 +235,7 @@ def test_the_migration_builds_the_rollups_of_an_existing_store(store: Store) -> 
     writer.executescript(
         """DELETE FROM rollups; DELETE FROM rollup_hist; DELETE FROM task_counts;
            DELETE FROM task_names;
-           UPDATE tasks SET tally = NULL, tally_state = NULL, tally_retries = NULL,
-               tally_run = NULL;"""
+           UPDATE tasks SET tally = NULL, tally_state = NULL, tally_retries = NULL;"""
     )
     seen: list[tuple[int, int]] = []
     rollup_tables.tally_all(writer, chunk=40, progress=lambda d, t: seen.append((d, t)))

@@ -394,7 +394,6 @@ def m011_rollups(db: Database) -> None:
         ALTER TABLE tasks ADD COLUMN tally INTEGER;
         ALTER TABLE tasks ADD COLUMN tally_state TEXT;
         ALTER TABLE tasks ADD COLUMN tally_retries INTEGER;
-        ALTER TABLE tasks ADD COLUMN tally_run INTEGER;
         CREATE TABLE rollups (
             dim TEXT NOT NULL, key TEXT NOT NULL, res INTEGER NOT NULL, t INTEGER NOT NULL,
             {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in rollups.OUTCOMES)},

@@ -7,16 +7,17 @@ Tables (migration 11):
   started, succeeded, failed, retried and revoked in that period.
 * ``rollup_hist`` - the same keys per metric (``wait``: sent to started,
   ``run``: the run time of a finished task) and bucket of
-  :mod:`stemtrace.core.buckets`: how many fell in it. Resolution 0 (period 0)
-  holds each task name's all-time run times for the registry.
+  :mod:`stemtrace.core.buckets`: how many fell in it.
+* In both, resolution 0 (period 0) holds the totals since the store began:
+  counters that only grow (retention leaves them), for ``/metrics`` and the
+  registry's run times.
 * ``task_counts`` - per task name and state, how many stored tasks are in
   it now; ``task_names`` - per name, when last seen and how many of its
   tasks retried. The registry reads these instead of scanning ``tasks``.
 * ``rollup_state`` - up to when minutes were folded into hours.
 
 Each task row remembers what it was counted as (``tally``: a bit per outcome
-counted; ``tally_state``; ``tally_retries``; ``tally_run``: the run-time bucket
-its name's all-time histogram holds, plus one), so a re-delivered or
+counted; ``tally_state``; ``tally_retries``), so a re-delivered or
 reordered event counts nothing twice: :func:`tally` compares the rows a
 batch touched with what they were counted as, in the batch's transaction.
 A task is counted once its name is known. An outcome counts in the minute it
@@ -24,8 +25,8 @@ happened: sent at ``sent_at``, started at ``started_at``, succeeded or failed
 at ``finished_at``, revoked and retried at the state's time; a queue wait
 counts once both ends are known, whichever came first.
 
-Retention forgets a task's place in ``task_counts``, ``task_names`` and the
-all-time histogram exactly (:func:`forget`), and drops whole periods of
+Retention forgets a task's place in ``task_counts`` and ``task_names``
+exactly (:func:`forget`), and drops whole periods of
 ``rollups`` and ``rollup_hist`` older than its cutoff (:func:`prune`).
 """
 
@@ -52,7 +53,6 @@ _REVOKED_STATES = frozenset({states.REVOKED, states.REJECTED})
 TALLY_COLUMNS = (
     "rowid", "name", "state", "queue", "worker", "sent_at", "started_at", "finished_at",
     "runtime", "retries", "state_ts", "seen_at", "tally", "tally_state", "tally_retries",
-    "tally_run",
 )  # fmt: skip
 _SELECT = (
     f"SELECT {', '.join(TALLY_COLUMNS)} FROM tasks"
@@ -78,9 +78,7 @@ ON CONFLICT (name) DO UPDATE SET
     retried = retried + excluded.retried
 """
 _DROP_EMPTY = "DELETE FROM task_counts WHERE name = ? AND state = ? AND n <= 0"
-_SET_TALLY = (
-    "UPDATE tasks SET tally = ?, tally_state = ?, tally_retries = ?, tally_run = ? WHERE rowid = ?"
-)
+_SET_TALLY = "UPDATE tasks SET tally = ?, tally_state = ?, tally_retries = ? WHERE rowid = ?"
 
 Key = tuple[str, str, int]  # dim, key, minute
 
@@ -115,6 +113,7 @@ class Deltas:
             return
         for dim, key in self.dims(row, by_worker):
             self.outcomes[dim, key, minute][column] += 1
+            self.outcomes[dim, key, ALL_TIME][column] += 1
 
     def measure(self, row: dict[str, Any], metric: str, seconds: float, ts: Any) -> int | None:
         bucket = buckets.index(seconds)
@@ -123,13 +122,17 @@ class Deltas:
             return None
         for dim, key in self.dims(row):
             self.hist[dim, key, metric, MINUTE, minute, bucket] += 1
+            self.hist[dim, key, metric, ALL_TIME, ALL_TIME, bucket] += 1
         return bucket
 
     def write(self, conn: sqlite3.Connection) -> None:
         if self.outcomes:
             conn.executemany(
                 _UPSERT_ROLLUP,
-                [(dim, key, MINUTE, t, *counts) for (dim, key, t), counts in self.outcomes.items()],
+                [
+                    (dim, key, MINUTE if t else ALL_TIME, t, *counts)
+                    for (dim, key, t), counts in self.outcomes.items()
+                ],
             )
         if self.hist:
             conn.executemany(_UPSERT_HIST, [(*k, n) for k, n in self.hist.items() if n])
@@ -170,7 +173,7 @@ def _count_row(deltas: Deltas, row: dict[str, Any]) -> None:
     """Add what ``row`` shows and was not counted yet; remember it on the row."""
     tally = row["tally"] or 0
     new = _facts(row) & ~tally
-    tally_run = _count_outcomes(deltas, row, new)
+    _count_outcomes(deltas, row, new)
     retries = row["retries"] if isinstance(row["retries"], int) else 0
     counted_retries = row["tally_retries"] or 0
     _count_name(deltas, row, retried_now=retries > 0 and counted_retries == 0)
@@ -179,17 +182,12 @@ def _count_row(deltas: Deltas, row: dict[str, Any]) -> None:
         for _ in range(min(retries - counted_retries, 1000)):
             deltas.outcome(row, _OUTCOME_INDEX["retried"], ts, by_worker=True)
     new_retries = max(retries, counted_retries)
-    if (
-        new
-        or row["tally_state"] != row["state"]
-        or new_retries != counted_retries
-        or tally_run != row["tally_run"]
-    ):
-        deltas.tallies.append((tally | new, row["state"], new_retries, tally_run, row["rowid"]))
+    if new or row["tally_state"] != row["state"] or new_retries != counted_retries:
+        deltas.tallies.append((tally | new, row["state"], new_retries, row["rowid"]))
 
 
-def _count_outcomes(deltas: Deltas, row: dict[str, Any], new: int) -> int | None:
-    """The outcomes and measures of ``new``; the row's ``tally_run`` after them."""
+def _count_outcomes(deltas: Deltas, row: dict[str, Any], new: int) -> None:
+    """The outcomes and measures of ``new``."""
     finished = row["finished_at"] if row["finished_at"] is not None else row["state_ts"]
     if new & SENT:
         deltas.outcome(row, _OUTCOME_INDEX["sent"], row["sent_at"], by_worker=False)
@@ -202,13 +200,8 @@ def _count_outcomes(deltas: Deltas, row: dict[str, Any], new: int) -> int | None
         deltas.outcome(row, _OUTCOME_INDEX["revoked"], row["state_ts"], by_worker=True)
     if new & WAITED:
         deltas.measure(row, "wait", row["started_at"] - row["sent_at"], row["started_at"])
-    tally_run: int | None = row["tally_run"]
     if new & RAN:
-        bucket = deltas.measure(row, "run", row["runtime"], finished)
-        if bucket is not None and tally_run is None:
-            deltas.hist["name", row["name"], "run", ALL_TIME, 0, bucket] += 1
-            tally_run = bucket + 1
-    return tally_run
+        deltas.measure(row, "run", row["runtime"], finished)
 
 
 def _count_name(deltas: Deltas, row: dict[str, Any], *, retried_now: bool) -> None:
@@ -262,7 +255,7 @@ def tally_all(
 
 
 _FORGET_SELECT = (
-    "SELECT name, tally_state, tally_retries, tally_run FROM tasks"
+    "SELECT name, tally_state, tally_retries FROM tasks"
     " WHERE rowid IN (SELECT value FROM json_each(?)) AND tally_state IS NOT NULL"
 )
 
@@ -271,29 +264,21 @@ def forget(conn: sqlite3.Connection, rowids: Sequence[int], dumps: Any) -> None:
     """Take the rows about to be deleted out of the per-name numbers (retention)."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
     retried: dict[str, int] = defaultdict(int)
-    runs: dict[tuple[str, int], int] = defaultdict(int)
-    for name, state, retries, run in conn.execute(_FORGET_SELECT, (dumps(list(rowids)),)):
+    for name, state, retries in conn.execute(_FORGET_SELECT, (dumps(list(rowids)),)):
         counts[name, state] -= 1
         if retries:
             retried[name] -= 1
-        if run:
-            runs[name, run - 1] -= 1
     conn.executemany(_UPSERT_COUNT, [(*k, n) for k, n in counts.items()])
     conn.executemany(
         "UPDATE task_names SET retried = retried + ? WHERE name = ?",
         [(n, name) for name, n in retried.items()],
     )
-    conn.executemany(
-        _UPSERT_HIST, [("name", name, "run", ALL_TIME, 0, b, n) for (name, b), n in runs.items()]
-    )
     conn.execute("DELETE FROM task_counts WHERE n <= 0")
-    conn.execute("DELETE FROM rollup_hist WHERE res = 0 AND n <= 0")
 
 
 def prune(conn: sqlite3.Connection, before: float) -> None:
     """Drop the periods of rollups that end before ``before`` (retention's cutoff)."""
-    conn.execute("DELETE FROM rollups WHERE res = ? AND t + ? <= ?", (MINUTE, MINUTE, before))
-    conn.execute("DELETE FROM rollups WHERE res = ? AND t + ? <= ?", (HOUR, HOUR, before))
+    conn.execute("DELETE FROM rollups WHERE res > 0 AND t + res <= ?", (before,))
     conn.execute("DELETE FROM rollup_hist WHERE res > 0 AND t + res <= ?", (before,))
 
 
