@@ -287,3 +287,14 @@ def test_stats_and_stats_by_add_up_to_the_totals(store: Store, fold: bool) -> No
     mail = store.stats(since, until, 3600, "queue", "mail")
     assert sum(p["sent"] for p in mail) == totals(store, "queue")["mail"]["sent"]
     assert store.stats(since, until, 600, "name", "no.such.task")[0]["sent"] == 0
+
+
+def test_since_ever_and_tasks_by_state(store: Store) -> None:
+    ingest(store, workload(7, 100))
+    ever = store.since_ever("name")
+    assert {k: {c: v[c] for c in rollup_tables.OUTCOMES} for k, v in ever.items()} == totals(
+        store, "name", "res = 0"
+    )
+    assert {
+        (name, state, n) for name, by in store.tasks_by_state().items() for state, n in by.items()
+    } == task_counts_truth(store)

@@ -379,6 +379,18 @@ def name_numbers(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
 
 def by_key(conn: sqlite3.Connection, dim: str, since: float, until: float) -> dict[str, Any]:
     """Per key of ``dim`` over ``[since, until)``: outcome totals and wait and run histograms."""
+    start = int(since // MINUTE) * MINUTE
+    return _by_key(conn, dim, "res > 0 AND t >= ? AND t < ?", (dim, start, until))
+
+
+def since_ever(conn: sqlite3.Connection, dim: str) -> dict[str, Any]:
+    """Per key of ``dim``: the counters since the store began (they only grow)."""
+    return _by_key(conn, dim, "res = 0", (dim,))
+
+
+def _by_key(
+    conn: sqlite3.Connection, dim: str, where: str, params: tuple[Any, ...]
+) -> dict[str, Any]:
     found: dict[str, dict[str, Any]] = {}
 
     def entry(key: str) -> dict[str, Any]:
@@ -390,15 +402,15 @@ def by_key(conn: sqlite3.Connection, dim: str, since: float, until: float) -> di
 
     rows = conn.execute(
         f"SELECT key, {', '.join(f'SUM({c})' for c in OUTCOMES)} FROM rollups"
-        " WHERE dim = ? AND res > 0 AND t >= ? AND t < ? GROUP BY key",
-        (dim, int(since // MINUTE) * MINUTE, until),
+        f" WHERE dim = ? AND {where} GROUP BY key",
+        params,
     )
     for key, *counts in rows:
         entry(key).update(zip(OUTCOMES, counts, strict=True))
     hist_rows = conn.execute(
         "SELECT key, metric, bucket, SUM(n) FROM rollup_hist"
-        " WHERE dim = ? AND res > 0 AND t >= ? AND t < ? GROUP BY key, metric, bucket",
-        (dim, int(since // MINUTE) * MINUTE, until),
+        f" WHERE dim = ? AND {where} GROUP BY key, metric, bucket",
+        params,
     )
     for key, metric, bucket, n in hist_rows:
         if metric in ("wait", "run") and 0 <= bucket < buckets.COUNT:

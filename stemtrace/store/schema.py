@@ -276,6 +276,13 @@ class Store:
         found: dict[str, Row] = rollups.by_key(self._conn(), dim, since, until)
         return found
 
+    def since_ever(self, dim: str) -> dict[str, Row]:
+        found: dict[str, Row] = rollups.since_ever(self._conn(), dim)
+        return found
+
+    def tasks_by_state(self) -> dict[str, dict[str, int]]:
+        return {name: n["states"] for name, n in rollups.name_numbers(self._conn()).items()}
+
     def registry(self) -> list[Row]:
         return fleet.registry(self._conn())
 

@@ -139,6 +139,12 @@ class Backend(Protocol):
     def stats_by(self, dim: str, since: float, until: float) -> dict[str, Row]:
         """The same totals over ``[since, until)`` for every key of ``dim`` at once."""
 
+    def since_ever(self, dim: str) -> dict[str, Row]:
+        """Per key of ``dim``: the same totals since the store began; they only grow."""
+
+    def tasks_by_state(self) -> dict[str, dict[str, int]]:
+        """Per task name, how many stored tasks are in each state now."""
+
     def counts(self) -> dict[str, int]:
         """``{"tasks": n}``; may be a few seconds old."""
 
