@@ -5,7 +5,9 @@ for e2e/, ``worker`` where a module starts a real Celery worker (or says so
 with ``pytestmark``), ``rabbitmq`` where it names an AMQP URL, ``redis`` where
 it names Redis or uses the Redis fixtures, ``node`` where it runs npm, and
 ``unit`` for every other test: ``python -m pytest -m unit`` is
-the fast subset, which needs no service.
+the fast subset, which needs no service. There Hypothesis tests run half their
+examples (the ``unit`` profile; see ``tests.factories.examples``); the full run
+keeps every one.
 """
 
 from __future__ import annotations
@@ -16,9 +18,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings
 
-from tests.site import db_path, site  # noqa: F401 - fixtures for every test module
+from tests.site import db_path, migrated, site  # noqa: F401 - fixtures for every test module
 from tests.support import REDIS_HOST, REDIS_PORT, Scenario
+
+settings.register_profile("unit", max_examples=settings.default.max_examples // 2)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("markexpr") == "unit":
+        settings.load_profile("unit")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from starlette.testclient import TestClient
 
 from stemtrace.core.events import Event, validate_event
@@ -71,6 +72,14 @@ def json_text(found: dict[str, Any], **raw: str) -> str:
     ``json.dumps`` would not write (``NaN``, ``1e400``, arrays nested 1000 deep)."""
     texts = {**{name: json.dumps(value) for name, value in found.items()}, **raw}
     return "{" + ", ".join(f"{json.dumps(name)}: {text}" for name, text in texts.items()) + "}"
+
+
+def examples(full: int) -> int:
+    """A Hypothesis test's ``max_examples``: ``full`` in the full run, in proportion
+    fewer under the quicker profile of ``-m unit`` (tests/conftest.py)."""
+    return max(
+        1, full * settings.default.max_examples // settings.get_profile("default").max_examples
+    )
 
 
 def link(task_id: str, name: str) -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +41,46 @@ def fill(db_path: Path, events: list[Event]) -> None:
         store.close()
 
 
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty store file, migrated once: a copy spares each test the migrations
+    (tens of milliseconds a store); tests of the migrations make their own stores."""
+    path = tmp_path_factory.mktemp("migrated") / "empty.db"
+    Store(path).close()
+    assert not Path(f"{path}-wal").exists(), "closing the store checkpoints its log"
+    return path
+
+
+def copy_of(migrated: Path, path: Path) -> Path:
+    shutil.copyfile(migrated, path)
+    return path
+
+
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "t.db"
+def db_path(tmp_path: Path, migrated: Path) -> Path:
+    """A store file of this test's own, already migrated."""
+    return copy_of(migrated, tmp_path / "t.db")
+
+
+def serve(
+    stack: ExitStack,
+    db_path: Path,
+    events: list[Event],
+    *,
+    prefix: str | None = None,
+    dependencies: Sequence[params.Depends] = (),
+    **settings: Any,
+) -> TestClient:
+    """A client of the site on a store at ``db_path`` holding ``events``, closed with ``stack``."""
+    fill(db_path, events)
+    config = Settings(db=str(db_path), consumer=False, **settings)
+    if prefix is None:
+        app = create_app(config)
+    else:
+        ext = StemtraceExtension(settings=config, dependencies=dependencies)
+        app = FastAPI(lifespan=ext.lifespan)
+        app.include_router(ext.router, prefix=prefix)
+    return stack.enter_context(TestClient(app, raise_server_exceptions=False))
 
 
 @pytest.fixture
@@ -53,25 +92,7 @@ def site(db_path: Path) -> Iterator[Site]:
     Other keyword arguments go to :class:`Settings`.
     """
     with ExitStack() as stack:
-
-        def build(
-            events: list[Event],
-            *,
-            prefix: str | None = None,
-            dependencies: Sequence[params.Depends] = (),
-            **settings: Any,
-        ) -> TestClient:
-            fill(db_path, events)
-            config = Settings(db=str(db_path), consumer=False, **settings)
-            if prefix is None:
-                app = create_app(config)
-            else:
-                ext = StemtraceExtension(settings=config, dependencies=dependencies)
-                app = FastAPI(lifespan=ext.lifespan)
-                app.include_router(ext.router, prefix=prefix)
-            return stack.enter_context(TestClient(app, raise_server_exceptions=False))
-
-        yield build
+        yield partial(serve, stack, db_path)
 
 
 def html(response: Any, status: int = 200) -> BeautifulSoup:
@@ -127,10 +148,12 @@ def vary(response: Any) -> list[str]:
 
 def urls_in(soup: BeautifulSoup) -> list[tuple[str, str, str]]:
     """``(tag, attribute, url)`` for every URL-valued attribute of the page."""
+    tags = soup.find_all(True)  # one walk of the page, not one per attribute
     return [
         (tag.name, attribute, str(tag[attribute]))
         for attribute in URL_ATTRIBUTES
-        for tag in soup.find_all(attrs={attribute: True})
+        for tag in tags
+        if attribute in tag.attrs
     ]
 
 

@@ -24,7 +24,7 @@ from stemtrace.core import events as ev
 from stemtrace.core.jsonio import encode
 from stemtrace.store import Store
 from stemtrace.store.ingest import Ingestor
-from tests.factories import unchecked
+from tests.factories import examples, unchecked
 
 INT = st.integers(min_value=-(2**80), max_value=2**80)
 json_scalars = (
@@ -37,7 +37,9 @@ json_values = st.recursive(
                                                                 max_size=5),
     max_leaves=25,
 )  # fmt: skip
-fuzz = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+fuzz = settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @fuzz

@@ -21,7 +21,8 @@ from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store import Store
 from stemtrace.store.ingest import Ingestor
-from tests.factories import unchecked
+from tests.factories import examples, unchecked
+from tests.site import copy_of
 
 INT64 = 2**63 - 1
 
@@ -108,14 +109,14 @@ ROUTES = (
 )  # fmt: skip
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_tasks())
 def test_every_route_answers_for_tasks_made_of_arbitrary_values(
-    case: tuple[list[dict[str, Any]], str, str],
+    migrated: Path, case: tuple[list[dict[str, Any]], str, str]
 ) -> None:
     events, task_id, trace_id = case
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "h.db"
+        path = copy_of(migrated, Path(folder) / "h.db")
         store = Store(path)
         try:
             ingestor = Ingestor(store.writer())

@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 from stemtrace.store import Store, queries
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
-from tests.factories import task_event
+from tests.factories import examples, task_event
+from tests.site import copy_of
 from tests.support import stored_events, wait_for
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    found = Store(tmp_path / "store.db")
+def store(db_path: Path) -> Iterator[Store]:
+    found = Store(db_path)
     yield found
     found.close()
 
@@ -66,12 +67,12 @@ def test_a_retried_task_ends_in_one_row(store: Store) -> None:
     assert task["worker"] == "celery@w1" and task["queue_wait"] == pytest.approx(0.2)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.permutations(list(range(12))), st.integers(min_value=1, max_value=12))
 def test_any_arrival_order_and_batching_gives_the_same_row(
-    tmp_path_factory: pytest.TempPathFactory, order: list[int], batch: int
+    tmp_path_factory: pytest.TempPathFactory, migrated: Path, order: list[int], batch: int
 ) -> None:
-    store = Store(tmp_path_factory.mktemp("p") / "p.db")
+    store = Store(copy_of(migrated, tmp_path_factory.mktemp("p") / "p.db"))
     try:
         life = retried_twice()
         shuffled = [life[i] for i in order]
@@ -88,13 +89,13 @@ def test_any_arrival_order_and_batching_gives_the_same_row(
         store.close()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.lists(st.sampled_from(["sent", "received", "started", "retry"]), max_size=6),
        st.sampled_from(["succeeded", "failed", "revoked", "rejected"]))  # fmt: skip
 def test_a_terminal_state_wins_whatever_comes_after(
-    tmp_path_factory: pytest.TempPathFactory, later: list[str], terminal: str
+    tmp_path_factory: pytest.TempPathFactory, migrated: Path, later: list[str], terminal: str
 ) -> None:
-    store = Store(tmp_path_factory.mktemp("t") / "t.db")
+    store = Store(copy_of(migrated, tmp_path_factory.mktemp("t") / "t.db"))
     try:
         ingestor = Ingestor(store.writer())
         ingestor.ingest([task_event(terminal, "t1", 5.0)])
