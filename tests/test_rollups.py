@@ -8,6 +8,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -15,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlite_utils import Database
 
-from stemtrace.core import buckets
+from stemtrace.core import buckets, errors, states
 from stemtrace.core.events import Event
-from stemtrace.store import Store, Upkeep
+from stemtrace.store import Store, Upkeep, digests
 from stemtrace.store import rollups as rollup_tables
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.migrations import migrations
@@ -144,9 +145,61 @@ def check_agrees(store: Store) -> None:
     )
 
 
+def check_digests(store: Store, errors_too: bool = True) -> None:
+    rows = [
+        dict(zip(("id", "root_id", "group_id", "trace_id", "state", "exc_type", "exc_message",
+                  "name"), r, strict=True))
+        for r in conn(store).execute(
+            "SELECT id, root_id, group_id, trace_id, state, exc_type, exc_message, name"
+            " FROM tasks WHERE name IS NOT NULL"
+        )
+    ]  # fmt: skip
+
+    def index_of(key_of: Any) -> dict[str, tuple[int, int, int]]:
+        found: dict[str, list[int]] = {}
+        for row in rows:
+            key = key_of(row)
+            if key is None:
+                continue
+            entry = found.setdefault(key, [0, 0, 0])
+            entry[0] += 1
+            entry[1] += row["state"] in states.BROKEN
+            entry[2] += row["state"] not in states.TERMINAL
+        return {k: (a, b, c) for k, (a, b, c) in found.items()}
+
+    assert index_of(digests.flow_key) == {
+        k: (a, b, c)
+        for k, a, b, c in conn(store).execute(
+            "SELECT key, tasks, failures, running FROM flow_index WHERE tasks > 0"
+        )
+    }
+    assert index_of(lambda r: r["trace_id"]) == {
+        k: (a, b, c)
+        for k, a, b, c in conn(store).execute(
+            "SELECT trace_id, tasks, failures, running FROM trace_index WHERE tasks > 0"
+        )
+    }
+    if not errors_too:  # retention keeps error counts by the hour, tasks by count
+        return
+    failures = Counter(
+        (r["name"], errors.fingerprint(r["exc_type"], r["exc_message"] or ""))
+        for r in rows
+        if r["state"] == states.FAILURE
+    )
+    assert failures == Counter(
+        {
+            (name, fp): n
+            for name, fp, n in conn(store).execute(
+                "SELECT name, fingerprint, SUM(n) FROM error_hours GROUP BY 1, 2"
+            )
+        }
+    )
+
+
 def test_in_order_the_minutes_and_histograms_equal_the_tasks_table(store: Store) -> None:
     ingest(store, workload(1, 300))
     check_agrees(store)
+    check_digests(store)
     for column, outcome in (("sent_at", "sent"), ("started_at", "started")):
         by_minute = dict(
             conn(store).execute(
@@ -181,6 +234,7 @@ def test_redelivered_and_reordered_events_count_once(
     try:
         ingest(store, events, batch)
         check_agrees(store)
+        check_digests(store)
     finally:
         store.close()
 
@@ -205,6 +259,7 @@ def test_retention_takes_forgotten_tasks_out_of_the_per_name_numbers(store: Stor
         retention._next_run = 0.0
     assert conn(store).execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == kept
     assert task_counts(store) == task_counts_truth(store)
+    check_digests(store, errors_too=False)
     # counters since the store began only grow (Prometheus reads them as counters)
     assert (totals(store, "name", "res = 0"), hist(store, "run", "name", "res = 0")) == since_ever
     oldest = conn(store).execute("SELECT MIN(seen_at) FROM tasks").fetchone()[0]
@@ -235,7 +290,10 @@ def test_the_migration_builds_the_rollups_of_an_existing_store(store: Store) -> 
     writer.executescript(
         """DELETE FROM rollups; DELETE FROM rollup_hist; DELETE FROM task_counts;
            DELETE FROM task_names;
-           UPDATE tasks SET tally = NULL, tally_state = NULL, tally_retries = NULL;"""
+           UPDATE tasks SET tally = NULL, tally_state = NULL, tally_retries = NULL,
+               tally_flow = NULL, tally_trace = NULL;
+           DELETE FROM flow_index; DELETE FROM trace_index; DELETE FROM error_groups;
+           DELETE FROM error_hours;"""
     )
     seen: list[tuple[int, int]] = []
     rollup_tables.tally_all(writer, chunk=40, progress=lambda d, t: seen.append((d, t)))

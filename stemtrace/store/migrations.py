@@ -394,6 +394,8 @@ def m011_rollups(db: Database) -> None:
         ALTER TABLE tasks ADD COLUMN tally INTEGER;
         ALTER TABLE tasks ADD COLUMN tally_state TEXT;
         ALTER TABLE tasks ADD COLUMN tally_retries INTEGER;
+        ALTER TABLE tasks ADD COLUMN tally_flow TEXT;
+        ALTER TABLE tasks ADD COLUMN tally_trace TEXT;
         CREATE TABLE rollups (
             dim TEXT NOT NULL, key TEXT NOT NULL, res INTEGER NOT NULL, t INTEGER NOT NULL,
             {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in rollups.OUTCOMES)},
@@ -414,6 +416,28 @@ def m011_rollups(db: Database) -> None:
             name TEXT PRIMARY KEY, last_seen REAL, retried INTEGER NOT NULL DEFAULT 0
         );
         CREATE TABLE rollup_state (folded_before REAL NOT NULL);
+        CREATE TABLE error_groups (
+            name TEXT NOT NULL, fingerprint TEXT NOT NULL, exc_type TEXT, message TEXT,
+            first_seen REAL, last_seen REAL, last_task_id TEXT,
+            PRIMARY KEY (name, fingerprint)
+        ) WITHOUT ROWID;
+        CREATE TABLE error_hours (
+            name TEXT NOT NULL, fingerprint TEXT NOT NULL, t INTEGER NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (name, fingerprint, t)
+        ) WITHOUT ROWID;
+        CREATE INDEX error_hours_by_time ON error_hours (t);
+        CREATE TABLE flow_index (
+            key TEXT PRIMARY KEY, first_seen REAL, last_seen REAL,
+            tasks INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+            running INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX flow_index_recent ON flow_index (first_seen DESC, key DESC) WHERE tasks > 1;
+        CREATE TABLE trace_index (
+            trace_id TEXT PRIMARY KEY, first_seen REAL, last_seen REAL,
+            tasks INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+            running INTEGER NOT NULL DEFAULT 0, explicit INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX trace_index_recent ON trace_index (first_seen DESC, trace_id DESC);
         INSERT INTO rollup_state (folded_before) VALUES (0);
         """
     )

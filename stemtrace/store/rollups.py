@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from stemtrace.core import buckets, states
+from stemtrace.store import digests
 
 MINUTE = 60
 HOUR = 3600
@@ -53,6 +54,8 @@ _REVOKED_STATES = frozenset({states.REVOKED, states.REJECTED})
 TALLY_COLUMNS = (
     "rowid", "name", "state", "queue", "worker", "sent_at", "started_at", "finished_at",
     "runtime", "retries", "state_ts", "seen_at", "tally", "tally_state", "tally_retries",
+    "id", "root_id", "group_id", "trace_id", "exc_type", "exc_message", "tally_flow",
+    "tally_trace",
 )  # fmt: skip
 _SELECT = (
     f"SELECT {', '.join(TALLY_COLUMNS)} FROM tasks"
@@ -78,7 +81,10 @@ ON CONFLICT (name) DO UPDATE SET
     retried = retried + excluded.retried
 """
 _DROP_EMPTY = "DELETE FROM task_counts WHERE name = ? AND state = ? AND n <= 0"
-_SET_TALLY = "UPDATE tasks SET tally = ?, tally_state = ?, tally_retries = ? WHERE rowid = ?"
+_SET_TALLY = (
+    "UPDATE tasks SET tally = ?, tally_state = ?, tally_retries = ?, tally_flow = ?,"
+    " tally_trace = ? WHERE rowid = ?"
+)
 
 Key = tuple[str, str, int]  # dim, key, minute
 
@@ -98,6 +104,7 @@ class Deltas:
         self.counts: dict[tuple[str, str], int] = defaultdict(int)
         self.names: dict[str, list[Any]] = {}
         self.tallies: list[tuple[Any, ...]] = []
+        self.digests = digests.Digests()
 
     def dims(self, row: dict[str, Any], with_worker: bool = True) -> list[tuple[str, str]]:
         found = [("all", ""), ("name", row["name"])]
@@ -143,6 +150,7 @@ class Deltas:
             conn.executemany(_UPSERT_NAME, [(name, *values) for name, values in self.names.items()])
         if self.tallies:
             conn.executemany(_SET_TALLY, self.tallies)
+        self.digests.write(conn)
 
 
 _OUTCOME_INDEX = {name: i for i, name in enumerate(OUTCOMES)}
@@ -174,6 +182,13 @@ def _count_row(deltas: Deltas, row: dict[str, Any]) -> None:
     tally = row["tally"] or 0
     new = _facts(row) & ~tally
     _count_outcomes(deltas, row, new)
+    flow = digests.flow_key(row)
+    listed = row["tally_state"] != row["state"] or (flow, row["trace_id"]) != (
+        row["tally_flow"],
+        row["tally_trace"],
+    )
+    if new & FAILED or listed:
+        deltas.digests.add(row, flow, failed_now=bool(new & FAILED))
     retries = row["retries"] if isinstance(row["retries"], int) else 0
     counted_retries = row["tally_retries"] or 0
     _count_name(deltas, row, retried_now=retries > 0 and counted_retries == 0)
@@ -182,8 +197,10 @@ def _count_row(deltas: Deltas, row: dict[str, Any]) -> None:
         for _ in range(min(retries - counted_retries, 1000)):
             deltas.outcome(row, _OUTCOME_INDEX["retried"], ts, by_worker=True)
     new_retries = max(retries, counted_retries)
-    if new or row["tally_state"] != row["state"] or new_retries != counted_retries:
-        deltas.tallies.append((tally | new, row["state"], new_retries, row["rowid"]))
+    if new or listed or new_retries != counted_retries:
+        deltas.tallies.append(
+            (tally | new, row["state"], new_retries, flow, row["trace_id"], row["rowid"])
+        )
 
 
 def _count_outcomes(deltas: Deltas, row: dict[str, Any], new: int) -> None:
@@ -255,7 +272,7 @@ def tally_all(
 
 
 _FORGET_SELECT = (
-    "SELECT name, tally_state, tally_retries FROM tasks"
+    f"SELECT name, tally_retries, {', '.join(digests.FORGET_COLUMNS)} FROM tasks"
     " WHERE rowid IN (SELECT value FROM json_each(?)) AND tally_state IS NOT NULL"
 )
 
@@ -264,10 +281,14 @@ def forget(conn: sqlite3.Connection, rowids: Sequence[int], dumps: Any) -> None:
     """Take the rows about to be deleted out of the per-name numbers (retention)."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
     retried: dict[str, int] = defaultdict(int)
-    for name, state, retries in conn.execute(_FORGET_SELECT, (dumps(list(rowids)),)):
-        counts[name, state] -= 1
+    rows = []
+    for name, retries, *values in conn.execute(_FORGET_SELECT, (dumps(list(rowids)),)):
+        row = dict(zip(digests.FORGET_COLUMNS, values, strict=True))
+        rows.append(row)
+        counts[name, row["tally_state"]] -= 1
         if retries:
             retried[name] -= 1
+    digests.forget(conn, rows)
     conn.executemany(_UPSERT_COUNT, [(*k, n) for k, n in counts.items()])
     conn.executemany(
         "UPDATE task_names SET retried = retried + ? WHERE name = ?",
@@ -279,6 +300,7 @@ def forget(conn: sqlite3.Connection, rowids: Sequence[int], dumps: Any) -> None:
 def prune(conn: sqlite3.Connection, before: float) -> None:
     """Drop the periods of rollups that end before ``before`` (retention's cutoff)."""
     conn.execute("DELETE FROM rollups WHERE res > 0 AND t + res <= ?", (before,))
+    digests.prune(conn, before)
     conn.execute("DELETE FROM rollup_hist WHERE res > 0 AND t + res <= ?", (before,))
 
 

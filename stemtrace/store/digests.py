@@ -1,0 +1,185 @@
+"""Digests the writer keeps beside the rollups: error groups, and the flows and traces to list.
+
+Tables (migration 11):
+
+* ``error_groups`` - per task name and fingerprint (:func:`stemtrace.core.errors.fingerprint`:
+  the exception type and its normalized message): the type, the normalized
+  message, when first and last seen, and the latest failed task's id;
+  ``error_hours`` - how many failed per hour, for counts over a range and sparklines.
+* ``flow_index`` - per flow key (the root task's id; for a group sent from
+  outside a task, the group's id) the tasks stored, how many are broken and
+  how many still running, first seen and last moved. A flow of more than
+  one task is a workflow (it chained, fanned out or spawned) and is listed.
+* ``trace_index`` - the same per trace id, and whether the id was set on
+  purpose (``stemtrace.trace`` or the middleware: it is not a task's own id).
+
+All are written by :func:`stemtrace.store.rollups.tally` in the batch's
+transaction, from each row's change since it was last counted, so they
+count each task once; retention takes deleted tasks out (:func:`forget`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stemtrace.core import errors, states
+
+HOUR = 3600
+
+_UPSERT_GROUP = """
+INSERT INTO error_groups (name, fingerprint, exc_type, message, first_seen, last_seen, last_task_id)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (name, fingerprint) DO UPDATE SET
+    first_seen = min(first_seen, excluded.first_seen),
+    last_task_id = CASE WHEN excluded.last_seen >= last_seen
+        THEN excluded.last_task_id ELSE last_task_id END,
+    last_seen = max(last_seen, excluded.last_seen)
+"""
+_UPSERT_HOUR = """
+INSERT INTO error_hours (name, fingerprint, t, n) VALUES (?, ?, ?, ?)
+ON CONFLICT (name, fingerprint, t) DO UPDATE SET n = n + excluded.n
+"""
+
+
+def _upsert_index(table: str, key: str, extra: str = "") -> str:
+    more = f", {extra}" if extra else ""
+    values = ", ?" if extra else ""
+    also = f", {extra} = max({extra}, excluded.{extra})" if extra else ""
+    return f"""
+INSERT INTO {table} ({key}, first_seen, last_seen, tasks, failures, running{more})
+VALUES (?, ?, ?, ?, ?, ?{values})
+ON CONFLICT ({key}) DO UPDATE SET
+    first_seen = min(coalesce(first_seen, excluded.first_seen),
+        coalesce(excluded.first_seen, first_seen)),
+    last_seen = max(coalesce(last_seen, excluded.last_seen),
+        coalesce(excluded.last_seen, last_seen)),
+    tasks = tasks + excluded.tasks, failures = failures + excluded.failures,
+    running = running + excluded.running{also}
+"""
+
+
+_UPSERT_FLOW = _upsert_index("flow_index", "key")
+_UPSERT_TRACE = _upsert_index("trace_index", "trace_id", "explicit")
+
+
+def flow_key(row: dict[str, Any]) -> str:
+    """The flow a row is listed under: its root, or its group when it is its own root."""
+    task_id: str = row["id"]
+    root_id = row["root_id"]
+    if root_id and root_id != task_id:
+        return str(root_id)
+    return str(row["group_id"] or task_id)
+
+
+@dataclass
+class _Index:
+    first_seen: float | None = None
+    last_seen: float | None = None
+    tasks: int = 0
+    failures: int = 0
+    running: int = 0
+    explicit: int = 0
+
+    def add(self, seen: Any, moved: Any, changes: tuple[int, int, int]) -> None:
+        if seen is not None and (self.first_seen is None or seen < self.first_seen):
+            self.first_seen = seen
+        if moved is not None and (self.last_seen is None or moved > self.last_seen):
+            self.last_seen = moved
+        self.tasks += changes[0]
+        self.failures += changes[1]
+        self.running += changes[2]
+
+
+def _share(state: str, sign: int = 1) -> tuple[int, int, int]:
+    """What one task in ``state`` adds to an index: a task, broken or not, running or not."""
+    return sign, sign * int(state in states.BROKEN), sign * int(state not in states.TERMINAL)
+
+
+class Digests:
+    """What one batch adds to the digests."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str], list[Any]] = {}
+        self.hours: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.flows: dict[str, _Index] = defaultdict(_Index)
+        self.traces: dict[str, _Index] = defaultdict(_Index)
+
+    def add(self, row: dict[str, Any], flow: str, *, failed_now: bool) -> None:
+        """Count ``row`` under ``flow`` and its trace, out of where it counted before.
+
+        ``failed_now``: its failure is counted for the first time.
+        """
+        old = row["tally_state"]
+        moved = row["finished_at"] or row["state_ts"] or row["seen_at"]
+        if old is not None and row["tally_flow"] is not None:
+            self.flows[row["tally_flow"]].add(None, None, _share(old, -1))
+        self.flows[flow].add(row["seen_at"], moved, _share(row["state"]))
+        if old is not None and row["tally_trace"] is not None:
+            self.traces[row["tally_trace"]].add(None, None, _share(old, -1))
+        if row["trace_id"]:
+            trace = self.traces[row["trace_id"]]
+            trace.add(row["seen_at"], moved, _share(row["state"]))
+            trace.explicit |= int(row["trace_id"] not in (row["id"], row["root_id"]))
+        if failed_now:
+            self._failure(row, moved)
+
+    def _failure(self, row: dict[str, Any], at: Any) -> None:
+        message = row["exc_message"] if isinstance(row["exc_message"], str) else ""
+        exc_type = row["exc_type"] if isinstance(row["exc_type"], str) else None
+        key = (row["name"], errors.fingerprint(exc_type, message))
+        known = self.groups.get(key)
+        if known is None:
+            self.groups[key] = [exc_type, errors.normalize(message), at, at, row["id"]]
+        else:
+            known[2] = min(known[2], at)
+            if at >= known[3]:
+                known[3], known[4] = at, row["id"]
+        self.hours[(*key, int(at // HOUR) * HOUR)] += 1
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.groups:
+            conn.executemany(_UPSERT_GROUP, [(*k, *v) for k, v in self.groups.items()])
+            conn.executemany(_UPSERT_HOUR, [(*k, n) for k, n in self.hours.items()])
+        if self.flows:
+            conn.executemany(_UPSERT_FLOW, [_values(k, i) for k, i in self.flows.items()])
+        if self.traces:
+            conn.executemany(
+                _UPSERT_TRACE, [(*_values(k, i), i.explicit) for k, i in self.traces.items()]
+            )
+
+
+def _values(key: str, index: _Index) -> tuple[Any, ...]:
+    return (key, index.first_seen, index.last_seen, index.tasks, index.failures, index.running)
+
+
+FORGET_COLUMNS = ("tally_state", "tally_flow", "tally_trace")
+
+
+def forget(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Take rows about to be deleted out of the flow and trace indexes."""
+    flows: dict[str, _Index] = defaultdict(_Index)
+    traces: dict[str, _Index] = defaultdict(_Index)
+    for row in rows:
+        state = row["tally_state"]
+        if state is None:
+            continue
+        if row["tally_flow"] is not None:
+            flows[row["tally_flow"]].add(None, None, _share(state, -1))
+        if row["tally_trace"] is not None:
+            traces[row["tally_trace"]].add(None, None, _share(state, -1))
+    conn.executemany(_UPSERT_FLOW, [_values(k, i) for k, i in flows.items()])
+    conn.executemany(_UPSERT_TRACE, [(*_values(k, i), 0) for k, i in traces.items()])
+    conn.executemany("DELETE FROM flow_index WHERE key = ? AND tasks <= 0", [(k,) for k in flows])
+    conn.executemany(
+        "DELETE FROM trace_index WHERE trace_id = ? AND tasks <= 0", [(k,) for k in traces]
+    )
+
+
+def prune(conn: sqlite3.Connection, before: float) -> None:
+    """Drop error counts of hours that ended before ``before``, and groups with none left."""
+    conn.execute("DELETE FROM error_hours WHERE t + ? <= ?", (HOUR, before))
+    conn.execute("DELETE FROM error_groups WHERE last_seen < ?", (before,))
