@@ -7,9 +7,11 @@ May import: core only. The rest of stemtrace imports this package and
 from stemtrace.store.queries import listed
 from stemtrace.store.schema import DEFAULT_DB, Store
 from stemtrace.store.surface import (
+    FLOW_OUTCOMES,
     NO_UPKEEP,
     Backend,
     BadCursor,
+    FlowFilters,
     IngestResult,
     Skip,
     TaskFilters,
@@ -19,9 +21,11 @@ from stemtrace.store.surface import (
 
 __all__ = [
     "DEFAULT_DB",
+    "FLOW_OUTCOMES",
     "NO_UPKEEP",
     "Backend",
     "BadCursor",
+    "FlowFilters",
     "IngestResult",
     "Skip",
     "Store",

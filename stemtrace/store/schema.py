@@ -49,7 +49,8 @@ from typing import IO, Any, cast
 
 from sqlite_utils import Database
 
-from stemtrace.store import fleet, queries, rollups, skipped
+from stemtrace.store import fleet, lists, queries, rollups, skipped
+from stemtrace.store.lists import FlowFilters
 from stemtrace.store.migrations import migrations
 from stemtrace.store.queries import TaskFilters
 from stemtrace.store.surface import NO_UPKEEP, Upkeep
@@ -264,6 +265,21 @@ class Store:
 
     def group_page(self, group_id: str, offset: int, limit: int) -> tuple[int, list[Row]]:
         return queries.group_page(self._conn(), group_id, offset, limit)
+
+    def list_flows(
+        self, filters: FlowFilters, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        return lists.list_flows(self._conn(), filters, cursor, limit)
+
+    def list_traces(
+        self, since: float | None, until: float | None, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        return lists.list_traces(self._conn(), since, until, cursor, limit)
+
+    def error_groups(
+        self, name: str | None, since: float, until: float, limit: int = 50
+    ) -> list[Row]:
+        return lists.error_groups(self._conn(), name, since, until, limit)
 
     def counts(self) -> dict[str, int]:
         counted: dict[str, int] = self.cached("counts", 5.0, lambda: queries.counts(self._conn()))

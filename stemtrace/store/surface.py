@@ -20,13 +20,16 @@ from typing import Any, Protocol
 
 from stemtrace.core.events import Event
 from stemtrace.store.ingest import IngestResult
+from stemtrace.store.lists import FLOW_OUTCOMES, FlowFilters
 from stemtrace.store.queries import BadCursor, TaskFilters
 from stemtrace.store.skipped import Skip
 
 __all__ = [
+    "FLOW_OUTCOMES",
     "NO_UPKEEP",
     "Backend",
     "BadCursor",
+    "FlowFilters",
     "IngestResult",
     "Skip",
     "TaskFilters",
@@ -125,6 +128,21 @@ class Backend(Protocol):
 
     def group_page(self, group_id: str, offset: int, limit: int) -> tuple[int, list[Row]]:
         """``(size, members)`` of a group in group order."""
+
+    def list_flows(
+        self, filters: FlowFilters, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        """Workflows (flows of more than one task), newest first: root, shape, outcome, times."""
+
+    def list_traces(
+        self, since: float | None, until: float | None, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        """Traces set on purpose or of more than one task, newest first."""
+
+    def error_groups(
+        self, name: str | None, since: float, until: float, limit: int = 50
+    ) -> list[Row]:
+        """Failures in ``[since, until)`` grouped by task name, exception type and message."""
 
     # -- the whole store -------------------------------------------------------
 
