@@ -139,8 +139,14 @@ class StemtraceExtension:
         """With a separate consumer, notice its writes by the cursor it keeps."""
         last: object = None
         while True:
+            reading = asyncio.ensure_future(asyncio.to_thread(self._last_write))
             try:
-                now = await asyncio.to_thread(self._last_write)
+                now = await asyncio.shield(reading)
+            except asyncio.CancelledError:
+                # The read goes on in its thread: let it end before the lifespan closes
+                # the store under it (a connection closed mid-query can crash SQLite).
+                await asyncio.wait([reading])
+                raise
             except Exception:  # the db is being created, locked for long, ...
                 logger.debug("stemtrace: cannot watch the database", exc_info=True)
             else:
