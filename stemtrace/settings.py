@@ -61,6 +61,9 @@ class Settings:
     """Standalone server: a bearer token accepted in ``Authorization: Bearer ...``."""
     no_auth: bool = False
     """Allow binding to a non-loopback address without any auth."""
+    metrics_names: int = 100
+    """``/metrics``: task names with series of their own (the busiest); the rest fold into
+    ``name="other"``, so that a flood of names cannot flood Prometheus (0: only ``other``)."""
 
     def __post_init__(self) -> None:
         if not self.broker or "://" not in self.broker:
@@ -77,6 +80,8 @@ class Settings:
             )
         if self.max_tasks is not None and self.max_tasks < 0:
             raise SettingError("max_tasks", f"must not be negative, not {self.max_tasks}")
+        if self.metrics_names < 0:
+            raise SettingError("metrics_names", f"must not be negative, not {self.metrics_names}")
         if self.log_level not in LOG_LEVELS:
             raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         if bool(self.auth_user) != bool(self.auth_password):

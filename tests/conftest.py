@@ -20,7 +20,7 @@ import pytest
 import redis
 from hypothesis import settings
 
-from tests.site import db_path, migrated, site  # noqa: F401 - fixtures for every test module
+from tests.site import backend, db_path, db_target, migrated, site  # noqa: F401 - fixtures for every test module
 from tests.support import REDIS_HOST, REDIS_PORT, Scenario
 
 settings.register_profile("unit", max_examples=settings.default.max_examples // 2)

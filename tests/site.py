@@ -20,8 +20,7 @@ from stemtrace.server.extension import StemtraceExtension
 from stemtrace.server.live import Broadcaster
 from stemtrace.server.site import Site as RouteSite
 from stemtrace.settings import Settings
-from stemtrace.store import Backend
-from stemtrace.store.ingest import Ingestor
+from stemtrace.store import Backend, open_store
 from stemtrace.store.schema import Store
 
 URL_ATTRIBUTES = ("href", "src", "action", "hx-get", "sse-connect")
@@ -33,10 +32,16 @@ HTMX_WRITES = ("hx-post", "hx-put", "hx-patch", "hx-delete")
 Site = Callable[..., TestClient]
 
 
-def fill(db_path: Path, events: list[Event]) -> None:
-    store = Store(db_path)
+BACKENDS = ("sqlite",)
+"""The store backends the suites that take ``db_target`` (and so ``site``, ``backend``)
+run against, each test once per backend. A backend is added here with the
+place a test's own empty store of it is made (:func:`db_target`)."""
+
+
+def fill(target: str | Path, events: list[Event]) -> None:
+    store = open_store(str(target))
     try:
-        Ingestor(store.writer()).ingest(events)
+        store.open_writer().ingest(events)
     finally:
         store.close()
 
@@ -56,24 +61,39 @@ def copy_of(migrated: Path, path: Path) -> Path:
     return path
 
 
+@pytest.fixture(params=BACKENDS)
+def db_target(request: pytest.FixtureRequest, tmp_path: Path, migrated: Path) -> str:
+    """This test's own empty store, once per backend: what ``--db`` would name."""
+    assert request.param == "sqlite", request.param
+    return str(copy_of(migrated, tmp_path / "t.db"))
+
+
 @pytest.fixture
-def db_path(tmp_path: Path, migrated: Path) -> Path:
-    """A store file of this test's own, already migrated."""
-    return copy_of(migrated, tmp_path / "t.db")
+def db_path(db_target: str) -> Path:
+    """This test's own SQLite file (already migrated): for tests of SQLite itself."""
+    return Path(db_target)
+
+
+@pytest.fixture
+def backend(db_target: str) -> Iterator[Backend]:
+    """This test's own store, opened, once per backend."""
+    store = open_store(db_target)
+    yield store
+    store.close()
 
 
 def serve(
     stack: ExitStack,
-    db_path: Path,
+    db_target: str | Path,
     events: list[Event],
     *,
     prefix: str | None = None,
     dependencies: Sequence[params.Depends] = (),
     **settings: Any,
 ) -> TestClient:
-    """A client of the site on a store at ``db_path`` holding ``events``, closed with ``stack``."""
-    fill(db_path, events)
-    config = Settings(db=str(db_path), consumer=False, **settings)
+    """A client of the site on the store ``db_target`` holding ``events``, closed with ``stack``."""
+    fill(db_target, events)
+    config = Settings(db=str(db_target), consumer=False, **settings)
     if prefix is None:
         app = create_app(config)
     else:
@@ -84,7 +104,7 @@ def serve(
 
 
 @pytest.fixture
-def site(db_path: Path) -> Iterator[Site]:
+def site(db_target: str) -> Iterator[Site]:
     """``site(events)``: the standalone app on a store holding ``events``.
 
     ``site(events, prefix="/x")`` mounts a :class:`StemtraceExtension` under
@@ -92,7 +112,7 @@ def site(db_path: Path) -> Iterator[Site]:
     Other keyword arguments go to :class:`Settings`.
     """
     with ExitStack() as stack:
-        yield partial(serve, stack, db_path)
+        yield partial(serve, stack, db_target)
 
 
 def html(response: Any, status: int = 200) -> BeautifulSoup:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from stemtrace.core.events import Event
-from stemtrace.store import FlowFilters, Store
+from stemtrace.store import Backend, FlowFilters
 from tests.factories import (
     BIG_GROUP,
     FANOUT,
@@ -23,13 +20,12 @@ T = 1_760_000_000.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "l.db")
-    yield opened
-    opened.close()
+def store(backend: Backend) -> Backend:
+    """This test's own store, once per backend (``tests/site.py: BACKENDS``)."""
+    return backend
 
 
-def fill(store: Store, events: list[Event]) -> None:
+def fill(store: Backend, events: list[Event]) -> None:
     store.open_writer().ingest(events)
 
 
@@ -43,7 +39,7 @@ def canvases() -> list[Event]:
     ]
 
 
-def every_flow(store: Store, filters: FlowFilters, limit: int) -> list[dict[str, object]]:
+def every_flow(store: Backend, filters: FlowFilters, limit: int) -> list[dict[str, object]]:
     found, cursor = store.list_flows(filters, None, limit)
     while cursor is not None:
         more, cursor = store.list_flows(filters, cursor, limit)
@@ -51,7 +47,7 @@ def every_flow(store: Store, filters: FlowFilters, limit: int) -> list[dict[str,
     return found
 
 
-def test_workflows_are_listed_newest_first_and_each_opens(store: Store) -> None:
+def test_workflows_are_listed_newest_first_and_each_opens(store: Backend) -> None:
     fill(store, canvases())
     flows = every_flow(store, FlowFilters(), 2)
     assert [f["id"] for f in flows] == [BIG_GROUP, FANOUT, STEP[1]]
@@ -73,7 +69,7 @@ def test_workflows_are_listed_newest_first_and_each_opens(store: Store) -> None:
         assert rows is not None and len(rows) >= int(str(flow["tasks"]))
 
 
-def test_flows_filter_by_outcome_name_and_time(store: Store) -> None:
+def test_flows_filter_by_outcome_name_and_time(store: Backend) -> None:
     fill(store, canvases())
     ids = {
         outcome: [f["id"] for f in every_flow(store, FlowFilters(outcome=outcome), 10)]
@@ -90,7 +86,7 @@ def test_flows_filter_by_outcome_name_and_time(store: Store) -> None:
     ]
 
 
-def test_traces_list_requests_and_multi_task_traces_not_lone_tasks(store: Store) -> None:
+def test_traces_list_requests_and_multi_task_traces_not_lone_tasks(store: Backend) -> None:
     fill(store, canvases())
     traces, cursor = store.list_traces(None, None, None, 50)
     assert cursor is None
@@ -102,7 +98,7 @@ def test_traces_list_requests_and_multi_task_traces_not_lone_tasks(store: Store)
     assert traces[0]["trace_id"] == "request-42"  # newest first
 
 
-def test_error_groups_merge_what_differs_only_by_values(store: Store) -> None:
+def test_error_groups_merge_what_differs_only_by_values(store: Backend) -> None:
     events: list[Event] = []
     for n in range(5):
         events += lifecycle(

@@ -877,6 +877,7 @@ GUARDED = [
     "/api/registry",
     "/api/workers",
     "/api/health",
+    "/metrics",
 ]
 
 

@@ -73,6 +73,13 @@ def _web_options(parser: argparse.ArgumentParser) -> None:
     add("--no-auth", action="store_const", const=True,
         help="serve a non-loopback --host without auth (STEMTRACE_NO_AUTH=1)")  # fmt: skip
     add("--port", type=int, help=_help("port to listen on", "port"))
+    add(
+        "--metrics-names",
+        type=int,
+        metavar="N",
+        help=_help("/metrics: the N busiest task names get series, the rest fold into"
+                   " name=\"other\"", "metrics_names"),
+    )  # fmt: skip
 
 
 def run_options() -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ app = FastAPI(lifespan=flow.lifespan)
 app.include_router(flow.router, prefix="/stemtrace")
 ```
 
-Everything (pages, API, static files, the live stream) hangs off ``router``,
+Everything (pages, API, static files, the live stream, ``/metrics``) hangs off ``router``,
 so the host app's prefix and ``dependencies=`` (its auth) cover all of it.
 The consumer runs in the lifespan as a background thread, or not at all when
 a separate ``stemtrace consume`` feeds the same database; live updates work
@@ -27,6 +27,7 @@ from fastapi import APIRouter, FastAPI, params
 from stemtrace.ingest.consumer import Consumer, build_celery_events_consumer, build_consumer
 from stemtrace.server.api import create_api_router
 from stemtrace.server.live import Broadcaster
+from stemtrace.server.metrics import create_metrics_router
 from stemtrace.server.pages import create_pages_router
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
@@ -91,6 +92,9 @@ class StemtraceExtension:
         )
         self.router.include_router(create_api_router(self.site))
         self.router.include_router(create_pages_router(self.site))
+        self.router.include_router(
+            create_metrics_router(self.site, names=self.settings.metrics_names)
+        )
 
     def consumer_status(self) -> dict[str, Any] | None:
         if self.consumer is None:
