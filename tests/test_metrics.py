@@ -26,8 +26,7 @@ from stemtrace.core.events import Event
 from stemtrace.server.live import Broadcaster
 from stemtrace.server.metrics import OTHER, StoreCollector, create_metrics_router
 from stemtrace.server.site import Site as RouteSite
-from stemtrace.store import Skip
-from stemtrace.store.schema import Store
+from stemtrace.store import Skip, open_store
 from tests.factories import W1, W2, Task, exception, lifecycle, worker_event
 from tests.site import Site, fill, site_of
 from tests.test_pages import KEY, require_key
@@ -106,6 +105,7 @@ def client(site: Site) -> TestClient:
 
 
 def sql(db_path: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """What the test counts itself, on SQLite's tasks table."""
     with sqlite3.connect(db_path) as conn:
         return conn.execute(query, params).fetchall()
 
@@ -335,7 +335,7 @@ def test_newlines_and_lone_surrogates_in_labels_stay_inside_their_label() -> Non
 
 
 def test_skipped_input_and_workers_equal_health_and_the_workers_api(
-    site: Site, db_path: Path
+    site: Site, db_target: str
 ) -> None:
     now = time.time()
     events = [
@@ -345,7 +345,7 @@ def test_skipped_input_and_workers_equal_health_and_the_workers_api(
         worker_event("worker_online", W2, now - 20, freq=2.0, tasks=[]),
         worker_event("worker_offline", W2, now - 10, dropped=3),
     ]
-    store = Store(db_path)
+    store = open_store(db_target)
     try:
         skips = [Skip("unknown kind 'x' at 3", "0-1", b"{}")] * 2
         store.open_writer().ingest([], ("test", "0-1"), [*skips, Skip("not JSON", "0-2", b"{")])
@@ -366,9 +366,9 @@ def test_skipped_input_and_workers_equal_health_and_the_workers_api(
 
 
 @contextmanager
-def consumer_client(db_path: Path, status: dict[str, Any] | None) -> Iterator[TestClient]:
+def consumer_client(db_target: str, status: dict[str, Any] | None) -> Iterator[TestClient]:
     """``/metrics`` alone, on an empty store, with ``status`` as the consumer's word."""
-    store = Store(db_path)
+    store = open_store(db_target)
     app = FastAPI()
     app.include_router(create_metrics_router(site_of(store, lambda: status)))
     try:
@@ -378,14 +378,14 @@ def consumer_client(db_path: Path, status: dict[str, Any] | None) -> Iterator[Te
         store.close()
 
 
-def test_the_consumers_counters_come_from_their_status(db_path: Path) -> None:
+def test_the_consumers_counters_come_from_their_status(db_target: str) -> None:
     status = {
         "connected": True,
         "ingested": 1234,
         "lag_seconds": 2.5,
         "celery_events": {"connected": False, "ingested": 5, "lag_seconds": None},
     }
-    with consumer_client(db_path, status) as client:
+    with consumer_client(db_target, status) as client:
         samples = scrape(client)
     assert series(samples, "stemtrace_events_ingested_total") == {
         (("consumer", "stream"),): 1234.0,
@@ -399,8 +399,8 @@ def test_the_consumers_counters_come_from_their_status(db_path: Path) -> None:
     assert series(samples, "stemtrace_consumer_lag_seconds") == {(("consumer", "stream"),): 2.5}
 
 
-def test_without_a_consumer_here_its_metrics_are_absent(db_path: Path) -> None:
-    with consumer_client(db_path, None) as client:
+def test_without_a_consumer_here_its_metrics_are_absent(db_target: str) -> None:
+    with consumer_client(db_target, None) as client:
         text = client.get("/metrics").text
     names = {f.name for f in text_string_to_metric_families(text)}
     assert not names & {"stemtrace_events_ingested", "stemtrace_consumer_connected",
@@ -436,10 +436,10 @@ def test_the_standalone_servers_auth_covers_metrics(site: Site) -> None:
     assert ok.headers["content-security-policy"]  # stemtrace's headers, as on every route
 
 
-def test_each_scrape_reads_the_store_anew(site: Site, db_path: Path) -> None:
+def test_each_scrape_reads_the_store_anew(site: Site, db_target: str) -> None:
     now = time.time()
     client = site(lifecycle("a", "x.a", now - 10))
     before = value(scrape(client), "stemtrace_tasks_total", name="x.a", outcome="succeeded")
-    fill(db_path, lifecycle("b", "x.a", now - 5))  # another process's consumer, say
+    fill(db_target, lifecycle("b", "x.a", now - 5))  # another process's consumer, say
     after = value(scrape(client), "stemtrace_tasks_total", name="x.a", outcome="succeeded")
     assert (before, after) == (1, 2)
