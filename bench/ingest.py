@@ -25,6 +25,10 @@ settings its own processes use (:func:`stemtrace.cli.gc.tune`, as ``stemtrace
 run`` and ``stemtrace consume`` do), Celery's State with Python's defaults (as
 Flower runs it), and, for a like-for-like figure, once more with stemtrace's.
 
+* ``no rollups``: the same consumer with the rollups and digests turned off
+  (:func:`stemtrace.store.rollups.tally` replaced by a no-op): the ratio of
+  the two is what keeping the rollups costs ingestion.
+
 ``--profile`` adds one more stemtrace run under cProfile and prints its top frames.
 
 Usage, from the repository root, with Redis on 127.0.0.1:6379::
@@ -52,6 +56,7 @@ from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import redis
 
@@ -60,7 +65,7 @@ from bench.workload import CeleryTranslator, Event, Workload, frames
 from stemtrace.cli import gc as collector
 from stemtrace.core.events import encode_frame
 from stemtrace.ingest.consumer import Consumer
-from stemtrace.store import Store
+from stemtrace.store import Store, rollups
 from stemtrace.transports import Reader, open_reader
 from stemtrace.transports.redis import RedisStreamSender
 
@@ -198,7 +203,9 @@ def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str
     celery_events = [translate(e) for e in events]
     stream = f"bench-ingest:{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    results: dict[str, list[dict[str, Any]]] = {"stemtrace": [], "celery": [], "tuned": []}
+    results: dict[str, list[dict[str, Any]]] = {
+        "stemtrace": [], "celery": [], "tuned": [], "bare": []
+    }  # fmt: skip
     redis_cpu_used: list[float] = []
     gc.collect()
     gc.freeze()  # the fixtures: neither side should pay for the collector walking them
@@ -211,11 +218,23 @@ def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str
             flush=True,
         )
         for round_no in range(args.rounds):
-            order = ("stemtrace", "celery", "tuned")
+            order = ("stemtrace", "celery", "tuned", "bare")
             if round_no % 2:
                 order = order[::-1]
             for which in order:
-                if which == "stemtrace":
+                if which == "bare":
+                    with mock.patch.object(rollups, "tally", lambda *_: None):
+                        found = run_consumer(
+                            lambda: open_reader(url, stream=stream),
+                            f"bench#{stream}",
+                            count,
+                            workdir,
+                        )
+                    line = (
+                        f"stemtrace without rollups {count / found['wall']:8.0f} events/s wall, "
+                        f"{count / found['cpu']:8.0f} per CPU s"
+                    )
+                elif which == "stemtrace":
                     before = redis_cpu(client)
                     found = run_consumer(
                         lambda: open_reader(url, stream=stream), f"bench#{stream}", count, workdir
@@ -256,6 +275,7 @@ def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str
         "stemtrace": results["stemtrace"],
         "celery": results["celery"],
         "tuned": results["tuned"],
+        "bare": results["bare"],
         "redis_cpu": redis_cpu_used,
         "profile": profile_text,
     }
@@ -270,6 +290,8 @@ def report(result: dict[str, Any]) -> str:
     ce_cpu = statistics.median(count / r["cpu"] for r in ce)
     tu_wall = statistics.median(count / r["wall"] for r in result["tuned"])
     tu_cpu = statistics.median(count / r["cpu"] for r in result["tuned"])
+    bare_cpu = statistics.median(count / r["cpu"] for r in result["bare"])
+    bare_wall = statistics.median(count / r["wall"] for r in result["bare"])
     last = st[-1]
     verdict = "meets" if st_cpu >= TARGET_PER_CORE else "BELOW"
     return "\n".join(
@@ -286,6 +308,8 @@ def report(result: dict[str, Any]) -> str:
             f"{st_cpu / ce_cpu:.2f} per CPU s; "
             f"against the same gc settings: {st_wall / tu_wall:.2f} wall, "
             f"{st_cpu / tu_cpu:.2f} per CPU s",
+            f"rollups: with/without {st_wall / bare_wall:.2f} wall, {st_cpu / bare_cpu:.2f} per"
+            f" CPU s ({bare_cpu:.0f} events per CPU s without them)",
             f"on disk: {last['bytes'] / 1e6:.1f} MB for {last['tasks']} tasks: "
             f"{last['bytes'] / last['tasks']:.0f} bytes/task, {last['bytes'] / count:.0f} "
             f"bytes/event (wire: {result['wire_bytes'] / count:.0f} bytes/event)",

@@ -282,8 +282,7 @@ class Store:
         return lists.error_groups(self._conn(), name, since, until, limit)
 
     def counts(self) -> dict[str, int]:
-        counted: dict[str, int] = self.cached("counts", 5.0, lambda: queries.counts(self._conn()))
-        return counted
+        return queries.counts(self._conn())
 
     def stats(self, since: float, until: float, step: int, dim: str, key: str) -> list[Row]:
         return rollups.series(self._conn(), since, until, step, dim, key)

@@ -164,7 +164,7 @@ class Backend(Protocol):
         """Per task name, how many stored tasks are in each state now."""
 
     def counts(self) -> dict[str, int]:
-        """``{"tasks": n}``; may be a few seconds old."""
+        """``{"tasks": n}``: the tasks stored with a name (a task is counted once named)."""
 
     def registry(self) -> list[Row]:
         """Task definitions and what ran of each; may be a few seconds old."""
