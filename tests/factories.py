@@ -551,6 +551,7 @@ API_PATHS = {
     "/api/registry",
     "/api/workers",
     "/api/health",
+    "/api/stats",
 }
 
 

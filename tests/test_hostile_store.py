@@ -102,10 +102,11 @@ def hostile_tasks(draw: st.DrawFn) -> tuple[list[dict[str, Any]], str, str]:
 
 
 ROUTES = (
-    "/", "/?state=FAILURE", "/tasks/{id}", "/flows/{id}", "/traces/{trace}", "/registry",
-    "/workers", "/status", "/api/tasks", "/api/tasks/{id}", "/api/flows/{id}",
+    "/", "/executions", "/executions?state=FAILURE", "/tasks/{id}", "/flows/{id}",
+    "/traces/{trace}", "/registry", "/workers", "/status", "/api/tasks", "/api/tasks/{id}",
+    "/api/flows/{id}",
     "/api/flows/{id}/waterfall", "/api/flows/{id}/graph.dot", "/api/traces/{trace}",
-    "/api/registry", "/api/workers", "/api/health",
+    "/api/registry", "/api/workers", "/api/health", "/api/stats?since=30d&step=3600",
 )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ the check refuse it.
 from __future__ import annotations
 
 import ast
+import itertools
 import shutil
 import subprocess
 import sys
@@ -258,5 +259,8 @@ def test_the_cycle_check_can_fail(tmp_path: Path) -> None:
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("static", "templates"))
     target = copy / "server" / "views.py"
     target.write_text(target.read_text() + "\nfrom stemtrace.server import api\n")
-    assert import_cycles(copy) == [["stemtrace.server.api", "stemtrace.server.views",
-                                    "stemtrace.server.api"]]  # fmt: skip
+    cycles = import_cycles(copy)
+    assert cycles  # each through the planted import, views -> api, whatever path leads there
+    for cycle in cycles:
+        edges = set(itertools.pairwise(cycle))
+        assert ("stemtrace.server.views", "stemtrace.server.api") in edges, cycle

@@ -161,7 +161,7 @@ def listing(tmp_path_factory: pytest.TempPathFactory, migrated: Path) -> Iterato
 
 
 def test_executions_list_rows_badges_and_links(listing: TestClient) -> None:
-    response = listing.get("/")
+    response = listing.get("/executions")
     soup = html(response)
     assert text(soup.h1) == "Executions"
     assert row_ids(soup) == NEWEST_FIRST
@@ -173,7 +173,7 @@ def test_executions_list_rows_badges_and_links(listing: TestClient) -> None:
         assert label(badge) == state.lower()  # words, not only a colour
         assert f"/tasks/{task_id}" in links(row)
     charge = one(soup, f"tr#task-{CHARGE}")
-    assert links(charge)[0] == "/?name=proj.tasks.charge"
+    assert links(charge)[0] == "/executions?name=proj.tasks.charge"
     assert text(one(charge, "td.err .exc")) == "proj.errors.PaymentDeclined"
     assert "insufficient funds" in text(one(charge, "td.err"))
     assert W2 in [text(td) for td in charge.find_all("td")]
@@ -209,7 +209,7 @@ def test_executions_list_rows_badges_and_links(listing: TestClient) -> None:
 def test_each_filter_narrows_the_rows_and_stays_in_the_form(
     listing: TestClient, query: dict[str, Any], expected: list[str]
 ) -> None:
-    soup = page(listing, "/", **query)
+    soup = page(listing, "/executions", **query)
     assert row_ids(soup) == expected
     chosen = query.get("state", [])
     chosen = [chosen] if isinstance(chosen, str) else chosen
@@ -225,13 +225,13 @@ def test_each_filter_narrows_the_rows_and_stays_in_the_form(
     for field, value in query.items():
         assert live[field] == ([value] if isinstance(value, str) else value)
     partial = BeautifulSoup(
-        listing.get("/", params=query, headers=htmx("rows")).text, "html.parser"
+        listing.get("/executions", params=query, headers=htmx("rows")).text, "html.parser"
     )
     assert row_ids(partial) == expected
 
 
 def test_filters_matching_nothing_say_so(listing: TestClient) -> None:
-    soup = page(listing, "/", state="REJECTED")
+    soup = page(listing, "/executions", state="REJECTED")
     assert row_ids(soup) == []
     assert text(one(soup, "td.none")) == "No executions match these filters."
     assert soup.select("section.empty") == []
@@ -241,7 +241,7 @@ def test_older_link_carries_a_cursor_and_pages_continue_without_repeats(
     listing: TestClient,
 ) -> None:
     seen: list[str] = []
-    url = "/?limit=4"
+    url = "/executions?limit=4"
     pages = 0
     while url:
         soup = page(listing, url)
@@ -252,7 +252,7 @@ def test_older_link_carries_a_cursor_and_pages_continue_without_repeats(
         older = soup.select("nav.pager a[rel=next]")
         if pages > 1:  # older pages are not live and lead back to the newest
             assert not one(soup, "tbody#rows").has_attr("sse-connect")
-            assert one(soup, "nav.pager a:not([rel])")["href"] == "/?limit=4"
+            assert one(soup, "nav.pager a:not([rel])")["href"] == "/executions?limit=4"
         else:
             assert one(soup, "tbody#rows")["sse-connect"] == "/live"
         if not older:
@@ -268,7 +268,7 @@ def test_older_link_carries_a_cursor_and_pages_continue_without_repeats(
 
 
 def test_older_link_keeps_the_filters(listing: TestClient) -> None:
-    soup = page(listing, "/", state="SUCCESS", limit=2)
+    soup = page(listing, "/executions", state="SUCCESS", limit=2)
     assert row_ids(soup) == [TIE_C, TIE_B]
     older = str(one(soup, "nav.pager a[rel=next]")["href"])
     assert parse_qs(urlsplit(older).query)["state"] == ["SUCCESS"]
@@ -293,7 +293,7 @@ def test_older_link_keeps_the_filters(listing: TestClient) -> None:
 def test_bad_filter_is_a_422_page_with_the_reason(
     listing: TestClient, query: dict[str, Any], message: str
 ) -> None:
-    response = listing.get("/", params=query)
+    response = listing.get("/executions", params=query)
     soup = html(response, 422)
     assert message in text(one(soup, "p.error[role=alert]"))
     assert row_ids(soup) == []
@@ -301,21 +301,21 @@ def test_bad_filter_is_a_422_page_with_the_reason(
     for field in ("since", "until"):
         if field in query:
             assert one(soup, f"form.filters input[name={field}]")["value"] == query[field]
-    partial = listing.get("/", params=query, headers=htmx("rows"))
+    partial = listing.get("/executions", params=query, headers=htmx("rows"))
     assert partial.status_code == 422
     assert row_ids(BeautifulSoup(partial.text, "html.parser")) == []
 
 
 def test_empty_store_shows_how_to_start(site: Site) -> None:
     client = site([])
-    soup = page(client, "/")
+    soup = page(client, "/executions")
     empty = one(soup, "section.empty")
     snippet = text(one(empty, "pre code"))
     assert "import stemtrace" in snippet
     assert "stemtrace.init(app)" in snippet
     assert soup.select("table.tasks") == []
     # a filter on an empty store is not a first start: it says nothing matched
-    filtered = page(client, "/", name="proj.tasks.add")
+    filtered = page(client, "/executions", name="proj.tasks.add")
     assert filtered.select("section.empty") == []
     assert text(one(filtered, "td.none")) == "No executions match these filters."
     assert "init(app)" in text(one(page(client, "/registry"), "section.empty"))
@@ -649,7 +649,7 @@ def test_registry_page_lists_definitions_with_their_numbers(site: Site) -> None:
     }
     assert list(rows) == ["proj.tasks.add", "proj.tasks.charge", "proj.tasks.legacy"]
     add, charge, legacy = rows.values()
-    assert links(add[0]) == ["/?name=proj.tasks.add"]
+    assert links(add[0]) == ["/executions?name=proj.tasks.add"]
     assert text(one(add[0], "div.muted")) == "proj.tasks"
     # (the store keeps default_retry_delay as a float: "180.0 s" is shown for Celery's 180)
     assert [text(td) for td in add[1:3]] == ["(x, y)", "celery"]
@@ -675,7 +675,7 @@ def test_workers_page_shows_status_words_and_running_tasks(site: Site) -> None:
         badge = one(rows[worker], ".badge")
         assert f"worker-{state}" in badge["class"]
         assert label(badge) == state
-        assert links(rows[worker])[0] == "/?" + urlencode({"worker": worker})
+        assert links(rows[worker])[0] == "/executions?" + urlencode({"worker": worker})
     running = rows[ALIVE].find_all("td")[-1]
     assert links(running) == [f"/tasks/{RUNNING_ON_ALIVE}"]
     assert "proj.tasks.crunch" in text(running)
@@ -700,7 +700,7 @@ def test_unknown_ids_get_a_friendly_html_404(listing: TestClient, url: str, what
     soup = html(response, 404)
     assert text(soup.h1) == what
     [back] = [a for a in soup.select("main a") if text(a) == "Back to recent executions"]
-    assert back["href"] == "/"
+    assert back["href"] == "/executions"
     one(soup, "header.top nav")  # the whole page, with its navigation
 
 
@@ -729,9 +729,9 @@ def test_a_404_page_watches_and_opens_the_record_once_it_arrives(
 
 
 def test_htmx_requests_get_only_the_rows_and_responses_vary_on_it(listing: TestClient) -> None:
-    full = listing.get("/")
+    full = listing.get("/executions")
     assert "hx-request" in vary(full)
-    partial = listing.get("/", headers=htmx("rows"))
+    partial = listing.get("/executions", headers=htmx("rows"))
     assert partial.status_code == 200
     assert "hx-request" in vary(partial)
     soup = BeautifulSoup(partial.text, "html.parser")
@@ -765,8 +765,8 @@ def test_empty_store_page_refreshes_itself_whole(site: Site, prefix: str | None)
 
 def test_responses_vary_on_every_header_that_changes_them(listing: TestClient) -> None:
     """The same URL and HX-Request give the rows or the whole page depending on HX-Target."""
-    rows = listing.get("/", headers=htmx("rows"))
-    whole = listing.get("/", headers=htmx("main"))
+    rows = listing.get("/executions", headers=htmx("rows"))
+    whole = listing.get("/executions", headers=htmx("main"))
     assert BeautifulSoup(rows.text, "html.parser").find("html") is None
     assert BeautifulSoup(whole.text, "html.parser").find("html") is not None
     for response in (rows, whole, listing.get(f"/tasks/{ADD_RUNNING}", headers=htmx("x"))):
@@ -782,9 +782,16 @@ def test_mounted_every_link_has_the_prefix_and_resolves(site: Site, prefix: str)
     client = site(everything(now), prefix=prefix)
     queue = deque(
         (f"{prefix}{path}", 200)
-        for path in ("/", "/?limit=3", "/registry", "/workers", f"/tasks/{ADD_RUNNING}")
+        for path in (
+            "/",
+            "/executions",
+            "/executions?limit=3",
+            "/registry",
+            "/workers",
+            f"/tasks/{ADD_RUNNING}",
+        )
     )
-    queue += [(f"{prefix}/tasks/nope", 404), (f"{prefix}/?since=garbage", 422)]
+    queue += [(f"{prefix}/tasks/nope", 404), (f"{prefix}/executions?since=garbage", 422)]
     seen = {url for url, _ in queue}
     kinds: set[str] = set()
     while queue:
@@ -859,7 +866,7 @@ def require_key(request: Request) -> None:
 
 GUARDED = [
     "/",
-    "/?state=FAILURE",
+    "/executions?state=FAILURE",
     f"/tasks/{CHARGE}",
     f"/flows/{CHARGE}",
     "/traces/trace-pay",
@@ -957,7 +964,7 @@ def test_standalone_builtin_auth(
     [
         ("/", 200),
         (f"/tasks/{CHARGE}", 200),
-        ("/?since=garbage", 422),
+        ("/executions?since=garbage", 422),
         ("/tasks/no-such-task", 404),
         ("/static/stemtrace.css", 200),
         ("/api/tasks", 200),
@@ -984,13 +991,13 @@ def test_security_headers_on_every_kind_of_response(
 def test_no_page_has_inline_script_or_event_handlers(site: Site) -> None:
     client = site(everything(time.time()))
     urls = [
-        "/", "/?limit=3", "/?since=garbage", f"/tasks/{FETCH}", f"/tasks/{ADD_RUNNING}",
-        f"/tasks/{CHARGE}", f"/flows/{STEP[1]}", f"/flows/{FANOUT}", "/traces/trace-feed",
-        "/registry", "/workers", "/tasks/nope",
+        "/", "/executions", "/executions?limit=3", "/executions?since=garbage", f"/tasks/{FETCH}",
+        f"/tasks/{ADD_RUNNING}", f"/tasks/{CHARGE}", f"/flows/{STEP[1]}", f"/flows/{FANOUT}",
+        "/traces/trace-feed", "/registry", "/workers", "/tasks/nope",
     ]  # fmt: skip
     for url in urls:
         response = client.get(url)
-        soup = html(response, {"/?since=garbage": 422, "/tasks/nope": 404}.get(url, 200))
+        soup = html(response, {"/executions?since=garbage": 422, "/tasks/nope": 404}.get(url, 200))
         scripts = [str(s["src"]) for s in soup.find_all("script") if s.get("src")]
         expected = [
             "/static/vendor/htmx.min.js",
@@ -1058,7 +1065,8 @@ def assert_shown_as_text(soup: BeautifulSoup, payload: str, where: str) -> None:
     for name in ("img", "iframe", "object", "embed"):
         assert soup.find_all(name) == [], (where, name)
     for svg in soup.find_all("svg"):  # only the server-drawn charts
-        assert svg.get("class") == ["timeline"] or svg.parent.get("class") == ["waterfall"], where
+        drawn = svg.get("class") == ["timeline"] or svg.parent.get("class") == ["waterfall"]
+        assert drawn or "chart" in svg.get("class", []), where
     assert payload in soup.get_text(), f"{where}: the payload is not shown"
 
 
@@ -1067,11 +1075,12 @@ def test_hostile_task_data_is_shown_as_text_on_every_page(site: Site, payload: s
     index = PAYLOADS.index(payload)
     client = site(hostile(time.time()))
     ok = {
-        "executions": "/",
-        "search": "/?" + urlencode({"q": payload}),
-        "name filter": "/?" + urlencode({"name": payload}),
-        "worker filter": "/?" + urlencode({"worker": payload}),
-        "trace filter": "/?" + urlencode({"trace_id": payload}),
+        "overview": "/",
+        "executions": "/executions",
+        "search": "/executions?" + urlencode({"q": payload}),
+        "name filter": "/executions?" + urlencode({"name": payload}),
+        "worker filter": "/executions?" + urlencode({"worker": payload}),
+        "trace filter": "/executions?" + urlencode({"trace_id": payload}),
         "registry": "/registry",
         "workers": "/workers",
         "retried task": f"/tasks/{evil_id(index, 'a')}",
@@ -1086,7 +1095,7 @@ def test_hostile_task_data_is_shown_as_text_on_every_page(site: Site, payload: s
         assert response.status_code == 200, (where, url, response.status_code, response.text)
         assert_shown_as_text(html(response), payload, where)
     for where, query in (("bad since", {"since": payload}), ("bad state", {"state": payload})):
-        soup = page(client, "/", 422, **query)
+        soup = page(client, "/executions", 422, **query)
         assert_shown_as_text(soup, payload, where)
         assert payload in text(one(soup, "p.error"))
     # a 404 echoes the id it did not find ('/' cannot be part of one path segment)
@@ -1133,7 +1142,7 @@ def test_ids_with_url_characters_link_to_their_own_pages(site: Site) -> None:
     for index, task_id in enumerate(odd):
         events += lifecycle(task_id, "proj.tasks.odd", now - 60 + index, trace_id=f"t/{index}")
     client = site(events)
-    listing = client.get("/")
+    listing = client.get("/executions")
     assert listing.status_code == 200, listing.text
     soup = html(listing)
     hrefs = [links(one(soup, f"tr[id='task-{task_id}']"))[1] for task_id in odd]
@@ -1235,6 +1244,7 @@ def test_broadcaster_coalesces_a_burst_into_one_message() -> None:
 
 ROUTES = [
     "/",
+    "/executions",
     f"/tasks/{CHARGE}",
     f"/flows/{CHARGE}",
     "/traces/trace-pay",
@@ -1265,7 +1275,7 @@ def test_no_route_accepts_writes(site: Site, prefix: str | None) -> None:
             response = client.request(method, f"{base}{path}", json={"state": "SUCCESS"})
             assert response.status_code in (404, 405), (method, path, response.status_code)
     # nothing changed, and no form or htmx attribute writes either
-    assert row_ids(page(client, f"{base}/")) == NEWEST_FIRST
+    assert row_ids(page(client, f"{base}/executions")) == NEWEST_FIRST
     for url in (f"{base}/", f"{base}/tasks/{CHARGE}"):
         soup = page(client, url)
         forms = soup.find_all("form")

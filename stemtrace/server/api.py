@@ -17,6 +17,7 @@ from fastapi import Path as PathParam
 from stemtrace import __version__
 from stemtrace.core import states
 from stemtrace.model import export, flows
+from stemtrace.server import stats
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
 from stemtrace.server.views import (
@@ -43,6 +44,7 @@ def create_api_router(site: Site) -> APIRouter:
     _export_routes(router, site.store)
     _trace_routes(router, site.store)
     _fleet_routes(router, site)
+    _stats_routes(router, site.store)
     return router
 
 
@@ -258,6 +260,65 @@ def _fleet_routes(router: APIRouter, site: Site) -> None:
                 "size_bytes": store.size_bytes(),
                 **store.counts(),
             },
+        }
+
+
+def _stats_routes(router: APIRouter, store: Backend) -> None:
+    """The series behind the overview's charts."""
+
+    @router.get(
+        "/stats",
+        summary="Outcomes, failure rate, queue wait and run time per step, from the rollups",
+        name="stemtrace.api.stats",
+    )
+    def get_stats(
+        since: Annotated[
+            str | None,
+            Query(
+                max_length=64,
+                description="start: epoch, ISO-8601 or an age (15m, 2h, 7d); default 1h",
+            ),
+        ] = None,
+        until: Annotated[
+            str | None, Query(max_length=64, description="end (excluded): as since; default now")
+        ] = None,
+        step: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                le=100 * 365 * 86400,
+                description="seconds per point, a whole number of minutes (60, 300, ...);"
+                " default: the shortest round step giving at most 360 points;"
+                f" at most {stats.MAX_POINTS} points",
+            ),
+        ] = None,
+        name: Annotated[
+            str | None, Query(max_length=255, description="only this task name")
+        ] = None,
+        queue: Annotated[str | None, Query(max_length=255, description="only this queue")] = None,
+        worker: Annotated[str | None, Query(max_length=255, description="only this worker")] = None,
+    ) -> dict[str, Any]:
+        """Give at most one of ``name``, ``queue`` and ``worker``.
+
+        Each point counts what happened in ``[t, t + step)``: tasks sent,
+        started, succeeded, failed, retried and revoked; ``failure_rate`` is
+        failed / (succeeded + failed); ``wait_*`` (sent to started) and
+        ``run_*`` (run time of finished tasks) are percentiles in seconds, read
+        from log-scale buckets (exact to a bucket's width, 41 %). ``null``: nothing to measure.
+        """
+        query = stats.parse_query(
+            since=since,
+            until=until,
+            step=step,
+            filters={"name": name, "queue": queue, "worker": worker},
+            now=time.time(),
+        )
+        return {
+            "since": query.since,
+            "until": query.until,
+            "step": query.step,
+            "filter": query.filter,
+            "points": stats.series(store, query),
         }
 
 

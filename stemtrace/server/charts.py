@@ -75,6 +75,7 @@ def line_chart(
     unit: str,
     title: str,
     link: Link | None = None,
+    click: str = "",
     width: int = _WIDTH,
     height: int = _HEIGHT,
 ) -> Markup:
@@ -82,8 +83,10 @@ def line_chart(
 
     A ``None`` value, or a slot with no point, breaks the line. A point with no
     neighbour is drawn as a dot that stays visible; the others show on hover.
+    ``click`` ends the hover text of every linked point: what a click opens.
     """
     frame = _Frame.make(series, start, end, step, unit, width, height, stacked=False)
+    frame.click = click
     body = [frame.line(one, link) for one in series] if frame.has_data else []
     return _svg(frame, "chart-lines", title, series, body)
 
@@ -97,15 +100,17 @@ def bar_chart(
     unit: str,
     title: str,
     link: Link | None = None,
+    click: str = "",
     width: int = _WIDTH,
     height: int = _HEIGHT,
 ) -> Markup:
     """Stacked bars, one per ``step`` seconds, the first series at the bottom.
 
     Zero and ``None`` draw nothing; each segment drawn has its hover text and,
-    with ``link``, opens what it counts.
+    with ``link``, opens what it counts (``click`` ends its hover text: say what).
     """
     frame = _Frame.make(series, start, end, step, unit, width, height, stacked=True)
+    frame.click = click
     body = [frame.bars(one, link) for one in series] if frame.has_data else []
     return _svg(frame, "chart-bars", title, series, body)
 
@@ -217,6 +222,8 @@ class _Frame:
     has_data: bool
     base: dict[int, float] = field(default_factory=dict)
     """How high each slot's stack is so far, as :meth:`bars` draws layer after layer."""
+    click: str = ""
+    """What a click on a linked point or bar opens, said at the end of its hover text."""
 
     @classmethod
     def make(
@@ -278,7 +285,7 @@ class _Frame:
             for run in runs
         )
         dots = [
-            _linked(self.dot(one, t, value, alone=len(run) == 1), link, t, one)
+            self.dot(one, t, value, alone=len(run) == 1, href=_href(link, t, one))
             for run in runs
             for t, value in run
         ]
@@ -290,10 +297,11 @@ class _Frame:
             _el("g", {"fill": "currentColor"}, *dots),
         )  # fmt: skip
 
-    def dot(self, one: Series, t: float, value: float, *, alone: bool) -> Markup:
+    def dot(self, one: Series, t: float, value: float, *, alone: bool, href: str | None) -> Markup:
         place = {"cx": self.x(t + self.step / 2), "cy": self.y(value), "r": 3}
         css = "chart-dot chart-alone" if alone else "chart-dot"
-        return _el("circle", {"class": css, **place}, _el("title", {}, self.hover(one, t, value)))
+        title = _el("title", {}, self.hover(one, t, value, linked=href is not None))
+        return _wrap(_el("circle", {"class": css, **place}, title), href)
 
     def bars(self, one: Series, link: Link | None) -> Markup:
         """One layer of the stack, on the layers drawn before it."""
@@ -308,12 +316,14 @@ class _Frame:
             top, bottom = self.y(below + value), self.y(below)
             box = {"class": "chart-bar", "x": self.x(t) + gap, "y": top,
                    "width": max(slot - 2 * gap, 0.5), "height": max(bottom - top, 0.5)}  # fmt: skip
-            rect = _el("rect", box, _el("title", {}, self.hover(one, t, value)))
-            rects.append(_linked(rect, link, t, one))
+            href = _href(link, t, one)
+            title = _el("title", {}, self.hover(one, t, value, linked=href is not None))
+            rects.append(_wrap(_el("rect", box, title), href))
         return _el("g", {"class": f"chart-series {_css(one.css)}", "fill": "currentColor"}, *rects)
 
-    def hover(self, one: Series, t: float, value: float) -> str:
-        return f"{_cut(one.label)} · {_when(t, self.step)} · {format_value(value, self.unit)}"
+    def hover(self, one: Series, t: float, value: float, *, linked: bool = False) -> str:
+        text = f"{_cut(one.label)} · {_when(t, self.step)} · {format_value(value, self.unit)}"
+        return f"{text} · {_cut(self.click)}" if linked and self.click else text
 
 
 def _svg(
@@ -383,11 +393,14 @@ def _time_axis(frame: _Frame) -> Markup:
     return _el("g", {"class": "chart-axis chart-times"}, *marks)
 
 
-def _linked(shape: Markup, link: Link | None, t: float, one: Series) -> Markup:
+def _href(link: Link | None, t: float, one: Series) -> str | None:
+    """Where the point or bar links to, when it does and the place is safe."""
     href = link(t, one) if link is not None else None
-    if not href or not _safe_href(href):
-        return shape
-    return _el("a", {"href": href}, shape)
+    return href if href and _safe_href(href) else None
+
+
+def _wrap(shape: Markup, href: str | None) -> Markup:
+    return shape if href is None else _el("a", {"href": href}, shape)
 
 
 def _safe_href(href: str) -> bool:

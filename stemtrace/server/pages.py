@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mimetypes
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +25,7 @@ from sse_starlette import EventSourceResponse
 from stemtrace import __version__
 from stemtrace.core import states
 from stemtrace.model import flows, traces
-from stemtrace.server import render
+from stemtrace.server import overview, render
 from stemtrace.server.errors import BadParameter, NotFound
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
@@ -72,12 +73,31 @@ def create_pages_router(site: Site) -> APIRouter:
     """The pages, the static files and the live stream, reading ``site``."""
     router = APIRouter(route_class=SecureRoute, include_in_schema=False)
     pages = Pages(site)
+    _overview_routes(router, pages)
     _execution_routes(router, pages)
     _task_routes(router, pages)
     _flow_routes(router, pages)
     _fleet_routes(router, pages)
     _asset_routes(router, site)
     return router
+
+
+def url_maker(request: Request) -> Callable[..., str]:
+    """``url(route, query=None, **path)``: a route's path under the mount prefix, with a query.
+
+    Empty query values are left out, so a form's blank fields make no noise.
+    """
+
+    def url(route: str, /, query: dict[str, Any] | None = None, **path: Any) -> str:
+        quoted = {k: quote(str(v), safe="/" if k == "path" else "") for k, v in path.items()}
+        found = str(request.url_for(route, **quoted).path)
+        if query:
+            pairs = [(k, v) for k, v in query.items() if v not in (None, "", [], ())]
+            if pairs:
+                found += "?" + urlencode(pairs, doseq=True)
+        return found
+
+    return url
 
 
 class Pages:
@@ -98,18 +118,9 @@ class Pages:
     ) -> HTMLResponse:
         """``name`` rendered whole, or only its ``blocks`` (an htmx swap of part of it)."""
 
-        def url(route: str, /, query: dict[str, Any] | None = None, **path: Any) -> str:
-            quoted = {k: quote(str(v), safe="/" if k == "path" else "") for k, v in path.items()}
-            found = str(request.url_for(route, **quoted).path)
-            if query:
-                pairs = [(k, v) for k, v in query.items() if v not in (None, "", [], ())]
-                if pairs:
-                    found += "?" + urlencode(pairs, doseq=True)
-            return found
-
         full = {
             "request": request,
-            "url": url,
+            "url": url_maker(request),
             "broker_problem": self.site.broker_problem(),
             "standby": self.site.standby(),
             "now": datetime.now(UTC).timestamp(),
@@ -165,11 +176,46 @@ class Pages:
         return self.page(request, "planned.html", {"task": detail})
 
 
+def _overview_routes(router: APIRouter, pages: Pages) -> None:
+    """The landing page: charts over a range, the task names that stand out; charts alone live."""
+    store = pages.store
+
+    @router.get("/", name="stemtrace.overview")
+    def overview_page(
+        request: Request,
+        span: Annotated[str, Query(alias="range", max_length=16)] = overview.DEFAULT_RANGE,
+        name: Text = None,
+        queue: Text = None,
+        worker: Text = None,
+    ) -> HTMLResponse:
+        form = {"range": span, "name": name or "", "queue": queue or "", "worker": worker or ""}
+        context: dict[str, Any] = {"form": form, "ranges": overview.RANGES, "error": None}
+        if store.is_empty():
+            context["empty_store"] = True
+        else:
+            now = datetime.now(UTC).timestamp()
+            filters = {"name": name, "queue": queue, "worker": worker}
+            try:
+                context.update(overview.build(store, span, filters, now, url_maker(request)))
+            except BadParameter as exc:
+                context["error"] = str(exc)
+        status = 422 if context["error"] else 200
+        if _is_htmx(request, "overview-live"):
+            return pages.page(request, "overview.html", context, status, blocks=("charts",))
+        choices = store.filter_choices()  # names announced by workers, and those seen run
+        context.update(
+            names=sorted({*choices["names"], *store.since_ever("name")}),
+            workers=choices["workers"],
+            queues=sorted(store.since_ever("queue")),
+        )
+        return pages.page(request, "overview.html", context, status)
+
+
 def _execution_routes(router: APIRouter, pages: Pages) -> None:
     """The executions list, with its filters; its rows alone for an htmx swap."""
     store = pages.store
 
-    @router.get("/", name="stemtrace.executions")
+    @router.get("/executions", name="stemtrace.executions")
     def executions(
         request: Request,
         state: Annotated[list[str] | None, Query()] = None,
@@ -376,9 +422,13 @@ def _asset_routes(router: APIRouter, site: Site) -> None:
     async def live(
         request: Request,
         task: Annotated[list[str] | None, Query(max_length=255)] = None,
+        every: Annotated[float, Query(ge=0.25, le=60)] = 0.25,
     ) -> EventSourceResponse:
+        """``changed`` when a task of ``task`` (or any) changed, at most once per ``every`` s."""
         wanted = frozenset(task) if task else None
-        stream = site.broadcaster.events(wanted, is_disconnected=request.is_disconnected)
+        stream = site.broadcaster.events(
+            wanted, is_disconnected=request.is_disconnected, min_interval=every
+        )
         return EventSourceResponse(stream, ping=None)
 
 
