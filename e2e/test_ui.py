@@ -27,7 +27,7 @@ def test_a_new_task_appears_and_turns_to_success_without_reload(
     page: Page, server: Server, sender: tuple[Any, Any], worker: None
 ) -> None:
     app, _ = sender
-    page.goto(server.base + "/")
+    page.goto(server.base + "/executions")
     page.evaluate("window.__sameDocument = true")
     slow = app.tasks["proj.slow"].delay(1.5)
     row = page.locator(f"#task-{slow.id}")
@@ -74,7 +74,7 @@ def test_retries_trace_flow_and_pages(
     expect(page.locator(".tree .edge-chord")).to_have_count(4)
     shot(page, "flow")
 
-    page.goto(server.base + "/")
+    page.goto(server.base + "/executions")
     expect(page.locator("table.tasks tbody tr")).to_have_count(10, timeout=10_000)
     shot(page, "executions")
     page.goto(server.base + "/registry")
@@ -94,8 +94,8 @@ def test_hostile_args_do_not_execute(
     echo = app.tasks["proj.echo"].delay({"payload": XSS, XSS: [XSS]})
     failing = app.tasks["proj.fail"].delay(XSS)
     echo.get(timeout=20)
-    for url in ("/", f"/tasks/{echo.id}", f"/tasks/{failing.id}", f"/flows/{echo.id}",
-                "/?q=" + "%3Cscript%3E"):  # fmt: skip
+    for url in ("/", "/executions", f"/tasks/{echo.id}", f"/tasks/{failing.id}",
+                f"/flows/{echo.id}", "/executions?q=" + "%3Cscript%3E"):  # fmt: skip
         page.goto(server.base + url)
         page.wait_for_timeout(300)
         if url.startswith("/tasks/"):
@@ -117,7 +117,7 @@ def test_mounted_under_a_prefix(
                "--log-level", "warning"]  # fmt: skip
     host = start_server(command, env, f"http://127.0.0.1:{port}/stemtrace/api/health")
     try:
-        page.goto(f"http://127.0.0.1:{port}/stemtrace/")
+        page.goto(f"http://127.0.0.1:{port}/stemtrace/executions")
         result = app.tasks["proj.add"].delay(2, 3)
         row = page.locator(f"#task-{result.id}")
         expect(row.locator(".badge.state")).to_have_text("✓ success", timeout=15_000)
@@ -157,7 +157,7 @@ def test_auth_blocks_an_anonymous_browser(
         allowed = context.new_page()
         response = allowed.goto(f"http://127.0.0.1:{port}/")
         assert response is not None and response.status == 200
-        expect(allowed.locator("h1")).to_have_text("Executions")
+        expect(allowed.locator("h1")).to_have_text("Overview")
         context.close()
     finally:
         stop_process(protected.process)
