@@ -27,6 +27,7 @@ from stemtrace.core import buckets
 from stemtrace.core.events import Event
 from stemtrace.server.api import create_api_router
 from stemtrace.server.app import create_app
+from stemtrace.server.browse_api import create_browse_api_router
 from stemtrace.settings import Settings
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.schema import Store
@@ -1054,7 +1055,8 @@ def test_openapi_lists_every_api_path(api: Api, db_path: Path) -> None:
     documented = {path for path in document["paths"] if path.startswith("/api")}
     store = Store(db_path)
     try:
-        routed = {getattr(r, "path", None) for r in create_api_router(site_of(store)).routes}
+        routers = [create_api_router(site_of(store)), create_browse_api_router(site_of(store))]
+        routed = {getattr(r, "path", None) for router in routers for r in router.routes}
     finally:
         store.close()
     assert documented == routed == API_PATHS

@@ -69,7 +69,8 @@ def test_every_cli_flag_is_in_the_readme(flag: str) -> None:
 @pytest.mark.parametrize("path", ["/api/tasks", "/api/tasks/{id}", "/api/flows/{id}",
                                   "/api/groups/{group_id}/members", "/api/traces/{trace_id}",
                                   "/api/flows/{id}/waterfall", "/api/flows/{id}/graph.dot",
-                                  "/api/flows/{id}/graph.svg",
+                                  "/api/flows/{id}/graph.svg", "/api/flows", "/api/traces",
+                                  "/api/errors",
                                   "/api/registry", "/api/workers", "/api/health",
                                   "/api/stats"])  # fmt: skip
 def test_every_api_path_is_in_the_readme(path: str) -> None:

@@ -173,7 +173,7 @@ def test_executions_list_rows_badges_and_links(listing: TestClient) -> None:
         assert label(badge) == state.lower()  # words, not only a colour
         assert f"/tasks/{task_id}" in links(row)
     charge = one(soup, f"tr#task-{CHARGE}")
-    assert links(charge)[0] == "/executions?name=proj.tasks.charge"
+    assert links(charge)[0] == "/names/proj.tasks.charge"
     assert text(one(charge, "td.err .exc")) == "proj.errors.PaymentDeclined"
     assert "insufficient funds" in text(one(charge, "td.err"))
     assert W2 in [text(td) for td in charge.find_all("td")]
@@ -649,7 +649,7 @@ def test_registry_page_lists_definitions_with_their_numbers(site: Site) -> None:
     }
     assert list(rows) == ["proj.tasks.add", "proj.tasks.charge", "proj.tasks.legacy"]
     add, charge, legacy = rows.values()
-    assert links(add[0]) == ["/executions?name=proj.tasks.add"]
+    assert links(add[0]) == ["/names/proj.tasks.add"]
     assert text(one(add[0], "div.muted")) == "proj.tasks"
     # (the store keeps default_retry_delay as a float: "180.0 s" is shown for Celery's 180)
     assert [text(td) for td in add[1:3]] == ["(x, y)", "celery"]

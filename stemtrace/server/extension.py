@@ -26,6 +26,8 @@ from fastapi import APIRouter, FastAPI, params
 
 from stemtrace.ingest.consumer import Consumer, build_celery_events_consumer, build_consumer
 from stemtrace.server.api import create_api_router
+from stemtrace.server.browse import create_browse_router
+from stemtrace.server.browse_api import create_browse_api_router
 from stemtrace.server.live import Broadcaster
 from stemtrace.server.metrics import create_metrics_router
 from stemtrace.server.pages import create_pages_router
@@ -92,6 +94,8 @@ class StemtraceExtension:
         )
         self.router.include_router(create_api_router(self.site))
         self.router.include_router(create_pages_router(self.site))
+        self.router.include_router(create_browse_router(self.site))
+        self.router.include_router(create_browse_api_router(self.site))
         self.router.include_router(
             create_metrics_router(self.site, names=self.settings.metrics_names)
         )
