@@ -167,13 +167,18 @@ def check_digests(store: Store, errors_too: bool = True) -> None:
             entry[2] += row["state"] not in states.TERMINAL
         return {k: (a, b, c) for k, (a, b, c) in found.items()}
 
-    assert index_of(digests.flow_key) == {
+    # A task is in the index of its flow and trace unless it is the one they are named after.
+    def flow_of(row: dict[str, Any]) -> str | None:
+        key = digests.flow_key(row)
+        return key if key != row["id"] else None
+
+    assert index_of(flow_of) == {
         k: (a, b, c)
         for k, a, b, c in conn(store).execute(
             "SELECT key, tasks, failures, running FROM flow_index WHERE tasks > 0"
         )
     }
-    assert index_of(lambda r: r["trace_id"]) == {
+    assert index_of(lambda r: r["trace_id"] if r["trace_id"] != r["id"] else None) == {
         k: (a, b, c)
         for k, a, b, c in conn(store).execute(
             "SELECT trace_id, tasks, failures, running FROM trace_index WHERE tasks > 0"
@@ -290,8 +295,7 @@ def test_the_migration_builds_the_rollups_of_an_existing_store(store: Store) -> 
     writer.executescript(
         """DELETE FROM rollups; DELETE FROM rollup_hist; DELETE FROM task_counts;
            DELETE FROM task_names;
-           UPDATE tasks SET tally = NULL, tally_state = NULL, tally_retries = NULL,
-               tally_flow = NULL, tally_trace = NULL;
+           DELETE FROM task_tally;
            DELETE FROM flow_index; DELETE FROM trace_index; DELETE FROM error_groups;
            DELETE FROM error_hours;"""
     )

@@ -7,11 +7,14 @@ Tables (migration 11):
   message, when first and last seen, and the latest failed task's id;
   ``error_hours`` - how many failed per hour, for counts over a range and sparklines.
 * ``flow_index`` - per flow key (the root task's id; for a group sent from
-  outside a task, the group's id) the tasks stored, how many are broken and
-  how many still running, first seen and last moved. A flow of more than
-  one task is a workflow (it chained, fanned out or spawned) and is listed.
-* ``trace_index`` - the same per trace id, and whether the id was set on
-  purpose (``stemtrace.trace`` or the middleware: it is not a task's own id).
+  outside a task, the group's id) the tasks stored besides the one whose id
+  the key is, how many of them are broken and how many still running, first
+  seen and last moved. A flow with any such task is a workflow (it chained,
+  fanned out or spawned) and is listed; the key's own task is added when
+  read. Lone tasks, most tasks, write nothing here.
+* ``trace_index`` - the same per trace id (the task whose id it is added
+  when read), and whether the id was set on purpose (``stemtrace.trace`` or
+  the middleware: it is not the root task's id).
 
 All are written by :func:`stemtrace.store.rollups.tally` in the batch's
 transaction, from each row's change since it was last counted, so they
@@ -94,9 +97,19 @@ class _Index:
         self.running += changes[2]
 
 
-def _share(state: str, sign: int = 1) -> tuple[int, int, int]:
+Share = tuple[int, int, int]
+NOTHING: Share = (0, 0, 0)
+
+
+def share(state: str | None) -> Share:
     """What one task in ``state`` adds to an index: a task, broken or not, running or not."""
-    return sign, sign * int(state in states.BROKEN), sign * int(state not in states.TERMINAL)
+    if state is None:
+        return NOTHING
+    return 1, int(state in states.BROKEN), int(state not in states.TERMINAL)
+
+
+def _minus(one: Share) -> Share:
+    return -one[0], -one[1], -one[2]
 
 
 class Digests:
@@ -108,24 +121,31 @@ class Digests:
         self.flows: dict[str, _Index] = defaultdict(_Index)
         self.traces: dict[str, _Index] = defaultdict(_Index)
 
-    def add(self, row: dict[str, Any], flow: str, *, failed_now: bool) -> None:
-        """Count ``row`` under ``flow`` and its trace, out of where it counted before.
-
-        ``failed_now``: its failure is counted for the first time.
-        """
-        old = row["tally_state"]
+    def add(
+        self, row: dict[str, Any], flow: str | None, trace: str | None, was: Share, now: Share
+    ) -> None:
+        """Count ``row`` under ``flow`` and ``trace`` (``None``: under none) as ``now``,
+        out of where it counted before as ``was``."""
         moved = row["finished_at"] or row["state_ts"] or row["seen_at"]
-        if old is not None and row["tally_flow"] is not None:
-            self.flows[row["tally_flow"]].add(None, None, _share(old, -1))
-        self.flows[flow].add(row["seen_at"], moved, _share(row["state"]))
-        if old is not None and row["tally_trace"] is not None:
-            self.traces[row["tally_trace"]].add(None, None, _share(old, -1))
-        if row["trace_id"]:
-            trace = self.traces[row["trace_id"]]
-            trace.add(row["seen_at"], moved, _share(row["state"]))
-            trace.explicit |= int(row["trace_id"] not in (row["id"], row["root_id"]))
-        if failed_now:
-            self._failure(row, moved)
+        for index, old_key, key in (
+            (self.flows, row["tally_flow"], flow),
+            (self.traces, row["tally_trace"], trace),
+        ):
+            if old_key == key:
+                if key is not None:
+                    delta = (now[0] - was[0], now[1] - was[1], now[2] - was[2])
+                    index[key].add(row["seen_at"], moved, delta)
+                continue
+            if old_key is not None:
+                index[old_key].add(None, None, _minus(was))
+            if key is not None:
+                index[key].add(row["seen_at"], moved, now)
+        if trace is not None:
+            self.traces[trace].explicit |= int(trace != row["root_id"])
+
+    def failure(self, row: dict[str, Any]) -> None:
+        """A failure counted for the first time: its error group and hour."""
+        self._failure(row, row["finished_at"] or row["state_ts"] or row["seen_at"])
 
     def _failure(self, row: dict[str, Any], at: Any) -> None:
         message = row["exc_message"] if isinstance(row["exc_message"], str) else ""
@@ -168,9 +188,9 @@ def forget(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
         if state is None:
             continue
         if row["tally_flow"] is not None:
-            flows[row["tally_flow"]].add(None, None, _share(state, -1))
+            flows[row["tally_flow"]].add(None, None, _minus(share(state)))
         if row["tally_trace"] is not None:
-            traces[row["tally_trace"]].add(None, None, _share(state, -1))
+            traces[row["tally_trace"]].add(None, None, _minus(share(state)))
     conn.executemany(_UPSERT_FLOW, [_values(k, i) for k, i in flows.items()])
     conn.executemany(_UPSERT_TRACE, [(*_values(k, i), 0) for k, i in traces.items()])
     conn.executemany("DELETE FROM flow_index WHERE key = ? AND tasks <= 0", [(k,) for k in flows])

@@ -19,12 +19,17 @@ FLOW_OUTCOMES = ("running", "failed", "succeeded")
 """What the flows list filters on: any task still running; none running and some
 broken (failed, revoked, rejected); none running and none broken."""
 
-_OUTCOME_SQL = {
-    "running": "running > 0",
-    "failed": "running = 0 AND failures > 0",
-    "succeeded": "running = 0 AND failures = 0",
-}
 _BROKEN = ", ".join(f"'{s}'" for s in sorted(states.BROKEN))
+_TERMINAL = ", ".join(f"'{s}'" for s in sorted(states.TERMINAL))
+# The index counts a flow's tasks but the one whose id is its key: that one is read here.
+_KEY_TASK = "SELECT 1 FROM tasks WHERE id = key AND state"
+_RUNNING = f"(running > 0 OR EXISTS ({_KEY_TASK} NOT IN ({_TERMINAL})))"
+_FAILED = f"(failures > 0 OR EXISTS ({_KEY_TASK} IN ({_BROKEN})))"
+_OUTCOME_SQL = {
+    "running": _RUNNING,
+    "failed": f"NOT {_RUNNING} AND {_FAILED}",
+    "succeeded": f"NOT {_RUNNING} AND NOT {_FAILED}",
+}
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ def list_flows(
         params += [filters.name, filters.name]
     rows = conn.execute(
         "SELECT key, first_seen, last_seen, tasks, failures, running FROM flow_index"
-        f" WHERE tasks > 1 {''.join(' AND ' + w for w in where)}"
+        f" WHERE tasks > 0 {''.join(' AND ' + w for w in where)}"
         " ORDER BY first_seen DESC, key DESC LIMIT ?",
         (*params, limit + 1),
     ).fetchall()
@@ -84,8 +89,13 @@ def list_flows(
 
 def _flow(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
     key, first_seen, last_seen, tasks, failures, running = row
+    root = conn.execute(
+        "SELECT id, name, state, trace_id FROM tasks WHERE id = ?", (key,)
+    ).fetchone()
+    if root is not None:  # the task the flow is named after: not in the index
+        tasks, failures, running = _with(root[2], tasks, failures, running)
     root = (
-        conn.execute("SELECT id, name, state, trace_id FROM tasks WHERE id = ?", (key,)).fetchone()
+        root
         or conn.execute(
             "SELECT id, name, state, trace_id FROM tasks WHERE group_id = ?"
             " ORDER BY group_index, seen_at LIMIT 1",
@@ -155,7 +165,7 @@ def list_traces(
     more, more_params = _after(cursor, "trace_id")
     rows = conn.execute(
         "SELECT trace_id, first_seen, last_seen, tasks, failures, running FROM trace_index"
-        f" WHERE (explicit = 1 OR tasks > 1) {''.join(' AND ' + w for w in where + more)}"
+        f" WHERE tasks > 0 {''.join(' AND ' + w for w in where + more)}"
         " ORDER BY first_seen DESC, trace_id DESC LIMIT ?",
         (*params, *more_params, limit + 1),
     ).fetchall()
@@ -164,8 +174,16 @@ def list_traces(
     return found, encode_cursor(last[1], last[0]) if last else None
 
 
+def _with(state: str, tasks: int, failures: int, running: int) -> tuple[int, int, int]:
+    """An index's counts with one more task in ``state``."""
+    return tasks + 1, failures + (state in states.BROKEN), running + (state not in states.TERMINAL)
+
+
 def _trace(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
     trace_id, first_seen, last_seen, tasks, failures, running = row
+    own = conn.execute("SELECT state FROM tasks WHERE id = ?", (trace_id,)).fetchone()
+    if own is not None:  # the task the trace is named after: not in the index
+        tasks, failures, running = _with(own[0], tasks, failures, running)
     first = conn.execute(
         "SELECT id, name FROM tasks WHERE trace_id = ? ORDER BY seen_at, id LIMIT 1", (trace_id,)
     ).fetchone()

@@ -391,11 +391,10 @@ def m011_rollups(db: Database) -> None:
     """
     db.executescript(
         f"""
-        ALTER TABLE tasks ADD COLUMN tally INTEGER;
-        ALTER TABLE tasks ADD COLUMN tally_state TEXT;
-        ALTER TABLE tasks ADD COLUMN tally_retries INTEGER;
-        ALTER TABLE tasks ADD COLUMN tally_flow TEXT;
-        ALTER TABLE tasks ADD COLUMN tally_trace TEXT;
+        CREATE TABLE task_tally (
+            task_rowid INTEGER PRIMARY KEY, tally INTEGER NOT NULL, state TEXT,
+            retries INTEGER NOT NULL, flow TEXT, trace TEXT
+        );
         CREATE TABLE rollups (
             dim TEXT NOT NULL, key TEXT NOT NULL, res INTEGER NOT NULL, t INTEGER NOT NULL,
             {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in rollups.OUTCOMES)},
@@ -431,7 +430,7 @@ def m011_rollups(db: Database) -> None:
             tasks INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
             running INTEGER NOT NULL DEFAULT 0
         );
-        CREATE INDEX flow_index_recent ON flow_index (first_seen DESC, key DESC) WHERE tasks > 1;
+        CREATE INDEX flow_index_recent ON flow_index (first_seen DESC, key DESC) WHERE tasks > 0;
         CREATE TABLE trace_index (
             trace_id TEXT PRIMARY KEY, first_seen REAL, last_seen REAL,
             tasks INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,

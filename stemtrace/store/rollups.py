@@ -16,8 +16,10 @@ Tables (migration 11):
   tasks retried. The registry reads these instead of scanning ``tasks``.
 * ``rollup_state`` - up to when minutes were folded into hours.
 
-Each task row remembers what it was counted as (``tally``: a bit per outcome
-counted; ``tally_state``; ``tally_retries``), so a re-delivered or
+Each task remembers what it was counted as in ``task_tally`` (by the task's
+rowid: ``tally``, a bit per outcome counted; the ``state``, ``retries``,
+``flow`` and ``trace`` it counts under; a narrow table, so that keeping it
+does not rewrite the wide task row), so a re-delivered or
 reordered event counts nothing twice: :func:`tally` compares the rows a
 batch touched with what they were counted as, in the batch's transaction.
 A task is counted once its name is known. An outcome counts in the minute it
@@ -51,15 +53,26 @@ _BIT_COLUMN = {SENT: "sent", STARTED: "started", SUCCEEDED: "succeeded", FAILED:
                REVOKED: "revoked"}  # fmt: skip
 _REVOKED_STATES = frozenset({states.REVOKED, states.REJECTED})
 
-TALLY_COLUMNS = (
+_TASK_COLUMNS = (
     "rowid", "name", "state", "queue", "worker", "sent_at", "started_at", "finished_at",
-    "runtime", "retries", "state_ts", "seen_at", "tally", "tally_state", "tally_retries",
-    "id", "root_id", "group_id", "trace_id", "exc_type", "exc_message", "tally_flow",
-    "tally_trace",
+    "runtime", "retries", "state_ts", "seen_at", "id", "root_id", "group_id", "trace_id",
+    "exc_type", "exc_message",
 )  # fmt: skip
+_COUNTED_COLUMNS = ("tally", "state", "retries", "flow", "trace")
+TALLY_COLUMNS = (
+    *_TASK_COLUMNS,
+    "tally",
+    "tally_state",
+    "tally_retries",
+    "tally_flow",
+    "tally_trace",
+)
+"""What a row is counted from: the task's columns, then what it was counted as."""
 _SELECT = (
-    f"SELECT {', '.join(TALLY_COLUMNS)} FROM tasks"
-    " WHERE rowid IN (SELECT value FROM json_each(?)) AND name IS NOT NULL"
+    f"SELECT {', '.join(f't.{c}' for c in _TASK_COLUMNS)},"
+    f" {', '.join(f'c.{c}' for c in _COUNTED_COLUMNS)}"
+    " FROM tasks AS t LEFT JOIN task_tally AS c ON c.task_rowid = t.rowid"
+    " WHERE t.rowid IN (SELECT value FROM json_each(?)) AND t.name IS NOT NULL"
 )
 _UPSERT_ROLLUP = f"""
 INSERT INTO rollups (dim, key, res, t, {", ".join(OUTCOMES)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -81,10 +94,7 @@ ON CONFLICT (name) DO UPDATE SET
     retried = retried + excluded.retried
 """
 _DROP_EMPTY = "DELETE FROM task_counts WHERE name = ? AND state = ? AND n <= 0"
-_SET_TALLY = (
-    "UPDATE tasks SET tally = ?, tally_state = ?, tally_retries = ?, tally_flow = ?,"
-    " tally_trace = ? WHERE rowid = ?"
-)
+_SET_TALLY = "INSERT OR REPLACE INTO task_tally VALUES (?, ?, ?, ?, ?, ?)"
 
 Key = tuple[str, str, int]  # dim, key, minute
 
@@ -96,53 +106,70 @@ def _minute(ts: Any) -> int | None:
 
 
 class Deltas:
-    """What one batch adds to (or, negated, takes from) the rollup tables."""
+    """What one batch adds to the rollup tables.
+
+    Counts are kept per cell (name, queue, worker, minute) as the rows are
+    read, and spread over the dimensions (all, name, queue, worker) and the
+    since-ever totals once, when written: a row costs a few dictionary
+    updates, not one per dimension.
+    """
 
     def __init__(self) -> None:
-        self.outcomes: dict[Key, list[int]] = defaultdict(lambda: [0] * len(OUTCOMES))
-        self.hist: dict[tuple[str, str, str, int, int, int], int] = defaultdict(int)
+        self.cells: dict[tuple[str, str | None, str | None, int], list[int]] = {}
+        self.hist: dict[tuple[str, str | None, str | None, str, int, int], int] = {}
         self.counts: dict[tuple[str, str], int] = defaultdict(int)
         self.names: dict[str, list[Any]] = {}
         self.tallies: list[tuple[Any, ...]] = []
         self.digests = digests.Digests()
 
-    def dims(self, row: dict[str, Any], with_worker: bool = True) -> list[tuple[str, str]]:
-        found = [("all", ""), ("name", row["name"])]
-        if row["queue"]:
-            found.append(("queue", row["queue"]))
-        if with_worker and row["worker"]:
-            found.append(("worker", row["worker"]))
-        return found
-
     def outcome(self, row: dict[str, Any], column: int, ts: Any, *, by_worker: bool) -> None:
-        minute = _minute(ts)
-        if minute is None:
+        if ts is None:
             return
-        for dim, key in self.dims(row, by_worker):
-            self.outcomes[dim, key, minute][column] += 1
-            self.outcomes[dim, key, ALL_TIME][column] += 1
+        worker = row["worker"] if by_worker else None
+        key = (row["name"], row["queue"], worker, int(ts // MINUTE) * MINUTE)
+        counts = self.cells.get(key)
+        if counts is None:
+            counts = self.cells[key] = [0] * len(OUTCOMES)
+        counts[column] += 1
 
-    def measure(self, row: dict[str, Any], metric: str, seconds: float, ts: Any) -> int | None:
+    def measure(self, row: dict[str, Any], metric: str, seconds: float, ts: Any) -> None:
         bucket = buckets.index(seconds)
-        minute = _minute(ts)
-        if bucket is None or minute is None:
-            return None
-        for dim, key in self.dims(row):
-            self.hist[dim, key, metric, MINUTE, minute, bucket] += 1
-            self.hist[dim, key, metric, ALL_TIME, ALL_TIME, bucket] += 1
-        return bucket
+        if bucket is None or ts is None:
+            return
+        key = (row["name"], row["queue"], row["worker"], metric, int(ts // MINUTE) * MINUTE, bucket)
+        self.hist[key] = self.hist.get(key, 0) + 1
+
+    def spread(self) -> tuple[dict[Key, list[int]], dict[tuple[Any, ...], int]]:
+        """The cells' counts per dimension, key and period (minute and since ever)."""
+        outcomes: dict[Key, list[int]] = {}
+        for (name, queue, worker, minute), counts in self.cells.items():
+            for dim_key in _dims(name, queue, worker):
+                for t in (minute, ALL_TIME):
+                    known = outcomes.get((*dim_key, t))
+                    if known is None:
+                        outcomes[(*dim_key, t)] = list(counts)
+                    else:
+                        for i, n in enumerate(counts):
+                            known[i] += n
+        hist: dict[tuple[Any, ...], int] = defaultdict(int)
+        for (name, queue, worker, metric, minute, bucket), n in self.hist.items():
+            for dim, key in _dims(name, queue, worker):
+                hist[dim, key, metric, MINUTE, minute, bucket] += n
+                hist[dim, key, metric, ALL_TIME, ALL_TIME, bucket] += n
+        return outcomes, hist
 
     def write(self, conn: sqlite3.Connection) -> None:
-        if self.outcomes:
+        outcomes, hist = self.spread()
+        if outcomes:
             conn.executemany(
                 _UPSERT_ROLLUP,
                 [
                     (dim, key, MINUTE if t else ALL_TIME, t, *counts)
-                    for (dim, key, t), counts in self.outcomes.items()
+                    for (dim, key, t), counts in outcomes.items()
                 ],
             )
-        if self.hist:
-            conn.executemany(_UPSERT_HIST, [(*k, n) for k, n in self.hist.items() if n])
+        if hist:
+            conn.executemany(_UPSERT_HIST, [(*k, n) for k, n in hist.items()])
         if self.counts:
             conn.executemany(_UPSERT_COUNT, [(*k, n) for k, n in self.counts.items() if n])
             conn.executemany(_DROP_EMPTY, [k for k, n in self.counts.items() if n < 0])
@@ -151,6 +178,15 @@ class Deltas:
         if self.tallies:
             conn.executemany(_SET_TALLY, self.tallies)
         self.digests.write(conn)
+
+
+def _dims(name: str, queue: str | None, worker: str | None) -> list[tuple[str, str]]:
+    found = [("all", ""), ("name", name)]
+    if queue:
+        found.append(("queue", queue))
+    if worker:
+        found.append(("worker", worker))
+    return found
 
 
 _OUTCOME_INDEX = {name: i for i, name in enumerate(OUTCOMES)}
@@ -182,13 +218,18 @@ def _count_row(deltas: Deltas, row: dict[str, Any]) -> None:
     tally = row["tally"] or 0
     new = _facts(row) & ~tally
     _count_outcomes(deltas, row, new)
-    flow = digests.flow_key(row)
-    listed = row["tally_state"] != row["state"] or (flow, row["trace_id"]) != (
-        row["tally_flow"],
-        row["tally_trace"],
-    )
-    if new & FAILED or listed:
-        deltas.digests.add(row, flow, failed_now=bool(new & FAILED))
+    if new & FAILED:
+        deltas.digests.failure(row)
+    # A task is listed in its flow and trace unless it is the one they are named after.
+    task_id = row["id"]
+    flow: str | None = digests.flow_key(row)
+    flow = flow if flow != task_id else None
+    trace = row["trace_id"] if row["trace_id"] != task_id else None
+    was, now = digests.share(row["tally_state"]), digests.share(row["state"])
+    moved = (flow, trace) != (row["tally_flow"], row["tally_trace"])
+    if moved or (was != now and (flow is not None or trace is not None)):
+        deltas.digests.add(row, flow, trace, was, now)
+    listed = moved or row["tally_state"] != row["state"]
     retries = row["retries"] if isinstance(row["retries"], int) else 0
     counted_retries = row["tally_retries"] or 0
     _count_name(deltas, row, retried_now=retries > 0 and counted_retries == 0)
@@ -198,9 +239,7 @@ def _count_row(deltas: Deltas, row: dict[str, Any]) -> None:
             deltas.outcome(row, _OUTCOME_INDEX["retried"], ts, by_worker=True)
     new_retries = max(retries, counted_retries)
     if new or listed or new_retries != counted_retries:
-        deltas.tallies.append(
-            (tally | new, row["state"], new_retries, flow, row["trace_id"], row["rowid"])
-        )
+        deltas.tallies.append((row["rowid"], tally | new, row["state"], new_retries, flow, trace))
 
 
 def _count_outcomes(deltas: Deltas, row: dict[str, Any], new: int) -> None:
@@ -272,8 +311,9 @@ def tally_all(
 
 
 _FORGET_SELECT = (
-    f"SELECT name, tally_retries, {', '.join(digests.FORGET_COLUMNS)} FROM tasks"
-    " WHERE rowid IN (SELECT value FROM json_each(?)) AND tally_state IS NOT NULL"
+    "SELECT t.name, c.retries, c.state, c.flow, c.trace"
+    " FROM task_tally AS c JOIN tasks AS t ON t.rowid = c.task_rowid"
+    " WHERE c.task_rowid IN (SELECT value FROM json_each(?))"
 )
 
 
@@ -282,7 +322,8 @@ def forget(conn: sqlite3.Connection, rowids: Sequence[int], dumps: Any) -> None:
     counts: dict[tuple[str, str], int] = defaultdict(int)
     retried: dict[str, int] = defaultdict(int)
     rows = []
-    for name, retries, *values in conn.execute(_FORGET_SELECT, (dumps(list(rowids)),)):
+    ids = dumps(list(rowids))
+    for name, retries, *values in conn.execute(_FORGET_SELECT, (ids,)):
         row = dict(zip(digests.FORGET_COLUMNS, values, strict=True))
         rows.append(row)
         counts[name, row["tally_state"]] -= 1
@@ -295,6 +336,9 @@ def forget(conn: sqlite3.Connection, rowids: Sequence[int], dumps: Any) -> None:
         [(n, name) for name, n in retried.items()],
     )
     conn.execute("DELETE FROM task_counts WHERE n <= 0")
+    conn.execute(
+        "DELETE FROM task_tally WHERE task_rowid IN (SELECT value FROM json_each(?))", (ids,)
+    )
 
 
 def prune(conn: sqlite3.Connection, before: float) -> None:
