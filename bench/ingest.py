@@ -26,7 +26,7 @@ run`` and ``stemtrace consume`` do), Celery's State with Python's defaults (as
 Flower runs it), and, for a like-for-like figure, once more with stemtrace's.
 
 * ``no rollups``: the same consumer with the rollups and digests turned off
-  (:func:`stemtrace.store.rollups.tally` replaced by a no-op): the ratio of
+  (:func:`stemtrace.store.tally.tally` replaced by a no-op): the ratio of
   the two is what keeping the rollups costs ingestion.
 
 ``--profile`` adds one more stemtrace run under cProfile and prints its top frames.
@@ -65,7 +65,7 @@ from bench.workload import CeleryTranslator, Event, Workload, frames
 from stemtrace.cli import gc as collector
 from stemtrace.core.events import encode_frame
 from stemtrace.ingest.consumer import Consumer
-from stemtrace.store import Store, rollups
+from stemtrace.store import Store, tally
 from stemtrace.transports import Reader, open_reader
 from stemtrace.transports.redis import RedisStreamSender
 
@@ -223,7 +223,7 @@ def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str
                 order = order[::-1]
             for which in order:
                 if which == "bare":
-                    with mock.patch.object(rollups, "tally", lambda *_: None):
+                    with mock.patch.object(tally, "tally", lambda *_: None):
                         found = run_consumer(
                             lambda: open_reader(url, stream=stream),
                             f"bench#{stream}",

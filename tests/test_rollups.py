@@ -18,7 +18,7 @@ from sqlite_utils import Database
 
 from stemtrace.core import buckets, errors, states
 from stemtrace.core.events import Event
-from stemtrace.store import Store, Upkeep, digests
+from stemtrace.store import Store, Upkeep, digests, tally
 from stemtrace.store import rollups as rollup_tables
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.migrations import migrations
@@ -300,7 +300,7 @@ def test_the_migration_builds_the_rollups_of_an_existing_store(store: Store) -> 
            DELETE FROM error_hours;"""
     )
     seen: list[tuple[int, int]] = []
-    rollup_tables.tally_all(writer, chunk=40, progress=lambda d, t: seen.append((d, t)))
+    tally.tally_all(writer, chunk=40, progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (150, 150) and len(seen) == 4
     assert (totals(store, "name"), task_counts(store), hist(store, "run", "name")) == expected
 
@@ -317,7 +317,7 @@ def test_opening_a_store_from_before_the_rollups_builds_them(
     path = tmp_path / "old.db"
     old = sqlite3.connect(path, isolation_level=None)
     migrations.apply(Database(old), stop_before="m011_rollups")
-    with mock.patch.object(rollup_tables, "tally"):  # the ingestor of then kept none
+    with mock.patch.object(tally, "tally"):  # the ingestor of then kept none
         Ingestor(old).ingest(workload(5, 120))
     old.close()
     store = Store(path)

@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 from stemtrace.core.events import Event, encode_frame
 from stemtrace.ingest.consumer import Consumer
 from stemtrace.server.api import create_api_router
-from stemtrace.store import Store, queries, rollups, search
+from stemtrace.store import Store, queries, search, tally
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.migrations import migrations
 from stemtrace.store.queries import TaskFilters
@@ -311,7 +311,7 @@ def test_the_migration_indexes_a_store_that_already_has_tasks(tmp_path: Path) ->
     # Today's ingestor on that schema: its history goes to a table that goes away.
     conn.execute("CREATE TEMP TABLE history (task_rowid INTEGER, events TEXT)")
     # The ingestor of then knew no index and no rollups.
-    with mock.patch.object(search, "touched"), mock.patch.object(rollups, "tally"):
+    with mock.patch.object(search, "touched"), mock.patch.object(tally, "tally"):
         Ingestor(conn).ingest(
             [sent(f"old-{n}", 1000.0 + n, "proj.legacy", [n]) for n in range(30)]
             + [ended(f"old-{n}", 1001.0 + n) for n in range(30)]

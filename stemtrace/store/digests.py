@@ -16,7 +16,7 @@ Tables (migration 11):
   when read), and whether the id was set on purpose (``stemtrace.trace`` or
   the middleware: it is not the root task's id).
 
-All are written by :func:`stemtrace.store.rollups.tally` in the batch's
+All are written by :func:`stemtrace.store.tally.tally` in the batch's
 transaction, from each row's change since it was last counted, so they
 count each task once; retention takes deleted tasks out (:func:`forget`).
 """
@@ -70,7 +70,10 @@ _UPSERT_TRACE = _upsert_index("trace_index", "trace_id", "explicit")
 
 
 def flow_key(row: dict[str, Any]) -> str:
-    """The flow a row is listed under: its root, or its group when it is its own root."""
+    """The flow a row is listed under: its root, or its group when it is its own root.
+
+    (:data:`stemtrace.store.rollups.TALLY_COLUMNS` works it out in SQL, the same way.)
+    """
     task_id: str = row["id"]
     root_id = row["root_id"]
     if root_id and root_id != task_id:
@@ -126,7 +129,7 @@ class Digests:
     ) -> None:
         """Count ``row`` under ``flow`` and ``trace`` (``None``: under none) as ``now``,
         out of where it counted before as ``was``."""
-        moved = row["finished_at"] or row["state_ts"] or row["seen_at"]
+        moved = row["finished"] or row["seen_at"]
         for index, old_key, key in (
             (self.flows, row["tally_flow"], flow),
             (self.traces, row["tally_trace"], trace),
@@ -145,7 +148,7 @@ class Digests:
 
     def failure(self, row: dict[str, Any]) -> None:
         """A failure counted for the first time: its error group and hour."""
-        self._failure(row, row["finished_at"] or row["state_ts"] or row["seen_at"])
+        self._failure(row, row["finished"] or row["seen_at"])
 
     def _failure(self, row: dict[str, Any], at: Any) -> None:
         message = row["exc_message"] if isinstance(row["exc_message"], str) else ""

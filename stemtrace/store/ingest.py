@@ -28,7 +28,7 @@ from typing import Any
 
 from stemtrace.core import events as ev
 from stemtrace.core import jsonio, states
-from stemtrace.store import planned, rollups, search
+from stemtrace.store import planned, search, tally
 from stemtrace.store import skipped as skipped_input
 from stemtrace.store.migrations import (
     CELERY_ROW_FIELDS,
@@ -362,7 +362,7 @@ class Ingestor:
                     [(rowids[tid], _dumps(records)) for tid, (_, records) in merged.items()],
                 )
                 search.touched(conn, [row[0] for row in task_rows if _has_text(row)])
-                rollups.tally(conn, rowids.values(), _dumps)
+                tally.tally(conn, rowids.values(), _dumps)
                 planned.remember(
                     conn,
                     [(rowids[row[0]], row[_CHAIN], row[_CHORD]) for row in task_rows

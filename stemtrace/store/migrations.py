@@ -10,7 +10,7 @@ import logging
 
 from sqlite_utils import Database, Migrations
 
-from stemtrace.store import rollups
+from stemtrace.store import rollups, tally
 
 logger = logging.getLogger("stemtrace")
 
@@ -440,7 +440,7 @@ def m011_rollups(db: Database) -> None:
         INSERT INTO rollup_state (folded_before) VALUES (0);
         """
     )
-    rollups.tally_all(db.conn, progress=_progress)
+    tally.tally_all(db.conn, progress=_progress)
 
 
 def _progress(done: int, total: int) -> None:
