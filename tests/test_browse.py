@@ -91,7 +91,7 @@ def flow_rows(soup: BeautifulSoup) -> dict[str, dict[str, str]]:
 
 
 def shape_text(shape: dict[str, int]) -> str:
-    nouns = [("chained", "chain link"), ("groups", "group"), ("chords", "chord"),
+    nouns = [("chains", "chain"), ("groups", "group"), ("chords", "chord"),
              ("spawned", "spawned task")]  # fmt: skip
     parts = [f"{shape[k]} {noun}{'' if shape[k] == 1 else 's'}" for k, noun in nouns if shape[k]]
     return " · ".join(parts) or "—"
@@ -133,8 +133,8 @@ def test_flows_page_and_json_list_the_stores_workflows(site: Site, db_path: Path
     assert rows[STEP[1]]["outcome"] == "broken"  # step3 and step4 never ran
     for flow in stored:
         assert rows[flow["id"]]["shape"] == shape_text(flow["shape"])
-    assert rows[STEP[1]]["shape"].startswith("2 chain links")
-    assert "1 group · 1 chord" in rows[FANOUT]["shape"]
+    assert rows[STEP[1]]["shape"] == "1 chain"  # its second link ran: still one chain
+    assert rows[FANOUT]["shape"] == "1 chord"  # its header is the chord's, not a group
     assert rows[FANOUT]["outcome"] == "succeeded" and rows[BIG_GROUP]["outcome"] == "running"
     chain = one(soup, f"tr#flow-{STEP[1]}")
     assert "/names/proj.tasks.step1" in links(chain)

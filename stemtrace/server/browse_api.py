@@ -62,7 +62,7 @@ def _list_routes(router: APIRouter, store: Backend) -> None:
         limit: Limit = 50,
     ) -> dict[str, Any]:
         """Each flow: its ``id`` (what ``/api/flows/{id}`` opens), root task, ``shape``
-        (groups, chords, chained and spawned tasks), ``tasks``, ``failures``,
+        (how many chains, groups, chords and spawned tasks), ``tasks``, ``failures``,
         ``running``, ``outcome`` (``running``, ``failed``, ``broken``: failed with
         chain links left unrun, ``succeeded``), times, ``duration`` and ``trace_id``.
         ``outcome=failed`` keeps broken flows too."""

@@ -102,16 +102,23 @@ def _flow(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
             (key,),
         ).fetchone()
     )
+    # A chain is counted at its first link (it names the others in advance: ``planned``),
+    # a chord's header is the chord's, not a group; spawned is sent from a task's body.
+    named = "EXISTS (SELECT 1 FROM planned WHERE planned.id = tasks.id)"
+    has_chain = "chain IS NOT NULL AND chain NOT IN ('', '[]')"
     shape = conn.execute(
-        f"""SELECT COUNT(DISTINCT group_id), COUNT(DISTINCT chord_id),
-                SUM(chain IS NOT NULL AND chain NOT IN ('', '[]')),
-                SUM(parent_id IS NOT NULL AND parent_id != id AND group_id IS NULL),
+        f"""SELECT COUNT(DISTINCT group_id)
+                    - COUNT(DISTINCT CASE WHEN chord_id IS NOT NULL THEN group_id END),
+                COUNT(DISTINCT chord_id),
+                SUM({has_chain} AND NOT {named}),
+                SUM(parent_id IS NOT NULL AND parent_id != id AND group_id IS NULL
+                    AND NOT {named}),
                 MIN(coalesce(sent_at, seen_at)), MAX(finished_at),
-                SUM(state IN ({_BROKEN}) AND chain IS NOT NULL AND chain NOT IN ('', '[]'))
+                SUM(state IN ({_BROKEN}) AND {has_chain})
             FROM tasks WHERE root_id = ? OR group_id = ?""",
         (key, key),
     ).fetchone()
-    groups, chords, chained, spawned, start, end, cut = shape
+    groups, chords, chains, spawned, start, end, cut = shape
     if running:
         outcome = "running"
     elif cut:
@@ -133,7 +140,7 @@ def _flow(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
         "shape": {
             "groups": int(groups or 0),
             "chords": int(chords or 0),
-            "chained": int(chained or 0),
+            "chains": int(chains or 0),
             "spawned": int(spawned or 0),
         },
         "started_at": start if start is not None else first_seen,
