@@ -125,26 +125,32 @@ class Digests:
         self.traces: dict[str, _Index] = defaultdict(_Index)
 
     def add(
-        self, row: dict[str, Any], flow: str | None, trace: str | None, was: Share, now: Share
+        self,
+        listed: tuple[str | None, str | None, str | None, str | None],
+        times: tuple[Any, Any],
+        was: Share,
+        now: Share,
+        root_id: str | None,
     ) -> None:
-        """Count ``row`` under ``flow`` and ``trace`` (``None``: under none) as ``now``,
-        out of where it counted before as ``was``."""
-        moved = row["finished"] or row["seen_at"]
-        for index, old_key, key in (
-            (self.flows, row["tally_flow"], flow),
-            (self.traces, row["tally_trace"], trace),
-        ):
+        """Count a task as ``now`` under its flow and trace, out of where it counted as ``was``.
+
+        ``listed``: the flow and trace it counted under, then the ones it counts
+        under now (``None``: under none); ``times``: when first seen, when it last moved.
+        """
+        old_flow, old_trace, flow, trace = listed
+        seen, moved = times
+        for index, old_key, key in ((self.flows, old_flow, flow), (self.traces, old_trace, trace)):
             if old_key == key:
                 if key is not None:
                     delta = (now[0] - was[0], now[1] - was[1], now[2] - was[2])
-                    index[key].add(row["seen_at"], moved, delta)
+                    index[key].add(seen, moved, delta)
                 continue
             if old_key is not None:
                 index[old_key].add(None, None, _minus(was))
             if key is not None:
-                index[key].add(row["seen_at"], moved, now)
+                index[key].add(seen, moved, now)
         if trace is not None:
-            self.traces[trace].explicit |= int(trace != row["root_id"])
+            self.traces[trace].explicit |= int(trace != root_id)
 
     def failure(self, row: dict[str, Any]) -> None:
         """A failure counted for the first time: its error group and hour."""

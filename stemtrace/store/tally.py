@@ -168,7 +168,7 @@ class Batch:
 
     def _listed(self, rows: list[Row]) -> None:
         """Flows and traces: a task moved between them, or counts differently in them now."""
-        share = digests.share
+        share, add = digests.share, self.digests.add
         for r in rows:
             flow, trace = r[FLOW], r[TRACE]
             moved = flow != r[TALLY_FLOW] or trace != r[TALLY_TRACE]
@@ -176,7 +176,8 @@ class Batch:
                 continue
             was, now = share(r[TALLY_STATE]), share(r[STATE])
             if moved or was != now:
-                self.digests.add(_as_dict(r), flow, trace, was, now)
+                listed = (r[TALLY_FLOW], r[TALLY_TRACE], flow, trace)
+                add(listed, (r[SEEN_AT], r[FINISHED] or r[SEEN_AT]), was, now, r[ROOT_ID])
 
     def spread(self) -> tuple[dict[tuple[Any, ...], list[int]], Counter[tuple[Any, ...]]]:
         """The cells' counts per dimension, key and period (minute and since ever)."""
