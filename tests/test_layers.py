@@ -264,3 +264,16 @@ def test_the_cycle_check_can_fail(tmp_path: Path) -> None:
     for cycle in cycles:
         edges = set(itertools.pairwise(cycle))
         assert ("stemtrace.server.views", "stemtrace.server.api") in edges, cycle
+
+
+MOST_LINES = 500
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """A module past this holds more than one thing: split it (issue 14)."""
+    long = {
+        module_name(path): lines
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > MOST_LINES
+    }
+    assert long == {}

@@ -28,6 +28,7 @@ from typing import Any
 
 from stemtrace.core import events as ev
 from stemtrace.core import jsonio, states
+from stemtrace.core.coerce import text_of
 from stemtrace.store import planned, search, tally
 from stemtrace.store import skipped as skipped_input
 from stemtrace.store.migrations import (
@@ -456,11 +457,11 @@ class Ingestor:
                 continue
             rows.append(
                 (
-                    task["name"], _str(task.get("module")), _str(task.get("signature")),
-                    _str(task.get("queue")), _num(task.get("max_retries")),
+                    task["name"], text_of(task.get("module")), text_of(task.get("signature")),
+                    text_of(task.get("queue")), _num(task.get("max_retries")),
                     _num(task.get("default_retry_delay")),
                     _json_or_none(task.get("autoretry_for") or None),
-                    _str(task.get("retry_backoff")), _str(task.get("rate_limit")),
+                    text_of(task.get("retry_backoff")), text_of(task.get("rate_limit")),
                     _num(task.get("time_limit")), _num(task.get("soft_time_limit")),
                     _num(task.get("acks_late")), _num(task.get("ignore_result")),
                     _dumps([hostname]), now, _json_or_none(_dict_or_none(task.get("retry_policy"))),
@@ -491,11 +492,8 @@ def _dict_or_none(value: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def _num(value: Any) -> float | int | None:
+    """A number; a bool as 0 or 1 (the registry keeps flags as integers)."""
     if isinstance(value, bool):
         return int(value)
     return value if isinstance(value, int | float) else None
