@@ -314,8 +314,15 @@ def test_filtered_by_queue_the_charts_do_not_link(client: TestClient) -> None:
 
 def test_the_lists_beside_the_charts(client: TestClient, db_path: Path) -> None:
     soup = page(client, "/")
-    failing = [[text(td) for td in tr.find_all("td")] for tr in soup.select("#failing tbody tr")]
+    failing = [
+        [text(tr.td.a), *(text(td) for td in tr.find_all("td")[1:])]
+        for tr in soup.select("#failing tbody tr")
+    ]
     assert failing == [["proj.a", "5", f"{100 * 5 / 12:.1f}%"], [HOSTILE, "1", "50.0%"]]
+    # each with its commonest error in the range (lifecycle's failures raise ValueError: boom)
+    tops = [text(div) for div in soup.select("#failing tbody tr td .top-error")]
+    assert tops == ["ValueError: boom", "ValueError: boom"]
+    assert "5 of its failures" in str(soup.select("#failing .top-error")[0]["title"])
     link = soup.select("#failing tbody tr a")[0]["href"]
     assert str(link).startswith("/executions?name=proj.a&state=FAILURE&since=")
     assert sorted(row_ids(page(client, str(link)))) == sorted(
@@ -418,3 +425,14 @@ def test_an_empty_store_says_how_to_send_tasks(site: Site) -> None:
     assert empty["sse-connect"] == "/live"  # and opens the charts once tasks arrive
     assert soup.select("svg") == []
     assert ok(client, "/api/stats")["points"][0]["failure_rate"] is None
+
+
+def test_a_hostile_error_message_stays_text_beside_its_task(site: Site, m0: int) -> None:
+    hostile = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
+    events = lifecycle("bad-1", "proj.bad", m0 + 65, "FAILURE", exc=("<b>Oops", hostile))
+    response = site(events).get("/")
+    assert "<script>alert(1)" not in response.text and "<img src=x" not in response.text
+    soup = html(response)
+    assert_no_active_content(soup)
+    [top] = soup.select("#failing .top-error")
+    assert text(top).startswith("<b>Oops: <script>alert(<n>)</script>")  # normalized, as text

@@ -130,7 +130,8 @@ class Leaders:
     """The task names that stand out over a range."""
 
     failing: list[dict[str, Any]]
-    """Most failures first: ``name``, ``failed``, ``finished``, ``rate``."""
+    """Most failures first: ``name``, ``failed``, ``finished``, ``rate``, and ``top_error``
+    (its commonest error group in the range: ``exc_type``, ``message``, ``count``), or ``None``."""
     slowest: list[dict[str, Any]]
     """Run p95 over the range against its p95 since the store began, highest ratio first."""
     busiest: list[dict[str, Any]]
@@ -140,7 +141,16 @@ class Leaders:
 def leaders(store: Backend, since: float, until: float, limit: int = 5) -> Leaders:
     """The task names failing most, slowest against their own usual, and busiest."""
     by_name = store.stats_by("name", since, until)
-    return leaders_of(by_name, store.since_ever("name"), limit)
+    found = leaders_of(by_name, store.since_ever("name"), limit)
+    top: dict[str, dict[str, Any]] = {}
+    for group in store.error_groups(None, since, until, limit=500):  # most failures first
+        top.setdefault(group["name"], group)
+    for row in found.failing:
+        commonest = top.get(row["name"])
+        row["top_error"] = (
+            {k: commonest[k] for k in ("exc_type", "message", "count")} if commonest else None
+        )
+    return found
 
 
 def leaders_of(
