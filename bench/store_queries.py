@@ -46,7 +46,7 @@ import httpx
 
 from bench.capture_overhead import sigterm_as_exit, tail
 from bench.workload import GENERATOR_VERSION, Workload, frames
-from stemtrace.store import Store
+from stemtrace.store import Store, Upkeep
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.search import SearchIndexer
 
@@ -105,6 +105,8 @@ def generate(path: Path, tasks: int, batch: int) -> dict[str, Any]:
                 next_report += step
             slice_events, slice_time = 0, 0.0
     count = store.writer().execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+    # what the consumer's upkeep does as it goes: minutes older than two days become hours
+    store.open_writer(Upkeep()).fold(now=last_ts)
     store.close()
     partial.rename(path)
     if workload.big_flow is None:
@@ -261,9 +263,21 @@ def endpoints(meta: dict[str, Any]) -> list[tuple[str, str, float | None]]:
         ("tasks ?q=<no match>", "/api/tasks?q=no-such-text", 50),
         ("task detail (retried)", f"/api/tasks/{task}", 20),
         ("flow of 10,000 tasks", f"/api/flows/{flow}", 300),
-        ("registry", "/api/registry", None),
+        ("registry", "/api/registry", 100),
+        ("registry page", "/registry", 100),
         ("workers", "/api/workers", None),
         ("health", "/api/health", None),
+        ("overview, 24 h", "/?range=24h", 100),
+        ("overview, 7 d", "/?range=7d", 100),
+        ("overview, 7 d, one name", f"/?range=7d&name={NAME}", 100),
+        ("stats, 7 d", "/api/stats?since=7d", 100),
+        ("stats, 7 d, one name", f"/api/stats?since=7d&name={NAME}", 100),
+        ("task name page, 7 d", f"/names/{NAME}?range=7d", 100),
+        ("errors, 7 d", "/api/errors?since=7d", 100),
+        ("flows page", "/flows", 100),
+        ("flows ?outcome=failed", "/api/flows?outcome=failed", 100),
+        ("traces page", "/traces", 100),
+        ("metrics", "/metrics", 50),
     ]
 
 
@@ -284,7 +298,8 @@ def time_requests(
             if response.status_code != 200:
                 raise BenchError(f"{path}: {response.status_code} {response.text[:300]}")
         found[label]["bytes"] = len(response.content)
-        found[label]["sample"] = response.json()
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        found[label]["sample"] = response.json() if is_json else None
     for _ in range(args.requests):
         for label, path, _ in plan:
             entry = found[label]
@@ -302,6 +317,11 @@ def time_requests(
 
 def describe(label: str, sample: Any) -> str:
     """A word on what came back, to show the request did its work."""
+    if not isinstance(sample, dict):
+        return "a page"
+    for key in ("points", "flows", "traces", "groups"):
+        if isinstance(sample.get(key), list):
+            return f"{len(sample[key])} {key}"
     if "tasks" in sample and isinstance(sample["tasks"], list):
         return f"{len(sample['tasks'])} rows"
     if "nodes" in sample:
