@@ -126,3 +126,21 @@ def test_error_groups_merge_what_differs_only_by_values(store: Backend) -> None:
         "proj.mail"
     ]
     assert store.error_groups(None, T + 86400, T + 2 * 86400) == []
+
+
+def test_a_chord_sent_from_outside_a_task_is_one_workflow(store: Backend) -> None:
+    """Its header members are their own roots and its callback's root is one of them
+    (as Celery sends them): one flow, under the header's group, opening the whole chord."""
+    group, members = "g-outside", [f"m-{n}" for n in range(3)]
+    events: list[Event] = []
+    for n, member in enumerate(members):
+        events += lifecycle(member, "shop.reserve", T + n, group_id=group, group_index=n,
+                            chord_id="cb", chord_name="shop.charge")  # fmt: skip
+    events += lifecycle("cb", "shop.charge", T + 10, root_id=members[1], parent_id=members[1],
+                        group_id=group)  # fmt: skip
+    events += lifecycle("rcpt", "shop.receipt", T + 12, root_id=members[1], parent_id="cb")
+    fill(store, events)
+    flows = every_flow(store, FlowFilters(), 10)
+    assert [(f["id"], f["tasks"], f["shape"]["chords"]) for f in flows] == [(group, 5, 1)]
+    rows = store.flow_rows(group)
+    assert rows is not None and {r["id"] for r in rows} == {*members, "cb", "rcpt"}

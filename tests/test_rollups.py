@@ -146,14 +146,14 @@ def check_agrees(store: Store) -> None:
 
 
 def check_digests(store: Store, errors_too: bool = True) -> None:
-    rows = [
+    every = [
         dict(zip(("id", "root_id", "group_id", "trace_id", "state", "exc_type", "exc_message",
                   "name"), r, strict=True))
         for r in conn(store).execute(
-            "SELECT id, root_id, group_id, trace_id, state, exc_type, exc_message, name"
-            " FROM tasks WHERE name IS NOT NULL"
+            "SELECT id, root_id, group_id, trace_id, state, exc_type, exc_message, name FROM tasks"
         )
     ]  # fmt: skip
+    rows = [row for row in every if row["name"] is not None]
 
     def index_of(key_of: Any) -> dict[str, tuple[int, int, int]]:
         found: dict[str, list[int]] = {}
@@ -168,8 +168,10 @@ def check_digests(store: Store, errors_too: bool = True) -> None:
         return {k: (a, b, c) for k, (a, b, c) in found.items()}
 
     # A task is in the index of its flow and trace unless it is the one they are named after.
+    by_id = {row["id"]: row for row in every}
+
     def flow_of(row: dict[str, Any]) -> str | None:
-        key = digests.flow_key(row)
+        key = digests.flow_key(row, by_id.get(row["root_id"]))
         return key if key != row["id"] else None
 
     assert index_of(flow_of) == {

@@ -69,14 +69,20 @@ _UPSERT_FLOW = _upsert_index("flow_index", "key")
 _UPSERT_TRACE = _upsert_index("trace_index", "trace_id", "explicit")
 
 
-def flow_key(row: dict[str, Any]) -> str:
-    """The flow a row is listed under: its root, or its group when it is its own root.
+def flow_key(row: dict[str, Any], root: dict[str, Any] | None = None) -> str:
+    """The flow a row is listed under: its root's, or its group when it is its own root.
 
-    (:data:`stemtrace.store.rollups.TALLY_COLUMNS` works it out in SQL, the same way.)
+    A root that is itself a member of a group sent from outside a task (a
+    chord's header member, the root of the chord's callback) is listed under
+    that group, so a chord is one flow. ``root``: the row of ``row``'s root,
+    when stored. (:data:`stemtrace.store.tally.TALLY_COLUMNS` works it out in
+    SQL, the same way.)
     """
     task_id: str = row["id"]
     root_id = row["root_id"]
     if root_id and root_id != task_id:
+        if root is not None and (root["root_id"] or root["id"]) == root["id"] and root["group_id"]:
+            return str(root["group_id"])
         return str(root_id)
     return str(row["group_id"] or task_id)
 

@@ -57,8 +57,11 @@ _DERIVED = {
     "finished": "coalesce(t.finished_at, t.state_ts)",
     "retries_now": "CASE WHEN typeof(t.retries) = 'integer' THEN t.retries ELSE 0 END",
     # the flow and trace a task is listed in: not the ones named after it (digests)
-    "flow": """nullif(CASE WHEN t.root_id IS NOT NULL AND t.root_id != t.id THEN t.root_id
-        ELSE coalesce(t.group_id, t.id) END, t.id)""",
+    "flow": """nullif(CASE WHEN t.root_id IS NOT NULL AND t.root_id != t.id
+            THEN coalesce((SELECT r.group_id FROM tasks AS r
+                           WHERE r.id = t.root_id AND coalesce(r.root_id, r.id) = r.id),
+                          t.root_id)
+            ELSE coalesce(t.group_id, t.id) END, t.id)""",
     "trace": "nullif(t.trace_id, t.id)",
 }
 _COUNTED = {
