@@ -47,6 +47,8 @@ class Settings:
     """Forget tasks first seen longer ago than this (0 or empty: keep forever)."""
     max_tasks: int | None = 1_000_000
     """Forget the oldest tasks beyond this many (0 or empty: no limit)."""
+    rollup_minutes_days: float = 2.0
+    """The rollups keep a row per minute this many days, then fold the minutes into hours."""
     celery_events: bool = True
     """Also read Celery's own events (workers started with ``-E`` but without ``init(app)``)."""
     consumer: bool = True
@@ -77,6 +79,11 @@ class Settings:
         if self.retention_days is not None and self.retention_days < 0:
             raise SettingError(
                 "retention_days", f"must not be negative, not {self.retention_days:g}"
+            )
+        if not 0 <= self.rollup_minutes_days <= 3650:
+            raise SettingError(
+                "rollup_minutes_days",
+                f"must be between 0 and 3650 days, not {self.rollup_minutes_days:g}",
             )
         if self.max_tasks is not None and self.max_tasks < 0:
             raise SettingError("max_tasks", f"must not be negative, not {self.max_tasks}")

@@ -55,6 +55,13 @@ def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
         metavar="N",
         help=_help("forget the oldest tasks beyond N; 0 for no limit", "max_tasks"),
     )
+    add(
+        "--rollup-minutes-days",
+        type=float,
+        metavar="DAYS",
+        help=_help("keep the rollups' per-minute rows DAYS days, then fold them into hours",
+                   "rollup_minutes_days"),
+    )  # fmt: skip
     add("--log-level", choices=LOG_LEVELS, help=_help("logging level", "log_level"))
     if web:
         _web_options(parser)

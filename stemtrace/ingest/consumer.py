@@ -315,7 +315,10 @@ def build_consumer(settings: Settings, store: Backend) -> Consumer:
         lambda: open_reader(settings.broker, stream=settings.stream, queue=settings.queue_name),
         source=source_name(settings),
         upkeep=Upkeep(
-            max_age=settings.retention_seconds, max_tasks=settings.task_limit, index=True
+            max_age=settings.retention_seconds,
+            max_tasks=settings.task_limit,
+            index=True,
+            minutes_for=settings.rollup_minutes_days * 86400,
         ),
     )
 
