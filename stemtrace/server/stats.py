@@ -140,7 +140,7 @@ class Leaders:
 
 def leaders(store: Backend, since: float, until: float, limit: int = 5) -> Leaders:
     """The task names failing most, slowest against their own usual, and busiest."""
-    by_name = store.stats_by("name", since, until)
+    by_name = store.stats_by("name", since, until, metrics=("run",))
     found = leaders_of(by_name, store.since_ever("name"), limit)
     top: dict[str, dict[str, Any]] = {}
     for group in store.error_groups(None, since, until, limit=500):  # most failures first

@@ -400,13 +400,13 @@ def m011_rollups(db: Database) -> None:
             {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in rollups.OUTCOMES)},
             PRIMARY KEY (dim, key, res, t)
         ) WITHOUT ROWID;
-        CREATE INDEX rollups_by_time ON rollups (res, t);
+        CREATE INDEX rollups_by_time ON rollups (dim, res, t);
         CREATE TABLE rollup_hist (
             dim TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, res INTEGER NOT NULL,
             t INTEGER NOT NULL, bucket INTEGER NOT NULL, n INTEGER NOT NULL,
-            PRIMARY KEY (dim, key, metric, res, t, bucket)
+            PRIMARY KEY (dim, key, res, t, metric, bucket)
         ) WITHOUT ROWID;
-        CREATE INDEX rollup_hist_by_time ON rollup_hist (res, t);
+        CREATE INDEX rollup_hist_by_time ON rollup_hist (dim, res, t, key, metric, bucket, n);
         CREATE TABLE task_counts (
             name TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
             PRIMARY KEY (name, state)

@@ -49,6 +49,8 @@ ALL_TIME = 0
 
 SENT, STARTED, SUCCEEDED, FAILED, REVOKED, WAITED, RAN = (1 << n for n in range(7))
 OUTCOMES = ("sent", "started", "succeeded", "failed", "retried", "revoked")
+DIMENSIONS = ("all", "name", "queue", "worker")
+_DIMS = ", ".join(f"'{d}'" for d in DIMENSIONS)  # the (dim, res, t) indexes lead with dim
 REVOKED_STATES = frozenset({states.REVOKED, states.REJECTED})
 """The states counted as revoked."""
 
@@ -59,7 +61,7 @@ ON CONFLICT (dim, key, res, t) DO UPDATE SET
 """
 UPSERT_HIST = """
 INSERT INTO rollup_hist (dim, key, metric, res, t, bucket, n) VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (dim, key, metric, res, t, bucket) DO UPDATE SET n = n + excluded.n
+ON CONFLICT (dim, key, res, t, metric, bucket) DO UPDATE SET n = n + excluded.n
 """
 UPSERT_COUNT = """
 INSERT INTO task_counts (name, state, n) VALUES (?, ?, ?)
@@ -108,43 +110,33 @@ def forget(conn: sqlite3.Connection, rowids: Sequence[int], dumps: Any) -> None:
 
 def prune(conn: sqlite3.Connection, before: float) -> None:
     """Drop the periods of rollups that end before ``before`` (retention's cutoff)."""
-    conn.execute("DELETE FROM rollups WHERE res > 0 AND t + res <= ?", (before,))
+    for table in ("rollups", "rollup_hist"):
+        for res in (MINUTE, HOUR):
+            conn.execute(
+                f"DELETE FROM {table} WHERE dim IN ({_DIMS}) AND res = ? AND t <= ?",
+                (res, before - res),
+            )
     digests.prune(conn, before)
-    conn.execute("DELETE FROM rollup_hist WHERE res > 0 AND t + res <= ?", (before,))
 
 
 def fold(conn: sqlite3.Connection, before: float) -> int:
-    """Fold the minutes of the hours that ended before ``before`` into those hours.
+    """Forget the per-minute rows of the hours that ended before ``before``.
 
-    Returns how many minute rows went. Reads then see the hour where the
-    minutes were; percentiles and counts over any range that covers whole
-    hours are unchanged.
+    The writer keeps every period's hour beside its minutes, so the hours
+    already hold what the minutes held: reads of those times use them
+    (:func:`series`, :func:`by_key`). Returns how many minute rows went.
     """
     edge = int(before // HOUR) * HOUR
-    hour = f"(t / {HOUR}) * {HOUR}"
-    sums = ", ".join(f"SUM({c})" for c in OUTCOMES)
-    conn.execute(
-        f"""INSERT INTO rollups (dim, key, res, t, {", ".join(OUTCOMES)})
-            SELECT dim, key, {HOUR}, {hour}, {sums} FROM rollups
-            WHERE res = {MINUTE} AND t < ? GROUP BY dim, key, {hour}
-            ON CONFLICT (dim, key, res, t) DO UPDATE SET
-            {", ".join(f"{c} = {c} + excluded.{c}" for c in OUTCOMES)}""",
-        (edge,),
-    )
-    conn.execute(
-        f"""INSERT INTO rollup_hist (dim, key, metric, res, t, bucket, n)
-            SELECT dim, key, metric, {HOUR}, {hour}, bucket, SUM(n) FROM rollup_hist
-            WHERE res = {MINUTE} AND t < ? GROUP BY dim, key, metric, {hour}, bucket
-            ON CONFLICT (dim, key, metric, res, t, bucket) DO UPDATE SET n = n + excluded.n""",
-        (edge,),
-    )
-    gone = conn.execute("DELETE FROM rollups WHERE res = ? AND t < ?", (MINUTE, edge)).rowcount
-    conn.execute("DELETE FROM rollup_hist WHERE res = ? AND t < ?", (MINUTE, edge))
+    old = f"dim IN ({_DIMS}) AND res = {MINUTE} AND t < ?"
+    gone = conn.execute(f"DELETE FROM rollups WHERE {old}", (edge,)).rowcount
+    conn.execute(f"DELETE FROM rollup_hist WHERE {old}", (edge,))
     conn.execute("UPDATE rollup_state SET folded_before = max(folded_before, ?)", (edge,))
     return int(gone)
 
 
-DIMENSIONS = ("all", "name", "queue", "worker")
+def _folded_before(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT folded_before FROM rollup_state").fetchone()
+    return int(row[0]) if row else 0
 
 
 def series(
@@ -152,8 +144,9 @@ def series(
 ) -> list[dict[str, Any]]:
     """Outcomes and wait and run-time histograms per ``step`` seconds over ``[since, until)``.
 
-    Periods folded into hours land in the step holding their start: a step
-    shorter than an hour shows a folded hour whole in its first step.
+    A step of whole hours reads the hour rows; a shorter one the minutes, and
+    the hours where the minutes were folded away (such an hour lands whole in
+    the step holding its start). SQLite sums each step's rows.
     """
     start = int(since // step) * step
     points: dict[int, dict[str, Any]] = {
@@ -161,23 +154,28 @@ def series(
             "run": [0] * buckets.COUNT}
         for t in range(start, int(until), step)
     }  # fmt: skip
+    if step % HOUR == 0:
+        periods = f"res = {HOUR}"
+    else:
+        periods = f"(res = {MINUTE} OR (res = {HOUR} AND t < {_folded_before(conn)}))"
+    where = f"dim = ? AND key = ? AND {periods} AND t >= ? AND t < ?"
+    slot = f"({start} + (t - {start}) / {step} * {step})"
     rows = conn.execute(
-        f"SELECT t, {', '.join(OUTCOMES)} FROM rollups"
-        " WHERE dim = ? AND key = ? AND res > 0 AND t >= ? AND t < ?",
+        f"SELECT {slot}, {', '.join(f'SUM({c})' for c in OUTCOMES)} FROM rollups"
+        f" WHERE {where} GROUP BY 1",
         (dim, key, start, until),
     )
     for t, *counts in rows:
-        point = points.get(start + (int(t) - start) // step * step)
+        point = points.get(int(t))
         if point is not None:
             for name, count in zip(OUTCOMES, counts, strict=True):
                 point[name] += count
     hist_rows = conn.execute(
-        "SELECT t, metric, bucket, n FROM rollup_hist"
-        " WHERE dim = ? AND key = ? AND res > 0 AND t >= ? AND t < ?",
+        f"SELECT {slot}, metric, bucket, SUM(n) FROM rollup_hist WHERE {where} GROUP BY 1, 2, 3",
         (dim, key, start, until),
     )
     for t, metric, bucket, n in hist_rows:
-        point = points.get(start + (int(t) - start) // step * step)
+        point = points.get(int(t))
         if point is not None and metric in ("wait", "run") and 0 <= bucket < buckets.COUNT:
             point[metric][bucket] += n
     return list(points.values())
@@ -208,20 +206,52 @@ def name_numbers(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     return found
 
 
-def by_key(conn: sqlite3.Connection, dim: str, since: float, until: float) -> dict[str, Any]:
-    """Per key of ``dim`` over ``[since, until)``: outcome totals and wait and run histograms."""
-    start = int(since // MINUTE) * MINUTE
-    return _by_key(conn, dim, "res > 0 AND t >= ? AND t < ?", (dim, start, until))
+MINUTES_UP_TO = 6 * HOUR
+"""Ranges up to this long are counted to the minute; longer ones by whole hours."""
+
+
+def by_key(
+    conn: sqlite3.Connection,
+    dim: str,
+    since: float,
+    until: float,
+    metrics: tuple[str, ...] = ("wait", "run"),
+) -> dict[str, Any]:
+    """Per key of ``dim`` over ``[since, until)``: outcome totals and ``metrics``' histograms.
+
+    A range up to :data:`MINUTES_UP_TO` long is read to the minute (whole hours
+    from the hour rows, the ends from the minutes); a longer one, or one that
+    starts where the minutes were folded away, by whole hours: its first hour
+    counts whole.
+    """
+    first_minute = int(since // MINUTE) * MINUTE
+    h0 = -(-int(since) // HOUR) * HOUR
+    h1 = int(until // HOUR) * HOUR
+    if until - since > MINUTES_UP_TO or first_minute < _folded_before(conn):
+        h0, h1 = first_minute // HOUR * HOUR, -(-int(until) // HOUR) * HOUR
+    if h0 >= h1:
+        spans = [(MINUTE, first_minute, until)]
+    else:
+        spans = [(HOUR, h0, h1), (MINUTE, first_minute, h0), (MINUTE, h1, until)]
+    return _by_key(conn, dim, [span for span in spans if span[1] < span[2]], metrics)
 
 
 def since_ever(conn: sqlite3.Connection, dim: str) -> dict[str, Any]:
     """Per key of ``dim``: the counters since the store began (they only grow)."""
-    return _by_key(conn, dim, "res = 0", (dim,))
+    return _by_key(conn, dim, [(ALL_TIME, ALL_TIME, ALL_TIME + 1)])
 
 
 def _by_key(
-    conn: sqlite3.Connection, dim: str, where: str, params: tuple[Any, ...]
+    conn: sqlite3.Connection,
+    dim: str,
+    spans: list[tuple[int, float, float]],
+    metrics: tuple[str, ...] = ("wait", "run"),
 ) -> dict[str, Any]:
+    """Totals per key of ``dim`` over the periods of each ``(res, from, to)`` span.
+
+    Each span is one range of the ``(dim, res, t, ...)`` index (the histograms'
+    covers ``n``), so SQLite reads only the periods asked for.
+    """
     found: dict[str, dict[str, Any]] = {}
 
     def entry(key: str) -> dict[str, Any]:
@@ -231,16 +261,28 @@ def _by_key(
              "run": [0] * buckets.COUNT},
         )  # fmt: skip
 
+    if not spans:
+        return found
+    in_span = "dim = ? AND res = ? AND t >= ? AND t < ?"
+    params = [value for span in spans for value in (dim, *span)]
+    outcomes = ", ".join(OUTCOMES)
     rows = conn.execute(
-        f"SELECT key, {', '.join(f'SUM({c})' for c in OUTCOMES)} FROM rollups"
-        f" WHERE dim = ? AND {where} GROUP BY key",
+        f"SELECT key, {', '.join(f'SUM({c})' for c in OUTCOMES)} FROM ("
+        + " UNION ALL ".join(f"SELECT key, {outcomes} FROM rollups WHERE {in_span}" for _ in spans)
+        + ") GROUP BY key",
         params,
     )
     for key, *counts in rows:
         entry(key).update(zip(OUTCOMES, counts, strict=True))
+    chosen = ", ".join(f"'{m}'" for m in metrics if m in ("wait", "run")) or "NULL"
     hist_rows = conn.execute(
-        "SELECT key, metric, bucket, SUM(n) FROM rollup_hist"
-        f" WHERE dim = ? AND {where} GROUP BY key, metric, bucket",
+        "SELECT key, metric, bucket, SUM(n) FROM ("
+        + " UNION ALL ".join(
+            "SELECT key, metric, bucket, n FROM rollup_hist INDEXED BY rollup_hist_by_time"
+            f" WHERE {in_span} AND metric IN ({chosen})"
+            for _ in spans
+        )
+        + ") GROUP BY key, metric, bucket",
         params,
     )
     for key, metric, bucket, n in hist_rows:

@@ -287,8 +287,10 @@ class Store:
     def stats(self, since: float, until: float, step: int, dim: str, key: str) -> list[Row]:
         return rollups.series(self._conn(), since, until, step, dim, key)
 
-    def stats_by(self, dim: str, since: float, until: float) -> dict[str, Row]:
-        found: dict[str, Row] = rollups.by_key(self._conn(), dim, since, until)
+    def stats_by(
+        self, dim: str, since: float, until: float, metrics: tuple[str, ...] = ("wait", "run")
+    ) -> dict[str, Row]:
+        found: dict[str, Row] = rollups.by_key(self._conn(), dim, since, until, metrics)
         return found
 
     def since_ever(self, dim: str) -> dict[str, Row]:

@@ -154,8 +154,14 @@ class Backend(Protocol):
         and ``wait`` and ``run``: counts per bucket of :mod:`stemtrace.core.buckets`.
         """
 
-    def stats_by(self, dim: str, since: float, until: float) -> dict[str, Row]:
-        """The same totals over ``[since, until)`` for every key of ``dim`` at once."""
+    def stats_by(
+        self, dim: str, since: float, until: float, metrics: tuple[str, ...] = ("wait", "run")
+    ) -> dict[str, Row]:
+        """The same totals over ``[since, until)`` for every key of ``dim`` at once.
+
+        Only the histograms of ``metrics`` are read. Ranges over six hours are
+        counted by whole hours.
+        """
 
     def since_ever(self, dim: str) -> dict[str, Row]:
         """Per key of ``dim``: the same totals since the store began; they only grow."""

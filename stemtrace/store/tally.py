@@ -24,6 +24,7 @@ from stemtrace.store.rollups import (
     ALL_TIME,
     DROP_EMPTY,
     FAILED,
+    HOUR,
     MINUTE,
     OUTCOMES,
     RAN,
@@ -183,14 +184,15 @@ class Batch:
                 add(listed, (r[SEEN_AT], r[FINISHED] or r[SEEN_AT]), was, now, r[ROOT_ID])
 
     def spread(self) -> tuple[dict[tuple[Any, ...], list[int]], Counter[tuple[Any, ...]]]:
-        """The cells' counts per dimension, key and period (minute and since ever)."""
+        """The cells' counts per dimension, key and period: minute, hour and since ever."""
         outcomes: dict[tuple[Any, ...], list[int]] = {}
         for (name, queue, worker, minute), counts in self.cells.items():
+            hour = minute // HOUR * HOUR
             for dim_key in _dims(name, queue, worker):
-                for t in (minute, ALL_TIME):
-                    known = outcomes.get((*dim_key, t))
+                for period in ((MINUTE, minute), (HOUR, hour), (ALL_TIME, ALL_TIME)):
+                    known = outcomes.get((*dim_key, *period))
                     if known is None:
-                        outcomes[(*dim_key, t)] = list(counts)
+                        outcomes[(*dim_key, *period)] = list(counts)
                     else:
                         for i, n in enumerate(counts):
                             known[i] += n
@@ -198,8 +200,10 @@ class Batch:
         for (name, queue, worker, metric, minute, bucket), n in self.hist.items():
             if bucket is None:
                 continue
+            hour = minute // HOUR * HOUR
             for dim, key in _dims(name, queue, worker):
                 hist[dim, key, metric, MINUTE, minute, bucket] += n
+                hist[dim, key, metric, HOUR, hour, bucket] += n
                 hist[dim, key, metric, ALL_TIME, ALL_TIME, bucket] += n
         return outcomes, hist
 
@@ -208,10 +212,7 @@ class Batch:
         if outcomes:
             conn.executemany(
                 UPSERT_ROLLUP,
-                [
-                    (dim, key, MINUTE if t else ALL_TIME, t, *counts)
-                    for (dim, key, t), counts in outcomes.items()
-                ],
+                [(*key, *counts) for key, counts in outcomes.items()],
             )
         if hist:
             conn.executemany(UPSERT_HIST, [(*k, n) for k, n in hist.items()])
