@@ -387,7 +387,7 @@ def m010_planned_ids(db: Database) -> None:
 def m011_rollups(db: Database) -> None:
     """Rollups kept by the writer (:mod:`stemtrace.store.rollups`), built for the stored tasks.
 
-    A big store takes a while: about 10 s per million tasks, logged as it goes.
+    A big store takes a while: about 40 s per million tasks, logged as it goes.
     """
     db.executescript(
         f"""
