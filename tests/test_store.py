@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
 from tests.factories import examples, task_event
 from tests.site import copy_of
-from tests.support import stored_events, wait_for
+from tests.support import stored_events
 
 
 @pytest.fixture
@@ -227,37 +226,6 @@ def test_a_history_row_keeps_what_the_task_row_does_not(store: Store) -> None:
     first, second = queries.task_events(conn, "t1")
     assert "args" not in first and "queue" not in first and first["future_field"] == {"x": [1]}
     assert second["terminated"] is True and second["worker"] == "celery@w1"
-
-
-def test_cached_aggregates_are_served_at_once_and_recomputed_in_the_background(
-    store: Store,
-) -> None:
-    computed: list[int] = []
-    release = threading.Event()
-
-    def compute() -> int:
-        computed.append(len(computed))
-        if len(computed) > 1:
-            assert release.wait(10)  # a slow recomputation
-        return len(computed)
-
-    assert store.cached("k", 60.0, compute) == 1  # the first call computes
-    assert store.cached("k", 60.0, compute) == 1 and computed == [0]  # fresh: reused
-    assert store.cached("k", 0.0, compute) == 1  # stale: served, recomputed behind
-    assert store.cached("k", 0.0, compute) == 1  # one recomputation at a time
-    release.set()
-    wait_for(lambda: store.cached("k", 60.0, compute) == 2)
-    assert computed == [0, 1]
-
-
-def test_a_failed_recomputation_keeps_the_last_value(store: Store) -> None:
-    def broken() -> int:
-        raise RuntimeError("disk on fire")
-
-    assert store.cached("k", 60.0, lambda: 7) == 7
-    assert store.cached("k", 0.0, broken) == 7
-    time.sleep(0.2)
-    assert store.cached("k", 60.0, broken) == 7
 
 
 def test_vacuum_keeps_each_history_with_its_task(tmp_path: Path) -> None:

@@ -294,18 +294,6 @@ def _task_routes(router: APIRouter, pages: Pages) -> None:
         name = "_task.html" if partial else "task.html"
         return pages.page(request, name, context)
 
-    def planned(request: Request, detail: dict[str, Any]) -> Response:
-        """An id that has not run, or a group's: what it is, and a way to its flow.
-
-        A ``PLANNED`` page watches like the 404 does, and reloads once the
-        task is sent or can no longer run.
-        """
-        if _is_waiting_poll(request):
-            if detail["state"] == states.PLANNED:
-                return Response(status_code=204)
-            return Response(status_code=200, headers={"HX-Refresh": "true"})
-        return pages.page(request, "planned.html", {"task": detail})
-
 
 def _flow_routes(router: APIRouter, pages: Pages) -> None:
     """A flow's page and a trace's page."""

@@ -41,9 +41,7 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -91,12 +89,6 @@ class Store:
         self._writer: sqlite3.Connection | None = None
         self._writer_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
-        self._cache: dict[str, tuple[float, Any]] = {}
-        self._cache_lock = threading.Lock()
-        self._first_lock = threading.Lock()
-        self._refreshing: set[str] = set()
-        self._refresher: ThreadPoolExecutor | None = None  # one thread: one reader connection
-        self._closed = False
         self._claim: IO[str] | None = None
         db = Database(self.writer())
         pending = [m.name for m in migrations.pending(db)]
@@ -149,47 +141,6 @@ class Store:
             with self._writer_lock:
                 self._readers.append(conn)
         return db
-
-    def cached(self, key: str, ttl: float, compute: Callable[[], Any]) -> Any:
-        """``compute()``'s value, for aggregates over the whole store.
-
-        The first call computes it (other first calls wait for that computation).
-        Later calls get the last value at once; when it is older than ``ttl``
-        seconds they have it recomputed in the background, one key at a time on
-        one thread, so that no request waits seconds for a million-row scan.
-        A failed recomputation is logged and the last value served on.
-        """
-        found = self._cache.get(key)
-        if found is None:
-            with self._first_lock:  # the few keys there are take turns for their first value
-                found = self._cache.get(key)
-                if found is None:
-                    value = compute()
-                    self._cache[key] = (time.monotonic(), value)
-                    return value
-        if time.monotonic() - found[0] >= ttl:
-            self._refresh(key, compute)
-        return found[1]
-
-    def _refresh(self, key: str, compute: Callable[[], Any]) -> None:
-        with self._cache_lock:
-            if key in self._refreshing or self._closed:
-                return
-            self._refreshing.add(key)
-            if self._refresher is None:
-                self._refresher = ThreadPoolExecutor(1, thread_name_prefix="stemtrace-refresh")
-            refresher = self._refresher
-
-        def run() -> None:
-            try:
-                self._cache[key] = (time.monotonic(), compute())
-            except Exception:
-                logger.exception("stemtrace: cannot recompute %s; serving the last value", key)
-            finally:
-                with self._cache_lock:
-                    self._refreshing.discard(key)
-
-        refresher.submit(run)
 
     def claim_writer(self) -> str | None:
         """Make this process the file's one writer; ``None`` when it is, else who is.
@@ -320,11 +271,6 @@ class Store:
 
     def close(self) -> None:
         """Close every connection, the readers of other threads included."""
-        with self._cache_lock:
-            self._closed = True
-            refresher, self._refresher = self._refresher, None
-        if refresher is not None:
-            refresher.shutdown(wait=True, cancel_futures=True)
         with self._writer_lock:
             if self._writer is not None:
                 self._writer.close()
