@@ -390,3 +390,19 @@ def test_hostile_names_and_messages_stay_inert(site: Site) -> None:
     quoted = html(client.get("/names/" + HOSTILE), 404)
     assert_no_active_content(quoted)
     assert text(quoted.h1) == f"No task name {HOSTILE}"
+
+
+def test_the_lists_agree_with_the_pages_they_open(site: Site) -> None:
+    """A listed flow's size and failures are its flow graph's; a listed trace's, its trace's."""
+    client = site(canvases())
+    flows, traces = ok(client, "/api/flows")["flows"], ok(client, "/api/traces")["traces"]
+    assert len(flows) >= 3 and len(traces) >= 2
+    for flow in flows:
+        graph = ok(client, f"/api/flows/{flow['id']}")
+        tasks = [n for n in graph["nodes"] if n["kind"] == "task"]
+        ran = [n for n in tasks if n["state"] not in ("NOT_RUN", "PLANNED")]
+        size = sum(n.get("size", 1) for n in graph["nodes"] if n["kind"] == "group") + len(ran)
+        assert flow["tasks"] == size, flow["id"]
+    for trace in traces:
+        opened = ok(client, f"/api/traces/{trace['trace_id']}")
+        assert (trace["tasks"], trace["failures"]) == (opened["count"], opened["failures"])
