@@ -235,7 +235,9 @@ def test_retries_spawned_children_and_a_trace(observed: Observed) -> None:
     def chord_trace() -> dict[str, Any] | None:
         response = observed.http.get("/api/traces/order-18")
         found: dict[str, Any] = response.json()
-        return found if response.status_code == 200 and found["count"] == 6 else None
+        # all six stored, and the chord's links seen (a member's events can come last)
+        settled = response.status_code == 200 and found["count"] == 6
+        return found if settled and len(found["flows"]) == 1 else None
 
     trace = wait_for(chord_trace, timeout=30)
     [flow] = trace["flows"]
