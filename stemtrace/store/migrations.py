@@ -446,3 +446,39 @@ def m011_rollups(db: Database) -> None:
 def _progress(done: int, total: int) -> None:
     if total >= 100_000:
         logger.warning("stemtrace: rollups built for %s of %s tasks", f"{done:,}", f"{total:,}")
+
+
+INFLIGHT_STATES = "'PENDING', 'RECEIVED', 'STARTED', 'RETRY'"
+"""The states of a task not finished yet, spelled as the ``tasks_inflight`` index's
+condition: a query that reads the index repeats ``state IN (...)`` word for word."""
+
+
+@migrations()
+def m012_inflight(db: Database) -> None:
+    """What the queues, workers and problems pages read without scanning every task.
+
+    * ``tasks_inflight`` - the tasks not finished yet (sent, received, started,
+      waiting to retry), a few thousand even in a store of millions;
+    * ``queue_depths`` - the broker's own count of each queue's waiting messages
+      (and consumers, where the broker says), as last read, and
+      ``queue_depth_minutes`` the largest count of each minute, for the backlog chart;
+    * ``worker_gaps`` - each silence of a worker longer than its heartbeats allow,
+      and each time it was away (offline to online again).
+    """
+    db.executescript(
+        f"""
+        CREATE INDEX tasks_inflight ON tasks (state, sent_at) WHERE state IN ({INFLIGHT_STATES});
+        CREATE TABLE queue_depths (
+            queue TEXT PRIMARY KEY, messages INTEGER, consumers INTEGER, error TEXT,
+            at REAL NOT NULL
+        );
+        CREATE TABLE queue_depth_minutes (
+            queue TEXT NOT NULL, t INTEGER NOT NULL, messages INTEGER NOT NULL,
+            PRIMARY KEY (queue, t)
+        ) WITHOUT ROWID;
+        CREATE TABLE worker_gaps (
+            hostname TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL,
+            PRIMARY KEY (hostname, start)
+        ) WITHOUT ROWID;
+        """
+    )
