@@ -11,9 +11,23 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from stemtrace.core.env import parse_env
+from stemtrace.core.thresholds import Thresholds
 from stemtrace.store import DEFAULT_DB
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_THRESHOLD_RANGES = (
+    ("problem_wait_seconds", 0, 86400 * 30),
+    ("problem_wait_factor", 1, 1000),
+    ("problem_held_seconds", 0, 86400 * 30),
+    ("problem_late_seconds", 0, 86400 * 30),
+    ("problem_late_factor", 1, 1000),
+    ("problem_overdue_seconds", 0, 86400 * 30),
+    ("problem_retries", 0, 10_000),
+    ("problem_failure_factor", 1, 1000),
+    ("problem_failure_minutes", 1, 1440),
+    ("worker_timeout_seconds", 1, 86400),
+)
+"""Each threshold's bounds; one outside is refused with the flag's or variable's name."""
 
 
 class SettingError(ValueError):
@@ -53,6 +67,9 @@ class Settings:
     """Also read Celery's own events (workers started with ``-E`` but without ``init(app)``)."""
     consumer: bool = True
     """Run the consumer in the server; off when a separate ``stemtrace consume`` feeds the db."""
+    queue_poll_seconds: float = 5.0
+    """How often the consumer reads the broker's count of each known queue (read-only;
+    0: never, and the queues page shows stemtrace's own counts only)."""
     log_level: str = "info"
     """Logging level: critical, error, warning, info or debug."""
     auth_user: str | None = None
@@ -66,6 +83,27 @@ class Settings:
     metrics_names: int = 100
     """``/metrics``: task names with series of their own (the busiest); the rest fold into
     ``name="other"``, so that a flood of names cannot flood Prometheus (0: only ``other``)."""
+    problem_wait_seconds: float = 60.0
+    """Problems: a task waiting in a queue (sent, not received) at least this long ..."""
+    problem_wait_factor: float = 3.0
+    """... and longer than this many times its queue's usual (p95) wait of the last day."""
+    problem_held_seconds: float = 60.0
+    """Problems: a task received by a worker and not started for this long."""
+    problem_late_seconds: float = 60.0
+    """Problems: a task running at least this long ..."""
+    problem_late_factor: float = 3.0
+    """... and longer than this many times its name's usual (p99) run time of the last day."""
+    problem_overdue_seconds: float = 30.0
+    """Problems: grace after a task's ETA before it is overdue."""
+    problem_retries: int = 3
+    """Problems: a task retried more often than this."""
+    problem_failure_factor: float = 3.0
+    """Problems: a task name failing this many times more often than over the last day ..."""
+    problem_failure_minutes: float = 15.0
+    """... in a window of this many minutes."""
+    worker_timeout_seconds: float = 60.0
+    """A worker silent this long (or three heartbeats, if longer) is lost, and so are the
+    tasks it was running."""
 
     def __post_init__(self) -> None:
         if not self.broker or "://" not in self.broker:
@@ -85,14 +123,42 @@ class Settings:
                 "rollup_minutes_days",
                 f"must be between 0 and 3650 days, not {self.rollup_minutes_days:g}",
             )
+        if not 0 <= self.queue_poll_seconds <= 3600:
+            raise SettingError(
+                "queue_poll_seconds",
+                f"must be between 0 and 3600 seconds, not {self.queue_poll_seconds:g}",
+            )
         if self.max_tasks is not None and self.max_tasks < 0:
             raise SettingError("max_tasks", f"must not be negative, not {self.max_tasks}")
         if self.metrics_names < 0:
             raise SettingError("metrics_names", f"must not be negative, not {self.metrics_names}")
+        self._check_thresholds()
         if self.log_level not in LOG_LEVELS:
             raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         if bool(self.auth_user) != bool(self.auth_password):
             raise ValueError("auth_user and auth_password go together: set both or neither")
+
+    def _check_thresholds(self) -> None:
+        for name, low, high in _THRESHOLD_RANGES:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise SettingError(name, f"must be between {low:g} and {high:g}, not {value:g}")
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """When a task in flight counts as a problem (the ``problem_*`` settings)."""
+        return Thresholds(
+            wait_seconds=self.problem_wait_seconds,
+            wait_factor=self.problem_wait_factor,
+            held_seconds=self.problem_held_seconds,
+            late_seconds=self.problem_late_seconds,
+            late_factor=self.problem_late_factor,
+            overdue_seconds=self.problem_overdue_seconds,
+            retries=self.problem_retries,
+            failure_factor=self.problem_failure_factor,
+            failure_window=self.problem_failure_minutes * 60,
+            worker_timeout=self.worker_timeout_seconds,
+        )
 
     @property
     def queue_name(self) -> str:

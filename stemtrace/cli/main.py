@@ -62,6 +62,13 @@ def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
         help=_help("keep the rollups' per-minute rows DAYS days, then fold them into hours",
                    "rollup_minutes_days"),
     )  # fmt: skip
+    add(
+        "--queue-poll-seconds",
+        type=float,
+        metavar="SECONDS",
+        help=_help("read the broker's queue lengths this often (read-only); 0: never",
+                   "queue_poll_seconds"),
+    )  # fmt: skip
     add("--log-level", choices=LOG_LEVELS, help=_help("logging level", "log_level"))
     if web:
         _web_options(parser)
@@ -87,6 +94,31 @@ def _web_options(parser: argparse.ArgumentParser) -> None:
         help=_help("/metrics: the N busiest task names get series, the rest fold into"
                    " name=\"other\"", "metrics_names"),
     )  # fmt: skip
+    _problem_options(parser)
+
+
+THRESHOLD_HELP = {
+    "problem_wait_seconds": "a task waiting in a queue this long",
+    "problem_wait_factor": "... and this many times its queue's usual (p95) wait",
+    "problem_held_seconds": "a task held by a worker, not started, this long",
+    "problem_late_seconds": "a task running this long",
+    "problem_late_factor": "... and this many times its name's usual (p99) run time",
+    "problem_overdue_seconds": "grace after an ETA before a task is overdue",
+    "problem_retries": "a task retried more often than this",
+    "problem_failure_factor": "a name failing this many times more often than its day",
+    "problem_failure_minutes": "... over this many minutes",
+    "worker_timeout_seconds": "a worker silent this long is lost, with its running tasks",
+}
+"""The problems page's thresholds: one flag each (see README, "Problems")."""
+
+
+def _problem_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("problems (what counts as stuck, late or lost)")
+    for name, text in THRESHOLD_HELP.items():
+        kind = int if isinstance(DEFAULTS[name], int) else float
+        group.add_argument(
+            "--" + name.replace("_", "-"), type=kind, metavar="N", help=_help(text, name)
+        )
 
 
 def run_options() -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ is not one retry), and text is either kept as given or rejected, never guessed.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -32,3 +32,20 @@ def text_of(value: Any) -> str | None:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
+
+
+def moment(value: Any) -> float | None:
+    """An ISO-8601 time as Celery writes an ``eta`` (naive means UTC) in epoch
+    seconds; ``None`` for anything else, never an exception."""
+    if type(value) is not str or not 10 <= len(value) <= 40:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None

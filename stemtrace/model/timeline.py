@@ -21,6 +21,13 @@ from stemtrace.core import events as ev
 from stemtrace.core import states
 from stemtrace.core.bounds import finite
 
+OUTCOME_WORDS = {
+    states.SUCCESS: "succeeded",
+    states.FAILURE: "failed",
+    states.REVOKED: "revoked",
+    states.REJECTED: "rejected",
+}
+"""The last phase's word: how the task ended."""
 PHASE_NAMES = {
     states.PENDING: "queued",
     states.RECEIVED: "waiting in worker",
@@ -53,8 +60,9 @@ def phases(events: list[dict[str, Any]], now: float | None = None) -> list[dict[
             _close(found[-1], ts)
         if state in states.TERMINAL:
             found.append(
-                {"state": state, "phase": "finished", "start": ts, "end": ts, "duration": 0.0}
-            )
+                {"state": state, "phase": "finished", "start": ts, "end": ts, "duration": 0.0,
+                 "outcome": OUTCOME_WORDS[state], "reason": ending(event, found)}
+            )  # fmt: skip
             break
         found.append(
             {
@@ -68,6 +76,27 @@ def phases(events: list[dict[str, Any]], now: float | None = None) -> list[dict[
     if found and found[-1]["end"] is None and now is not None:
         found[-1]["duration"] = round(max(now - found[-1]["start"], 0.0), 6)
     return found
+
+
+def ending(event: dict[str, Any], before: list[dict[str, Any]]) -> str | None:
+    """Why a task was revoked or rejected, in words (``None`` for other endings).
+
+    ``before``: the phases up to it (whether it ever ran).
+    """
+    kind = event.get("kind")
+    if kind == ev.REJECTED:
+        reason = event.get("reason")
+        return reason if isinstance(reason, str) and reason else "rejected by its worker"
+    if kind != ev.REVOKED:
+        return None
+    if event.get("expired") is True:
+        return "expired before it ran"
+    if event.get("terminated") is True:
+        signum = event.get("signum")
+        return f"terminated (signal {signum})" if type(signum) is int else "terminated"
+    if not any(p["state"] == states.STARTED for p in before):
+        return "revoked before it ran"
+    return "revoked"
 
 
 def _retried_attempts(events: list[dict[str, Any]]) -> set[int]:

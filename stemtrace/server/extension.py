@@ -31,6 +31,7 @@ from stemtrace.server.browse_api import create_browse_api_router
 from stemtrace.server.live import Broadcaster
 from stemtrace.server.metrics import create_metrics_router
 from stemtrace.server.pages import create_pages_router
+from stemtrace.server.problems import create_problems_router
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
 from stemtrace.settings import Settings
@@ -91,6 +92,7 @@ class StemtraceExtension:
             consumer_status=self.consumer_status,
             broker_problem=self.broker_problem,
             standby=self.standby,
+            thresholds=self.settings.thresholds,
         )
         self.router.include_router(create_api_router(self.site))
         self.router.include_router(create_pages_router(self.site))
@@ -99,6 +101,7 @@ class StemtraceExtension:
         self.router.include_router(
             create_metrics_router(self.site, names=self.settings.metrics_names)
         )
+        self.router.include_router(create_problems_router(self.site))
 
     def consumer_status(self) -> dict[str, Any] | None:
         if self.consumer is None:

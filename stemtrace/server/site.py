@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from stemtrace.core.thresholds import Thresholds
 from stemtrace.server.live import Broadcaster
+from stemtrace.server.watch import Watch
 from stemtrace.store import Backend
 
 
@@ -26,3 +28,10 @@ class Site:
     """Why the consumer cannot read the broker right now (shown on every page)."""
     standby: Callable[[], str | None] = _nothing
     """Why this server does not ingest while another process writes its store."""
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    """When a task in flight counts as a problem."""
+    watch: Watch = field(init=False, compare=False)
+    """The problems right now, shared by every route of this site."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "watch", Watch(self.store, self.thresholds))

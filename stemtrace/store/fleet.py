@@ -100,12 +100,15 @@ def _dict_rows(
     return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def workers(conn: sqlite3.Connection, now: float | None = None) -> list[dict[str, Any]]:
-    """Every worker; one not heard from for three heartbeats (or 60 s) counts as offline."""
+def workers(
+    conn: sqlite3.Connection, now: float | None = None, timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """Every worker; one not heard from for three heartbeats (or ``timeout`` s, whichever
+    is longer) counts as ``lost``."""
     now = time.time() if now is None else now
     found = []
     for row in _dict_rows(conn, "SELECT * FROM workers ORDER BY hostname"):
-        silence = max(3 * float(row["heartbeat_freq"] or 20.0), 60.0)
+        silence = max(3 * float(row["heartbeat_freq"] or 20.0), timeout)
         state = row["state"]
         if state == "online" and now - row["last_seen"] > silence:
             state = "lost"

@@ -41,13 +41,14 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, cast
 
 from sqlite_utils import Database
 
-from stemtrace.store import fleet, lists, queries, rollups, skipped
+from stemtrace.store import depths, fleet, inflight, lists, queries, rollups, skipped, worker_detail
 from stemtrace.store.lists import FlowFilters
 from stemtrace.store.migrations import migrations
 from stemtrace.store.queries import TaskFilters
@@ -254,11 +255,39 @@ class Store:
     def registry(self) -> list[Row]:
         return fleet.registry(self._conn())
 
-    def workers(self, now: float | None = None) -> list[Row]:
-        return fleet.workers(self._conn(), now)
+    def workers(self, now: float | None = None, timeout: float = 60.0) -> list[Row]:
+        return fleet.workers(self._conn(), now, timeout)
+
+    def inflight(self, limit: int = 20_000) -> list[Row]:
+        return inflight.inflight(self._conn(), limit)
+
+    def ahead_of(self, queue: str, sent_at: float) -> int:
+        return inflight.ahead_of(self._conn(), queue, sent_at)
+
+    def time_limits(self) -> dict[str, tuple[float | None, float | None]]:
+        return inflight.time_limits(self._conn())
+
+    def worker(self, hostname: str, since: float, now: float | None = None) -> Row | None:
+        now = time.time() if now is None else now
+        return worker_detail.worker(self._conn(), hostname, since, now)
 
     def filter_choices(self) -> dict[str, list[str]]:
         return queries.filter_choices(self._conn())
+
+    def known_queues(self) -> list[str]:
+        return depths.known(self._conn())
+
+    def queue_depths(self) -> dict[str, Row]:
+        return depths.latest(self._conn())
+
+    def queue_backlog(self, queues: list[str], since: float) -> dict[str, list[tuple[int, int]]]:
+        return depths.backlog(self._conn(), queues, since)
+
+    def waiting_by_queue(self) -> dict[str, Row]:
+        return depths.waiting(self._conn())
+
+    def scheduled(self, limit: int) -> tuple[int, list[Row]]:
+        return depths.scheduled(self._conn(), limit)
 
     def skipped(self, samples: int = 20) -> dict[str, Any]:
         return skipped.summary(self._conn(), samples)

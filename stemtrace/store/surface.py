@@ -14,7 +14,7 @@ seconds. Every read is safe from any thread; a writer belongs to one thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -78,6 +78,15 @@ class Writer(Protocol):
 
     def upkeep(self, *, caught_up: bool) -> tuple[int, bool]:
         """Retention and indexing, a slice at a time: ``(tasks forgotten, more to do)``."""
+
+    def record_depths(
+        self, samples: Mapping[str, tuple[int | None, int | None, str | None]], at: float
+    ) -> None:
+        """The broker's ``(messages, consumers, error)`` per queue, read at ``at``.
+
+        Kept as each queue's latest and as the largest count of its minute
+        (pruned with the rollups' minutes).
+        """
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a failed write was the database's fault (retry the batch), not the events'."""
@@ -175,11 +184,51 @@ class Backend(Protocol):
     def registry(self) -> list[Row]:
         """Task definitions and what ran of each; may be a few seconds old."""
 
-    def workers(self, now: float | None = None) -> list[Row]:
-        """Every worker seen, with its state at ``now``."""
+    def workers(self, now: float | None = None, timeout: float = 60.0) -> list[Row]:
+        """Every worker seen, with its state at ``now``: ``lost`` when silent for
+        ``timeout`` seconds or three heartbeats, whichever is longer."""
+
+    def inflight(self, limit: int = 20_000) -> list[Row]:
+        """Up to ``limit`` tasks not finished yet (:mod:`stemtrace.store.inflight`)."""
+
+    def ahead_of(self, queue: str, sent_at: float) -> int:
+        """Tasks sent to ``queue`` before ``sent_at`` that no worker received yet."""
+
+    def time_limits(self) -> dict[str, tuple[float | None, float | None]]:
+        """Per defined task name: its soft and hard time limits."""
+
+    def worker(self, hostname: str, since: float, now: float | None = None) -> Row | None:
+        """One worker as :meth:`workers` has it, with its page's lists, or ``None``.
+
+        ``gaps`` (``start``, ``end``): silences and absences overlapping ``[since, now]``;
+        ``running``, ``held`` (received, not started) and ``scheduled`` (``due`` later:
+        an ETA, or a retry's next attempt) now; ``failures`` first seen since ``since``,
+        newest first (see :mod:`stemtrace.store.worker_detail`).
+        """
 
     def filter_choices(self) -> dict[str, list[str]]:
         """The task names and workers offered as filters."""
+
+    def known_queues(self) -> list[str]:
+        """Every queue known: workers' subscriptions, task definitions, queues sent to."""
+
+    def queue_depths(self) -> dict[str, Row]:
+        """Per queue, the broker's count as last polled: ``messages``, ``consumers``,
+        ``error``, ``at``."""
+
+    def queue_backlog(self, queues: list[str], since: float) -> dict[str, list[tuple[int, int]]]:
+        """Per queue, ``(minute, largest count polled in it)`` since ``since``, oldest first."""
+
+    def waiting_by_queue(self) -> dict[str, Row]:
+        """Per queue, the tasks sent and not received: ``count``, ``oldest_id``,
+        ``oldest_name``, ``oldest_sent_at`` (read from the in-flight tasks only)."""
+
+    def scheduled(self, limit: int) -> tuple[int, list[Row]]:
+        """Tasks with an ETA not started yet, soonest due first: ``(total, first limit)``.
+
+        Each row: ``id``, ``name``, ``state``, ``queue``, ``worker``, ``eta``,
+        ``due`` (epoch seconds or ``None``), ``retries``, ``sent_at``, ``received_at``.
+        """
 
     def skipped(self, samples: int = 20) -> dict[str, Any]:
         """Input the consumers left out: counts by reason and the newest samples."""

@@ -1,0 +1,50 @@
+"""The tasks not finished yet, read through the ``tasks_inflight`` index (migration 12).
+
+A few thousand rows even in a store of millions: what the problems, the
+scheduled list and a task's "why is it waiting" are found from.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Final
+
+from stemtrace.store.migrations import INFLIGHT_STATES
+
+COLUMNS: Final = (
+    "id", "name", "state", "queue", "worker", "retries", "eta", "sent_at", "received_at",
+    "started_at", "state_ts", "seen_at",
+)  # fmt: skip
+
+
+def inflight(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` tasks in flight (sent, received, started, waiting to retry)."""
+    cursor = conn.execute(
+        f"SELECT {', '.join(COLUMNS)} FROM tasks INDEXED BY tasks_inflight"
+        f" WHERE state IN ({INFLIGHT_STATES}) LIMIT ?",
+        (limit,),
+    )
+    return [dict(zip(COLUMNS, row, strict=True)) for row in cursor]
+
+
+def ahead_of(conn: sqlite3.Connection, queue: str, sent_at: float) -> int:
+    """Tasks sent to ``queue`` before ``sent_at`` and not received yet, as stemtrace saw them."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM tasks INDEXED BY tasks_inflight"
+        f" WHERE state IN ({INFLIGHT_STATES}) AND state = 'PENDING' AND sent_at < ?"
+        " AND queue = ?",
+        (sent_at, queue),
+    ).fetchone()
+    return int(row[0])
+
+
+def time_limits(conn: sqlite3.Connection) -> dict[str, tuple[float | None, float | None]]:
+    """Per defined task name: its soft and hard time limits (names with either only)."""
+    return {
+        name: (soft, hard)
+        for name, soft, hard in conn.execute(
+            "SELECT name, soft_time_limit, time_limit FROM registry"
+            " WHERE soft_time_limit IS NOT NULL OR time_limit IS NOT NULL"
+        )
+    }
+

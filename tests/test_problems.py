@@ -1,0 +1,175 @@
+"""Problems found from the tasks in flight: each kind from a store built to show it,
+the API and the page agreeing, thresholds from settings, and the task page's why."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from stemtrace.core.thresholds import Thresholds
+from stemtrace.model import problems
+from stemtrace.settings import SettingError, Settings
+from tests.factories import W1, W2, Task, lifecycle, registry_entry, worker_event
+from tests.site import Site, page
+
+pytestmark = pytest.mark.usefixtures("db_target")
+
+
+def online(worker: str, ts: float, queues: list[str], **fields: Any) -> Any:
+    return worker_event(
+        "worker_online", worker, ts, sw_ver="5.7.0", pool="prefork", concurrency=1,
+        queues=queues, freq=2.0, **fields,
+    )  # fmt: skip
+
+
+def beat(worker: str, ts: float) -> Any:
+    return worker_event("worker_heartbeat", worker, ts, freq=2.0, active=1, processed=0)
+
+
+def scene(now: float) -> list[Any]:
+    """One task of each kind of problem, and tasks that are fine."""
+    events = [online(W1, now - 600, ["celery"], tasks=[registry_entry("p.limited",
+              soft_time_limit=30, time_limit=600)]), beat(W1, now - 1)]  # fmt: skip
+    events += [online(W2, now - 600, ["celery"]), beat(W2, now - 300)]  # silent since: lost
+    fine = Task("fine-wait", "p.quick")
+    events += [fine.sent(now - 5)]
+    waiting = Task("long-wait", "p.quick")
+    events += [waiting.sent(now - 400)]
+    orphan = Task("no-consumer", "p.report")
+    events += [orphan.sent(now - 30, queue="reports")]
+    long = Task("long-run", "p.limited")
+    events += [long.sent(now - 100), long.received(now - 99, W1), long.started(now - 98, W1)]
+    held = Task("held", "p.quick")
+    events += [held.sent(now - 90), held.received(now - 90, W1)]
+    dead = Task("died", "p.quick")
+    events += [dead.sent(now - 500), dead.received(now - 499, W2), dead.started(now - 498, W2)]
+    later = Task("later", "p.quick")
+    eta = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now + 600))
+    events += [later.sent(now - 10, eta=eta), later.received(now - 9, W1, eta=eta)]
+    overdue = Task("overdue", "p.quick")
+    due = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now - 120))
+    events += [overdue.sent(now - 200, eta=due), overdue.received(now - 199, W1, eta=due)]
+    retried = Task("retried", "p.flaky")
+    events += [retried.sent(now - 50, retries=5)]
+    return events
+
+
+def test_each_kind_is_found_with_its_reason(site: Site) -> None:
+    now = time.time()
+    client = site(scene(now))
+    body = client.get("/api/problems").json()
+    by_task = {p["task_id"]: p for p in body["problems"] if p["task_id"]}
+    assert by_task["long-wait"]["kind"] == "waiting"
+    assert "waiting in celery" in by_task["long-wait"]["reason"]
+    assert "fine-wait" not in by_task
+    assert by_task["long-run"]["kind"] == "late"
+    assert "soft time limit" in by_task["long-run"]["reason"]
+    assert by_task["held"]["kind"] == "held"
+    assert W1 in by_task["held"]["reason"] and "p.limited" in by_task["held"]["reason"]
+    assert by_task["died"]["kind"] == "lost"
+    assert W2 in by_task["died"]["reason"]
+    assert "later" not in by_task  # scheduled, not due yet
+    assert by_task["overdue"]["kind"] == "overdue"
+    assert any(p["kind"] == "retrying" and p["task_id"] == "retried" for p in body["problems"])
+    queues = [p for p in body["problems"] if p["kind"] == "unconsumed"]
+    assert [p["queue"] for p in queues] == ["reports"]
+    assert "reports" in queues[0]["reason"]
+    assert body["counts"] == {k: sum(p["kind"] == k for p in body["problems"])
+                              for k in problems.KINDS}  # fmt: skip
+    assert body["total"] == len(body["problems"])
+    assert [problems.KINDS.index(p["kind"]) for p in body["problems"]] == sorted(
+        problems.KINDS.index(p["kind"]) for p in body["problems"]
+    )
+
+
+def test_the_page_lists_what_the_api_says(site: Site) -> None:
+    now = time.time()
+    client = site(scene(now))
+    body = client.get("/api/problems").json()
+    soup = page(client, "/problems")
+    rows = soup.select("table.problems tbody tr")
+    assert len(rows) == body["total"]
+    for kind, count in body["counts"].items():
+        if count:
+            assert len(soup.select(f"tr.problem-{kind}")) == count
+    only = page(client, "/problems", kind="lost")
+    assert [r.get("class") for r in only.select("table.problems tbody tr")] == [["problem-lost"]]
+    assert client.get("/problems", params={"kind": "nope"}).status_code == 422
+    assert client.get("/api/problems", params={"kind": "nope"}).status_code == 422
+
+
+def test_problems_clear_when_tasks_move_on(site: Site) -> None:
+    now = time.time()
+    events = scene(now)
+    waiting, held = Task("long-wait", "p.quick"), Task("held", "p.quick")
+    events += lifecycle("long-wait", "p.quick", now - 3, runtime=1.0)
+    events += [held.started(now - 2, W1), held.ended("succeeded", now - 1, W1)]
+    assert waiting.id
+    client = site(events)
+    ids = {p["task_id"] for p in client.get("/api/problems").json()["problems"]}
+    assert "long-wait" not in ids and "held" not in ids
+
+
+def test_a_hostile_name_is_escaped(site: Site) -> None:
+    now = time.time()
+    evil = Task("evil", "<script>alert(1)</script>")
+    client = site([online(W1, now - 60, ["celery"]), beat(W1, now), evil.sent(now - 400)])
+    response = client.get("/problems")
+    assert response.status_code == 200
+    assert "<script>alert(1)</script>" not in response.text
+    assert "&lt;script&gt;" in response.text
+
+
+def test_thresholds_come_from_settings(site: Site) -> None:
+    now = time.time()
+    client = site(scene(now), problem_wait_seconds=1000, problem_held_seconds=1000)
+    body = client.get("/api/problems").json()
+    assert body["thresholds"]["wait_seconds"] == 1000
+    kinds = {p["kind"] for p in body["problems"]}
+    assert "waiting" not in kinds and "held" not in kinds
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "flag"),
+    [("problem_wait_factor", 0.5, "problem_wait_factor"),
+     ("problem_retries", -1, "problem_retries"),
+     ("worker_timeout_seconds", 0, "worker_timeout_seconds")],
+)  # fmt: skip
+def test_bad_thresholds_are_refused_by_name(name: str, value: float, flag: str) -> None:
+    with pytest.raises(SettingError, match=flag):
+        Settings(**{name: value})
+    variable = f"STEMTRACE_{name.upper()}"
+    with pytest.raises(SettingError, match=variable):
+        Settings.from_env({variable: str(value)})
+
+
+def test_a_late_task_against_its_usual_run_time() -> None:
+    now = 10_000.0
+    task = {"id": "t", "name": "n", "state": "STARTED", "worker": "w", "started_at": now - 100}
+    workers = [{"hostname": "w", "state": "online", "queues": ["q"]}]
+    usuals = problems.Usuals(run_p99={"n": 10.0})
+    found = problems.find([task], workers, {}, usuals, Thresholds(), now)
+    assert [p["kind"] for p in found] == ["late"]
+    assert "p99" in found[0]["reason"]
+    calm = problems.find([task], workers, {}, problems.Usuals(run_p99={"n": 50.0}),
+                         Thresholds(), now)  # fmt: skip
+    assert calm == []
+
+
+def test_a_name_failing_far_above_its_usual() -> None:
+    usuals = problems.Usuals(failures={"n": (8, 10, 1, 100), "calm": (8, 10, 70, 100)})
+    found = problems.find([], [], {}, usuals, Thresholds(), 10_000.0)
+    assert [(p["kind"], p["name"]) for p in found] == [("retrying", "n")]
+
+
+def test_a_queue_with_broker_messages_and_no_consumer() -> None:
+    workers = [{"hostname": "w", "state": "online", "queues": ["celery"]}]
+    depths = {"celery": {"messages": 3}, "orphans": {"messages": 7}, "empty": {"messages": 0},
+              "seen": {"messages": 2, "consumers": 1}}  # fmt: skip
+    found = problems.find([], workers, depths, problems.Usuals(), Thresholds(), 10_000.0)
+    assert [p["queue"] for p in found] == ["orphans"]
+    assert "7 messages" in found[0]["reason"]
+    unknown = [{"hostname": "w", "state": "online", "queues": []}]
+    assert problems.find([], unknown, depths, problems.Usuals(), Thresholds(), 1.0) == []
