@@ -28,8 +28,7 @@ from typing import Any
 
 from stemtrace.core import events as ev
 from stemtrace.core import jsonio, states
-from stemtrace.core.coerce import text_of
-from stemtrace.store import planned, search, tally
+from stemtrace.store import fleet_writes, planned, search, tally
 from stemtrace.store import skipped as skipped_input
 from stemtrace.store.migrations import (
     CELERY_ROW_FIELDS,
@@ -137,10 +136,6 @@ class IngestResult:
     """The workers whose own events (online, heartbeat, offline) the batch held."""
 
 
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else _dumps(value)
-
-
 def task_row(event: ev.Event, now: float) -> list[Any]:
     """The ``tasks`` row one event contributes (``None`` where it knows nothing).
 
@@ -222,6 +217,7 @@ _state_keys: dict[tuple[str, Any], tuple[str, int, int]] = {}
 
 _COL = {name: i for i, name in enumerate(TASK_COLUMNS)}
 _STATE_COLS = tuple(_COL[c] for c in STATE)
+_STATE_TS = _COL["state_ts"]
 _WORKER = _COL["worker"]
 _FIRST_COLS = tuple(_COL[c] for c in FIRST_KNOWN)
 _EARLIEST_COLS = tuple(_COL[c] for c in EARLIEST)
@@ -369,10 +365,10 @@ class Ingestor:
                     [(rowids[row[0]], row[_CHAIN], row[_CHORD]) for row in task_rows
                      if row[_CHAIN] is not None or row[_CHORD] is not None],
                 )  # fmt: skip
+            # Tasks first: a heartbeat is measured against every sign of life before it.
+            fleet_writes.touch(conn, [(row[_WORKER], row[_STATE_TS]) for row in task_rows])
             for event in worker_events:
-                self._worker_event(event, now)
-            if task_rows:
-                self._touch_workers(task_rows)
+                fleet_writes.worker_event(conn, event, now)
             if skipped:
                 skipped_input.record(conn, skipped, cursor[0] if cursor else "", now)
             if cursor is not None:
@@ -382,118 +378,3 @@ class Ingestor:
             conn.execute("ROLLBACK")
             raise
         return result
-
-    def _touch_workers(self, rows: list[list[Any]]) -> None:
-        """Workers seen through their tasks count as alive at that moment."""
-        latest: dict[str, float] = {}
-        ts_at = _COL["state_ts"]
-        for row in rows:
-            worker = row[_WORKER]
-            if worker and row[ts_at] > latest.get(worker, 0.0):
-                latest[worker] = row[ts_at]
-        if latest:
-            self.conn.executemany(
-                "INSERT INTO workers (hostname, state, last_seen) VALUES (?, 'online', ?)"
-                " ON CONFLICT (hostname)"
-                " DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
-                list(latest.items()),
-            )
-
-    def _worker_event(self, event: ev.Event, now: float) -> None:
-        kind = event["kind"]
-        hostname = event.get("worker") or event["host"]
-        ts = event["ts"]
-        conn = self.conn
-        conn.execute(
-            "INSERT INTO workers (hostname, state, last_seen) VALUES (?, 'online', ?)"
-            " ON CONFLICT (hostname) DO NOTHING",
-            (hostname, ts),
-        )
-        if kind == ev.WORKER_ONLINE:
-            conn.execute(
-                """UPDATE workers SET
-                    state = CASE WHEN offline_at IS NULL OR offline_at < ? THEN 'online'
-                                 ELSE state END,
-                    online_at = MAX(COALESCE(online_at, 0), ?),
-                    last_seen = MAX(last_seen, ?), pool = ?, concurrency = ?, sw_ver = ?,
-                    queues = ?, heartbeat_freq = ?, pid = ?
-                WHERE hostname = ?""",
-                (ts, ts, ts, event.get("pool"), event.get("concurrency"), event.get("sw_ver"),
-                 _json_or_none(event.get("queues")), event.get("freq"), event["pid"], hostname),
-            )  # fmt: skip
-            self._registry(hostname, event.get("tasks") or [], now)
-        elif kind == ev.WORKER_HEARTBEAT:
-            conn.execute(
-                """UPDATE workers SET
-                    last_seen = MAX(last_seen, ?),
-                    last_heartbeat = MAX(COALESCE(last_heartbeat, 0), ?),
-                    active = CASE WHEN ? >= COALESCE(last_heartbeat, 0) THEN ? ELSE active END,
-                    processed = MAX(COALESCE(processed, 0), COALESCE(?, 0)),
-                    loadavg = CASE WHEN ? >= COALESCE(last_heartbeat, 0) THEN ? ELSE loadavg END,
-                    dropped = MAX(COALESCE(dropped, 0), COALESCE(?, 0)),
-                    heartbeat_freq = COALESCE(?, heartbeat_freq),
-                    state = CASE WHEN offline_at IS NULL OR offline_at < ? THEN 'online'
-                                 ELSE state END
-                WHERE hostname = ?""",
-                (ts, ts, ts, event.get("active"), event.get("processed"),
-                 ts, _json_or_none(event.get("loadavg")), event.get("dropped"), event.get("freq"),
-                 ts, hostname),
-            )  # fmt: skip
-        else:
-            conn.execute(
-                """UPDATE workers SET
-                    offline_at = MAX(COALESCE(offline_at, 0), ?),
-                    last_seen = MAX(last_seen, ?),
-                    state = CASE WHEN COALESCE(online_at, 0) <= ? THEN 'offline' ELSE state END,
-                    dropped = MAX(COALESCE(dropped, 0), COALESCE(?, 0))
-                WHERE hostname = ?""",
-                (ts, ts, ts, event.get("dropped"), hostname),
-            )
-
-    def _registry(self, hostname: str, tasks: list[Any], now: float) -> None:
-        rows = []
-        for task in tasks:
-            if not isinstance(task, dict) or not isinstance(task.get("name"), str):
-                continue
-            rows.append(
-                (
-                    task["name"], text_of(task.get("module")), text_of(task.get("signature")),
-                    text_of(task.get("queue")), _num(task.get("max_retries")),
-                    _num(task.get("default_retry_delay")),
-                    _json_or_none(task.get("autoretry_for") or None),
-                    text_of(task.get("retry_backoff")), text_of(task.get("rate_limit")),
-                    _num(task.get("time_limit")), _num(task.get("soft_time_limit")),
-                    _num(task.get("acks_late")), _num(task.get("ignore_result")),
-                    _dumps([hostname]), now, _json_or_none(_dict_or_none(task.get("retry_policy"))),
-                )
-            )  # fmt: skip
-        self.conn.executemany(
-            """INSERT INTO registry (name, module, signature, queue, max_retries,
-                default_retry_delay, autoretry_for, retry_backoff, rate_limit, time_limit,
-                soft_time_limit, acks_late, ignore_result, workers, updated_at, retry_policy)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (name) DO UPDATE SET
-                module = excluded.module, signature = excluded.signature,
-                queue = excluded.queue, max_retries = excluded.max_retries,
-                default_retry_delay = excluded.default_retry_delay,
-                autoretry_for = excluded.autoretry_for, retry_backoff = excluded.retry_backoff,
-                rate_limit = excluded.rate_limit, time_limit = excluded.time_limit,
-                soft_time_limit = excluded.soft_time_limit, acks_late = excluded.acks_late,
-                ignore_result = excluded.ignore_result, retry_policy = excluded.retry_policy,
-                workers = (SELECT json_group_array(value) FROM (
-                    SELECT DISTINCT value FROM json_each(registry.workers)
-                    UNION SELECT value FROM json_each(excluded.workers))),
-                updated_at = excluded.updated_at""",
-            rows,
-        )
-
-
-def _dict_or_none(value: Any) -> dict[str, Any] | None:
-    return value if isinstance(value, dict) else None
-
-
-def _num(value: Any) -> float | int | None:
-    """A number; a bool as 0 or 1 (the registry keeps flags as integers)."""
-    if isinstance(value, bool):
-        return int(value)
-    return value if isinstance(value, int | float) else None

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 from stemtrace.core import jsonio
 from stemtrace.core.events import MAX_AHEAD
-from stemtrace.store import rollups, search
+from stemtrace.store import fleet_writes, rollups, search
 
 
 @dataclass
 class Retention:
-    """Prunes the oldest tasks (by first-seen time), their event history and search documents.
+    """Prunes the oldest tasks (by first-seen time), their event history and search documents,
+    and the workers' heartbeat gaps that ended before the same cutoff.
 
     Tasks first seen more than :data:`~stemtrace.core.events.MAX_AHEAD` in the
     future (stored by versions that took any time) go too, retention or not.
@@ -49,6 +50,8 @@ class Retention:
                 (cutoff, self.slice_size - len(found)),
             ).fetchall()
         if not found:
+            if cutoff is not None:
+                fleet_writes.prune_gaps(conn, cutoff)  # one statement: its own transaction
             self._next_run = now + self.interval
             return 0
         ids = [task_id for task_id, _ in found]
@@ -63,6 +66,7 @@ class Retention:
             search.forgotten(conn)
             if cutoff is not None:
                 rollups.prune(conn, cutoff)
+                fleet_writes.prune_gaps(conn, cutoff)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
