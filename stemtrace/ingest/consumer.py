@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stemtrace.core.events import Event, FrameError, decode_frame
+from stemtrace.ingest.depths import DepthPoller
 from stemtrace.settings import Settings
 from stemtrace.store import NO_UPKEEP, Backend, IngestResult, Skip, Upkeep, Writer
 from stemtrace.transports import (
@@ -38,6 +39,7 @@ from stemtrace.transports import (
     open_reader,
     scheme_of,
 )
+from stemtrace.transports.depths import open_depth_reader
 
 CELERY_EVENT_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
 
@@ -97,9 +99,11 @@ class Consumer:
         separate: bool = False,
         batch_frames: int = 100,
         block: float = 0.5,
+        poller: DepthPoller | None = None,
     ) -> None:
         """``upkeep``: the retention and indexing its writer does between batches;
-        ``separate``: a writing connection of its own (a second consumer)."""
+        ``separate``: a writing connection of its own (a second consumer);
+        ``poller``: reads the broker's queue lengths between batches."""
         self.store = store
         self.upkeep = upkeep
         self.separate = separate
@@ -111,6 +115,7 @@ class Consumer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_backlog = 0.0
+        self.poller = poller
 
     # -- control ---------------------------------------------------------------
 
@@ -161,8 +166,12 @@ class Consumer:
                         reader = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+            if self.poller is not None:
+                self.poller.maybe_poll(writer)  # never raises
         if reader is not None:
             reader.close()
+        if self.poller is not None:
+            self.poller.close()
 
     def open_writer(self) -> Writer:
         """The store's writer this consumer writes through (tests replace it)."""
@@ -309,7 +318,12 @@ def source_name(settings: Settings) -> str:
 
 
 def build_consumer(settings: Settings, store: Backend) -> Consumer:
-    """The consumer ``stemtrace run`` and ``stemtrace consume`` use."""
+    """The consumer ``stemtrace run`` and ``stemtrace consume`` use; it also polls the
+    broker's queue lengths every ``queue_poll_seconds`` (Redis and RabbitMQ)."""
+    poller = None
+    if settings.queue_poll_seconds > 0 and scheme_of(settings.broker) in CELERY_EVENT_SCHEMES:
+        broker = settings.broker
+        poller = DepthPoller(store, lambda: open_depth_reader(broker), settings.queue_poll_seconds)
     return Consumer(
         store,
         lambda: open_reader(settings.broker, stream=settings.stream, queue=settings.queue_name),
@@ -320,6 +334,7 @@ def build_consumer(settings: Settings, store: Backend) -> Consumer:
             index=True,
             minutes_for=settings.rollup_minutes_days * 86400,
         ),
+        poller=poller,
     )
 
 

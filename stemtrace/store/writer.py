@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from stemtrace.core.events import Event
-from stemtrace.store import queries, rollups
+from stemtrace.store import depths, queries, rollups
 from stemtrace.store.ingest import Ingestor, IngestResult, is_transient
 from stemtrace.store.retention import Retention
 from stemtrace.store.search import SearchIndexer
@@ -63,6 +63,19 @@ class SqliteWriter:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             rollups.fold(self.conn, now - self.minutes_for)
+            depths.prune(self.conn, now - self.minutes_for)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def record_depths(
+        self, samples: Mapping[str, tuple[int | None, int | None, str | None]], at: float
+    ) -> None:
+        """The broker's counts of its queues, read at ``at``, in one transaction."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            depths.record(self.conn, samples, at)
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
