@@ -29,6 +29,8 @@ PLANNED: Final = "PLANNED"
 
 ALL: Final = (PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED, REJECTED)
 TERMINAL: Final = frozenset({SUCCESS, FAILURE, REVOKED, REJECTED})
+WAITING: Final = (PENDING, RECEIVED)
+"""Sent and not started yet: such a task's queue wait so far is ``now - sent_at``."""
 BROKEN: Final = frozenset({FAILURE, REVOKED, REJECTED})
 
 KIND_STATE: Final = {

@@ -17,20 +17,19 @@ from fastapi import Path as PathParam
 from stemtrace import __version__
 from stemtrace.core import states
 from stemtrace.model import export, flows
-from stemtrace.server import stats
+from stemtrace.server import executions, stats
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
+from stemtrace.server.why import why
 from stemtrace.server.views import (
     flow_and_path,
     histories,
     load_flow,
     load_trace,
     not_found,
-    parse_states,
-    parse_time,
     task_detail,
 )
-from stemtrace.store import Backend, BadCursor, TaskFilters, listed
+from stemtrace.store import Backend, BadCursor, listed
 
 ID = Annotated[str, PathParam(min_length=1, max_length=255, description="a Celery task id")]
 Text = Annotated[str | None, Query(min_length=1, max_length=255)]
@@ -39,7 +38,7 @@ Text = Annotated[str | None, Query(min_length=1, max_length=255)]
 def create_api_router(site: Site) -> APIRouter:
     """The API routes, reading ``site.store``; ``site.consumer_status`` feeds ``/api/health``."""
     router = APIRouter(prefix="/api", tags=["api"], route_class=SecureRoute)
-    _task_routes(router, site.store)
+    _task_routes(router, site)
     _flow_routes(router, site.store)
     _export_routes(router, site.store)
     _trace_routes(router, site.store)
@@ -48,10 +47,11 @@ def create_api_router(site: Site) -> APIRouter:
     return router
 
 
-def _task_routes(router: APIRouter, store: Backend) -> None:
+def _task_routes(router: APIRouter, site: Site) -> None:
     """Executions, one task, a group's members."""
+    store = site.store
 
-    @router.get("/tasks", summary="Task executions, newest first")
+    @router.get("/tasks", summary="Task executions, newest first or longest first")
     def list_tasks(
         state: Annotated[
             list[str] | None,
@@ -59,6 +59,7 @@ def _task_routes(router: APIRouter, store: Backend) -> None:
         ] = None,
         name: Text = None,
         worker: Text = None,
+        queue: Annotated[str | None, Query(max_length=255, description="only this queue")] = None,
         trace_id: Text = None,
         root_id: Text = None,
         q: Annotated[
@@ -72,35 +73,47 @@ def _task_routes(router: APIRouter, store: Backend) -> None:
         until: Annotated[
             str | None, Query(max_length=64, description="first seen before: as since")
         ] = None,
+        sort: Annotated[
+            str | None,
+            Query(
+                max_length=16,
+                description="runtime or wait: longest first (unfinished tasks: so far),"
+                " among the tasks first seen since `since` (default: the last 24 h)",
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[
             str | None, Query(max_length=512, description="next_cursor of the previous page")
         ] = None,
     ) -> dict[str, Any]:
-        now = datetime.now(UTC).timestamp()
-        filters = TaskFilters(
-            states=parse_states(state),
-            name=name,
-            worker=worker,
-            trace_id=trace_id,
-            root_id=root_id,
-            q=q or None,
-            since=parse_time("since", since, now),
-            until=parse_time("until", until, now),
-        )
+        """Sorted, the answer has ``window``: the first-seen times it covers, and whether
+        ``since`` was the default; pass that ``since`` with ``next_cursor`` to page on."""
+        given = {"state": state, "name": name, "worker": worker, "queue": queue, "q": q,
+                 "trace_id": trace_id, "root_id": root_id, "since": since, "until": until,
+                 "sort": sort}  # fmt: skip
+        found = executions.listing(given, datetime.now(UTC).timestamp())
         try:
-            rows, next_cursor = store.list_tasks(filters, cursor, limit)
+            rows, next_cursor = store.list_tasks(found.filters, cursor, limit)
         except BadCursor as exc:
             raise HTTPException(422, str(exc)) from None
-        return {"tasks": rows, "next_cursor": next_cursor}
+        answer: dict[str, Any] = {"tasks": rows, "next_cursor": next_cursor}
+        if sorted_over := executions.window(found):
+            answer["window"] = sorted_over
+        return answer
 
     @router.get(
         "/tasks/{task_id}",
-        summary="One task: its row, timeline, attempts, children",
+        summary="One task: its row, timeline, attempts, children, and why it waits",
         name="stemtrace.api.task",
     )
     def get_task(task_id: ID) -> dict[str, Any]:
-        return task_detail(store, task_id)
+        """``why``: its problems, ``due`` (ETA), ``queue`` (the broker's count now, tasks
+        ahead of it, who consumes it), ``lost`` (its worker gone) and ``usual`` (its name's
+        queue wait and run time p50 and p95 over the last day, beside its own)."""
+        detail = task_detail(store, task_id)
+        if not detail.get("planned"):
+            detail["why"] = why(site.watch, store, detail, time.time())
+        return detail
 
     @router.get(
         "/groups/{group_id}/members",

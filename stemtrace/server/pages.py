@@ -25,19 +25,18 @@ from sse_starlette import EventSourceResponse
 from stemtrace import __version__
 from stemtrace.core import states
 from stemtrace.model import flows, traces
-from stemtrace.server import overview, render
+from stemtrace.server import executions, overview, render
 from stemtrace.server.errors import BadParameter, NotFound
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
+from stemtrace.server.why import why
 from stemtrace.server.views import (
     FLOW_SLOTS,
     histories,
     load_trace,
-    parse_states,
-    parse_time,
     task_detail,
 )
-from stemtrace.store import BadCursor, TaskFilters
+from stemtrace.store import BadCursor
 
 PACKAGE = Path(__file__).resolve().parent.parent
 STATIC = PACKAGE / "static"
@@ -216,57 +215,61 @@ def _execution_routes(router: APIRouter, pages: Pages) -> None:
     store = pages.store
 
     @router.get("/executions", name="stemtrace.executions")
-    def executions(
+    def executions_page(
         request: Request,
         state: Annotated[list[str] | None, Query()] = None,
         name: Text = None,
         worker: Text = None,
+        queue: Text = None,
         trace_id: Text = None,
         q: Text = None,
         since: Text = None,
         until: Text = None,
+        sort: Annotated[str | None, Query(max_length=16)] = None,
         cursor: Annotated[str | None, Query(max_length=512)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    ) -> HTMLResponse:
-        chosen = [s for s in state or () if s]
-        form: dict[str, Any] = {
-            "state": chosen,
-            "name": name or "",
-            "worker": worker or "",
-            "trace_id": trace_id or "",
-            "q": q or "",
-            "since": since or "",
-            "until": until or "",
-        }
+        cols: Annotated[list[str] | None, Query(max_length=16)] = None,
+    ) -> Response:
+        """``cols``: the optional columns the page's header has (``eta`` or ``none``), sent
+        by its live refresh of the rows; when they no longer fit, the whole page reloads."""
+        given = {"name": name, "worker": worker, "queue": queue, "trace_id": trace_id, "q": q,
+                 "since": since, "until": until, "sort": sort}  # fmt: skip
+        form: dict[str, Any] = {"state": [s for s in state or () if s]}
+        form.update((key, value or "") for key, value in given.items())
         now = datetime.now(UTC).timestamp()
         error = None
         rows: list[dict[str, Any]] = []
-        next_cursor = None
+        next_cursor = found = None
         try:
-            filters = TaskFilters(
-                states=parse_states(chosen),
-                name=name or None,
-                worker=worker or None,
-                trace_id=trace_id or None,
-                q=q or None,
-                since=parse_time("since", since or None, now),
-                until=parse_time("until", until or None, now),
-            )
-            rows, next_cursor = store.list_tasks(filters, cursor, limit)
+            found = executions.listing(form, now)
+            rows, next_cursor = store.list_tasks(found.filters, cursor, limit)
         except (BadParameter, BadCursor) as exc:
             error = str(exc)
+        url = url_maker(request)
+        show_eta = any(row["eta"] for row in rows)
+        pinned = form if found is None else dict(form, since=repr(found.filters.since))
         context = {
-            "rows": rows,
+            "rows": executions.paced(rows, now),
             "form": form,
             "error": error,
             "cursor": cursor,
             "next_cursor": next_cursor,
+            "next_form": pinned if form["sort"] else form,
             "limit": limit,
             "states": states.ALL,
             **store.filter_choices(),
+            "queues": sorted(store.since_ever("queue")),
             "empty_store": not rows and not any(form.values()) and store.is_empty(),
+            "show_eta": show_eta,
+            "sorted_by": executions.SORT_LABELS.get(form["sort"]) if found else None,
+            "defaulted": found is not None and found.defaulted,
+            "sort_window": executions.SORT_WINDOW,
+            "sort_links": executions.sort_links(url, form, limit),
+            "window_links": executions.window_links(url, form, limit),
         }
-        if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "rows":
+        if _is_htmx(request, "rows"):
+            if cols and not error and show_eta != ("eta" in cols):
+                return Response(status_code=200, headers={"HX-Refresh": "true"})
             return pages.page(request, "_rows.html", context, 422 if error else 200)
         return pages.page(request, "executions.html", context, 422 if error else 200)
 
@@ -287,6 +290,7 @@ def _task_routes(router: APIRouter, pages: Pages) -> None:
             return pages.planned(request, detail)
         if reload := pages.found(request):
             return reload
+        detail["why"] = why(pages.site.watch, store, detail, datetime.now(UTC).timestamp())
         context = {"task": detail, "bar": render.timeline_bar(detail["phases"])}
         partial = (
             request.headers.get("HX-Request") and request.headers.get("HX-Target") == "task-live"

@@ -5,6 +5,7 @@ May import: core only. The rest of stemtrace imports this package and
 """
 
 from stemtrace.store.queries import listed
+from stemtrace.store.ranked import SORTS
 from stemtrace.store.schema import DEFAULT_DB, Store
 from stemtrace.store.surface import (
     FLOW_OUTCOMES,
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_DB",
     "FLOW_OUTCOMES",
     "NO_UPKEEP",
+    "SORTS",
     "Backend",
     "BadCursor",
     "FlowFilters",

@@ -12,13 +12,13 @@ from typing import Any
 
 from stemtrace.core import states
 from stemtrace.core.bounds import MARKER, bound
-from stemtrace.store import planned, search
+from stemtrace.store import planned, ranked, search
 from stemtrace.store.migrations import HISTORY_COLUMNS, HISTORY_RECORD
 
 LIST_COLUMNS = (
     "id", "name", "state", "worker", "trace_id", "root_id", "parent_id", "group_id", "retries",
     "queue", "seen_at", "sent_at", "received_at", "started_at", "finished_at", "runtime",
-    "exc_type", "exc_message",
+    "exc_type", "exc_message", "eta",
 )  # fmt: skip
 
 FLOW_COLUMNS = (
@@ -46,6 +46,9 @@ class TaskFilters:
     q: str | None = None
     since: float | None = None
     until: float | None = None
+    queue: str | None = None
+    sort: str | None = None
+    """``None``: newest first; else one of :data:`ranked.SORTS`, longest first (see there)."""
 
 
 def encode_cursor(seen_at: float, task_id: str) -> str:
@@ -80,6 +83,8 @@ def list_tasks(
     leaves, with the same ``LIKE``, newest spans first until the page is final;
     otherwise, or for a common text, it scans.
     """
+    if filters.sort is not None:
+        return _ranked(conn, filters, cursor, limit)
     rest, params = _page_sql(filters, cursor, limit)
     with search.snapshot(conn):
         narrowed = search.narrow(conn, filters.q) if filters.q else None
@@ -95,14 +100,44 @@ def list_tasks(
     return rows, next_cursor
 
 
+def _ranked(
+    conn: sqlite3.Connection, filters: TaskFilters, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page sorted by :attr:`TaskFilters.sort` (:mod:`stemtrace.store.ranked`)."""
+    if filters.since is None:  # a sort reads every row it ranks: never the whole table
+        raise ValueError("a sorted list needs a window: give since")
+    where, params = _where(filters)
+    try:
+        found, next_cursor = ranked.page(
+            conn, LIST_COLUMNS, where, params, str(filters.sort), cursor, limit
+        )
+    except ranked.BadSortCursor as exc:
+        raise BadCursor(str(exc)) from None
+    return [_list_row(row) for row in found], next_cursor
+
+
 def _page_sql(filters: TaskFilters, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
     """The ``WHERE``, ``ORDER BY`` and ``LIMIT`` of one page, and their parameters."""
+    where, params = _where(filters)
+    if cursor is not None:
+        seen_at, task_id = decode_cursor(cursor)
+        where.append("(seen_at < ? OR (seen_at = ? AND id < ?))")
+        params.extend([seen_at, seen_at, task_id])
+    rest = (" WHERE " + " AND ".join(where) if where else "") + (
+        " ORDER BY seen_at DESC, id DESC LIMIT ?"
+    )
+    params.append(limit + 1)
+    return rest, params
+
+
+def _where(filters: TaskFilters) -> tuple[list[str], list[Any]]:
+    """The conditions of ``filters`` and their parameters."""
     where: list[str] = []
     params: list[Any] = []
     if filters.states:
         where.append(f"state IN ({', '.join('?' for _ in filters.states)})")
         params.extend(filters.states)
-    for column in ("name", "worker", "trace_id", "root_id"):
+    for column in ("name", "worker", "trace_id", "root_id", "queue"):
         value = getattr(filters, column)
         if value is not None:
             where.append(f"{column} = ?")
@@ -121,15 +156,7 @@ def _page_sql(filters: TaskFilters, cursor: str | None, limit: int) -> tuple[str
             " OR exc_message LIKE ? ESCAPE '\\')"
         )
         params.extend([pattern] * 6)
-    if cursor is not None:
-        seen_at, task_id = decode_cursor(cursor)
-        where.append("(seen_at < ? OR (seen_at = ? AND id < ?))")
-        params.extend([seen_at, seen_at, task_id])
-    rest = (" WHERE " + " AND ".join(where) if where else "") + (
-        " ORDER BY seen_at DESC, id DESC LIMIT ?"
-    )
-    params.append(limit + 1)
-    return rest, params
+    return where, params
 
 
 def _narrowed_page(
@@ -164,7 +191,7 @@ def _newest(known: list[Any], more: Iterable[Any], most: int) -> list[Any]:
     return sorted(rows.values(), key=lambda row: (row[_SEEN_AT], row[_ID]), reverse=True)[:most]
 
 
-def _list_row(row: sqlite3.Row) -> dict[str, Any]:
+def _list_row(row: Sequence[Any]) -> dict[str, Any]:
     found = dict(zip(LIST_COLUMNS, row, strict=True))
     found["queue_wait"] = _span(found["sent_at"], found["started_at"])
     message = found["exc_message"]
