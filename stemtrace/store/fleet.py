@@ -101,13 +101,19 @@ def _dict_rows(
 
 
 def workers(
-    conn: sqlite3.Connection, now: float | None = None, timeout: float = 60.0
+    conn: sqlite3.Connection,
+    now: float | None = None,
+    timeout: float = 60.0,
+    hostname: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every worker; one not heard from for three heartbeats (or ``timeout`` s, whichever
-    is longer) counts as ``lost``."""
+    """Every worker (or the one named ``hostname``); one not heard from for three
+    heartbeats (or ``timeout`` s, whichever is longer) counts as ``lost``."""
     now = time.time() if now is None else now
     found = []
-    for row in _dict_rows(conn, "SELECT * FROM workers ORDER BY hostname"):
+    sql, params = "SELECT * FROM workers ORDER BY hostname", []
+    if hostname is not None:
+        sql, params = "SELECT * FROM workers WHERE hostname = ?", [hostname]
+    for row in _dict_rows(conn, sql, params):
         silence = max(3 * float(row["heartbeat_freq"] or 20.0), timeout)
         state = row["state"]
         if state == "online" and now - row["last_seen"] > silence:

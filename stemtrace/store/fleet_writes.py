@@ -115,23 +115,30 @@ def record_gap(
 ) -> None:
     """The gap a heartbeat (or an online event) at ``ts`` ends, if the worker was silent.
 
-    Runs before the event updates the worker's row, against what the row
-    knew: ``last_seen`` (every event of the worker or its tasks so far).
+    Runs before the event updates the worker's row, against the last beat the
+    row knew (its latest heartbeat or online event). Only the worker's own
+    events count: its tasks' events come from its pool, which may run while
+    the worker itself is stuck (a solo pool busy on a long task sends no
+    heartbeat), and an order between the two streams is not to be relied on.
     """
     row = conn.execute(
-        "SELECT last_seen, heartbeat_freq, online_at, offline_at FROM workers WHERE hostname = ?",
+        "SELECT last_heartbeat, online_at, offline_at, heartbeat_freq FROM workers"
+        " WHERE hostname = ?",
         (hostname,),
     ).fetchone()
-    if row is None:  # the first word of a worker: nothing to be silent since
-        return
-    last_seen, known_freq, online_at, offline_at = row
+    if row is None or (row[0] is None and row[1] is None):
+        return  # the first beat of a worker: nothing to be silent since
+    last_heartbeat, online_at, offline_at, known_freq = row
+    last = max(last_heartbeat or 0.0, online_at or 0.0)
     allowed = allowed_silence(freq if number(freq) else known_freq)
-    if ts <= last_seen:
+    if ts <= last:
         _split(conn, hostname, ts, allowed)
-    elif online and offline_at is not None and (online_at or 0.0) < offline_at < ts:
+    elif online and offline_at is not None and last < offline_at < ts:
+        if offline_at - last > allowed:  # silent before it said goodbye
+            conn.execute(_GAP, (hostname, last, offline_at))
         conn.execute(_GAP, (hostname, offline_at, ts))  # away: offline, then back
-    elif ts - last_seen > allowed:
-        conn.execute(_GAP, (hostname, last_seen, ts))
+    elif ts - last > allowed:
+        conn.execute(_GAP, (hostname, last, ts))
 
 
 def _split(conn: sqlite3.Connection, hostname: str, ts: float, allowed: float) -> None:

@@ -365,10 +365,9 @@ class Ingestor:
                     [(rowids[row[0]], row[_CHAIN], row[_CHORD]) for row in task_rows
                      if row[_CHAIN] is not None or row[_CHORD] is not None],
                 )  # fmt: skip
-            # Tasks first: a heartbeat is measured against every sign of life before it.
-            fleet_writes.touch(conn, [(row[_WORKER], row[_STATE_TS]) for row in task_rows])
             for event in worker_events:
                 fleet_writes.worker_event(conn, event, now)
+            fleet_writes.touch(conn, [(row[_WORKER], row[_STATE_TS]) for row in task_rows])
             if skipped:
                 skipped_input.record(conn, skipped, cursor[0] if cursor else "", now)
             if cursor is not None:

@@ -267,9 +267,11 @@ class Store:
     def time_limits(self) -> dict[str, tuple[float | None, float | None]]:
         return inflight.time_limits(self._conn())
 
-    def worker(self, hostname: str, since: float, now: float | None = None) -> Row | None:
+    def worker(
+        self, hostname: str, since: float, now: float | None = None, timeout: float = 60.0
+    ) -> Row | None:
         now = time.time() if now is None else now
-        return worker_detail.worker(self._conn(), hostname, since, now)
+        return worker_detail.worker(self._conn(), hostname, since, now, timeout)
 
     def filter_choices(self) -> dict[str, list[str]]:
         return queries.filter_choices(self._conn())

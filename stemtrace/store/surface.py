@@ -197,7 +197,9 @@ class Backend(Protocol):
     def time_limits(self) -> dict[str, tuple[float | None, float | None]]:
         """Per defined task name: its soft and hard time limits."""
 
-    def worker(self, hostname: str, since: float, now: float | None = None) -> Row | None:
+    def worker(
+        self, hostname: str, since: float, now: float | None = None, timeout: float = 60.0
+    ) -> Row | None:
         """One worker as :meth:`workers` has it, with its page's lists, or ``None``.
 
         ``gaps`` (``start``, ``end``): silences and absences overlapping ``[since, now]``;

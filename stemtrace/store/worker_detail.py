@@ -53,16 +53,17 @@ NEXT_ATTEMPT = (
 
 
 def worker(
-    conn: sqlite3.Connection, hostname: str, since: float, now: float
+    conn: sqlite3.Connection, hostname: str, since: float, now: float, timeout: float = 60.0
 ) -> dict[str, Any] | None:
     """The worker's row as :func:`stemtrace.store.fleet.workers` has it, and its page's lists.
 
     ``gaps`` are those overlapping ``[since, now]``; ``failures`` those first
     seen since ``since``, newest first.
     """
-    row = next((w for w in fleet.workers(conn, now) if w["hostname"] == hostname), None)
-    if row is None:
+    found = fleet.workers(conn, now, timeout, hostname)
+    if not found:
         return None
+    row = found[0]
     row["running"] = _rows(conn, RUNNING, (hostname, LISTED))
     held, scheduled = waiting(conn, hostname)
     row["held"] = held
