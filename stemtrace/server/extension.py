@@ -32,6 +32,7 @@ from stemtrace.server.live import Broadcaster
 from stemtrace.server.metrics import create_metrics_router
 from stemtrace.server.pages import create_pages_router
 from stemtrace.server.problems import create_problems_router
+from stemtrace.server.queues import create_queues_router
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
 from stemtrace.settings import Settings
@@ -102,6 +103,7 @@ class StemtraceExtension:
             create_metrics_router(self.site, names=self.settings.metrics_names)
         )
         self.router.include_router(create_problems_router(self.site))
+        self.router.include_router(create_queues_router(self.site))
 
     def consumer_status(self) -> dict[str, Any] | None:
         if self.consumer is None:
