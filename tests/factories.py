@@ -555,6 +555,7 @@ API_PATHS = {
     "/api/workers",
     "/api/health",
     "/api/stats",
+    "/api/problems",
 }
 
 

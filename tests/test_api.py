@@ -26,6 +26,7 @@ import stemtrace
 from stemtrace.core import buckets
 from stemtrace.core.events import Event
 from stemtrace.server.api import create_api_router
+from stemtrace.server.problems import create_problems_router
 from stemtrace.server.app import create_app
 from stemtrace.server.browse_api import create_browse_api_router
 from stemtrace.settings import Settings
@@ -1055,8 +1056,10 @@ def test_openapi_lists_every_api_path(api: Api, db_path: Path) -> None:
     documented = {path for path in document["paths"] if path.startswith("/api")}
     store = Store(db_path)
     try:
-        routers = [create_api_router(site_of(store)), create_browse_api_router(site_of(store))]
-        routed = {getattr(r, "path", None) for router in routers for r in router.routes}
+        routers = [create_api_router(site_of(store)), create_browse_api_router(site_of(store)),
+                   create_problems_router(site_of(store))]  # fmt: skip
+        routed = {getattr(r, "path", "") for router in routers for r in router.routes}
+        routed = {path for path in routed if path.startswith("/api")}
     finally:
         store.close()
     assert documented == routed == API_PATHS

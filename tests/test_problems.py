@@ -173,3 +173,52 @@ def test_a_queue_with_broker_messages_and_no_consumer() -> None:
     assert "7 messages" in found[0]["reason"]
     unknown = [{"hostname": "w", "state": "online", "queues": []}]
     assert problems.find([], unknown, depths, problems.Usuals(), Thresholds(), 1.0) == []
+
+
+def test_the_task_page_says_why_it_waits(site: Site) -> None:
+    now = time.time()
+    events = scene(now)
+    for n in range(25):  # a usual for p.quick: 25 runs of 1 s after a 0.5 s wait
+        events += lifecycle(f"usual-{n}", "p.quick", now - 3000 + n, runtime=1.0)
+    client = site(events)
+    orphan = page(client, "/tasks/no-consumer")
+    why = orphan.select_one("section.why")
+    assert why is not None
+    assert "In queue reports" in why.get_text(" ", strip=True)
+    assert "No online worker consumes this queue" in why.get_text(" ", strip=True)
+    later = page(client, "/tasks/later").select_one("section.why li.due")
+    assert later is not None and "Due at" in later.get_text() and ", in 9 min" in later.get_text()
+    overdue = page(client, "/tasks/overdue").select_one("section.why li.due")
+    assert overdue is not None and "Overdue by 2 min" in overdue.get_text()
+    died = page(client, "/tasks/died")
+    lost = died.select_one("section.why li.lost")
+    assert lost is not None and W2 in lost.get_text()
+    detail = client.get("/api/tasks/died").json()
+    assert detail["why"]["lost"]["worker"] == W2
+    assert [p["kind"] for p in detail["why"]["problems"]] == ["lost"]
+    waiting = client.get("/api/tasks/long-wait").json()["why"]
+    assert waiting["queue"]["name"] == "celery"
+    assert waiting["queue"]["ahead"] == 0  # nothing sent to celery before it waits still
+    usual = page(client, "/tasks/long-wait").select_one("table.usual")
+    assert usual is not None
+    cells = [[td.get_text(" ", strip=True) for td in tr.find_all("td")]
+             for tr in usual.select("tbody tr")]  # fmt: skip
+    assert cells[0][0].endswith("(so far)")
+    assert cells[1][1] != "—"  # the name's usual run time
+
+
+def test_a_revoked_task_says_why_in_its_timeline(site: Site) -> None:
+    now = time.time()
+    early = Task("early", "p.quick")
+    killed = Task("killed", "p.quick")
+    events = [early.sent(now - 10), early.ended("revoked", now - 9, W1, terminated=False,
+                                                 expired=False)]  # fmt: skip
+    events += [killed.sent(now - 10), killed.received(now - 9, W1), killed.started(now - 8, W1),
+               killed.ended("revoked", now - 7, W1, terminated=True, signum=15)]  # fmt: skip
+    client = site(events)
+    for task_id, words in (("early", "revoked (revoked before it ran)"),
+                           ("killed", "revoked (terminated (signal 15))")):  # fmt: skip
+        rows = page(client, f"/tasks/{task_id}").select("table.phases tbody tr")
+        assert rows[-1].find("td").get_text(" ", strip=True) == words
+        phases = client.get(f"/api/tasks/{task_id}").json()["phases"]
+        assert phases[-1]["outcome"] == "revoked"
