@@ -35,6 +35,7 @@ from stemtrace.server.problems import create_problems_router
 from stemtrace.server.queues import create_queues_router
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
+from stemtrace.server.worker_page import create_worker_router
 from stemtrace.settings import Settings
 from stemtrace.store import Backend, open_store
 
@@ -104,6 +105,7 @@ class StemtraceExtension:
         )
         self.router.include_router(create_problems_router(self.site))
         self.router.include_router(create_queues_router(self.site))
+        self.router.include_router(create_worker_router(self.site))
 
     def consumer_status(self) -> dict[str, Any] | None:
         if self.consumer is None:
