@@ -15,6 +15,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from bs4 import BeautifulSoup, Tag
@@ -304,12 +305,15 @@ def test_clicks_carry_the_filter(client: TestClient, db_path: Path) -> None:
     assert hrefs and all("worker=celery%40worker-2" in h for h in hrefs)
 
 
-def test_filtered_by_queue_the_charts_do_not_link(client: TestClient) -> None:
+def test_filtered_by_queue_the_charts_link_to_that_queue_s_executions(client: TestClient) -> None:
     soup = page(client, "/", queue=HOSTILE_QUEUE)
-    svg = one(soup, "#chart-throughput svg")
-    assert svg.select("a") == []
+    hrefs = [str(a["href"]) for a in one(soup, "#chart-throughput svg").select("a[href]")]
+    assert hrefs and all(parse_qs(urlsplit(h).query)["queue"] == [HOSTILE_QUEUE] for h in hrefs)
     assert set(hovers(soup, "throughput")) == {"succeeded", "failed"}
-    assert "cannot filter by queue" in text(one(soup, ".overview-charts > p"))
+    listed = [client.get(f"/api/tasks?{urlsplit(h).query}").json()["tasks"] for h in hrefs]
+    assert sum(len(tasks) for tasks in listed) == 2  # the queue's two tasks, each once
+    assert {task["queue"] for tasks in listed for task in tasks} == {HOSTILE_QUEUE}
+    assert "same task, queue or worker" in text(one(soup, ".overview-charts > p"))
 
 
 def test_the_lists_beside_the_charts(client: TestClient, db_path: Path) -> None:

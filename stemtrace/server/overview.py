@@ -86,21 +86,17 @@ def build(
         "leaders": leaders,
         "leaders_all": query.dim in ("queue", "worker"),
         "window": {"since": int(query.since), "until": int(query.until) + 1},
-        "linked": links.possible,
     }
 
 
 class _Links:
-    """Links to the executions a bar or point counts (none when filtered by queue)."""
+    """Links to the executions a bar or point counts: same filter, state and interval."""
 
     def __init__(self, query: stats.Query, url: Url) -> None:
         self.query = query
         self.url = url
-        self.possible = query.dim != "queue"  # the executions list has no queue filter
 
     def window(self, t: float, state: str | None) -> str | None:
-        if not self.possible:
-            return None
         step = self.query.step
         found = {**self.query.filter, "state": state, "since": int(t), "until": int(t) + step}
         return self.url("stemtrace.executions", query=found)
@@ -111,7 +107,7 @@ def _charts(points: list[dict[str, Any]], query: stats.Query, links: _Links) -> 
     start = points[0]["t"]
     end = points[-1]["t"] + step
     frame = {"start": start, "end": end, "step": step}
-    click = CLICK if links.possible else ""
+    click = CLICK
     per = _step_label(step)
     throughput = [
         Series("succeeded", "chart-ok", [(p["t"], p["succeeded"]) for p in points]),
