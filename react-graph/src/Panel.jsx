@@ -140,6 +140,7 @@ export function SidePanel({ node, graph, expansion, config, onClose, onExpand, o
         {isTask ? (
           <>
             <Fact label="worker">{node.worker}</Fact>
+            <Fact label="lost">{node.lost ? `never finished: ${node.lost}` : null}</Fact>
             <Fact label="attempts">{node.attempts ? String(node.attempts) : null}</Fact>
             <Fact label="sent">{formatDateTime(node.sent_at)}</Fact>
             <Fact label="received">{formatDateTime(node.received_at)}</Fact>

@@ -80,6 +80,7 @@ export function memberNode(row) {
     runtime: row.runtime ?? null,
     attempts: row.attempts ?? (started !== null ? (Number(row.retries) || 0) + 1 : 0),
     exc_type: row.exc_type ?? null,
+    lost: row.lost ?? null,
   };
 }
 

@@ -58,6 +58,7 @@ function TaskNodeView({ data, selected }) {
         <StateLabel state={node.state} />
         {node.attempts > 1 && <span className="stg-attempts">{plural(node.attempts, 'attempt')}</span>}
         {node.attempts === 1 && <span className="stg-attempts muted">1 attempt</span>}
+        {node.lost && <span className="stg-lost" title={String(node.lost)}>lost with its worker</span>}
       </div>
       <div className="stg-line stg-meta">
         {started ? <span title="started at">{started}</span> : <span>not started</span>}

@@ -77,6 +77,8 @@ def _node_attrs(node: dict[str, Any], critical: AbstractSet[str]) -> dict[str, s
         lines = [node.get("name") or node["id"], state.lower()]
         if node.get("attempts", 0) > 1:
             lines.append(f"{node['attempts']} attempts")
+        if node.get("lost"):
+            lines.append("lost with its worker")
     else:
         counts = ", ".join(f"{c} {s.lower()}" for s, c in (node.get("counts") or {}).items())
         lines = [f"{node['kind']} of {node.get('size')}", counts]

@@ -285,6 +285,7 @@ def _task_node(row: dict[str, Any]) -> dict[str, Any]:
         "runtime": row.get("runtime"),
         "attempts": (row.get("retries") or 0) + 1 if started is not None else 0,
         "exc_type": row.get("exc_type"),
+        "lost": row.get("lost"),
     }
 
 

@@ -81,6 +81,17 @@ def worker_gone(worker: Mapping[str, Any] | None, started_at: float | None) -> s
     return None
 
 
+def mark_lost(rows: Iterable[dict[str, Any]], workers: Sequence[Mapping[str, Any]]) -> None:
+    """Give each started row whose worker is gone a ``lost`` reason (a derived mark: its
+    state stays ``STARTED``, as Celery last said)."""
+    by_host = {w["hostname"]: w for w in workers}
+    for row in rows:
+        if row.get("state") == states.STARTED:
+            gone = worker_gone(by_host.get(row.get("worker") or ""), row.get("started_at"))
+            if gone is not None:
+                row["lost"] = gone
+
+
 def _gone_since(worker: Mapping[str, Any]) -> float | None:
     for key in ("offline_at", "last_seen"):
         value = worker.get(key)

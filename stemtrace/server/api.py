@@ -39,9 +39,10 @@ def create_api_router(site: Site) -> APIRouter:
     """The API routes, reading ``site.store``; ``site.consumer_status`` feeds ``/api/health``."""
     router = APIRouter(prefix="/api", tags=["api"], route_class=SecureRoute)
     _task_routes(router, site)
-    _flow_routes(router, site.store)
-    _export_routes(router, site.store)
-    _trace_routes(router, site.store)
+    timeout = site.thresholds.worker_timeout
+    _flow_routes(router, site.store, timeout)
+    _export_routes(router, site.store, timeout)
+    _trace_routes(router, site.store, timeout)
     _fleet_routes(router, site)
     _stats_routes(router, site.store)
     return router
@@ -131,7 +132,7 @@ def _task_routes(router: APIRouter, site: Site) -> None:
         return {"group_id": group_id, "size": total, "offset": offset, "members": members}
 
 
-def _flow_routes(router: APIRouter, store: Backend) -> None:
+def _flow_routes(router: APIRouter, store: Backend, timeout: float) -> None:
     """A flow's graph and its waterfall."""
 
     @router.get(
@@ -146,7 +147,7 @@ def _flow_routes(router: APIRouter, store: Backend) -> None:
         ] = None,
         collapse_over: Annotated[int, Query(ge=1, le=100_000)] = flows.COLLAPSE_OVER,
     ) -> dict[str, Any]:
-        graph = load_flow(store, task_id, collapse_over, expand)
+        graph = load_flow(store, task_id, collapse_over, expand, timeout)
         graph["critical_path"] = flows.critical_path(graph, time.time())
         return graph
 
@@ -154,7 +155,7 @@ def _flow_routes(router: APIRouter, store: Backend) -> None:
         "/flows/{task_id}/waterfall", summary="The flow as a timeline, with its critical path"
     )
     def get_waterfall(task_id: ID) -> dict[str, Any]:
-        graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
+        graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None, timeout)
         now = time.time()
         rows = flows.waterfall(graph, now, histories(store, graph))
         return {
@@ -166,7 +167,7 @@ def _flow_routes(router: APIRouter, store: Backend) -> None:
         }
 
 
-def _export_routes(router: APIRouter, store: Backend) -> None:
+def _export_routes(router: APIRouter, store: Backend, timeout: float) -> None:
     """A flow as Graphviz DOT and SVG."""
 
     @router.get(
@@ -175,7 +176,7 @@ def _export_routes(router: APIRouter, store: Backend) -> None:
         name="stemtrace.api.flow_dot",
     )
     def get_dot(task_id: ID) -> Response:
-        graph, critical = flow_and_path(store, task_id)
+        graph, critical = flow_and_path(store, task_id, timeout)
         return Response(
             export.to_dot(graph, critical),
             media_type="text/vnd.graphviz",
@@ -190,7 +191,7 @@ def _export_routes(router: APIRouter, store: Backend) -> None:
         name="stemtrace.api.flow_svg",
     )
     def get_svg(task_id: ID) -> Response:
-        graph, critical = flow_and_path(store, task_id)
+        graph, critical = flow_and_path(store, task_id, timeout)
         try:
             svg = export.to_svg(graph, critical)
         except export.DotNotInstalled as exc:
@@ -205,12 +206,12 @@ def _export_routes(router: APIRouter, store: Backend) -> None:
         )
 
 
-def _trace_routes(router: APIRouter, store: Backend) -> None:
+def _trace_routes(router: APIRouter, store: Backend, timeout: float) -> None:
     """Everything one trace set off."""
 
     @router.get("/traces/{trace_id}", summary="Every task of one trace, and its flows")
     def get_trace(trace_id: ID) -> dict[str, Any]:
-        rows, found = load_trace(store, trace_id)
+        rows, found = load_trace(store, trace_id, timeout)
         ends = [t["finished_at"] for t in rows if t["finished_at"] is not None]
         return {
             "trace_id": trace_id,
@@ -242,7 +243,7 @@ def _trace_routes(router: APIRouter, store: Backend) -> None:
         name="stemtrace.api.trace_graph",
     )
     def get_trace_graph(trace_id: ID) -> dict[str, Any]:
-        graph: dict[str, Any] = load_trace(store, trace_id)[1]["graph"]
+        graph: dict[str, Any] = load_trace(store, trace_id, timeout)[1]["graph"]
         graph["critical_path"] = flows.critical_path(graph, time.time())
         return graph
 

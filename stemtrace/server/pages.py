@@ -34,6 +34,7 @@ from stemtrace.server.views import (
     FLOW_SLOTS,
     histories,
     load_trace,
+    mark_lost,
     task_detail,
 )
 from stemtrace.store import BadCursor
@@ -312,6 +313,7 @@ def _flow_routes(router: APIRouter, pages: Pages) -> None:
                 return pages.not_found(request, "task or group", task_id, again)
             if reload := pages.found(request):
                 return reload
+            mark_lost(store, rows, pages.site.thresholds.worker_timeout)
             graph = flows.build_flow(rows)
             now = datetime.now(UTC).timestamp()
             critical = flows.critical_path(graph, now)
@@ -343,7 +345,7 @@ def _flow_routes(router: APIRouter, pages: Pages) -> None:
     def trace(request: Request, trace_id: Annotated[str, render.PathId]) -> Response:
         """What one request set off, end to end: its flows as one graph, one waterfall."""
         try:
-            rows, traced = load_trace(store, trace_id)
+            rows, traced = load_trace(store, trace_id, pages.site.thresholds.worker_timeout)
         except NotFound:
             again = ("stemtrace.trace", {"trace_id": trace_id})
             return pages.not_found(request, "trace", trace_id, again)

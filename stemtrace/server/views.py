@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stemtrace.core import states
-from stemtrace.model import flows, planned, timeline, traces
+from stemtrace.model import flows, planned, problems, timeline, traces
 from stemtrace.server.errors import BadParameter, NotFound
 from stemtrace.store import Backend
 
@@ -78,27 +78,43 @@ them take turns anyway) instead of each adding that much to the server."""
 
 
 def load_flow(
-    store: Backend, task_id: str, collapse_over: int, expand: list[str] | None
+    store: Backend,
+    task_id: str,
+    collapse_over: int,
+    expand: list[str] | None,
+    timeout: float = 60.0,
 ) -> dict[str, Any]:
     with FLOW_SLOTS:
         rows = store.flow_rows(task_id)
         if rows is None:
             raise not_found("task or group", task_id)
+        mark_lost(store, rows, timeout)
         return flows.build_flow(rows, collapse_over=collapse_over, expand=frozenset(expand or ()))
 
 
-def load_trace(store: Backend, trace_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def mark_lost(store: Backend, rows: list[dict[str, Any]], timeout: float) -> None:
+    """Mark the rows started on a worker that is gone (``timeout``: when a silent one is)."""
+    if any(row.get("state") == states.STARTED for row in rows):
+        problems.mark_lost(rows, store.workers(timeout=timeout))
+
+
+def load_trace(
+    store: Backend, trace_id: str, timeout: float = 60.0
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The trace's task rows, and :func:`stemtrace.model.traces.trace_flows` of them."""
     with FLOW_SLOTS:
         rows = store.trace_rows(trace_id)
         if not rows:
             raise not_found("trace", trace_id)
+        mark_lost(store, rows, timeout)
         return rows, traces.trace_flows(trace_id, rows)
 
 
-def flow_and_path(store: Backend, task_id: str) -> tuple[dict[str, Any], set[str]]:
+def flow_and_path(
+    store: Backend, task_id: str, timeout: float = 60.0
+) -> tuple[dict[str, Any], set[str]]:
     """A flow as exports draw it, and the ids on its critical path."""
-    graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None)
+    graph = load_flow(store, task_id, flows.COLLAPSE_OVER, None, timeout)
     return graph, set(flows.critical_path(graph, time.time())["nodes"])
 
 
