@@ -2,7 +2,7 @@
 
 Built from :mod:`stemtrace.server.stats` (the numbers ``GET /api/stats``
 serves) and drawn by :mod:`stemtrace.server.charts`. Every bar and point links
-to the executions it counts: same task name or worker, same state, and the
+to the executions it counts: same task name, queue or worker, same state, and the
 step's time window. The executions list filters on when a task was first
 seen, the charts count an outcome when it happened; for a task that ran
 longer than a step the two windows differ, and every link's hover text says
