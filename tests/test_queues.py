@@ -413,3 +413,24 @@ def test_empty_store_says_so(site: Site) -> None:
     soup = page(site([]), "/queues")
     assert one(soup, "#no-queues")
     assert text(one(soup, "#scheduled-h")) == "Scheduled (0)"
+
+
+def test_a_task_retried_twice_is_due_when_its_latest_retry_says(backend: Backend) -> None:
+    now = time.time()
+    task = Task("twice", "p.flaky")
+    boom = {"exc_type": "ValueError", "exc_message": "boom", "traceback": "ValueError: boom\n"}
+    events = [task.sent(now - 100), task.received(now - 99, W1), task.started(now - 98, W1)]
+    first, second = now - 60, now + 300
+    events += [task.ended("retry", now - 97, W1, retries=0, attempt=1, retry_at=first,
+                          runtime=1.0, **boom),
+               task.sent(now - 96, W1, retries=1, parent_id="twice", eta=iso(first)),
+               task.received(now - 95, W1, retries=1, eta=iso(first)),
+               task.started(now - 60, W1, retries=1),
+               task.ended("retry", now - 59, W1, retries=1, attempt=2, retry_at=second,
+                          runtime=1.0, **boom),
+               task.sent(now - 58, W1, retries=2, parent_id="twice", eta=iso(second))]  # fmt: skip
+    backend.open_writer().ingest(events)
+    total, [row] = backend.scheduled(10)
+    assert total == 1 and row["state"] == "RETRY"
+    assert row["eta"] == iso(first)  # the row keeps the first ETA it saw
+    assert row["due"] == pytest.approx(second)

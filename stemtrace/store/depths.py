@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from stemtrace.store.migrations import INFLIGHT_STATES
+from stemtrace.store.migrations import HISTORY_RECORD, INFLIGHT_STATES
 
 MINUTE = 60
 INFLIGHT = f"tasks INDEXED BY tasks_inflight WHERE state IN ({INFLIGHT_STATES})"
@@ -122,12 +122,33 @@ def scheduled(conn: sqlite3.Connection, limit: int) -> tuple[int, list[dict[str,
     ``due`` in epoch seconds (``None`` when the ETA cannot be read: listed last).
     """
     cursor = conn.execute(
-        "SELECT id, name, state, queue, worker, eta, retries, sent_at, received_at"
+        "SELECT rowid, id, name, state, queue, worker, eta, retries, sent_at, received_at"
         f" FROM {INFLIGHT} AND state IN ('PENDING', 'RECEIVED', 'RETRY') AND eta IS NOT NULL"
     )
     names = [d[0] for d in cursor.description]
     rows = [dict(zip(names, row, strict=True)) for row in cursor]
     for row in rows:
-        row["due"] = eta_seconds(row["eta"])
+        rowid = row.pop("rowid")
+        retry_at = _last_retry_at(conn, rowid) if row["state"] == "RETRY" else None
+        row["due"] = retry_at if retry_at is not None else eta_seconds(row["eta"])
     rows.sort(key=lambda r: (r["due"] is None, r["due"] or 0.0, r["id"]))
     return len(rows), rows[:limit]
+
+
+_KIND, _RETRIES, _TS, _RETRY_AT = (
+    HISTORY_RECORD.index(f) for f in ("kind", "retries", "ts", "retry_at")
+)
+_LAST_RETRY = (
+    f"SELECT json_extract(r.value, '$[{_RETRY_AT}]') FROM history, json_each(history.events) r"
+    f" WHERE history.task_rowid = ? AND json_extract(r.value, '$[{_KIND}]') = 'retry'"
+    f" ORDER BY json_extract(r.value, '$[{_RETRIES}]') DESC, json_extract(r.value, '$[{_TS}]') DESC"
+    " LIMIT 1"
+)
+
+
+def _last_retry_at(conn: sqlite3.Connection, rowid: int) -> float | None:
+    """When the latest retry said its next attempt is due: the task row keeps the first
+    ETA it saw, which after a second retry is the first retry's, long past."""
+    row = conn.execute(_LAST_RETRY, (rowid,)).fetchone()
+    value = row[0] if row else None
+    return float(value) if isinstance(value, int | float) else None
