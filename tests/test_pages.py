@@ -592,7 +592,7 @@ def test_trace_groups_by_root_failures_first_with_wall_time(site: Site) -> None:
     assert "has-failures" not in second["class"]
     assert links(first.h2) == [f"/flows/{CHECKOUT[0]}"]
     assert "3 tasks · 3.20 s wall time · 1 failed" in text(first.h2)
-    assert [row_link for tr in first.select("tbody tr") for row_link in links(tr)] == [
+    assert [str(a["href"]) for tr in first.select("tbody tr") for a in tr.select("a.mono")] == [
         f"/tasks/{task_id}" for task_id in (CHECKOUT[1], CHECKOUT[0], CHECKOUT[2])
     ]  # the failure first
     failed = [tr for tr in first.select("tbody tr") if one(tr, ".badge")["title"] == "FAILURE"]
@@ -675,7 +675,10 @@ def test_workers_page_shows_status_words_and_running_tasks(site: Site) -> None:
         badge = one(rows[worker], ".badge")
         assert f"worker-{state}" in badge["class"]
         assert label(badge) == state
-        assert links(rows[worker])[0] == "/executions?" + urlencode({"worker": worker})
+        assert links(rows[worker])[:2] == [
+            "/workers/" + quote(worker, safe=""),  # its page
+            "/executions?" + urlencode({"worker": worker}),
+        ]
     running = rows[ALIVE].find_all("td")[-1]
     assert links(running) == [f"/tasks/{RUNNING_ON_ALIVE}"]
     assert "proj.tasks.crunch" in text(running)

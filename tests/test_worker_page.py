@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import pytest
 
 from stemtrace.core.events import Event
 from stemtrace.store import Backend, Upkeep
 from stemtrace.store.schema import Store
-from tests.factories import W1, W2, Task, lifecycle, worker_event
+from tests.factories import W1, W2, Task, exception, lifecycle, ok, worker_event
+from tests.site import Site, assert_no_active_content, links, one, page, text
 
 NOW = time.time()
 FREQ = 2.0
@@ -109,3 +114,151 @@ def test_retention_forgets_old_gaps(db_path: Path) -> None:
         assert gaps(store) == [(T - 86000, T), (T, T + 300)]
     finally:
         store.close()
+
+
+# -- the page and the API ------------------------------------------------------
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def fleet_events() -> list[Event]:
+    """W1 runs one task, holds one, has two with an ETA (one overdue) and one waiting to
+    retry, and failed twice; W2 runs and fails one of its own."""
+    retrying = Task("retry-1", "proj.fetch")
+    waiting = [
+        retrying.sent(NOW - 80),
+        retrying.received(NOW - 79, W1),
+        retrying.started(NOW - 78, W1),
+        retrying.ended("retry", NOW - 77, W1, retries=0, attempt=1, retry_at=NOW + 30,
+                       runtime=1.0, **exception("Timeout", "read timed out")),
+    ]  # fmt: skip
+    soon, late, held = (
+        Task("eta-soon", "proj.remind"),
+        Task("eta-late", "proj.remind"),
+        Task("held-1", "proj.add"),
+    )
+    return [
+        online(NOW - 600, queues=["celery", "mail/urgent"]),
+        beat(NOW - 300),
+        beat(NOW - 4),
+        beat(NOW - 2),
+        online(NOW - 600, W2),
+        *lifecycle("run-1", "proj.slow", NOW - 100, "STARTED"),
+        held.sent(NOW - 50),
+        held.received(NOW - 49, W1),
+        soon.sent(NOW - 40, eta=_iso(NOW + 120)),
+        soon.received(NOW - 39, W1, eta=_iso(NOW + 120)),
+        late.sent(NOW - 200, eta=_iso(NOW - 90)),
+        late.received(NOW - 199, W1, eta=_iso(NOW - 90)),
+        *waiting,
+        *lifecycle("fail-1", HOSTILE, NOW - 1000, "FAILURE", exc=("Bad<b>", "<img src=x>")),
+        *lifecycle("fail-2", "proj.charge", NOW - 500, "FAILURE", exc=("Declined", "no funds")),
+        *lifecycle("other-run", "proj.slow", NOW - 100, "STARTED", worker=W2),
+        *lifecycle("other-fail", "proj.add", NOW - 100, "FAILURE", worker=W2),
+    ]
+
+
+def section_ids(soup: Any, section: str) -> list[str]:
+    return [str(tr["data-task"]) for tr in soup.select(f"#{section} tr[data-task]")]
+
+
+def worker_url(hostname: str, api: bool = False) -> str:
+    return ("/api" if api else "") + "/workers/" + quote(hostname, safe="")
+
+
+def test_the_page_lists_what_the_worker_runs_holds_schedules_and_failed(site: Site) -> None:
+    client = site(fleet_events())
+    soup = page(client, worker_url(W1))
+    assert text(one(soup, "h1")) == W1
+    assert text(one(soup, "#worker-state")).endswith("online")
+    assert section_ids(soup, "running") == ["run-1"]
+    assert text(one(soup, "#running td.elapsed")).endswith("s")
+    assert section_ids(soup, "held") == ["held-1"]
+    assert section_ids(soup, "scheduled") == ["eta-late", "retry-1", "eta-soon"]  # soonest first
+    dues = [text(td) for td in soup.select("#scheduled td.due")]
+    assert dues[0].startswith("overdue by 1 min") and dues[1].startswith("in ")
+    assert dues[2].startswith("in 1 min") or dues[2].startswith("in 2 min")
+    assert section_ids(soup, "failures") == ["fail-2", "fail-1"]  # newest first, W1's only
+    assert text(one(soup, "#pool")) == "prefork \N{MULTIPLICATION SIGN} 4"
+    assert text(one(soup, "#software")) == "celery 5.7.0"
+    assert [text(a) for a in soup.select("#queues .queue")] == ["celery", "mail/urgent"]
+    # Two silences: after the online event, and after the heartbeat 300 s ago.
+    assert len(soup.select("#heartbeats svg rect.gap")) == 2
+    assert len(soup.select("#heartbeats li.gap")) == 2
+    assert soup.select("#processed svg rect.chart-bar")  # the two failures, in the last hour
+
+
+def test_hostile_text_stays_text(site: Site) -> None:
+    soup = page(site(fleet_events()), worker_url(W1))
+    assert_no_active_content(soup)
+    assert HOSTILE in text(one(soup, "#failures"))
+    assert "Bad<b>" in text(one(soup, "#failures")) and "<img src=x>" in text(
+        one(soup, "#failures")
+    )
+    assert not soup.select("#failures img, #failures b")
+
+
+def test_the_api_says_what_the_page_shows(site: Site) -> None:
+    client = site(fleet_events())
+    soup = page(client, worker_url(W1))
+    found = ok(client, worker_url(W1, api=True))
+    assert found["worker"]["hostname"] == W1
+    assert found["worker"]["state"] == "online"
+    for section in ("running", "held", "scheduled", "failures"):
+        assert [t["id"] for t in found[section]] == section_ids(soup, section), section
+    assert [t["due"] for t in found["scheduled"]] == sorted(t["due"] for t in found["scheduled"])
+    assert found["scheduled"][0]["due_in"] < 0 < found["scheduled"][1]["due_in"]
+    assert found["scheduled"][1]["due"] == pytest.approx(NOW + 30)  # the retry's next attempt
+    assert [(g["start"], g["end"]) for g in found["gaps"]] == [
+        (pytest.approx(NOW - 600), pytest.approx(NOW - 300)),
+        (pytest.approx(NOW - 300), pytest.approx(NOW - 4)),
+    ]
+    assert len(found["gaps"]) == len(soup.select("#heartbeats li.gap"))
+    assert sum(p["failed"] for p in found["points"]) == 2
+    assert found["running"][0]["elapsed"] == pytest.approx(time.time() - (NOW - 99.8), abs=5)
+    assert ok(client, worker_url(W2, api=True))["failures"][0]["id"] == "other-fail"
+
+
+def test_an_unknown_worker_is_the_404_page(site: Site) -> None:
+    client = site(fleet_events())
+    soup = page(client, worker_url("celery@nowhere"), 404)
+    assert "celery@nowhere" in text(one(soup, "h1"))
+    response = client.get(worker_url("celery@nowhere", api=True))
+    assert response.status_code == 404
+    assert "celery@nowhere" in response.json()["detail"]
+    assert client.get(worker_url(W1, api=True), params={"range": "5y"}).status_code == 422
+
+
+@pytest.mark.parametrize("hostname", ["celery@a/b", "w?x=1#top@host", "100%@h", "é 名@h"])
+def test_any_hostname_reaches_its_page_from_the_workers_page(site: Site, hostname: str) -> None:
+    client = site([online(NOW - 10, hostname)])
+    listing = page(client, "/workers")
+    [href] = [h for h in links(listing) if h.startswith("/workers/")]
+    soup = page(client, href)
+    assert text(one(soup, "h1")) == hostname
+    assert (
+        ok(client, href.replace("/workers/", "/api/workers/", 1))["worker"]["hostname"] == hostname
+    )
+
+
+def test_a_silent_worker_shows_an_open_gap(site: Site) -> None:
+    client = site([online(NOW - 900), beat(NOW - 898)])
+    found = ok(client, worker_url(W1, api=True))
+    assert found["worker"]["state"] == "lost"
+    assert found["gaps"][-1]["end"] is None
+    assert found["gaps"][-1]["start"] == pytest.approx(NOW - 898)
+    soup = page(client, worker_url(W1))
+    assert "now" in text(one(soup, "#heartbeats li.gap"))
+
+
+def test_a_tasks_worker_links_to_its_page(site: Site) -> None:
+    client = site(fleet_events())
+    target = worker_url(W1)
+    assert target in links(page(client, "/tasks/run-1"))
+    rows = page(client, "/executions", worker=W1)
+    assert target in [str(a["href"]) for a in rows.select("tr[id^=task-] a.worker-link")]
+    assert target in links(page(client, "/workers"))

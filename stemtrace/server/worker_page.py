@@ -107,14 +107,14 @@ def build(
     row = store.worker(hostname, since, now, timeout)
     if row is None:
         return None
-    lists = {key: row.pop(key) for key in ("running", "held", "scheduled", "failures", "gaps")}
+    lists = {key: row.pop(key) for key in ("running", "held", "scheduled", "failures")}
     for task in lists["running"]:
         task["elapsed"] = _since(task["started_at"], now)
     for task in lists["held"]:
         task["waiting"] = _since(task["received_at"], now)
     for task in lists["scheduled"]:
         task["due_in"] = None if task["due"] is None else task["due"] - now
-    gaps = [{**g, "seconds": g["end"] - g["start"]} for g in lists["gaps"]]
+    gaps = [{**g, "seconds": g["end"] - g["start"]} for g in row.pop("gaps")]
     if row["state"] != "online":  # silent since its last word, and still
         last = row["last_seen"]
         gaps.append({"start": last, "end": None, "seconds": now - last})
