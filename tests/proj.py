@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 
 import stemtrace
 
@@ -74,6 +75,15 @@ def make_app(broker: str, queue: str, backend: str | None = None) -> Celery:
     @app.task(shared=False, name="proj.slow")
     def slow(seconds: float) -> float:
         time.sleep(seconds)
+        return seconds
+
+    @app.task(shared=False, name="proj.limited", soft_time_limit=1, time_limit=60)
+    def limited(seconds: float) -> float:
+        """Runs on past its soft time limit: the limit's exception is caught."""
+        try:
+            time.sleep(seconds)
+        except SoftTimeLimitExceeded:
+            time.sleep(seconds)
         return seconds
 
     @app.task(shared=False, name="proj.login")

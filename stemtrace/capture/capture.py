@@ -211,7 +211,8 @@ class Capture:
             worker=getattr(request, "hostname", None),
             terminated=bool(terminated),
             expired=bool(expired),
-            signum=coerce.count(signum),
+            # Celery passes a signal.Signals (an IntEnum): its number, not the enum
+            signum=None if isinstance(signum, bool) or not isinstance(signum, int) else int(signum),
         )
 
     def on_rejected(self, consumer: Any, message: Any, reason: str) -> None:
