@@ -9,6 +9,7 @@ queue's name.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,47 @@ def test_the_queue_behind_a_long_task_as_the_broker_counts_it(
                 [row] = [tr for tr in soup.select("tr.queue") if tr["data-queue"] == nobody]
                 assert nobody in row.get_text() and NOBODY in row.get_text()
                 long.revoke(terminate=True)
+        finally:
+            capture.publisher.close(1)
+            app.close()
+
+
+def test_a_countdown_task_is_scheduled_with_its_due_time_then_runs(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    settings = Settings(broker=scenario.broker, stream=scenario.stream,
+                        db=str(tmp_path / "c.db"), celery_events=False)  # fmt: skip
+    app = make_app(scenario.broker, scenario.queue, scenario.backend)
+    with TestClient(create_app(settings)) as http:
+        capture = stemtrace.init(app, stream=scenario.stream, flush_interval=0.05)
+        assert capture is not None
+        try:
+            with celery_worker(scenario, concurrency=1):
+                sent = time.time()
+                later = app.tasks["proj.add"].apply_async((2, 2), countdown=4)
+
+                def listed() -> dict[str, Any] | None:
+                    body = http.get("/api/queues").json()
+                    found = [s for s in body["scheduled"] if s["id"] == later.id]
+                    # the worker's received and the sender's sent event, in either order
+                    return found[0] if found and found[0]["worker"] and found[0]["queue"] else None
+
+                row = wait_for(listed, timeout=15)
+                assert row["state"] == "RECEIVED" and row["queue"] == scenario.queue
+                assert row["due"] == pytest.approx(sent + 4, abs=1.5)
+                assert 0 < row["due_in"] <= 4.5
+                soup = html(http.get("/queues"))
+                [cell] = [tr.select_one("td.due") for tr in soup.select("#scheduled tbody tr")
+                          if later.id in str(tr)]  # fmt: skip
+                assert cell is not None and cell.get_text().strip().startswith("in ")
+                assert later.get(timeout=20) == 4
+
+                def gone() -> bool:
+                    return all(
+                        s["id"] != later.id for s in http.get("/api/queues").json()["scheduled"]
+                    )
+
+                wait_for(gone)
         finally:
             capture.publisher.close(1)
             app.close()
