@@ -30,7 +30,7 @@ class BadRepr:
         raise RuntimeError("repr exploded")
 
 
-def make_app(broker: str, queue: str, backend: str | None = None) -> Celery:
+def make_app(broker: str, queue: str, backend: str | None = None) -> Celery:  # noqa: C901
     app = Celery("proj", broker=broker, backend=backend or broker, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,

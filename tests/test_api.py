@@ -26,9 +26,9 @@ import stemtrace
 from stemtrace.core import buckets
 from stemtrace.core.events import Event
 from stemtrace.server.api import create_api_router
-from stemtrace.server.problems import create_problems_router
 from stemtrace.server.app import create_app
 from stemtrace.server.browse_api import create_browse_api_router
+from stemtrace.server.problems import create_problems_router
 from stemtrace.settings import Settings
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.schema import Store

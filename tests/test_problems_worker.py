@@ -20,6 +20,7 @@ from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from tests.proj import make_app
 from tests.support import Scenario, celery_worker, wait_for
+from tests.test_queues_worker import broker  # noqa: F401  (Redis and RabbitMQ)
 
 FAST = {"STEMTRACE_HEARTBEAT_INTERVAL": "0.5"}
 
@@ -116,9 +117,15 @@ def test_held_waiting_late_scheduled_and_revoked(
 
 
 def test_a_task_is_lost_with_its_killed_worker(
-    scenario: Scenario, sender: Any, tmp_path: Path
+    broker: Scenario,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
 ) -> None:
-    db = tmp_path / "l.db"
+    """On Redis and on RabbitMQ (events and tasks both through the broker)."""
+    scenario, db = broker, tmp_path / "l.db"
+    app = make_app(scenario.broker, scenario.queue, scenario.backend)
+    capture = stemtrace.init(app, stream=scenario.stream, flush_interval=0.05)
+    assert capture is not None
+    sender = app
     with server(scenario, db) as http:
         with celery_worker(scenario, pool="solo", concurrency=1, **FAST) as worker:
             doomed = sender.tasks["proj.slow"].delay(60.0)
@@ -136,3 +143,5 @@ def test_a_task_is_lost_with_its_killed_worker(
         node = next(n for n in http.get(f"/api/flows/{doomed.id}").json()["nodes"]
                     if n["id"] == doomed.id)  # fmt: skip
         assert node["lost"] and lost["worker"] in node["lost"]
+    capture.publisher.close(1)
+    app.close()

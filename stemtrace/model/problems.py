@@ -51,9 +51,7 @@ class Usuals:
     """Per task name: its soft and hard time limits, as the registry has them."""
 
 
-def problem(
-    kind: str, since: float | None, reason: str, **about: Any
-) -> dict[str, Any]:
+def problem(kind: str, since: float | None, reason: str, **about: Any) -> dict[str, Any]:
     """One problem: its ``kind``, ``since`` when, a ``reason`` in words, and what it is about
     (``task_id``, ``name``, ``queue``, ``worker``: whichever apply)."""
     found = {"kind": kind, "title": TITLES[kind], "since": since, "reason": reason}

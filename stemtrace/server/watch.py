@@ -97,10 +97,13 @@ class Watch:
             run_p95=_percentiles(names, "run", 0.95),
             run_p99=_percentiles(names, "run", 0.99),
             failures={
-                name: (row["failed"], row["failed"] + row["succeeded"],
-                       before.get(name, {}).get("failed", 0),
-                       before.get(name, {}).get("failed", 0)
-                       + before.get(name, {}).get("succeeded", 0))
+                name: (
+                    row["failed"],
+                    row["failed"] + row["succeeded"],
+                    before.get(name, {}).get("failed", 0),
+                    before.get(name, {}).get("failed", 0)
+                    + before.get(name, {}).get("succeeded", 0),
+                )
                 for name, row in recent.items()
             },
             limits=store.time_limits(),
