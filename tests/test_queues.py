@@ -198,6 +198,7 @@ def test_store_keeps_latest_and_the_largest_of_each_minute(backend: Backend) -> 
     backlog = backend.queue_backlog(["a", "b"], t - 3600)
     assert backlog == {"a": [(int(t), 9), (int(t) + 60, 1)], "b": []}
     assert backend.queue_backlog(["a"], t + 60) == {"a": [(int(t) + 60, 1)]}
+    assert backend.queue_backlog(["a"], t - 3600, 300) == {"a": [(int(t), 9)]}  # a step's largest
 
 
 def test_old_minutes_are_pruned_with_the_rollups(db_path: Path) -> None:
@@ -370,6 +371,9 @@ def test_api_lists_each_queue_with_broker_and_own_counts(site: Site, db_target: 
     assert body["scheduled"][0]["due_in"] == pytest.approx(-120, abs=5)
     assert body["scheduled"][2]["due_in"] == pytest.approx(600, abs=5)
     assert client.get("/api/queues", params={"scheduled": 1}).json()["scheduled_total"] == 3
+    assert body["backlog_step"] == 60
+    longer = client.get("/api/queues", params={"hours": 48}).json()
+    assert longer["backlog_step"] == 600  # at most 360 points a queue
     assert len(client.get("/api/queues", params={"scheduled": 1}).json()["scheduled"]) == 1
 
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from stemtrace.server import charts
+from stemtrace.server import charts, stats
 from stemtrace.server.charts import Series
 from stemtrace.server.pages import Pages
 from stemtrace.server.security import SecureRoute
@@ -36,8 +36,12 @@ MINUTE: Final = 60
 NOBODY: Final = "nobody consumes this queue"
 SCHEDULED_LIMIT: Final = 200
 """Scheduled tasks listed by default; ``scheduled_total`` says how many there are."""
-CHARTS: Final = 20
+CHARTS: Final = 10
 """Backlog charts the page draws at most (queues with a problem or the most waiting first)."""
+CHART_POINTS: Final = 60
+"""Points a backlog chart has at most (each the largest count of its step)."""
+API_POINTS: Final = 360
+"""Points of backlog the API gives per queue at most."""
 
 Hours = Annotated[int, Query(ge=1, le=48, description="hours of backlog history")]
 Scheduled = Annotated[int, Query(ge=0, le=1000, description="scheduled tasks to list at most")]
@@ -63,19 +67,18 @@ def create_queues_router(site: Site) -> APIRouter:
         ``workers`` (online workers subscribed); ``waiting`` (tasks sent, not received)
         and ``oldest`` (``id``, ``name``, ``sent_at``, ``age``) of them; ``in_per_minute``
         and ``out_per_minute`` (sent and started, over the last 15 minutes);
-        ``problem`` (words, or ``null``); ``backlog``: ``[minute, largest count]`` pairs
-        over the last ``hours``. Each scheduled task: ``id``, ``name``, ``state``,
+        ``problem`` (words, or ``null``); ``backlog``: ``[t, largest count]`` pairs over
+        the last ``hours``, one per ``backlog_step`` seconds (at most 360; steps never
+        read are left out). Each scheduled task: ``id``, ``name``, ``state``,
         ``queue``, ``worker`` (holding it, if received), ``eta``, ``due`` (epoch
         seconds) and ``due_in`` (seconds; negative: overdue), ``retries``.
         Times are epoch seconds.
         """
-        found = build(store, _now(), hours, scheduled)
-        del found["charts"]
-        return found
+        return build(store, _now(), hours, scheduled, points=API_POINTS)
 
     @router.get("/queues", name="stemtrace.queues", include_in_schema=False)
     def queues_page(request: Request, hours: Hours = 6) -> HTMLResponse:
-        context = build(store, _now(), hours, SCHEDULED_LIMIT)
+        context = build(store, _now(), hours, SCHEDULED_LIMIT, points=CHART_POINTS, draw=True)
         context["hours"] = hours
         live = (
             request.headers.get("HX-Request") and request.headers.get("HX-Target") == "queues-live"
@@ -89,8 +92,20 @@ def _now() -> float:
     return datetime.now(UTC).timestamp()
 
 
-def build(store: Backend, now: float, hours: int, scheduled_limit: int) -> dict[str, Any]:
-    """The queues and the scheduled tasks as the page and the API show them."""
+def build(
+    store: Backend,
+    now: float,
+    hours: int,
+    scheduled_limit: int,
+    *,
+    points: int = API_POINTS,
+    draw: bool = False,
+) -> dict[str, Any]:
+    """The queues and the scheduled tasks as the page and the API show them.
+
+    The backlog comes in steps giving at most ``points`` per queue; ``draw`` adds
+    the page's charts (``charts``).
+    """
     depths = store.queue_depths()
     waiting = store.waiting_by_queue()
     consumers: dict[str, list[str]] = {}
@@ -101,7 +116,8 @@ def build(store: Backend, now: float, hours: int, scheduled_limit: int) -> dict[
     names = sorted({*store.known_queues(), *depths, *waiting} - {""})
     rates = store.stats_by("queue", now - RATE_WINDOW, now, metrics=())
     since = now - hours * 3600
-    backlogs = store.queue_backlog(names, since)
+    step = stats.pick_step(now - since, points)
+    backlogs = store.queue_backlog(names, since, step)
     queues = [
         _queue(name, depths.get(name), waiting.get(name), consumers.get(name, []),
                rates.get(name), backlogs.get(name, []), now)
@@ -110,14 +126,17 @@ def build(store: Backend, now: float, hours: int, scheduled_limit: int) -> dict[
     queues.sort(key=lambda q: (q["problem"] is None, -_depth(q), q["queue"]))
     total, due = store.scheduled(scheduled_limit)
     polled = [d["at"] for d in depths.values()]
-    return {
+    found = {
         "at": now,
         "polled_at": max(polled) if polled else None,
+        "backlog_step": step,
         "queues": queues,
         "scheduled": [_scheduled(row, now) for row in due],
         "scheduled_total": total,
-        "charts": _charts(queues, since, now),
     }
+    if draw:
+        found["charts"] = _charts(queues, since, now, step)
+    return found
 
 
 def _queue(
@@ -186,15 +205,17 @@ def _scheduled(row: dict[str, Any], now: float) -> dict[str, Any]:
     }
 
 
-def _charts(queues: list[dict[str, Any]], since: float, now: float) -> list[dict[str, Any]]:
-    """A backlog chart per queue (at most :data:`CHARTS`), the largest count of each minute."""
-    start = int(since // MINUTE) * MINUTE
+def _charts(
+    queues: list[dict[str, Any]], since: float, now: float, step: int
+) -> list[dict[str, Any]]:
+    """A backlog chart per queue (at most :data:`CHARTS`), the largest count of each step."""
+    start = int(since // step) * step
     found = []
     for index, queue in enumerate(queues[:CHARTS]):
         points = [(float(t), float(n)) for t, n in queue["backlog"]]
         series = [Series("messages waiting", "chart-wait", points)]
         svg = charts.line_chart(
-            series, start=start, end=now, step=MINUTE, unit="messages",
+            series, start=start, end=now, step=step, unit="messages",
             title=f"Backlog of {queue['queue']}",
         )  # fmt: skip
         found.append({"id": f"backlog-{index}", "queue": queue["queue"], "svg": svg})

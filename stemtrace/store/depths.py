@@ -60,14 +60,17 @@ def latest(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
 
 
 def backlog(
-    conn: sqlite3.Connection, queues: list[str], since: float
+    conn: sqlite3.Connection, queues: list[str], since: float, step: int = MINUTE
 ) -> dict[str, list[tuple[int, int]]]:
-    """Per queue, ``(minute, largest count)`` since ``since``, oldest first."""
+    """Per queue, ``(t, largest count in [t, t + step))`` since ``since``, oldest first."""
+    step = max(MINUTE, int(step) // MINUTE * MINUTE)
+    start = int(since // step) * step
     found: dict[str, list[tuple[int, int]]] = {}
     for queue in queues:
         rows = conn.execute(
-            "SELECT t, messages FROM queue_depth_minutes WHERE queue = ? AND t >= ? ORDER BY t",
-            (queue, int(since)),
+            f"SELECT t / {step} * {step}, MAX(messages) FROM queue_depth_minutes"
+            " WHERE queue = ? AND t >= ? GROUP BY 1 ORDER BY 1",
+            (queue, start),
         )
         found[queue] = [(int(t), int(n)) for t, n in rows]
     return found

@@ -282,8 +282,10 @@ class Store:
     def queue_depths(self) -> dict[str, Row]:
         return depths.latest(self._conn())
 
-    def queue_backlog(self, queues: list[str], since: float) -> dict[str, list[tuple[int, int]]]:
-        return depths.backlog(self._conn(), queues, since)
+    def queue_backlog(
+        self, queues: list[str], since: float, step: int = 60
+    ) -> dict[str, list[tuple[int, int]]]:
+        return depths.backlog(self._conn(), queues, since, step)
 
     def waiting_by_queue(self) -> dict[str, Row]:
         return depths.waiting(self._conn())

@@ -218,8 +218,11 @@ class Backend(Protocol):
         """Per queue, the broker's count as last polled: ``messages``, ``consumers``,
         ``error``, ``at``."""
 
-    def queue_backlog(self, queues: list[str], since: float) -> dict[str, list[tuple[int, int]]]:
-        """Per queue, ``(minute, largest count polled in it)`` since ``since``, oldest first."""
+    def queue_backlog(
+        self, queues: list[str], since: float, step: int = 60
+    ) -> dict[str, list[tuple[int, int]]]:
+        """Per queue, ``(t, largest count polled in [t, t + step))`` since ``since``, oldest
+        first; ``step`` is a whole number of minutes in seconds."""
 
     def waiting_by_queue(self) -> dict[str, Row]:
         """Per queue, the tasks sent and not received: ``count``, ``oldest_id``,
