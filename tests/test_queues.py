@@ -21,6 +21,7 @@ from stemtrace.settings import SettingError, Settings
 from stemtrace.store import Backend, open_store
 from stemtrace.transports.depths import (
     NO_SUCH_QUEUE,
+    NOT_AMQP_NAME,
     AmqpDepthReader,
     Depth,
     RedisDepthReader,
@@ -161,6 +162,10 @@ def test_rabbitmq_passive_declare_counts_and_survives_missing_queues(amqp_queue:
         assert reader.round_trips == 8
         assert reader.read([amqp_queue]) == again
         assert reader.round_trips == 9  # one passive declare per queue per poll
+        hostile = "q" * 256  # a name a task can give, RabbitMQ cannot hold
+        found = reader.read([hostile, amqp_queue])
+        assert found == {hostile: Depth(error=NOT_AMQP_NAME), amqp_queue: again[amqp_queue]}
+        assert reader.round_trips == 10  # the name is refused before anything is sent
     finally:
         reader.close()
     with Connection(AMQP_URL) as conn:  # nothing consumed, nothing created

@@ -6,7 +6,8 @@ The consumer thread owns the store's writer, so the poll runs there: each
 :class:`stemtrace.transports.depths.DepthReader` and records what it read.
 Nothing here may stop ingestion: a broker that cannot be read is recorded
 as an error per queue, the reader is closed and opened afresh on the next
-interval, and any other failure is logged and skipped. The readers' sockets
+interval (when every queue failed: one refused queue is that queue's error
+only), and any other failure is logged and skipped. The readers' sockets
 time out within two seconds, so a poll costs the stream at most that.
 """
 
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from stemtrace.store import Backend, Writer
-from stemtrace.transports.depths import NO_SUCH_QUEUE, Depth, DepthReader
+from stemtrace.transports.depths import QUEUE_ERRORS, Depth, DepthReader
 
 logger = logging.getLogger("stemtrace")
 
@@ -76,14 +77,15 @@ class DepthPoller:
         writer.record_depths(
             {q: (d.messages, d.consumers, d.error) for q, d in depths.items()}, time.time()
         )
-        broken = [d.error for d in depths.values() if d.error and d.error != NO_SUCH_QUEUE]
-        if broken:  # down or confused: start afresh on the next interval
+        broken = [d.error for d in depths.values() if d.error and d.error not in QUEUE_ERRORS]
+        down = bool(broken) and len(broken) == len(depths)  # the broker, not one queue
+        if down:  # start afresh on the next interval
             self._drop_reader()
             if not self._failing:
                 logger.warning("stemtrace: cannot read the queues' lengths (%s)", broken[0])
         elif self._failing:
             logger.warning("stemtrace: reading the queues' lengths again")
-        self._failing = bool(broken)
+        self._failing = down
         return depths
 
     def _drop_reader(self) -> None:

@@ -33,6 +33,9 @@ KOMBU_SEP: Final = "\x06\x16"
 KOMBU_PRIORITY_STEPS: Final = (0, 3, 6, 9)
 """kombu's Redis transport: the priority steps, each a list of its own (0: the bare name)."""
 NO_SUCH_QUEUE: Final = "no such queue"
+NOT_AMQP_NAME: Final = "not a RabbitMQ queue name (longer than 255 bytes)"
+QUEUE_ERRORS: Final = frozenset({NO_SUCH_QUEUE, NOT_AMQP_NAME})
+"""Errors of one queue, not of the broker: the reader itself is fine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +144,19 @@ class AmqpDepthReader:
     def read(self, queues: Sequence[str]) -> dict[str, Depth]:
         found: dict[str, Depth] = {}
         for queue in dict.fromkeys(queues):
+            if len(queue.encode("utf-8", "surrogatepass")) > 255:  # a task's hostile queue name
+                found[queue] = Depth(error=NOT_AMQP_NAME)
+                continue
             try:
                 found[queue] = self._declare(queue)
             except Exception as exc:
                 if _is_not_found(exc):  # the broker closed the channel: open another
                     self.channel = None
                     found[queue] = Depth(error=NO_SUCH_QUEUE)
+                    continue
+                if _is_channel_error(exc):  # refused for this queue only (403, 406 ...)
+                    self.channel = None
+                    found[queue] = Depth(error=_describe(exc))
                     continue
                 self._reset()  # down or timed out: the rest cannot be read now either
                 error = Depth(error=_describe(exc))
@@ -174,6 +184,11 @@ class AmqpDepthReader:
         self.channel = None
         with contextlib.suppress(Exception):
             self.connection.release()
+
+
+def _is_channel_error(exc: BaseException) -> bool:
+    """An error that closed the channel, not the connection (py-amqp's ``ChannelError``)."""
+    return any(cls.__name__ == "ChannelError" for cls in type(exc).__mro__)
 
 
 def _is_not_found(exc: BaseException) -> bool:
