@@ -17,7 +17,17 @@ from stemtrace.core.events import Event
 from stemtrace.store import Backend, Upkeep
 from stemtrace.store.schema import Store
 from tests.factories import W1, W2, Task, exception, lifecycle, ok, worker_event
-from tests.site import Site, assert_no_active_content, links, one, page, text
+from tests.site import (
+    Site,
+    assert_no_active_content,
+    html,
+    htmx,
+    links,
+    one,
+    page,
+    text,
+    vary,
+)
 
 NOW = time.time()
 FREQ = 2.0
@@ -262,3 +272,16 @@ def test_a_tasks_worker_links_to_its_page(site: Site) -> None:
     rows = page(client, "/executions", worker=W1)
     assert target in [str(a["href"]) for a in rows.select("tr[id^=task-] a.worker-link")]
     assert target in links(page(client, "/workers"))
+
+
+def test_the_page_refreshes_its_lists_alone(site: Site) -> None:
+    client = site(fleet_events())
+    soup = page(client, worker_url(W1))
+    live = one(soup, "#worker-live")
+    assert live["hx-trigger"].startswith("every ")
+    response = client.get(str(live["hx-get"]), headers=htmx("worker-live"))
+    part = html(response)
+    assert part.find("html") is None and not part.select("h1")
+    assert section_ids(part, "running") == section_ids(soup, "running") == ["run-1"]
+    assert section_ids(part, "held") == ["held-1"]
+    assert {"hx-request", "hx-target"} <= set(vary(response))

@@ -35,6 +35,8 @@ STRIP: Final = 6 * 3600
 """Seconds the heartbeat strip covers at least (more when the range is longer)."""
 STRIP_WIDTH: Final = 1000
 CLICK: Final = "click: this worker's executions first seen in this interval"
+LIVE: Final = "worker-live"
+"""The element the page refreshes itself into every few seconds (its ``live`` block)."""
 
 
 def create_worker_router(site: Site) -> APIRouter:
@@ -85,7 +87,9 @@ def create_worker_router(site: Site) -> APIRouter:
         if reload := pages.found(request):
             return reload
         context.update(found)
-        return pages.page(request, "worker.html", context, 422 if "error" in context else 200)
+        status = 422 if "error" in context else 200
+        live = request.headers.get("HX-Request") and request.headers.get("HX-Target") == LIVE
+        return pages.page(request, "worker.html", context, status, blocks=("live",) if live else ())
 
     return router
 

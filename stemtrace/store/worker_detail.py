@@ -12,9 +12,9 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 from typing import Any, Final
 
+from stemtrace.core.coerce import moment
 from stemtrace.store import fleet
 from stemtrace.store.migrations import HISTORY_RECORD, INFLIGHT_STATES
 
@@ -92,7 +92,7 @@ def waiting(
             found = conn.execute(NEXT_ATTEMPT, (rowid,)).fetchone()
             due = _number(found[0]) if found else None
         if due is None:
-            due = eta_seconds(row["eta"])
+            due = moment(row["eta"])
         row["due"] = due
         if due is None and row["state"] == "RECEIVED":
             held.append(row)
@@ -100,22 +100,6 @@ def waiting(
             scheduled.append(row)
     scheduled.sort(key=lambda r: (r["due"] is None, r["due"] or 0.0, r["id"]))
     return held[:LISTED], scheduled[:LISTED]
-
-
-def eta_seconds(eta: object) -> float | None:
-    """An ``eta`` as Celery writes it (ISO 8601; without a zone: UTC) in epoch seconds."""
-    if not isinstance(eta, str) or not 10 <= len(eta) <= 40:
-        return None
-    try:
-        parsed = datetime.fromisoformat(eta)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        return parsed.timestamp()
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 def _number(value: Any) -> float | None:
