@@ -265,8 +265,9 @@ def _execution_routes(router: APIRouter, pages: Pages) -> None:
             "sorted_by": executions.SORT_LABELS.get(form["sort"]) if found else None,
             "defaulted": found is not None and found.defaulted,
             "sort_window": executions.SORT_WINDOW,
-            "sort_links": executions.sort_links(url, form, limit),
-            "window_links": executions.window_links(url, form, limit),
+            # links that keep a bad parameter would only refuse it again
+            "sort_links": {} if error else executions.sort_links(url, form, limit),
+            "window_links": [] if error else executions.window_links(url, form, limit),
         }
         if _is_htmx(request, "rows"):
             if cols and not error and show_eta != ("eta" in cols):
