@@ -77,6 +77,9 @@ class Capture:
         self._capture_result = config.capture_result
         self._params: dict[str, tuple[str, ...]] = {}
         self._local = _ThreadRuns()
+        self._workers: tuple[str | None, ...] = ()
+        """The workers of this process that are up (several when run in threads)."""
+        self._workers_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------
 
@@ -245,7 +248,14 @@ class Capture:
             tasks=describe_tasks(self.app, self.shaper),
             freq=self.config.heartbeat_interval,
         )
-        self.publisher.on_tick = lambda: self.heartbeat(hostname)
+        with self._workers_lock:
+            self._workers = (*(h for h in self._workers if h != hostname), hostname)
+        self.publisher.on_tick = self.heartbeats
+
+    def heartbeats(self) -> None:
+        """One heartbeat per worker of this process that is up."""
+        for hostname in self._workers:
+            self.heartbeat(hostname)
 
     def heartbeat(self, hostname: str | None) -> None:
         from celery.worker import state as worker_state
@@ -267,9 +277,14 @@ class Capture:
 
     def on_worker_shutdown(self, worker: Any) -> None:
         hostname = getattr(worker, "hostname", None)
-        self.publisher.on_tick = None
+        with self._workers_lock:
+            self._workers = tuple(h for h in self._workers if h != hostname)
+            last = not self._workers
+        if last:
+            self.publisher.on_tick = None
         self.emit(ev.WORKER_OFFLINE, hostname, worker=hostname, dropped=self.publisher.dropped)
-        self.publisher.close(self.config.shutdown_timeout)
+        if last:  # the others still run tasks and send heartbeats through it
+            self.publisher.close(self.config.shutdown_timeout)
 
     # -- pool child (or the caller, for eager tasks) ----------------------------
 
