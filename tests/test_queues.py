@@ -113,8 +113,8 @@ def test_readers_of_a_closed_port_give_errors_not_exceptions() -> None:
         reader.close()
 
 
-def test_no_reader_for_the_memory_transport() -> None:
-    assert open_depth_reader("memory://demo") is None
+def test_no_reader_for_a_broker_it_cannot_read() -> None:
+    assert open_depth_reader("sqs://") is None
 
 
 def test_redis_reader_reads_again_once_its_broker_is_back() -> None:
@@ -229,7 +229,7 @@ def test_known_queues_come_from_workers_definitions_and_sends(backend: Backend) 
         online(W1, now, ["celery", "emails"], tasks=[registry_entry("p.report", queue="reports")]),
         sent.sent(now, queue="bulk"),
     ])  # fmt: skip
-    assert backend.known_queues() == ["bulk", "celery", "emails", "reports"]
+    assert backend.known_queues() == ["celery", "emails", "reports", "bulk"]
 
 
 class FakeReader:
@@ -443,3 +443,23 @@ def test_a_task_retried_twice_is_due_when_its_latest_retry_says(backend: Backend
     assert total == 1 and row["state"] == "RETRY"
     assert row["eta"] == iso(first)  # the row keeps the first ETA it saw
     assert row["due"] == pytest.approx(second)
+
+
+def test_a_flood_of_queue_names_is_capped_busy_ones_first(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stemtrace.ingest import depths as polling
+    from stemtrace.server import queues
+
+    now = time.time()
+    done = [e for i in range(4) for e in (Task(f"d{i}", "p.x").sent(now - 60, queue=f"a{i}"),
+                                          Task(f"d{i}", "p.x").received(now - 59, W1))]  # fmt: skip
+    backend.open_writer().ingest([*done, Task("w", "p.x").sent(now - 5, queue="zz-busy")])
+    monkeypatch.setattr(queues, "MAX_QUEUES", 2)
+    found = queues.build(backend, now, 1, 10)
+    assert found["queues_total"] == 5
+    assert [q["queue"] for q in found["queues"]] == ["zz-busy", "a0"]
+    monkeypatch.setattr(polling, "MAX_QUEUES", 3)
+    reader = FakeReader([{}])
+    poller = DepthPoller(backend, lambda: reader, every=5.0)
+    assert list(poller.maybe_poll(backend.open_writer()) or {}) == ["a0", "a1", "a2"]

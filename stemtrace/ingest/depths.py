@@ -23,6 +23,10 @@ from stemtrace.transports.depths import QUEUE_ERRORS, Depth, DepthReader
 
 logger = logging.getLogger("stemtrace")
 
+MAX_QUEUES = 500
+"""Queues read per poll at most (names come from tasks too: a flood of them must not turn
+each poll into a flood of requests); workers' and task definitions' queues come first."""
+
 
 class DepthPoller:
     """Reads and records the known queues' depths at most once per ``every`` seconds."""
@@ -63,7 +67,7 @@ class DepthPoller:
 
     def poll(self, writer: Writer) -> dict[str, Depth] | None:
         """Read every known queue now and record it."""
-        queues = self.store.known_queues()
+        queues = self.store.known_queues()[:MAX_QUEUES]
         if not queues:
             return None
         if self.reader is None:

@@ -42,6 +42,9 @@ CHART_POINTS: Final = 60
 """Points a backlog chart has at most (each the largest count of its step)."""
 API_POINTS: Final = 360
 """Points of backlog the API gives per queue at most."""
+MAX_QUEUES: Final = 500
+"""Queues listed at most (queue names come from tasks: a flood of them must not flood the
+page); those with messages, waiting tasks or consumers first, ``queues_total`` says all."""
 
 Hours = Annotated[int, Query(ge=1, le=48, description="hours of backlog history")]
 Scheduled = Annotated[int, Query(ge=0, le=1000, description="scheduled tasks to list at most")]
@@ -113,7 +116,8 @@ def build(
         if worker["state"] == "online":
             for queue in worker["queues"]:
                 consumers.setdefault(queue, []).append(worker["hostname"])
-    names = sorted({*store.known_queues(), *depths, *waiting} - {""})
+    known = sorted({*store.known_queues(), *depths, *waiting} - {""})
+    names = _first(known, depths, waiting, consumers)
     rates = store.stats_by("queue", now - RATE_WINDOW, now, metrics=())
     since = now - hours * 3600
     step = stats.pick_step(now - since, points)
@@ -131,12 +135,30 @@ def build(
         "polled_at": max(polled) if polled else None,
         "backlog_step": step,
         "queues": queues,
+        "queues_total": len(known),
         "scheduled": [_scheduled(row, now) for row in due],
         "scheduled_total": total,
     }
     if draw:
         found["charts"] = _charts(queues, since, now, step)
     return found
+
+
+def _first(
+    known: list[str],
+    depths: dict[str, dict[str, Any]],
+    waiting: dict[str, Any],
+    consumers: dict[str, list[str]],
+) -> list[str]:
+    """At most :data:`MAX_QUEUES` of ``known``: the busy or consumed ones first."""
+    if len(known) <= MAX_QUEUES:
+        return known
+
+    def idle(name: str) -> bool:
+        return not ((depths.get(name) or {}).get("messages") or name in waiting
+                    or name in consumers)  # fmt: skip
+
+    return sorted(sorted(known, key=idle)[:MAX_QUEUES])
 
 
 def _queue(

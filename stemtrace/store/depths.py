@@ -77,16 +77,21 @@ def backlog(
 
 
 def known(conn: sqlite3.Connection) -> list[str]:
-    """Every queue stemtrace knows of: workers' subscriptions, task definitions, and the
-    queues tasks were sent to (the rollups' all-time keys: one row per queue)."""
-    rows = conn.execute(
-        "SELECT value FROM workers, json_each(CASE WHEN json_valid(workers.queues)"
-        " AND json_type(workers.queues) = 'array' THEN workers.queues ELSE '[]' END)"
-        " WHERE json_each.type = 'text'"
-        " UNION SELECT queue FROM registry WHERE queue IS NOT NULL"
-        " UNION SELECT key FROM rollups WHERE dim = 'queue' AND res = 0 AND t = 0"
-    )
-    return sorted({str(q) for (q,) in rows if q})
+    """Every queue stemtrace knows of: workers' subscriptions and task definitions first
+    (each part in name order), then the other queues tasks were sent to (the rollups'
+    all-time keys: one row per queue)."""
+    declared = {
+        str(q)
+        for (q,) in conn.execute(
+            "SELECT value FROM workers, json_each(CASE WHEN json_valid(workers.queues)"
+            " AND json_type(workers.queues) = 'array' THEN workers.queues ELSE '[]' END)"
+            " WHERE json_each.type = 'text'"
+            " UNION SELECT queue FROM registry WHERE queue IS NOT NULL"
+        )
+        if q
+    }
+    sent = conn.execute("SELECT key FROM rollups WHERE dim = 'queue' AND res = 0 AND t = 0")
+    return sorted(declared) + sorted({str(q) for (q,) in sent if q} - declared)
 
 
 def waiting(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:

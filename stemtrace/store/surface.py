@@ -212,7 +212,8 @@ class Backend(Protocol):
         """The task names and workers offered as filters."""
 
     def known_queues(self) -> list[str]:
-        """Every queue known: workers' subscriptions, task definitions, queues sent to."""
+        """Every queue known: workers' subscriptions and task definitions first, then
+        the other queues tasks were sent to."""
 
     def queue_depths(self) -> dict[str, Row]:
         """Per queue, the broker's count as last polled: ``messages``, ``consumers``,
