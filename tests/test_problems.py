@@ -145,9 +145,16 @@ def test_bad_thresholds_are_refused_by_name(name: str, value: float, flag: str) 
         Settings.from_env({variable: str(value)})
 
 
+def in_flight(**fields: Any) -> dict[str, Any]:
+    """A row as the store reads the tasks in flight: every column, ``None`` where not given."""
+    from stemtrace.store.inflight import COLUMNS
+
+    return {**dict.fromkeys(COLUMNS), **fields}
+
+
 def test_a_late_task_against_its_usual_run_time() -> None:
     now = 10_000.0
-    task = {"id": "t", "name": "n", "state": "STARTED", "worker": "w", "started_at": now - 100}
+    task = in_flight(id="t", name="n", state="STARTED", worker="w", started_at=now - 100)
     workers = [{"hostname": "w", "state": "online", "queues": ["q"]}]
     usuals = problems.Usuals(run_p99={"n": 10.0})
     found = problems.find([task], workers, {}, usuals, Thresholds(), now)

@@ -133,43 +133,49 @@ def _task_problems(
     usuals: Usuals,
     limits: Thresholds,
     now: float,
-) -> Iterable[dict[str, Any]]:
+) -> list[dict[str, Any]]:
+    """The problems of one task in flight (this runs for every one: kept lean)."""
+    found = []
     state = task["state"]
-    about = {"task_id": task["id"], "name": task.get("name"), "queue": task.get("queue"),
-             "worker": task.get("worker")}  # fmt: skip
-    eta = moment(task.get("eta"))
+    eta = moment(task["eta"]) if task["eta"] is not None else None
     due = eta is not None and eta > now
     if state == states.STARTED:
-        started = task.get("started_at")
-        gone = worker_gone(by_host.get(task.get("worker") or ""), started)
+        started = task["started_at"]
+        gone = worker_gone(by_host.get(task["worker"] or ""), started)
         if gone is not None:
-            worker = by_host[task["worker"]]
-            yield problem("lost", _gone_since(worker), f"started and never finished: {gone}",
-                          **about)  # fmt: skip
+            since = _gone_since(by_host[task["worker"]])
+            found.append(_of(task, "lost", since, f"started and never finished: {gone}"))
         elif started is not None:
             late = _late(task, now - started, usuals, limits)
             if late is not None:
-                yield problem("late", started, late, **about)
+                found.append(_of(task, "late", started, late))
     elif eta is not None and not due and now - eta > limits.overdue_seconds:
-        yield problem("overdue", eta, f"due {_ago(now - eta)} ago and not started", **about)
+        found.append(_of(task, "overdue", eta, f"due {_ago(now - eta)} ago and not started"))
     elif state == states.PENDING and not due:
-        since = max(task.get("sent_at") or now, eta or 0.0)
+        since = max(task["sent_at"] or now, eta or 0.0)
         waited = now - since
-        usual = usuals.wait_p95.get(task.get("queue") or "")
-        limit = max(limits.wait_seconds, limits.wait_factor * usual if usual else 0.0)
-        if waited > limit:
-            told = f"; its usual wait (p95) is {_ago(usual)}" if usual else ""
-            queue = task.get("queue") or "its queue"
-            yield problem("waiting", since, f"waiting in {queue} for {_ago(waited)}{told}",
-                          **about)  # fmt: skip
+        if waited > limits.wait_seconds:
+            usual = usuals.wait_p95.get(task["queue"] or "")
+            if not usual or waited > limits.wait_factor * usual:
+                told = f"; its usual wait (p95) is {_ago(usual)}" if usual else ""
+                queue = task["queue"] or "its queue"
+                reason = f"waiting in {queue} for {_ago(waited)}{told}"
+                found.append(_of(task, "waiting", since, reason))
     elif state == states.RECEIVED and not due:
-        since = max(task.get("received_at") or now, eta or 0.0)
+        since = max(task["received_at"] or now, eta or 0.0)
         if now - since > limits.held_seconds:
-            yield problem("held", since, _held(task, now - since, by_host, running), **about)
-    retries = task.get("retries") or 0
+            found.append(_of(task, "held", since, _held(task, now - since, by_host, running)))
+    retries = task["retries"] or 0
     if retries > limits.retries:
-        yield problem("retrying", task.get("state_ts"), f"retried {retries} times so far",
-                      **about)  # fmt: skip
+        found.append(_of(task, "retrying", task["state_ts"], f"retried {retries} times so far"))
+    return found
+
+
+def _of(task: Mapping[str, Any], kind: str, since: float | None, reason: str) -> dict[str, Any]:
+    """A problem of one task (:func:`problem`, without its keyword arguments' cost)."""
+    return {"kind": kind, "title": TITLES[kind], "since": since, "reason": reason,
+            "task_id": task["id"], "name": task["name"], "queue": task["queue"],
+            "worker": task["worker"]}  # fmt: skip
 
 
 def _late(task: Mapping[str, Any], ran: float, usuals: Usuals, limits: Thresholds) -> str | None:

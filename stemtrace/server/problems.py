@@ -24,7 +24,7 @@ from stemtrace.server.watch import Found
 
 Kind = Annotated[str | None, Query(max_length=16)]
 Limit = Annotated[int, Query(ge=1, le=5000)]
-PAGE_LIMIT: Final = 200
+PAGE_LIMIT: Final = 50
 """Problems a page lists per kind; the count says how many there are."""
 
 
@@ -35,7 +35,7 @@ def create_problems_router(site: Site) -> APIRouter:
     watch = site.watch
 
     @router.get("/api/problems", summary="What is stuck, late or lost right now, and why")
-    def api_problems(kind: Kind = None, limit: Limit = 1000) -> dict[str, Any]:
+    def api_problems(kind: Kind = None, limit: Limit = 200) -> dict[str, Any]:
         """Each problem: ``kind`` (one of ``counts``' keys), ``title``, ``reason`` in words,
         ``since`` (epoch seconds), and the ``task_id``, ``name``, ``queue`` and ``worker``
         it is about. ``counts`` per kind; ``partial`` when more tasks were in flight than

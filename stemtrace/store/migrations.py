@@ -451,6 +451,11 @@ def _progress(done: int, total: int) -> None:
 INFLIGHT_STATES = "'PENDING', 'RECEIVED', 'STARTED', 'RETRY'"
 """The states of a task not finished yet, spelled as the ``tasks_inflight`` index's
 condition: a query that reads the index repeats ``state IN (...)`` word for word."""
+INFLIGHT_COLUMNS = (
+    "state, sent_at, id, name, queue, worker, retries, eta, received_at, started_at,"
+    " state_ts, seen_at"
+)
+"""What ``tasks_inflight`` holds (:mod:`stemtrace.store.inflight` reads only these)."""
 
 
 @migrations()
@@ -458,7 +463,8 @@ def m012_inflight(db: Database) -> None:
     """What the queues, workers and problems pages read without scanning every task.
 
     * ``tasks_inflight`` - the tasks not finished yet (sent, received, started,
-      waiting to retry), a few thousand even in a store of millions;
+      waiting to retry), a few thousand even in a store of millions; it holds
+      what the problems are found from, so reading it never touches the table;
     * ``queue_depths`` - the broker's own count of each queue's waiting messages
       (and consumers, where the broker says), as last read, and
       ``queue_depth_minutes`` the largest count of each minute, for the backlog chart;
@@ -467,7 +473,8 @@ def m012_inflight(db: Database) -> None:
     """
     db.executescript(
         f"""
-        CREATE INDEX tasks_inflight ON tasks (state, sent_at) WHERE state IN ({INFLIGHT_STATES});
+        CREATE INDEX tasks_inflight ON tasks ({INFLIGHT_COLUMNS})
+            WHERE state IN ({INFLIGHT_STATES});
         CREATE TABLE queue_depths (
             queue TEXT PRIMARY KEY, messages INTEGER, consumers INTEGER, error TEXT,
             at REAL NOT NULL
