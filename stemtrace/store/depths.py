@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
+from stemtrace.core.coerce import moment
 from stemtrace.store.migrations import HISTORY_RECORD, INFLIGHT_STATES
 
 MINUTE = 60
@@ -110,19 +110,6 @@ def waiting(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     }  # fmt: skip
 
 
-def eta_seconds(eta: object) -> float | None:
-    """A task's ``eta`` (ISO 8601 as Celery writes it; without a zone: UTC) in epoch seconds."""
-    if not isinstance(eta, str) or not eta:
-        return None
-    try:
-        parsed = datetime.fromisoformat(eta)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
 def scheduled(conn: sqlite3.Connection, limit: int) -> tuple[int, list[dict[str, Any]]]:
     """Tasks with an ETA not started yet (sent, held by a worker, or waiting to retry).
 
@@ -138,7 +125,7 @@ def scheduled(conn: sqlite3.Connection, limit: int) -> tuple[int, list[dict[str,
     for row in rows:
         rowid = row.pop("rowid")
         retry_at = _last_retry_at(conn, rowid) if row["state"] == "RETRY" else None
-        row["due"] = retry_at if retry_at is not None else eta_seconds(row["eta"])
+        row["due"] = retry_at if retry_at is not None else moment(row["eta"])
     rows.sort(key=lambda r: (r["due"] is None, r["due"] or 0.0, r["id"]))
     return len(rows), rows[:limit]
 
