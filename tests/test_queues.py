@@ -29,7 +29,7 @@ from stemtrace.transports.depths import (
     redis_keys,
 )
 from tests.factories import W1, Task, registry_entry, worker_event
-from tests.site import Site, one, page, text
+from tests.site import Site, assert_no_active_content, one, page, text
 from tests.support import AMQP_URL, PrivateRedis, free_port, redis_url
 
 DB = 7
@@ -396,6 +396,7 @@ def test_page_flags_the_queue_nobody_consumes_and_escapes_task_data(
     response = client.get("/queues")
     assert "<script>alert(1)" not in response.text and "<b>reports</b>" not in response.text
     soup = page(client, "/queues")
+    assert_no_active_content(soup)
     rows = {str(tr["data-queue"]): tr for tr in soup.select("tr.queue")}
     assert set(rows) == {"celery", "<b>reports</b>"}
     assert "problem" in rows["<b>reports</b>"]["class"]
