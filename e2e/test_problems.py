@@ -66,10 +66,11 @@ def online_worker(base: str) -> str:
     (the problems read the soft time limits from them)."""
 
     def ready() -> str | None:
-        workers = httpx.get(base + "/api/workers", timeout=5).json()
-        registry = httpx.get(base + "/api/registry", timeout=5).text
-        online = [w["hostname"] for w in _rows(workers) if w.get("state") == "online"]
-        return online[0] if online and "proj.limited" in registry else None
+        workers = httpx.get(base + "/api/workers", timeout=5).json()["workers"]
+        defined = httpx.get(base + "/api/registry", timeout=5).json()["tasks"]
+        online = [w["hostname"] for w in workers if w["state"] == "online"]
+        limited = any(t["name"] == "proj.limited" for t in defined)
+        return online[0] if online and limited else None
 
     found: str = wait_for(ready, timeout=30)
     return found
@@ -79,14 +80,6 @@ def scheduled_by(base: str, task_id: str) -> str | None:
     """The worker holding a scheduled task until it is due, as the queues API says."""
     scheduled = httpx.get(base + "/api/queues", timeout=5).json()["scheduled"]
     return next((s["worker"] for s in scheduled if s["id"] == task_id), None)
-
-
-def _rows(answer: Any) -> list[dict[str, Any]]:
-    return list(answer["workers"] if isinstance(answer, dict) else answer)
-
-
-def count_of(page: Page) -> int:
-    return int(page.locator("#problem-count").inner_text())
 
 
 def check_clean(page: Page, errors: list[str]) -> None:
