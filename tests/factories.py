@@ -556,6 +556,8 @@ API_PATHS = {
     "/api/health",
     "/api/stats",
     "/api/problems",
+    "/api/queues",
+    "/api/workers/{hostname}",
 }
 
 

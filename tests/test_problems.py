@@ -249,3 +249,26 @@ def test_a_lost_task_is_marked_in_its_flow_and_export(site: Site) -> None:
     assert "lost with its worker" in client.get("/api/flows/root/graph.dot").text
     steps = page(client, "/flows/root").select("ul.tree strong.lost")
     assert len(steps) == 1
+
+
+def test_a_retry_waits_for_its_latest_eta_not_its_first(site: Site) -> None:
+    now = time.time()
+    task = Task("twice", "p.flaky")
+
+    def at(ts: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(ts))
+
+    first, second = at(now - 300), at(now + 300)
+    events = [task.sent(now - 400), task.received(now - 399, W1), task.started(now - 398, W1),
+              task.ended("retry", now - 397, W1, retries=0),
+              task.sent(now - 397, retries=1, eta=first), task.received(now - 396, W1, retries=1,
+              eta=first), task.started(now - 300, W1, retries=1),
+              task.ended("retry", now - 299, W1, retries=1),
+              task.sent(now - 299, retries=2, eta=second)]  # fmt: skip
+    for order in (events, list(reversed(events))):
+        client = site(order)
+        detail = client.get("/api/tasks/twice").json()
+        assert detail["eta"] == second
+        assert detail["why"]["due"]["in"] > 0
+        assert "twice" not in {p["task_id"] for p in client.get("/api/problems").json()["problems"]
+                               if p["kind"] == "overdue"}  # fmt: skip

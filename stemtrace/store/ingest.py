@@ -52,9 +52,10 @@ TASK_COLUMNS = (
 # How each column merges when a task's row meets another event of it.
 FIRST_KNOWN = (
     "name", "parent_id", "root_id", "group_id", "group_index", "chord_id", "chord_name",
-    "trace_id", "queue", "routing_key", "eta", "expires", "args", "kwargs", "chain",
+    "trace_id", "queue", "routing_key", "expires", "args", "kwargs", "chain",
     "instrumented",
 )  # fmt: skip
+# ``eta``: the latest attempt's (a retry is re-sent with its own ETA), else the first known.
 EARLIEST = ("sent_at", "received_at", "started_at", "seen_at")
 LATEST = ("finished_at", "runtime", "result", "exc_type", "exc_message", "traceback")
 STATE = ("state", "state_attempt", "state_rank", "state_ts")
@@ -85,7 +86,9 @@ _SET = [
         f" ELSE COALESCE(tasks.{c}, excluded.{c}) END"
         for c in LATEST
     ),
-    "retries = MAX(tasks.retries, excluded.retries)",
+    "eta = CASE WHEN excluded.eta IS NOT NULL AND excluded.retries > tasks.retries"
+    " THEN excluded.eta ELSE COALESCE(tasks.eta, excluded.eta) END",
+        "retries = MAX(tasks.retries, excluded.retries)",
     "updated_at = MAX(tasks.updated_at, excluded.updated_at)",
     "sources = tasks.sources | excluded.sources",
     "detail_rank = MAX(tasks.detail_rank, excluded.detail_rank)",
@@ -223,6 +226,7 @@ _FIRST_COLS = tuple(_COL[c] for c in FIRST_KNOWN)
 _EARLIEST_COLS = tuple(_COL[c] for c in EARLIEST)
 _LATEST_COLS = tuple(_COL[c] for c in LATEST)
 _RETRIES = _COL["retries"]
+_ETA = _COL["eta"]
 _UPDATED = _COL["updated_at"]
 _SOURCES = _COL["sources"]
 _RANK = _COL["detail_rank"]
@@ -258,6 +262,8 @@ def merge_rows(old: list[Any], new: list[Any]) -> None:
 
 def _merge_details(old: list[Any], new: list[Any]) -> None:
     """First-known, earliest and latest columns, then the detail rank they were weighed by."""
+    if new[_ETA] is not None and (old[_ETA] is None or new[_RETRIES] > old[_RETRIES]):
+        old[_ETA] = new[_ETA]
     richer = new[_RANK] > old[_RANK]
     for i in _FIRST_COLS:
         if old[i] is None or (richer and new[i] is not None):
