@@ -1071,7 +1071,8 @@ def test_openapi_lists_every_api_path(api: Api, db_path: Path) -> None:
         assert document["paths"][path]["get"]["summary"], path
     parameters = {p["name"] for p in document["paths"]["/api/tasks"]["get"]["parameters"]}
     assert parameters == {
-        "state", "name", "worker", "trace_id", "root_id", "q", "since", "until", "limit", "cursor"
+        "state", "name", "worker", "queue", "trace_id", "root_id", "q", "since", "until", "sort",
+        "limit", "cursor",
     }  # fmt: skip
 
 
