@@ -184,27 +184,37 @@ class Batch:
                 add(listed, (r[SEEN_AT], r[FINISHED] or r[SEEN_AT]), was, now, r[ROOT_ID])
 
     def spread(self) -> tuple[dict[tuple[Any, ...], list[int]], Counter[tuple[Any, ...]]]:
-        """The cells' counts per dimension, key and period: minute, hour and since ever."""
-        outcomes: dict[tuple[Any, ...], list[int]] = {}
+        """The cells' counts per dimension, key and period: minute, hour and since ever.
+
+        In stages: the minutes of each key first, then their hours, then since
+        ever, each from the stage before (fewer entries each time, since the
+        cells of one key and period merge).
+        """
+        minutes: dict[tuple[Any, ...], list[int]] = {}
         for (name, queue, worker, minute), counts in self.cells.items():
-            hour = minute // HOUR * HOUR
-            for dim_key in _dims(name, queue, worker):
-                for period in ((MINUTE, minute), (HOUR, hour), (ALL_TIME, ALL_TIME)):
-                    known = outcomes.get((*dim_key, *period))
-                    if known is None:
-                        outcomes[(*dim_key, *period)] = list(counts)
-                    else:
-                        for i, n in enumerate(counts):
-                            known[i] += n
+            for dim, key in _dims(name, queue, worker):
+                _merge(minutes, (dim, key, MINUTE, minute), counts)
+        hours: dict[tuple[Any, ...], list[int]] = {}
+        for (dim, key, _, minute), counts in minutes.items():
+            _merge(hours, (dim, key, HOUR, minute // HOUR * HOUR), counts)
+        ever: dict[tuple[Any, ...], list[int]] = {}
+        for (dim, key, _, _), counts in hours.items():
+            _merge(ever, (dim, key, ALL_TIME, ALL_TIME), counts)
+        outcomes = {**minutes, **hours, **ever}
         hist: Counter[tuple[Any, ...]] = Counter()
         for (name, queue, worker, metric, minute, bucket), n in self.hist.items():
             if bucket is None:
                 continue
-            hour = minute // HOUR * HOUR
             for dim, key in _dims(name, queue, worker):
                 hist[dim, key, metric, MINUTE, minute, bucket] += n
-                hist[dim, key, metric, HOUR, hour, bucket] += n
-                hist[dim, key, metric, ALL_TIME, ALL_TIME, bucket] += n
+        hour_hist: Counter[tuple[Any, ...]] = Counter()
+        for (dim, key, metric, _, minute, bucket), n in hist.items():
+            hour_hist[dim, key, metric, HOUR, minute // HOUR * HOUR, bucket] += n
+        ever_hist: Counter[tuple[Any, ...]] = Counter()
+        for (dim, key, metric, _, _, bucket), n in hour_hist.items():
+            ever_hist[dim, key, metric, ALL_TIME, ALL_TIME, bucket] += n
+        hist.update(hour_hist)
+        hist.update(ever_hist)
         return outcomes, hist
 
     def write(self, conn: sqlite3.Connection) -> None:
@@ -248,6 +258,15 @@ def _per_name(rows: list[Row]) -> tuple[Counter[tuple[str, str]], dict[str, list
         if r[RETRIES_NOW] > 0 and r[TALLY_RETRIES] == 0:
             known[1] += 1
     return counts, names
+
+
+def _merge(into: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], counts: list[int]) -> None:
+    known = into.get(key)
+    if known is None:
+        into[key] = list(counts)
+    else:
+        for i, n in enumerate(counts):
+            known[i] += n
 
 
 def _dims(name: str, queue: str | None, worker: str | None) -> list[tuple[str, str]]:
