@@ -12,7 +12,7 @@ from typing import Any
 
 from stemtrace.core.env import parse_env
 from stemtrace.core.thresholds import Thresholds
-from stemtrace.store import DEFAULT_DB
+from stemtrace.store import DEFAULT_DB, BadTarget, parse_target, postgres_driver_missing
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _THRESHOLD_RANGES = (
@@ -52,7 +52,8 @@ class Settings:
     queue: str | None = None
     """RabbitMQ: this server's own queue (default: from the host name and the db path)."""
     db: str = DEFAULT_DB
-    """The SQLite database file (created when missing)."""
+    """The store: a SQLite file (created when missing), or a PostgreSQL database
+    (``postgresql://user@host:port/dbname``, with ``pip install 'stemtrace[postgres]'``)."""
     host: str = "127.0.0.1"
     """Address the web server binds to."""
     port: int = 8000
@@ -133,6 +134,7 @@ class Settings:
         if self.metrics_names < 0:
             raise SettingError("metrics_names", f"must not be negative, not {self.metrics_names}")
         self._check_thresholds()
+        self._check_db()
         if self.log_level not in LOG_LEVELS:
             raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         if bool(self.auth_user) != bool(self.auth_password):
@@ -143,6 +145,15 @@ class Settings:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise SettingError(name, f"must be between {low:g} and {high:g}, not {value:g}")
+
+    def _check_db(self) -> None:
+        try:
+            target = parse_target(self.db)
+        except BadTarget as exc:
+            raise SettingError("db", str(exc)) from None
+        missing = postgres_driver_missing() if target.kind == "postgresql" else None
+        if missing is not None:
+            raise SettingError("db", missing)
 
     @property
     def thresholds(self) -> Thresholds:

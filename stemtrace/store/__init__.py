@@ -6,7 +6,7 @@ May import: core only. The rest of stemtrace imports this package and
 
 from stemtrace.store.queries import listed
 from stemtrace.store.ranked import SORTS
-from stemtrace.store.schema import DEFAULT_DB, Store
+from stemtrace.store.schema import Store
 from stemtrace.store.surface import (
     FLOW_OUTCOMES,
     NO_UPKEEP,
@@ -19,25 +19,49 @@ from stemtrace.store.surface import (
     Upkeep,
     Writer,
 )
+from stemtrace.store.targets import (
+    DEFAULT_DB,
+    INSTALL_POSTGRES,
+    BadTarget,
+    Target,
+    parse_target,
+    postgres_driver_missing,
+)
 
 __all__ = [
     "DEFAULT_DB",
     "FLOW_OUTCOMES",
+    "INSTALL_POSTGRES",
     "NO_UPKEEP",
     "SORTS",
     "Backend",
     "BadCursor",
+    "BadTarget",
     "FlowFilters",
     "IngestResult",
     "Skip",
     "Store",
+    "Target",
     "TaskFilters",
     "Upkeep",
     "Writer",
     "listed",
+    "open_store",
+    "parse_target",
+    "postgres_driver_missing",
 ]
 
 
 def open_store(target: str) -> Backend:
-    """The store at ``target``: a SQLite file's path."""
-    return Store(target)
+    """The store ``target`` names (see :mod:`stemtrace.store.targets`); raises
+    :class:`BadTarget` for one stemtrace cannot open."""
+    found = parse_target(target)
+    if found.kind == "postgresql":
+        missing = postgres_driver_missing()
+        if missing is not None:
+            raise BadTarget(f"{found.shown} {missing}")
+        raise NotImplementedError(
+            f"PostgreSQL store ({found.shown}): ingest is built, reads are not built yet;"
+            " use a SQLite file for now"
+        )
+    return Store(found.location)

@@ -53,9 +53,8 @@ from stemtrace.store.lists import FlowFilters
 from stemtrace.store.migrations import migrations
 from stemtrace.store.queries import TaskFilters
 from stemtrace.store.surface import NO_UPKEEP, Upkeep
+from stemtrace.store.targets import DEFAULT_DB
 from stemtrace.store.writer import SqliteWriter
-
-DEFAULT_DB = "stemtrace.db"
 
 # Binding ``None`` goes through sqlite3's adapter look-up (a key tuple, a
 # registry miss, then ``__adapt__`` and ``__conform__`` probes) unless an
