@@ -71,6 +71,9 @@ class Settings:
     queue_poll_seconds: float = 5.0
     """How often the consumer reads the broker's count of each known queue (read-only;
     0: never, and the queues page shows stemtrace's own counts only)."""
+    queue_broker: str | None = None
+    """The Celery broker whose queues are counted, when it is not ``broker`` (events on
+    Redis, tasks on RabbitMQ; the demo's in-process ``memory://``)."""
     log_level: str = "info"
     """Logging level: critical, error, warning, info or debug."""
     auth_user: str | None = None
@@ -110,6 +113,11 @@ class Settings:
         if not self.broker or "://" not in self.broker:
             raise SettingError(
                 "broker", f"must be a URL such as redis://host:6379/0, not {self.broker!r}"
+            )
+        if self.queue_broker is not None and "://" not in self.queue_broker:
+            raise SettingError(
+                "queue_broker",
+                f"must be a URL such as amqp://host:5672//, not {self.queue_broker!r}",
             )
         if not self.stream:
             raise SettingError("stream", "must not be empty")

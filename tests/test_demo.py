@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,18 @@ def _answers(base: str) -> bool:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
+    with running_demo(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def running_demo(tmp_path: Path, *args: str) -> Iterator[Demo]:
     port = free_port()
     log = tmp_path / "demo.log"  # a file, not a pipe: nothing reads it while the demo runs
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "stemtrace.cli", "demo", "--port", str(port),
-             "--db", str(tmp_path / "demo.db"), "--interval", "0.5"],
+             "--db", str(tmp_path / "demo.db"), "--interval", "0.5", *args],
             cwd=tmp_path, env=demo_env(), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -133,10 +139,20 @@ def test_the_demo_makes_every_kind_of_flow_and_stops_on_ctrl_c(demo: Demo) -> No
     spawned = {e["target"] for e in flow["edges"] if e["kind"] == "spawned"}
     assert spawned == {c["id"] for c in children}
 
-    # The worker runs in the demo's own process.
-    [worker] = demo.get("/api/workers")["workers"]
-    assert worker["state"] == "online" and worker["pool"] == "thread"
-    assert worker["pid"] == demo.process.pid
+    # Two workers run in the demo's own process: the shop's, and one slot for reports.
+    workers = {w["hostname"].split("@")[0]: w for w in demo.get("/api/workers")["workers"]}
+    assert sorted(workers) == ["reports", "shop"]
+    for worker in workers.values():
+        assert worker["state"] == "online" and worker["pool"] == "thread"
+        assert worker["pid"] == demo.process.pid
+    assert workers["shop"]["queues"] == ["celery"] and workers["shop"]["concurrency"] == 4
+    assert workers["reports"]["queues"] == ["reports"] and workers["reports"]["concurrency"] == 1
+    # Each task names the worker that ran it.
+    ran_on = {t["name"]: t["worker"] for t in demo.tasks(state="STARTED")}
+    assert ran_on.get("shop.rebuild_search_index") == workers["reports"]["hostname"]
+    assert charge["worker"] == workers["shop"]["hostname"]
+    # Problems show sooner than in production, unless told otherwise.
+    assert demo.get("/api/problems")["thresholds"]["held_seconds"] == 10
 
     # Ctrl-C: a clean stop, promptly, with the worker seen going offline.
     started = time.monotonic()
@@ -148,7 +164,48 @@ def test_the_demo_makes_every_kind_of_flow_and_stops_on_ctrl_c(demo: Demo) -> No
     assert "Traceback" not in output and "ERROR" not in output, output
     # The worker stopped before the consumer did, so its last event was stored.
     with closing(sqlite3.connect(demo.db)) as db:
-        assert db.execute("SELECT state FROM workers").fetchall() == [("offline",)]
+        assert db.execute("SELECT state FROM workers").fetchall() == [("offline",)] * 2
+
+
+def test_the_demo_shows_a_backlog_a_scheduled_task_and_the_problems(tmp_path: Path) -> None:
+    flags = ("--problem-held-seconds", "2", "--problem-wait-seconds", "2")
+    with running_demo(tmp_path, *flags) as demo:
+        wanted = {"unconsumed", "waiting", "held", "late"}
+
+        def problems() -> list[dict[str, Any]] | None:
+            found: list[dict[str, Any]] = demo.get("/api/problems")["problems"]
+            return found if wanted <= {p["kind"] for p in found} else None
+
+        found = wait_for(problems, timeout=30, interval=0.5)
+        # Nobody consumes the exports queue: the queue, and its task waiting there.
+        [unconsumed] = [p for p in found if p["kind"] == "unconsumed"]
+        assert unconsumed["queue"] == "exports" and unconsumed["waiting"] >= 1
+        assert any(p["kind"] == "waiting" and p["queue"] == "exports" for p in found)
+        # The reports worker's one slot runs the rebuild (past its soft limit), holding a report.
+        [late] = [p for p in found if p["kind"] == "late"]
+        assert late["name"] == "shop.rebuild_search_index"
+        assert late["worker"].startswith("reports@")
+        assert "past its soft time limit of 8.0 s" in late["reason"]
+        [held] = [p for p in found if p["kind"] == "held"]
+        assert held["name"] == "shop.build_sales_report" and held["worker"] == late["worker"]
+        assert "busy running 1 (shop.rebuild_search_index)" in held["reason"]
+
+        # The queues page: the broker's own counts, a backlog, and a reminder scheduled.
+        def queues() -> dict[str, Any] | None:
+            found: dict[str, Any] = demo.get("/api/queues")
+            counted = {q["queue"]: (q["broker"] or {}).get("messages") for q in found["queues"]}
+            reminders = [s for s in found["scheduled"] if s["name"] == "shop.remind_cart"]
+            ready = counted.get("reports") and counted.get("exports") and reminders
+            return found if ready else None
+
+        found_queues = wait_for(queues, timeout=15, interval=0.5)
+        by_name = {q["queue"]: q for q in found_queues["queues"]}
+        assert by_name["reports"]["broker"]["messages"] == 2  # behind the held one
+        assert by_name["reports"]["backlog"] and by_name["reports"]["problem"] is None
+        assert by_name["exports"]["problem"] == "nobody consumes this queue"
+        scheduled = found_queues["scheduled"]
+        reminder = next(s for s in scheduled if s["name"] == "shop.remind_cart")
+        assert reminder["due_in"] > 0 and reminder["worker"].startswith("shop@")
 
 
 @pytest.mark.parametrize(

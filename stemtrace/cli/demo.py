@@ -1,9 +1,12 @@
 """``stemtrace demo``: a real Celery app, running in this process, making realistic flows.
 
 Nothing to install or start: the broker is kombu's in-process ``memory://``
-transport, results live in ``cache+memory://`` (so chords work), a real
-Celery worker runs in a thread with the ``threads`` pool, and ``init(app)``
-publishes to the in-process ``memory://demo`` stream that the server reads.
+transport, results live in ``cache+memory://`` (so chords work), two real
+Celery workers run in threads with the ``threads`` pool (``shop@`` on the
+``celery`` queue, four threads; ``reports@`` on the ``reports`` queue, one
+thread and one message prefetched), and ``init(app)`` publishes to the
+in-process ``memory://demo`` stream that the server reads. The server counts
+the broker's queues through the same memory transport (``queue_broker``).
 
 The tasks are a small shop, and also an example of what stemtrace shows:
 
@@ -13,7 +16,17 @@ The tasks are a small shop, and also an example of what stemtrace shows:
 * one supplier's feed is malformed: its import chain breaks, later links never run;
 * a newsletter sends one email task per subscriber from inside its body;
 * a sales report takes several seconds;
-* API keys and passwords in task arguments arrive scrubbed.
+* API keys and passwords in task arguments arrive scrubbed;
+* an abandoned cart sets off a reminder with a countdown: listed as scheduled, with
+  when it is due, on the queues page;
+* the month-end close (at once, then every :data:`CLOSE_EVERY` seconds) sends the
+  single-slot ``reports@`` worker a search-index rebuild that runs past its soft time
+  limit (the threads pool does not enforce it: a late task on the problems page) and
+  three reports: the first is held by the worker behind the rebuild, the others wait
+  in the broker (a backlog), and all of them clear as the slot frees;
+* an order export goes to the ``exports`` queue that no worker consumes (one a minute,
+  at most :data:`MAX_EXPORTS`): that queue and its waiting tasks stay problems, as
+  they would in production.
 """
 
 # Celery ships no type hints, so mypy sees ``@app.task`` as an untyped decorator.
@@ -26,22 +39,35 @@ import logging
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
 from celery import Celery, chain, chord, signals
-from celery.app.trace import setup_worker_optimizations
+from celery.app import trace as celery_trace
+from celery.concurrency.thread import TaskPool as ThreadsPool
 
 import stemtrace
 
 EVENTS_URL = "memory://demo"
 """Where ``init(app)`` publishes and the demo server reads: an in-process stream."""
+BROKER_URL = "memory://localhost/"
+"""The Celery app's broker: kombu's in-process transport, whose queues the server counts."""
+SOFT_LIMIT = 8.0
+"""The search-index rebuild's soft time limit, in seconds (it runs well past it)."""
+REBUILD_SECONDS = 90.0
+"""How long the search-index rebuild runs: the held and late problems last as long."""
+CLOSE_EVERY = 180.0
+"""Seconds between month-end closes: the ``reports@`` slot is busy for about 110 of them."""
+EXPORT_EVERY = 60.0
+MAX_EXPORTS = 30
+"""Exports sent to the queue nobody consumes, one every :data:`EXPORT_EVERY` seconds."""
 
 logger = logging.getLogger("stemtrace.cli.demo")
 
-app = Celery("shop", broker="memory://localhost/", backend="cache+memory://")
+app = Celery("shop", broker=BROKER_URL, backend="cache+memory://")
 app.conf.update(
     # The memory transport polls its queues; once a second by default.
     broker_transport_options={"polling_interval": 0.05},
@@ -196,13 +222,57 @@ def sales_report() -> None:
     build_sales_report.delay(day=(date.today() - timedelta(days=1)).isoformat())
 
 
+# -- a reminder with a countdown: scheduled, then run --------------------------------
+
+
+@app.task(name="shop.remind_cart")
+def remind_cart(email: str, items: int) -> str:
+    work(0.1)
+    return f"reminded {email} of {items} items in the cart"
+
+
+def abandoned_cart() -> None:
+    remind_cart.apply_async(
+        (random.choice(CUSTOMERS), random.randint(1, 4)), countdown=random.uniform(30, 60)
+    )
+
+
+# -- the month-end close: one slot, a late rebuild, reports held and queued behind it --
+
+
+@app.task(name="shop.rebuild_search_index", queue="reports", soft_time_limit=SOFT_LIMIT)
+def rebuild_search_index() -> int:
+    work(REBUILD_SECONDS)
+    return random.randint(2000, 5000)
+
+
+def close_the_month() -> None:
+    with stemtrace.trace(f"month-end-{_new_id()}"):
+        rebuild_search_index.delay()
+        for region in ("emea", "americas", "apac"):
+            build_sales_report.apply_async(kwargs={"day": f"month-{region}"}, queue="reports")
+
+
+# -- an export to a queue no worker consumes -------------------------------------------
+
+
+@app.task(name="shop.export_orders", queue="exports")
+def export_orders(since: str) -> int:
+    work(1.0)
+    return random.randint(10, 90)
+
+
+def export() -> None:
+    export_orders.delay(since=(date.today() - timedelta(days=1)).isoformat())
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
 FLOWS: list[Callable[[], None]] = [
     place_order, import_feeds, place_order, newsletter,
-    place_order, sign_up, place_order, sales_report,
+    place_order, sign_up, abandoned_cart, place_order, sales_report,
 ]  # fmt: skip
 """One flow starts every interval, in this order, round and round."""
 
@@ -211,69 +281,120 @@ FLOWS: list[Callable[[], None]] = [
 
 
 class Demo:
-    """The worker thread, and a thread that starts one flow every ``interval`` seconds."""
+    """The workers' threads, and a thread that starts one flow every ``interval`` seconds."""
 
     def __init__(self, *, interval: float = 2.0, stream: str = "stemtrace:events") -> None:
         self.interval = interval
         self.stream = stream
-        self.worker: Any = None
-        self._ready = threading.Event()
-        self._worker_thread: threading.Thread | None = None
+        self.workers: list[tuple[Any, threading.Thread]] = []
         self._flows_thread: threading.Thread | None = None
+        self._exports = 0
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start the worker and, once it is ready, the flows."""
+        """Start the workers and, once they are ready, the flows."""
         stopping.clear()
         capture = stemtrace.init(
             app, transport_url=EVENTS_URL, stream=self.stream, stream_maxlen=5000, enabled=True
         )
-        hostname = f"shop@{socket.gethostname()}"
+        host = socket.gethostname()
         # As ``celery worker`` does: make this the default app (pool threads look their
-        # tasks up there) and tell tasks which worker runs them.
-        setup_worker_optimizations(app, hostname)
-        self.worker = app.WorkController(
-            pool_cls="threads",
-            concurrency=4,
-            hostname=hostname,
-            without_mingle=True,
-            without_gossip=True,
-            without_heartbeat=True,
-            ready_callback=self._on_ready,
-        )
-        self._worker_thread = _thread(self.worker.start, "demo-worker")
-        if not self._ready.wait(timeout):
-            raise RuntimeError(f"the demo's Celery worker did not start within {timeout}s")
-        # Send the worker's first event now: the in-process stream then exists with the
+        # tasks up there); each pool tells its tasks which worker runs them.
+        celery_trace.setup_worker_optimizations(app, f"shop@{host}")
+        # One after the other: a worker picks its queues from the app's, as it starts.
+        self._start_worker(f"shop@{host}", ["celery"], 4, timeout)
+        self._start_worker(f"reports@{host}", ["reports"], 1, timeout, prefetch_multiplier=1)
+        # Send the workers' first events now: the in-process stream then exists with the
         # cap above (not the reader's default) before the server opens it, so memory stays
         # bounded however long the demo runs.
         assert capture is not None
         capture.publisher.flush(timeout)
         self._flows_thread = _thread(self._make_flows, "demo-flows")
 
+    def _start_worker(
+        self, hostname: str, queues: list[str], concurrency: int, timeout: float, **options: Any
+    ) -> None:
+        ready = threading.Event()
+
+        def on_ready(consumer: Any) -> None:
+            # What ``celery worker`` does when ready; stemtrace announces the worker then.
+            signals.worker_ready.send(sender=consumer)
+            ready.set()
+
+        worker = app.WorkController(
+            pool_cls=_threads_pool(hostname),
+            concurrency=concurrency,
+            hostname=hostname,
+            queues=queues,
+            without_mingle=True,
+            without_gossip=True,
+            without_heartbeat=True,
+            ready_callback=on_ready,
+            **options,
+        )
+        self.workers.append((worker, _thread(worker.start, f"demo-worker-{hostname}")))
+        if not ready.wait(timeout):
+            raise RuntimeError(f"the demo's Celery worker {hostname} did not start in {timeout}s")
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop making flows, then the worker: a warm shutdown, quick since ``work`` ends."""
+        """Stop making flows, then the workers: a warm shutdown, quick since ``work`` ends."""
         stopping.set()
         flows, self._flows_thread = self._flows_thread, None
         if flows is not None:
             flows.join(timeout)
-        worker, self._worker_thread = self._worker_thread, None
-        if worker is not None:
-            self.worker.stop(in_sighandler=False)
-            worker.join(timeout)
-
-    def _on_ready(self, consumer: Any) -> None:
-        # What ``celery worker`` does when ready; stemtrace announces the worker then.
-        signals.worker_ready.send(sender=consumer)
-        self._ready.set()
+        workers, self.workers = self.workers, []
+        for worker, _ in workers:
+            worker.stop(in_sighandler=False)
+        for _, thread in workers:
+            thread.join(timeout)
 
     def _make_flows(self) -> None:
+        # Now and then, by the clock (however short the interval): bounded work.
+        timed: list[tuple[float, Callable[[], None]]] = [
+            (CLOSE_EVERY, close_the_month),
+            (EXPORT_EVERY, self._export),
+        ]
+        due = [time.monotonic()] * len(timed)
         for flow in itertools.cycle(FLOWS):
-            try:
-                flow()
-            except Exception:
-                logger.exception("stemtrace demo: could not start %s", flow.__name__)
+            for index, (every, timed_flow) in enumerate(timed):
+                if time.monotonic() >= due[index]:
+                    due[index] = time.monotonic() + every
+                    _run(timed_flow)
+            _run(flow)
             if stopping.wait(self.interval):
                 return
+
+    def _export(self) -> None:
+        if self._exports < MAX_EXPORTS:
+            self._exports += 1
+            export()
+
+
+def _run(flow: Callable[[], None]) -> None:
+    try:
+        flow()
+    except Exception:
+        logger.exception("stemtrace demo: could not start %s", flow.__name__)
+
+
+def _threads_pool(hostname: str) -> type[Any]:
+    """Celery's threads pool, telling its tasks which worker runs them.
+
+    Celery's tracer takes a task's ``request.hostname`` from one process-wide slot
+    (``setup_worker_optimizations``), made for one worker a process; with two in
+    threads, each pool hands the tracer its own worker's name.
+    """
+
+    class Pool(ThreadsPool):  # type: ignore[misc]
+        def on_apply(
+            self, target: Any, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any
+        ) -> Any:
+            if target is celery_trace.fast_trace_task:
+                tasks, accept, _ = celery_trace._localized
+                kwargs = {**(kwargs or {}), "_loc": [tasks, accept, hostname]}
+            return super().on_apply(target, args, kwargs, *rest, **options)
+
+    Pool.__module__ = ThreadsPool.__module__  # so workers still read as the threads pool
+    return Pool
 
 
 def _thread(target: Callable[[], None], name: str) -> threading.Thread:

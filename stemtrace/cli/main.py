@@ -24,6 +24,13 @@ from stemtrace.settings import LOG_LEVELS, SettingError, Settings
 DEMO_DB = "stemtrace-demo.db"
 """The demo's made-up shop gets its own file, so it never mixes into ``stemtrace.db``."""
 DEMO_INTERVAL = 2.0
+DEMO_DEFAULTS = {
+    "STEMTRACE_DB": DEMO_DB,
+    "STEMTRACE_PROBLEM_WAIT_SECONDS": "15",
+    "STEMTRACE_PROBLEM_HELD_SECONDS": "10",
+    "STEMTRACE_QUEUE_POLL_SECONDS": "2",
+}
+"""The demo's problems show within a minute; each flag or variable still overrides these."""
 DEFAULTS: dict[str, Any] = {spec.name: spec.default for spec in fields(Settings)}
 
 
@@ -69,6 +76,9 @@ def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
         help=_help("read the broker's queue lengths this often (read-only); 0: never",
                    "queue_poll_seconds"),
     )  # fmt: skip
+    add("--queue-broker", metavar="URL",
+        help=_help("the Celery broker whose queues are counted, if not --broker", "queue_broker",
+                   "--broker"))  # fmt: skip
     add("--log-level", choices=LOG_LEVELS, help=_help("logging level", "log_level"))
     if web:
         _web_options(parser)
@@ -188,11 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     environ: Mapping[str, str] = os.environ
     if args.command == "demo":
-        from stemtrace.cli.demo import EVENTS_URL
+        from stemtrace.cli.demo import BROKER_URL, EVENTS_URL
 
-        # The demo's own database unless told otherwise, and always its in-process stream.
-        environ = {"STEMTRACE_DB": DEMO_DB, **os.environ}
-        overrides.update(broker=EVENTS_URL, consumer=True)
+        # The demo's own database and quicker problems unless told otherwise, and always
+        # its in-process stream and broker.
+        environ = {**DEMO_DEFAULTS, **os.environ}
+        overrides.update(broker=EVENTS_URL, queue_broker=BROKER_URL, consumer=True)
     try:
         settings = Settings.from_env(environ, **overrides)
         interval = _demo_interval(args.interval) if args.command == "demo" else 0.0
@@ -263,7 +274,7 @@ def demo(settings: Settings, interval: float) -> int:
         flows.start()
         print(
             f"stemtrace {__version__} demo: http://{settings.host}:{settings.port}/  "
-            f"(db: {settings.db}; a Celery worker runs in this process, a new flow "
+            f"(db: {settings.db}; two Celery workers run in this process, a new flow "
             f"every {interval:g}s; Ctrl-C to stop)",
             flush=True,
         )

@@ -319,11 +319,15 @@ def source_name(settings: Settings) -> str:
 
 def build_consumer(settings: Settings, store: Backend) -> Consumer:
     """The consumer ``stemtrace run`` and ``stemtrace consume`` use; it also polls the
-    broker's queue lengths every ``queue_poll_seconds`` (Redis and RabbitMQ)."""
+    broker's queue lengths every ``queue_poll_seconds`` (Redis and RabbitMQ, or the
+    ``queue_broker`` when set: a ``memory://`` events stream is no Celery broker)."""
     poller = None
-    if settings.queue_poll_seconds > 0 and scheme_of(settings.broker) in CELERY_EVENT_SCHEMES:
+    broker = settings.queue_broker
+    if broker is None and scheme_of(settings.broker) in CELERY_EVENT_SCHEMES:
         broker = settings.broker
-        poller = DepthPoller(store, lambda: open_depth_reader(broker), settings.queue_poll_seconds)
+    if settings.queue_poll_seconds > 0 and broker is not None:
+        url = broker
+        poller = DepthPoller(store, lambda: open_depth_reader(url), settings.queue_poll_seconds)
     return Consumer(
         store,
         lambda: open_reader(settings.broker, stream=settings.stream, queue=settings.queue_name),

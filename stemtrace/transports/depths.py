@@ -11,6 +11,9 @@ by URL scheme (:func:`open_depth_reader`):
 * RabbitMQ: a passive ``queue.declare`` per queue gives its ready messages and
   its consumers; one round trip each. A queue that does not exist closes the
   channel (404): that queue reads "no such queue" and the channel is reopened.
+* kombu's in-process ``memory://`` transport (``stemtrace demo``): its queues
+  live in this process (``kombu.transport.memory.Channel.queues``); each one's
+  ``qsize()``, no round trip. It cannot say who consumes: ``consumers`` is ``None``.
 
 A broker that cannot be reached gives an error per queue: :meth:`read` never
 raises, and sockets time out within :data:`TIMEOUT` seconds, so a poll cannot
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from stemtrace.transports import AMQP_SCHEMES, REDIS_SCHEMES, scheme_of
+from stemtrace.transports import AMQP_SCHEMES, MEMORY_SCHEMES, REDIS_SCHEMES, scheme_of
 
 TIMEOUT: Final = 2.0
 """Seconds a connect, read or write to the broker may take."""
@@ -70,6 +73,8 @@ def open_depth_reader(url: str) -> DepthReader | None:
         return RedisDepthReader(url)
     if scheme in AMQP_SCHEMES:
         return AmqpDepthReader(url)
+    if scheme in MEMORY_SCHEMES:
+        return MemoryDepthReader()
     return None
 
 
@@ -189,6 +194,33 @@ class AmqpDepthReader:
 def _is_channel_error(exc: BaseException) -> bool:
     """An error that closed the channel, not the connection (py-amqp's ``ChannelError``)."""
     return any(cls.__name__ == "ChannelError" for cls in type(exc).__mro__)
+
+
+class MemoryDepthReader:
+    """kombu's ``memory://`` broker in this process: each queue's size, never a ``get``.
+
+    Every ``memory://`` URL shares the one process-global set of queues, so the
+    URL's host says nothing. kombu is imported lazily: a process whose Celery
+    broker is not the memory transport finds every queue missing.
+    """
+
+    def __init__(self) -> None:
+        self.round_trips = 0
+
+    def read(self, queues: Sequence[str]) -> dict[str, Depth]:
+        from kombu.transport.memory import Channel
+
+        existing: dict[str, Any] = Channel.queues
+        found = {}
+        for queue in dict.fromkeys(queues):
+            held = existing.get(queue)
+            found[queue] = (
+                Depth(error=NO_SUCH_QUEUE) if held is None else Depth(messages=held.qsize())
+            )
+        return found
+
+    def close(self) -> None:
+        pass
 
 
 def _is_not_found(exc: BaseException) -> bool:
