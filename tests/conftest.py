@@ -3,7 +3,8 @@
 Markers are worked out, not written by hand, so they cannot drift: ``browser``
 for e2e/, ``worker`` where a module starts a real Celery worker (or says so
 with ``pytestmark``), ``rabbitmq`` where it names an AMQP URL, ``redis`` where
-it names Redis or uses the Redis fixtures, ``node`` where it runs npm, and
+it names Redis or uses the Redis fixtures, ``postgres`` where it uses a PostgreSQL
+fixture (``tests/pg.py``), ``node`` where it runs npm, and
 ``unit`` for every other test: ``python -m pytest -m unit`` is
 the fast subset, which needs no service. There Hypothesis tests run half their
 examples (the ``unit`` profile; see ``tests.factories.examples``); the full run
@@ -55,7 +56,7 @@ def scenario(request: pytest.FixtureRequest, redis_available: None) -> Iterator[
     found.cleanup()
 
 
-SERVICE_MARKERS = ("browser", "worker", "rabbitmq", "redis", "node")
+SERVICE_MARKERS = ("browser", "worker", "rabbitmq", "redis", "postgres", "node")
 _sources: dict[Path, str] = {}
 
 
@@ -76,6 +77,8 @@ def markers_for(item: pytest.Item) -> list[str]:
     fixtures = set(getattr(item, "fixturenames", ()))
     if fixtures & {"redis_available", "scenario"} or "redis://" in source:
         found.append("redis")
+    if fixtures & {"pg_server", "pg_url"}:
+        found.append("postgres")
     return found or ["unit"]
 
 
