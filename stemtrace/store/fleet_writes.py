@@ -53,6 +53,77 @@ def touch(conn: sqlite3.Connection, seen: Iterable[tuple[str | None, float]]) ->
         )
 
 
+def worker_events(conn: sqlite3.Connection, events: Iterable[ev.Event], now: float) -> None:
+    """A batch's worker events, in order; a worker's heartbeats in a row (no online or
+    offline of it between them) are written as one update, as if one by one."""
+    beats: dict[str, list[ev.Event]] = {}
+    for event in events:
+        hostname = event.get("worker") or event["host"]
+        if event["kind"] == ev.WORKER_HEARTBEAT:
+            beats.setdefault(hostname, []).append(event)
+            continue
+        run = beats.pop(hostname, None)
+        if run:
+            _heartbeats(conn, hostname, run)
+        worker_event(conn, event, now)
+    for hostname, run in beats.items():
+        _heartbeats(conn, hostname, run)
+
+
+def _heartbeats(conn: sqlite3.Connection, hostname: str, run: list[ev.Event]) -> None:
+    """Heartbeats of one worker in batch order: their gaps, then one update of its row."""
+    if len(run) == 1:
+        worker_event(conn, run[0], 0.0)
+        return
+    row = conn.execute(
+        "SELECT last_heartbeat, online_at, heartbeat_freq FROM workers WHERE hostname = ?",
+        (hostname,),
+    ).fetchone()
+    last_heartbeat, online_at, freq = row if row is not None else (None, None, None)
+    for beat in run:  # each against the row as the beats before it left it
+        ts = beat["ts"]
+        if last_heartbeat is not None or online_at is not None:
+            last = max(last_heartbeat or 0.0, online_at or 0.0)
+            allowed = allowed_silence(beat.get("freq") if number(beat.get("freq")) else freq)
+            if ts <= last:
+                _split(conn, hostname, ts, allowed)
+            elif ts - last > allowed:
+                conn.execute(_GAP, (hostname, last, ts))
+        last_heartbeat = max(last_heartbeat or 0.0, ts)
+        if beat.get("freq") is not None:
+            freq = beat.get("freq")
+    latest = max(run, key=lambda beat: beat["ts"])  # the last of equals: max keeps the first
+    latest = [beat for beat in run if beat["ts"] == latest["ts"]][-1]
+    top = latest["ts"]
+    conn.execute(
+        "INSERT INTO workers (hostname, state, last_seen) VALUES (?, 'online', ?)"
+        " ON CONFLICT (hostname) DO NOTHING",
+        (hostname, run[0]["ts"]),
+    )
+    conn.execute(
+        _BEAT,
+        (top, top, top, latest.get("active"),
+         max((b.get("processed") or 0 for b in run), default=0),
+         top, _json_or_none(latest.get("loadavg")),
+         max((b.get("dropped") or 0 for b in run), default=0),
+         next((b["freq"] for b in reversed(run) if b.get("freq") is not None), None),
+         top, hostname),
+    )  # fmt: skip
+
+
+_BEAT = """UPDATE workers SET
+    last_seen = MAX(last_seen, ?),
+    last_heartbeat = MAX(COALESCE(last_heartbeat, 0), ?),
+    active = CASE WHEN ? >= COALESCE(last_heartbeat, 0) THEN ? ELSE active END,
+    processed = MAX(COALESCE(processed, 0), COALESCE(?, 0)),
+    loadavg = CASE WHEN ? >= COALESCE(last_heartbeat, 0) THEN ? ELSE loadavg END,
+    dropped = MAX(COALESCE(dropped, 0), COALESCE(?, 0)),
+    heartbeat_freq = COALESCE(?, heartbeat_freq),
+    state = CASE WHEN offline_at IS NULL OR offline_at < ? THEN 'online' ELSE state END
+WHERE hostname = ?"""
+"""A heartbeat at a time: what it says of the worker, unless a later one said it already."""
+
+
 def worker_event(conn: sqlite3.Connection, event: ev.Event, now: float) -> None:
     """One online, heartbeat or offline event: the worker's row, its gaps, its definitions."""
     kind = event["kind"]
@@ -80,17 +151,7 @@ def worker_event(conn: sqlite3.Connection, event: ev.Event, now: float) -> None:
         _registry(conn, hostname, event.get("tasks") or [], now)
     elif kind == ev.WORKER_HEARTBEAT:
         conn.execute(
-            """UPDATE workers SET
-                last_seen = MAX(last_seen, ?),
-                last_heartbeat = MAX(COALESCE(last_heartbeat, 0), ?),
-                active = CASE WHEN ? >= COALESCE(last_heartbeat, 0) THEN ? ELSE active END,
-                processed = MAX(COALESCE(processed, 0), COALESCE(?, 0)),
-                loadavg = CASE WHEN ? >= COALESCE(last_heartbeat, 0) THEN ? ELSE loadavg END,
-                dropped = MAX(COALESCE(dropped, 0), COALESCE(?, 0)),
-                heartbeat_freq = COALESCE(?, heartbeat_freq),
-                state = CASE WHEN offline_at IS NULL OR offline_at < ? THEN 'online'
-                             ELSE state END
-            WHERE hostname = ?""",
+            _BEAT,
             (ts, ts, ts, event.get("active"), event.get("processed"),
              ts, _json_or_none(event.get("loadavg")), event.get("dropped"), event.get("freq"),
              ts, hostname),

@@ -371,8 +371,8 @@ class Ingestor:
                     [(rowids[row[0]], row[_CHAIN], row[_CHORD]) for row in task_rows
                      if row[_CHAIN] is not None or row[_CHORD] is not None],
                 )  # fmt: skip
-            for event in worker_events:
-                fleet_writes.worker_event(conn, event, now)
+            if worker_events:
+                fleet_writes.worker_events(conn, worker_events, now)
             fleet_writes.touch(conn, [(row[_WORKER], row[_STATE_TS]) for row in task_rows])
             if skipped:
                 skipped_input.record(conn, skipped, cursor[0] if cursor else "", now)
