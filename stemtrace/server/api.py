@@ -20,7 +20,6 @@ from stemtrace.model import export, flows
 from stemtrace.server import executions, stats
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
-from stemtrace.server.why import why
 from stemtrace.server.views import (
     flow_and_path,
     histories,
@@ -29,6 +28,7 @@ from stemtrace.server.views import (
     not_found,
     task_detail,
 )
+from stemtrace.server.why import why
 from stemtrace.store import Backend, BadCursor, listed
 
 ID = Annotated[str, PathParam(min_length=1, max_length=255, description="a Celery task id")]

@@ -29,7 +29,6 @@ from stemtrace.server import executions, overview, render
 from stemtrace.server.errors import BadParameter, NotFound
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
-from stemtrace.server.why import why
 from stemtrace.server.views import (
     FLOW_SLOTS,
     histories,
@@ -37,6 +36,7 @@ from stemtrace.server.views import (
     mark_lost,
     task_detail,
 )
+from stemtrace.server.why import why
 from stemtrace.store import BadCursor
 
 PACKAGE = Path(__file__).resolve().parent.parent
