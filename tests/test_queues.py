@@ -442,7 +442,7 @@ def test_a_task_retried_twice_is_due_when_its_latest_retry_says(backend: Backend
     backend.open_writer().ingest(events)
     total, [row] = backend.scheduled(10)
     assert total == 1 and row["state"] == "RETRY"
-    assert row["eta"] == iso(first)  # the row keeps the first ETA it saw
+    assert row["eta"] == iso(second)  # the row keeps the latest attempt's ETA
     assert row["due"] == pytest.approx(second)
 
 
