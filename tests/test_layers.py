@@ -19,7 +19,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "stemtrace"
 
 WEB = ("fastapi", "starlette", "jinja2", "sse_starlette", "uvicorn", "markupsafe")
-STORE = ("sqlite_utils", "sqlite3")
+STORE = ("sqlite_utils", "sqlite3", "psycopg", "psycopg_pool")
 
 EVERY = frozenset({"core", "transports", "capture", "store", "model", "settings", "ingest",
                    "server", "cli", "root"})  # fmt: skip
@@ -162,7 +162,7 @@ def test_import_and_init_in_a_worker_stay_light() -> None:
         "from celery import Celery\n"
         "app = Celery('x', broker='redis://127.0.0.1:6379/0', set_as_current=False)\n"
         "stemtrace.init(app)\n"
-        "heavy = ('fastapi', 'starlette', 'jinja2', 'sqlite_utils', 'sqlite3',\n"
+        "heavy = ('fastapi', 'starlette', 'jinja2', 'sqlite_utils', 'sqlite3', 'psycopg',\n"
         "         'stemtrace.server', 'stemtrace.store', 'uvicorn')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
     )

@@ -66,33 +66,44 @@ _NEWER = (
 )
 _RICHER = "excluded.detail_rank > tasks.detail_rank"
 _AS_RICH = "excluded.detail_rank >= tasks.detail_rank"
-_SET = [
-    *(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE tasks.{c} END" for c in STATE),
-    f"worker = CASE WHEN {_NEWER} THEN COALESCE(excluded.worker, tasks.worker)"
-    " ELSE COALESCE(tasks.worker, excluded.worker) END",
-    # First known wins, except that stemtrace's own capture replaces what only
-    # Celery's events said (repr strings, no structure).
-    *(
-        f"{c} = CASE WHEN {_RICHER} THEN COALESCE(excluded.{c}, tasks.{c})"
-        f" ELSE COALESCE(tasks.{c}, excluded.{c}) END"
-        for c in FIRST_KNOWN
-    ),
-    *(
-        f"{c} = MIN(COALESCE(tasks.{c}, excluded.{c}), COALESCE(excluded.{c}, tasks.{c}))"
-        for c in EARLIEST
-    ),
-    *(
-        f"{c} = CASE WHEN {_AS_RICH} THEN COALESCE(excluded.{c}, tasks.{c})"
-        f" ELSE COALESCE(tasks.{c}, excluded.{c}) END"
-        for c in LATEST
-    ),
-    "eta = CASE WHEN excluded.eta IS NOT NULL AND excluded.retries > tasks.retries"
-    " THEN excluded.eta ELSE COALESCE(tasks.eta, excluded.eta) END",
-        "retries = MAX(tasks.retries, excluded.retries)",
-    "updated_at = MAX(tasks.updated_at, excluded.updated_at)",
-    "sources = tasks.sources | excluded.sources",
-    "detail_rank = MAX(tasks.detail_rank, excluded.detail_rank)",
-]
+
+
+def merge_set(least: str = "MIN", greatest: str = "MAX") -> list[str]:
+    """The ``SET`` clauses of :data:`UPSERT_TASK`: how a stored row takes in a new one.
+
+    The SQL every backend's upsert shares; only the names of the two-argument
+    minimum and maximum differ (SQLite's ``MIN``, PostgreSQL's ``LEAST``).
+    """
+    return [
+        *(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE tasks.{c} END" for c in STATE),
+        f"worker = CASE WHEN {_NEWER} THEN COALESCE(excluded.worker, tasks.worker)"
+        " ELSE COALESCE(tasks.worker, excluded.worker) END",
+        # First known wins, except that stemtrace's own capture replaces what only
+        # Celery's events said (repr strings, no structure).
+        *(
+            f"{c} = CASE WHEN {_RICHER} THEN COALESCE(excluded.{c}, tasks.{c})"
+            f" ELSE COALESCE(tasks.{c}, excluded.{c}) END"
+            for c in FIRST_KNOWN
+        ),
+        *(
+            f"{c} = {least}(COALESCE(tasks.{c}, excluded.{c}), COALESCE(excluded.{c}, tasks.{c}))"
+            for c in EARLIEST
+        ),
+        *(
+            f"{c} = CASE WHEN {_AS_RICH} THEN COALESCE(excluded.{c}, tasks.{c})"
+            f" ELSE COALESCE(tasks.{c}, excluded.{c}) END"
+            for c in LATEST
+        ),
+        "eta = CASE WHEN excluded.eta IS NOT NULL AND excluded.retries > tasks.retries"
+        " THEN excluded.eta ELSE COALESCE(tasks.eta, excluded.eta) END",
+        f"retries = {greatest}(tasks.retries, excluded.retries)",
+        f"updated_at = {greatest}(tasks.updated_at, excluded.updated_at)",
+        "sources = tasks.sources | excluded.sources",
+        f"detail_rank = {greatest}(tasks.detail_rank, excluded.detail_rank)",
+    ]
+
+
+_SET = merge_set()
 UPSERT_TASK = (
     f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in TASK_COLUMNS)})"
@@ -317,6 +328,38 @@ def history_record(event: ev.Event) -> list[Any]:
 _RECORD_FIELDS = HISTORY_RECORD[:-1]  # all but ``extra``
 
 
+Merged = dict[str, tuple[list[Any], list[list[Any]]]]
+"""Per task of a batch: its merged row (:data:`TASK_COLUMNS`) and its events' history records."""
+
+
+def collect(batch: Iterable[ev.Event], now: float) -> tuple[Merged, list[ev.Event], IngestResult]:
+    """A batch as each backend writes it: task rows merged per task with their history
+    records, the worker events in order, and what the batch held."""
+    merged: Merged = {}
+    worker_events: list[ev.Event] = []
+    task_kinds = ev.TASK_KINDS
+    task_events = 0
+    for event in batch:
+        if event["kind"] in task_kinds:
+            row = task_row(event, now)
+            known = merged.get(row[0])
+            if known is None:
+                merged[row[0]] = (row, [history_record(event)])
+            else:
+                merge_rows(known[0], row)
+                known[1].append(history_record(event))
+            task_events += 1
+        else:
+            worker_events.append(event)
+    result = IngestResult(
+        task_events=task_events,
+        worker_events=len(worker_events),
+        task_ids=merged.keys(),
+        workers={e.get("worker") or e["host"] for e in worker_events},
+    )
+    return merged, worker_events, result
+
+
 class Ingestor:
     """Applies batches of events to the store through the writer connection."""
 
@@ -331,29 +374,8 @@ class Ingestor:
     ) -> IngestResult:
         """Write a batch, the cursor that covers it and what it skipped, in one transaction."""
         now = time.time()
-        result = IngestResult()
-        # Per task in this batch: its merged row and its events' history records.
-        merged: dict[str, tuple[list[Any], list[list[Any]]]] = {}
-        worker_events: list[ev.Event] = []
-        task_kinds = ev.TASK_KINDS
-        task_events = 0
-        for event in batch:
-            if event["kind"] in task_kinds:
-                row = task_row(event, now)
-                known = merged.get(row[0])
-                if known is None:
-                    merged[row[0]] = (row, [history_record(event)])
-                else:
-                    merge_rows(known[0], row)
-                    known[1].append(history_record(event))
-                task_events += 1
-            else:
-                worker_events.append(event)
+        merged, worker_events, result = collect(batch, now)
         task_rows = [row for row, _ in merged.values()]
-        result.task_events = task_events
-        result.worker_events = len(worker_events)
-        result.task_ids = merged.keys()
-        result.workers = {e.get("worker") or e["host"] for e in worker_events}
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:

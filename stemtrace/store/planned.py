@@ -18,14 +18,14 @@ def remember(conn: sqlite3.Connection, named: Iterable[tuple[int, str | None, st
     """Record the ids each ``(rowid, chain JSON, chord_id)`` names; the first namer stays."""
     pairs: list[tuple[str, int]] = []
     for rowid, chain, chord_id in named:
-        pairs.extend((link_id, rowid) for link_id in _link_ids(chain))
+        pairs.extend((link_id, rowid) for link_id in link_ids(chain))
         if chord_id:
             pairs.append((chord_id, rowid))
     if pairs:
         conn.executemany("INSERT OR IGNORE INTO planned (id, task_rowid) VALUES (?, ?)", pairs)
 
 
-def _link_ids(chain: str | None) -> list[str]:
+def link_ids(chain: str | None) -> list[str]:
     if not chain:
         return []
     try:

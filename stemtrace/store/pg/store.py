@@ -1,0 +1,80 @@
+"""One PostgreSQL database as stemtrace's store: a connection pool, migrated when opened.
+
+What is built: the schema and its migrations, and the writer
+(:class:`~stemtrace.store.pg.writer.PgWriter`). The reads of
+:class:`stemtrace.store.surface.Backend` are not, so :func:`stemtrace.store.open_store`
+does not hand this store to the server yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from stemtrace.store.pg.schema import migrate
+from stemtrace.store.pg.writer import Conn, PgWriter
+from stemtrace.store.surface import NO_UPKEEP, Upkeep
+from stemtrace.store.targets import redacted
+
+POOL_SIZE = 8
+"""Connections a store keeps at most: its writers' batches and its readers' queries."""
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a connection before a batch or a read fails (a transient failure)."""
+
+
+class PgStore:
+    """The store at a ``postgresql://`` URL; its schema migrated before it is used."""
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        self.url = url
+        self.pool: ConnectionPool[Conn] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(1, pool_size),
+            kwargs={"autocommit": True},
+            timeout=CONNECT_TIMEOUT,
+            name="stemtrace",
+            open=False,
+        )
+        self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        try:
+            with self.pool.connection() as conn:
+                self.applied = migrate(conn)
+        except BaseException:
+            self.pool.close()
+            raise
+
+    @property
+    def path(self) -> str:
+        """The database's URL without its password."""
+        return redacted(self.url)
+
+    def claim_writer(self) -> str | None:
+        """Any number of processes may write one PostgreSQL database: never refused."""
+        return None
+
+    def open_writer(self, upkeep: Upkeep = NO_UPKEEP, *, separate: bool = False) -> PgWriter:
+        """A writer; each batch takes a pooled connection, so ``separate`` changes nothing."""
+        return PgWriter(self.pool, upkeep)
+
+    def size_bytes(self) -> int:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
+
+    def connection(self) -> Any:
+        """A pooled connection, as a context manager (for reads, and for tests)."""
+        return self.pool.connection()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def open_postgres(url: str) -> PgStore:
+    """The store at ``url``, migrated (raises ``psycopg.OperationalError`` when unreachable)."""
+    try:
+        return PgStore(url)
+    except psycopg.OperationalError as exc:
+        raise psycopg.OperationalError(f"PostgreSQL store at {redacted(url)}: {exc}") from exc
