@@ -30,6 +30,14 @@ from tests.site import (
 )
 
 NOW = time.time()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """Each test's own now: a module-level time goes stale in a long run, and a worker
+    last heard of minutes before its test runs is lost, not online."""
+    global NOW
+    NOW = time.time()
 FREQ = 2.0
 
 
