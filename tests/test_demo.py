@@ -188,7 +188,7 @@ def test_the_demo_shows_a_backlog_a_scheduled_task_and_the_problems(tmp_path: Pa
         assert "past its soft time limit of 8.0 s" in late["reason"]
         [held] = [p for p in found if p["kind"] == "held"]
         assert held["name"] == "shop.build_sales_report" and held["worker"] == late["worker"]
-        assert "busy running 1 (shop.rebuild_search_index)" in held["reason"]
+        assert "busy running 1 task (shop.rebuild_search_index)" in held["reason"]
 
         # The queues page: the broker's own counts, a backlog, and a reminder scheduled.
         def queues() -> dict[str, Any] | None:

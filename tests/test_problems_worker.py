@@ -86,7 +86,7 @@ def test_held_waiting_late_scheduled_and_revoked(
         assert found[long.id]["kind"] == "late"
         assert "usual run time (p99)" in found[long.id]["reason"]
         held = next(found[r.id] for r in behind if found.get(r.id, {}).get("kind") == "held")
-        assert "busy running 1 (proj.slow)" in held["reason"]
+        assert "busy running 1 task (proj.slow)" in held["reason"]
         waiting = next(found[r.id] for r in behind if found.get(r.id, {}).get("kind") == "waiting")
         assert scenario.queue in waiting["reason"]
         wait_for(lambda: all(state_of(db, r.id) == "SUCCESS" for r in behind), timeout=30)

@@ -205,7 +205,7 @@ def _held(
     busy = running.get(host)
     if busy:
         names = ", ".join(sorted(set(busy))[:3])
-        return f"{text}: the worker is busy running {len(busy)} ({names})"
+        return f"{text}: the worker is busy running {_n(len(busy), 'task')} ({names})"
     return text
 
 
@@ -232,9 +232,9 @@ def _queue_problems(
         oldest = min((t.get("sent_at") or now for t in tasks), default=None)
         parts = []
         if messages:
-            parts.append(f"{messages} messages in the broker")
+            parts.append(f"{_n(messages, 'message')} in the broker")
         if tasks:
-            parts.append(f"{len(tasks)} tasks sent and not received")
+            parts.append(f"{_n(len(tasks), 'task')} sent and not received")
         who = "no worker is online" if not online else "no online worker consumes it"
         yield problem("unconsumed", oldest, f"queue {queue}: {', '.join(parts)}; {who}",
                       queue=queue, waiting=len(tasks), messages=messages)  # fmt: skip
@@ -254,6 +254,10 @@ def _failing_names(usuals: Usuals, limits: Thresholds, now: float) -> Iterable[d
                 f" {_ago(window)}; over the day before, {usual:.0%}",
                 name=name,
             )
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _ago(seconds: float | None) -> str:
