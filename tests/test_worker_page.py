@@ -38,6 +38,8 @@ def _fresh_now() -> None:
     last heard of minutes before its test runs is lost, not online."""
     global NOW
     NOW = time.time()
+
+
 FREQ = 2.0
 
 
