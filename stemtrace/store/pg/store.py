@@ -27,19 +27,21 @@ CONNECT_TIMEOUT = 10.0
 class PgStore:
     """The store at a ``postgresql://`` URL; its schema migrated before it is used."""
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = POOL_SIZE, timeout: float = CONNECT_TIMEOUT
+    ) -> None:
         self.url = url
         self.pool: ConnectionPool[Conn] = ConnectionPool(
             url,
             min_size=1,
             max_size=max(1, pool_size),
             kwargs={"autocommit": True},
-            timeout=CONNECT_TIMEOUT,
+            timeout=timeout,
             name="stemtrace",
             open=False,
         )
-        self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
         try:
+            self.pool.open(wait=True, timeout=timeout)
             with self.pool.connection() as conn:
                 self.applied = migrate(conn)
         except BaseException:

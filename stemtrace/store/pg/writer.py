@@ -126,9 +126,9 @@ class PgWriter:
             self._days.update((day, day + 1))
 
     def _tasks(self, conn: Conn, merged: Merged, now: float) -> None:
+        rows = [_clean(row) for row, _ in merged.values()]
         # In id order: two writers upserting the same tasks lock them in one order.
-        rows = sorted((_clean(row) for row, _ in merged.values()), key=lambda row: str(row[0]))
-        conn.cursor().executemany(UPSERT_TASK, rows)
+        conn.cursor().executemany(UPSERT_TASK, sorted(rows, key=lambda row: str(row[0])))
         rowids: dict[str, int] = dict(conn.execute(ROWIDS, (list(merged),)).fetchall())
         conn.cursor().executemany(
             INSERT_HISTORY,
@@ -137,7 +137,7 @@ class PgWriter:
                 for task_id, (_, records) in merged.items()
             ],
         )
-        named = planned_pairs(
+        named = planned_pairs(  # in batch order, as SQLite's: the first to name an id keeps it
             (rowids[row[0]], row[_CHAIN], row[_CHORD])
             for row in rows
             if row[_CHAIN] is not None or row[_CHORD] is not None

@@ -1,0 +1,365 @@
+"""PostgreSQL's store against SQLite's: the same batches leave the same rows in both.
+
+Every column of every task, every history record, the workers, their gaps, the
+registry, planned ids, cursors and skipped input are compared after the same
+events went into a SQLite file and a PostgreSQL database, in order, shuffled,
+re-delivered. Then what only PostgreSQL has: migrations under an advisory lock,
+the cursor in the batch's transaction, transient failures, day partitions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import types
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stemtrace.core.events import Event
+from stemtrace.store import Skip, Store, Upkeep
+from stemtrace.store.ingest import TASK_COLUMNS
+from stemtrace.store.pg import PgStore, is_transient
+from stemtrace.store.pg import writer as pg_writer
+from stemtrace.store.pg.schema import DAY, MIGRATION_LOCK, MIGRATIONS, ensure_day, history_days
+from tests.factories import (
+    W1,
+    W2,
+    catalog,
+    chain_events,
+    chord_events,
+    event,
+    registry_entry,
+    retried_twice,
+    task_event,
+    worker_event,
+)
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
+from tests.site import copy_of
+from tests.support import free_port
+
+NOW = 1_764_000_000.0
+"""The writers' clock in these tests, so that ``updated_at`` compares too."""
+
+TABLES = (
+    "tasks, history, workers, worker_gaps, registry, cursors, skipped, skipped_samples,"
+    " planned, queue_depths, queue_depth_minutes"
+)
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = types.SimpleNamespace(time=lambda: NOW)
+    monkeypatch.setattr("stemtrace.store.ingest.time", clock)
+    monkeypatch.setattr("stemtrace.store.pg.writer.time", clock)
+    monkeypatch.setattr("stemtrace.store.pg.retention.time", clock)
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[PgStore]:  # noqa: F811 - the fixture above
+    store = PgStore(pg_url)
+    yield store
+    store.close()
+
+
+def celery_copies(events: list[Event]) -> list[Event]:
+    """What Celery's own events said of the same moments: repr strings, other eids."""
+    found = []
+    for original in events:
+        copy = {k: v for k, v in original.items() if k not in ("args", "kwargs", "result")}
+        copy.update(eid=uuid.uuid4().hex, source="celery", args=repr(original.get("args", ())))
+        found.append(event(**copy))
+    return found
+
+
+def workers(t: float) -> list[Event]:
+    """Two workers: definitions announced twice, heartbeats with a silence, an absence."""
+    defs = [registry_entry("proj.tasks.add", signature="(x, y)"), registry_entry("proj.t.b")]
+    online = {"sw_ver": "5.4.0", "pool": "prefork", "concurrency": 4, "queues": ["celery"]}
+    found = [
+        worker_event("worker_online", W1, t, freq=2.0, tasks=defs, **online),
+        worker_event("worker_online", W2, t + 1, freq=2.0, tasks=defs[:1], **online),
+    ]
+    for i, at in enumerate((2.0, 4.0, 40.0, 42.0, 44.0)):
+        beat = {"freq": 2.0, "active": i % 3, "processed": i * 5, "loadavg": [0.1 * i, 0.5, 1.0]}
+        found.append(worker_event("worker_heartbeat", W1, t + at, **beat))
+    found += [
+        worker_event("worker_offline", W2, t + 50),
+        worker_event("worker_online", W2, t + 90, freq=2.0, tasks=defs, **online),
+        worker_event("worker_heartbeat", W2, t + 92, freq=2.0, active=1, processed=3),
+    ]
+    return found
+
+
+def workload() -> list[Event]:
+    t = NOW - 3000
+    email = [e for e in catalog(NOW) if e.get("name") == "proj.tasks.send_email"]
+    return [
+        *catalog(NOW),
+        *retried_twice(t),
+        *chain_events(t + 100, "FAILURE"),
+        *chord_events(t + 200),
+        *celery_copies(email[:3] + retried_twice(t)[:2]),
+        *workers(t),
+    ]
+
+
+def ingest_both(
+    sqlite: Store, pg: PgStore, events: list[Event], batch: int, skips: bool = True
+) -> None:
+    lite, post = sqlite.open_writer(), pg.open_writer()
+    for n, start in enumerate(range(0, len(events), batch)):
+        chunk = events[start : start + batch]
+        skipped = [Skip(f"bad frame {n}", f"{n}-0", b"junk \xff")] if skips and n % 3 == 0 else []
+        cursor = ("redis:stemtrace:events", f"{start}-0")
+        lite.ingest(chunk, cursor, skipped)
+        post.ingest(chunk, cursor, skipped)
+
+
+def _rows(conn: Any, query: str) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in conn.execute(query).fetchall()]
+
+
+def contents(conn: Any) -> dict[str, Any]:
+    """Everything ingest wrote, in a form both backends give alike."""
+    history: dict[str, list[str]] = {}
+    for task_id, records in _rows(
+        conn, "SELECT t.id, h.events FROM history AS h JOIN tasks AS t ON t.rowid = h.task_rowid"
+    ):
+        history.setdefault(task_id, []).append(records)
+    registry = {
+        row[0]: (*row[1:-1], sorted(json.loads(row[-1])))
+        for row in _rows(
+            conn,
+            "SELECT name, module, signature, queue, max_retries, default_retry_delay,"
+            " autoretry_for, retry_backoff, rate_limit, time_limit, soft_time_limit, acks_late,"
+            " ignore_result, updated_at, retry_policy, workers FROM registry",
+        )
+    }
+    return {
+        "tasks": _rows(conn, f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks ORDER BY id"),
+        "history": {task_id: sorted(rows) for task_id, rows in history.items()},
+        "workers": _rows(conn, "SELECT * FROM workers ORDER BY hostname"),
+        "gaps": _rows(conn, 'SELECT hostname, start, "end" FROM worker_gaps ORDER BY 1, 2'),
+        "registry": registry,
+        "planned": _rows(
+            conn,
+            "SELECT p.id, t.id FROM planned AS p JOIN tasks AS t ON t.rowid = p.task_rowid"
+            " ORDER BY 1",
+        ),
+        "cursors": _rows(conn, "SELECT * FROM cursors ORDER BY source"),
+        "skipped": _rows(conn, "SELECT * FROM skipped ORDER BY reason"),
+        "samples": _rows(
+            conn, "SELECT at, source, place, reason, sample FROM skipped_samples ORDER BY id"
+        ),
+    }
+
+
+def assert_same(sqlite: Store, pg: PgStore) -> dict[str, Any]:
+    """What both stores hold, once checked equal part by part."""
+    lite = sqlite3.connect(sqlite.path)
+    try:
+        expected = contents(lite)
+    finally:
+        lite.close()
+    with pg.connection() as conn:
+        found = contents(conn)
+    assert expected["tasks"], "the workload stored no task"
+    for part, rows in expected.items():
+        assert found[part] == rows, part
+    return expected
+
+
+def test_in_order_both_backends_store_the_same(tmp_path: Path, migrated: Path, pg: PgStore) -> None:
+    sqlite = Store(copy_of(migrated, tmp_path / "s.db"))
+    try:
+        ingest_both(sqlite, pg, workload(), batch=1000)
+        stored = assert_same(sqlite, pg)
+        assert all(stored[part] for part in ("gaps", "planned", "samples", "registry"))
+    finally:
+        sqlite.close()
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 10_000), batch=st.integers(1, 60), copies=st.integers(1, 2))
+def test_shuffled_and_redelivered_both_backends_store_the_same(
+    tmp_path_factory: pytest.TempPathFactory, migrated: Path, pg: PgStore,
+    seed: int, batch: int, copies: int,
+) -> None:  # fmt: skip
+    with pg.connection() as conn:
+        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")
+    events = workload() * copies
+    random.Random(seed).shuffle(events)
+    sqlite = Store(copy_of(migrated, tmp_path_factory.mktemp("s") / "s.db"))
+    try:
+        ingest_both(sqlite, pg, events, batch)
+        assert_same(sqlite, pg)
+    finally:
+        sqlite.close()
+
+
+def test_migrations_run_once(pg_url: str) -> None:  # noqa: F811
+    first = PgStore(pg_url)
+    second = PgStore(pg_url)
+    try:
+        assert first.applied == [name for name, _ in MIGRATIONS]
+        assert second.applied == []
+        with second.connection() as conn:
+            done = _rows(conn, "SELECT name FROM stemtrace_migrations")
+        assert done == [(name,) for name, _ in MIGRATIONS]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_two_servers_starting_at_once_migrate_once_and_both_write(pg_url: str) -> None:  # noqa: F811
+    barrier = threading.Barrier(2)
+    stores: list[PgStore] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            stores.append(PgStore(pg_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        assert errors == []
+        assert sorted(len(store.applied) for store in stores) == [0, len(MIGRATIONS)]
+        for n, store in enumerate(stores):
+            store.open_writer().ingest([task_event("sent", f"t{n}", NOW, name="proj.t")])
+        with stores[0].connection() as conn:
+            assert _rows(conn, "SELECT id FROM tasks ORDER BY id") == [("t0",), ("t1",)]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_migrations_wait_for_the_lock(pg_url: str) -> None:  # noqa: F811
+    opened: list[PgStore] = []
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        thread = threading.Thread(target=lambda: opened.append(PgStore(pg_url)))
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive() and not opened  # waiting while another migrates
+        holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        thread.join(30)
+    assert len(opened) == 1 and opened[0].applied
+    opened[0].close()
+
+
+def test_the_cursor_commits_with_its_batch(pg: PgStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = pg.open_writer()
+    source = "redis:stemtrace:events"
+    writer.ingest([task_event("sent", "t1", NOW, name="proj.t")], (source, "1-0"))
+    assert writer.position(source) == "1-0"
+    other = PgStore(pg.url)
+    assert other.open_writer().position(source) == "1-0"  # committed, not cached
+    other.close()
+
+    def fail(*args: Any) -> None:
+        raise RuntimeError("after the tasks were written")
+
+    monkeypatch.setattr(pg_writer.fleet, "touch", fail)
+    with pytest.raises(RuntimeError) as raised:
+        writer.ingest([task_event("sent", "t2", NOW, name="proj.t", worker=W1)], (source, "2-0"))
+    assert not writer.is_transient(raised.value)
+    assert writer.position(source) == "1-0"
+    with pg.connection() as conn:
+        assert _rows(conn, "SELECT id FROM tasks") == [("t1",)]
+        assert _rows(conn, "SELECT count(*) FROM history") == [(1,)]
+
+
+def test_a_connection_lost_is_transient_and_the_next_batch_reconnects(
+    pg: PgStore,
+    pg_server: str,  # noqa: F811
+) -> None:
+    writer = pg.open_writer()
+    writer.ingest([task_event("sent", "t1", NOW, name="proj.t")], ("s", "1"))
+    dbname = pg.url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (dbname,),
+        )
+    batch = [task_event("started", "t1", NOW + 1, worker=W1)]
+    with pytest.raises(psycopg.Error) as raised:
+        writer.ingest(batch, ("s", "2"))
+    assert writer.is_transient(raised.value), raised.value
+    writer.ingest(batch, ("s", "2"))  # written again, whole, on a new connection
+    assert writer.position("s") == "2"
+    with pg.connection() as conn:
+        assert _rows(conn, "SELECT state FROM tasks") == [("STARTED",)]
+
+
+def test_a_server_that_does_not_answer_is_transient() -> None:
+    with pytest.raises(psycopg.OperationalError) as raised:
+        PgStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", timeout=1.0)
+    assert is_transient(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (psycopg.errors.AdminShutdown(), True),
+        (psycopg.errors.SerializationFailure(), True),
+        (psycopg.errors.DeadlockDetected(), True),
+        (psycopg.errors.DiskFull(), True),
+        (psycopg.errors.UniqueViolation(), False),
+        (psycopg.errors.InvalidTextRepresentation(), False),
+        (psycopg.errors.UndefinedColumn(), False),
+        (ValueError("bad event"), False),
+        (OSError("network"), True),
+    ],
+)
+def test_which_failures_are_transient(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+def test_text_with_a_nul_character_is_stored(pg: PgStore) -> None:
+    failed = task_event("failed", "t1", NOW, worker=W1, exc_type="E", exc_message="a\x00b")
+    pg.open_writer().ingest([failed], ("s", "1"))
+    with pg.connection() as conn:
+        assert _rows(conn, "SELECT exc_message FROM tasks") == [("a\ufffdb",)]
+
+
+def test_history_is_partitioned_by_day_and_retention_drops_old_days(pg: PgStore) -> None:
+    writer = pg.open_writer(Upkeep(max_age=7 * DAY))
+    writer.ingest([task_event("sent", "new", NOW, name="proj.t")])
+    today = int(NOW // DAY)
+    with pg.connection() as conn:
+        assert [day for day, _ in history_days(conn)] == [today, today + 1]
+        ensure_day(conn, today - 30)
+        conn.execute(
+            "INSERT INTO tasks (id, state, state_attempt, state_rank, state_ts, seen_at,"
+            " updated_at) VALUES ('old', 'SUCCESS', 0, 9, %s, %s, %s)",
+            (NOW - 30 * DAY,) * 3,
+        )
+        conn.execute(
+            "INSERT INTO history (task_rowid, written_at, events)"
+            " SELECT rowid, %s, '[]' FROM tasks WHERE id = 'old'",
+            (NOW - 30 * DAY,),
+        )
+    pruned, _ = writer.upkeep(caught_up=True)
+    assert pruned == 1
+    with pg.connection() as conn:
+        assert _rows(conn, "SELECT id FROM tasks") == [("new",)]
+        assert [day for day, _ in history_days(conn)] == [today, today + 1]
+        assert _rows(conn, "SELECT count(*) FROM history") == [(1,)]
