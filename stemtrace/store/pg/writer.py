@@ -128,7 +128,8 @@ class PgWriter:
     def _tasks(self, conn: Conn, merged: Merged, now: float) -> None:
         rows = [_clean(row) for row, _ in merged.values()]
         # In id order: two writers upserting the same tasks lock them in one order.
-        conn.cursor().executemany(UPSERT_TASK, sorted(rows, key=lambda row: str(row[0])))
+        in_id_order = sorted(rows, key=lambda row: str(row[0]))
+        conn.cursor().executemany(UPSERT_TASK, in_id_order)
         rowids: dict[str, int] = dict(conn.execute(ROWIDS, (list(merged),)).fetchall())
         conn.cursor().executemany(
             INSERT_HISTORY,
