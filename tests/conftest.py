@@ -21,6 +21,7 @@ import pytest
 import redis
 from hypothesis import settings
 
+from tests.pg import fixed_clock, pg, pg_server, pg_url  # noqa: F401 - PostgreSQL fixtures
 from tests.site import backend, db_path, db_target, migrated, site  # noqa: F401 - fixtures for every test module
 from tests.support import REDIS_HOST, REDIS_PORT, Scenario
 

@@ -1,4 +1,6 @@
-"""PostgreSQL for the tests: the machine's server, and a database of its own per test.
+"""PostgreSQL for the tests: the machine's server, a database of its own per test, and
+a workload to feed it and a SQLite file alike (``fixed_clock`` makes their writers agree
+on the time).
 
 The test command (``scripts/test``) starts a server on 127.0.0.1:5432 that
 trusts the ``postgres`` user; a test that needs it fails (never skips) when
@@ -8,12 +10,28 @@ drops it afterwards, so tests cannot see each other's rows.
 
 from __future__ import annotations
 
+import types
 import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from psycopg import sql
+
+from stemtrace.core.events import Event
+from stemtrace.store import Skip, Store
+from stemtrace.store.pg import PgStore
+from tests.factories import (
+    W1,
+    W2,
+    catalog,
+    chain_events,
+    chord_events,
+    event,
+    registry_entry,
+    retried_twice,
+    worker_event,
+)
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 PG_ADMIN = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres"
@@ -58,3 +76,82 @@ def pg_url(pg_server: str) -> Iterator[str]:
         yield pg_url_of(name)
     finally:
         drop_database(pg_server, name)
+
+
+NOW = 1_764_000_000.0
+"""The writers' clock in these tests, so that ``updated_at`` compares too."""
+
+TABLES = (
+    "tasks, history, workers, worker_gaps, registry, cursors, skipped, skipped_samples,"
+    " planned, queue_depths, queue_depth_minutes"
+)
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = types.SimpleNamespace(time=lambda: NOW)
+    monkeypatch.setattr("stemtrace.store.ingest.time", clock)
+    monkeypatch.setattr("stemtrace.store.pg.writer.time", clock)
+    monkeypatch.setattr("stemtrace.store.pg.retention.time", clock)
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[PgStore]:
+    """This test's own database, opened (migrated) as stemtrace's store."""
+    store = PgStore(pg_url)
+    yield store
+    store.close()
+
+
+def celery_copies(events: list[Event]) -> list[Event]:
+    """What Celery's own events said of the same moments: repr strings, other eids."""
+    found = []
+    for original in events:
+        copy = {k: v for k, v in original.items() if k not in ("args", "kwargs", "result")}
+        copy.update(eid=uuid.uuid4().hex, source="celery", args=repr(original.get("args", ())))
+        found.append(event(**copy))
+    return found
+
+
+def workers(t: float) -> list[Event]:
+    """Two workers: definitions announced twice, heartbeats with a silence, an absence."""
+    defs = [registry_entry("proj.tasks.add", signature="(x, y)"), registry_entry("proj.t.b")]
+    online = {"sw_ver": "5.4.0", "pool": "prefork", "concurrency": 4, "queues": ["celery"]}
+    found = [
+        worker_event("worker_online", W1, t, freq=2.0, tasks=defs, **online),
+        worker_event("worker_online", W2, t + 1, freq=2.0, tasks=defs[:1], **online),
+    ]
+    for i, at in enumerate((2.0, 4.0, 40.0, 42.0, 44.0)):
+        beat = {"freq": 2.0, "active": i % 3, "processed": i * 5, "loadavg": [0.1 * i, 0.5, 1.0]}
+        found.append(worker_event("worker_heartbeat", W1, t + at, **beat))
+    found += [
+        worker_event("worker_offline", W2, t + 50),
+        worker_event("worker_online", W2, t + 90, freq=2.0, tasks=defs, **online),
+        worker_event("worker_heartbeat", W2, t + 92, freq=2.0, active=1, processed=3),
+    ]
+    return found
+
+
+def workload() -> list[Event]:
+    t = NOW - 3000
+    email = [e for e in catalog(NOW) if e.get("name") == "proj.tasks.send_email"]
+    return [
+        *catalog(NOW),
+        *retried_twice(t),
+        *chain_events(t + 100, "FAILURE"),
+        *chord_events(t + 200),
+        *celery_copies(email[:3] + retried_twice(t)[:2]),
+        *workers(t),
+    ]
+
+
+def ingest_both(
+    sqlite: Store, pg: PgStore, events: list[Event], batch: int, skips: bool = True
+) -> None:
+    lite, post = sqlite.open_writer(), pg.open_writer()
+    for n, start in enumerate(range(0, len(events), batch)):
+        chunk = events[start : start + batch]
+        skipped = [Skip(f"bad frame {n}", f"{n}-0", b"junk \xff")] if skips and n % 3 == 0 else []
+        cursor = ("redis:stemtrace:events", f"{start}-0")
+        lite.ingest(chunk, cursor, skipped)
+        post.ingest(chunk, cursor, skipped)

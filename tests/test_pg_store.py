@@ -13,9 +13,6 @@ import json
 import random
 import sqlite3
 import threading
-import types
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,104 +21,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stemtrace.core.events import Event
-from stemtrace.store import Skip, Store, Upkeep
+from stemtrace.store import Store, Upkeep
 from stemtrace.store.ingest import TASK_COLUMNS
 from stemtrace.store.pg import PgStore, is_transient
 from stemtrace.store.pg import writer as pg_writer
 from stemtrace.store.pg.schema import DAY, MIGRATION_LOCK, MIGRATIONS, ensure_day, history_days
-from tests.factories import (
-    W1,
-    W2,
-    catalog,
-    chain_events,
-    chord_events,
-    event,
-    registry_entry,
-    retried_twice,
-    task_event,
-    worker_event,
-)
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
+from tests.factories import W1, task_event
+from tests.pg import NOW, TABLES, ingest_both, workload
 from tests.site import copy_of
 from tests.support import free_port
 
-NOW = 1_764_000_000.0
-"""The writers' clock in these tests, so that ``updated_at`` compares too."""
-
-TABLES = (
-    "tasks, history, workers, worker_gaps, registry, cursors, skipped, skipped_samples,"
-    " planned, queue_depths, queue_depth_minutes"
-)
-
-
-@pytest.fixture(autouse=True)
-def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = types.SimpleNamespace(time=lambda: NOW)
-    monkeypatch.setattr("stemtrace.store.ingest.time", clock)
-    monkeypatch.setattr("stemtrace.store.pg.writer.time", clock)
-    monkeypatch.setattr("stemtrace.store.pg.retention.time", clock)
-
-
-@pytest.fixture
-def pg(pg_url: str) -> Iterator[PgStore]:  # noqa: F811 - the fixture above
-    store = PgStore(pg_url)
-    yield store
-    store.close()
-
-
-def celery_copies(events: list[Event]) -> list[Event]:
-    """What Celery's own events said of the same moments: repr strings, other eids."""
-    found = []
-    for original in events:
-        copy = {k: v for k, v in original.items() if k not in ("args", "kwargs", "result")}
-        copy.update(eid=uuid.uuid4().hex, source="celery", args=repr(original.get("args", ())))
-        found.append(event(**copy))
-    return found
-
-
-def workers(t: float) -> list[Event]:
-    """Two workers: definitions announced twice, heartbeats with a silence, an absence."""
-    defs = [registry_entry("proj.tasks.add", signature="(x, y)"), registry_entry("proj.t.b")]
-    online = {"sw_ver": "5.4.0", "pool": "prefork", "concurrency": 4, "queues": ["celery"]}
-    found = [
-        worker_event("worker_online", W1, t, freq=2.0, tasks=defs, **online),
-        worker_event("worker_online", W2, t + 1, freq=2.0, tasks=defs[:1], **online),
-    ]
-    for i, at in enumerate((2.0, 4.0, 40.0, 42.0, 44.0)):
-        beat = {"freq": 2.0, "active": i % 3, "processed": i * 5, "loadavg": [0.1 * i, 0.5, 1.0]}
-        found.append(worker_event("worker_heartbeat", W1, t + at, **beat))
-    found += [
-        worker_event("worker_offline", W2, t + 50),
-        worker_event("worker_online", W2, t + 90, freq=2.0, tasks=defs, **online),
-        worker_event("worker_heartbeat", W2, t + 92, freq=2.0, active=1, processed=3),
-    ]
-    return found
-
-
-def workload() -> list[Event]:
-    t = NOW - 3000
-    email = [e for e in catalog(NOW) if e.get("name") == "proj.tasks.send_email"]
-    return [
-        *catalog(NOW),
-        *retried_twice(t),
-        *chain_events(t + 100, "FAILURE"),
-        *chord_events(t + 200),
-        *celery_copies(email[:3] + retried_twice(t)[:2]),
-        *workers(t),
-    ]
-
-
-def ingest_both(
-    sqlite: Store, pg: PgStore, events: list[Event], batch: int, skips: bool = True
-) -> None:
-    lite, post = sqlite.open_writer(), pg.open_writer()
-    for n, start in enumerate(range(0, len(events), batch)):
-        chunk = events[start : start + batch]
-        skipped = [Skip(f"bad frame {n}", f"{n}-0", b"junk \xff")] if skips and n % 3 == 0 else []
-        cursor = ("redis:stemtrace:events", f"{start}-0")
-        lite.ingest(chunk, cursor, skipped)
-        post.ingest(chunk, cursor, skipped)
+pytestmark = pytest.mark.usefixtures("fixed_clock")
 
 
 def _rows(conn: Any, query: str) -> list[tuple[Any, ...]]:
@@ -208,7 +118,7 @@ def test_shuffled_and_redelivered_both_backends_store_the_same(
         sqlite.close()
 
 
-def test_migrations_run_once(pg_url: str) -> None:  # noqa: F811
+def test_migrations_run_once(pg_url: str) -> None:
     first = PgStore(pg_url)
     second = PgStore(pg_url)
     try:
@@ -222,7 +132,7 @@ def test_migrations_run_once(pg_url: str) -> None:  # noqa: F811
         second.close()
 
 
-def test_two_servers_starting_at_once_migrate_once_and_both_write(pg_url: str) -> None:  # noqa: F811
+def test_two_servers_starting_at_once_migrate_once_and_both_write(pg_url: str) -> None:
     barrier = threading.Barrier(2)
     stores: list[PgStore] = []
     errors: list[BaseException] = []
@@ -251,7 +161,7 @@ def test_two_servers_starting_at_once_migrate_once_and_both_write(pg_url: str) -
             store.close()
 
 
-def test_migrations_wait_for_the_lock(pg_url: str) -> None:  # noqa: F811
+def test_migrations_wait_for_the_lock(pg_url: str) -> None:
     opened: list[PgStore] = []
     with psycopg.connect(pg_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
@@ -289,7 +199,7 @@ def test_the_cursor_commits_with_its_batch(pg: PgStore, monkeypatch: pytest.Monk
 
 def test_a_connection_lost_is_transient_and_the_next_batch_reconnects(
     pg: PgStore,
-    pg_server: str,  # noqa: F811
+    pg_server: str,
 ) -> None:
     writer = pg.open_writer()
     writer.ingest([task_event("sent", "t1", NOW, name="proj.t")], ("s", "1"))

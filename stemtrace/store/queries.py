@@ -85,14 +85,14 @@ def list_tasks(
     """
     if filters.sort is not None:
         return _ranked(conn, filters, cursor, limit)
-    rest, params = _page_sql(filters, cursor, limit)
+    rest, params = page_sql(filters, cursor, limit)
     with search.snapshot(conn):
         narrowed = search.narrow(conn, filters.q) if filters.q else None
         found = None if narrowed is None else _narrowed_page(conn, narrowed, rest, params, limit)
         if found is None:
             scan = f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks{rest}"
             found = conn.execute(scan, params).fetchall()
-        rows = [_list_row(row) for row in found]
+        rows = [list_row(row) for row in found]
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -113,12 +113,15 @@ def _ranked(
         )
     except ranked.BadSortCursor as exc:
         raise BadCursor(str(exc)) from None
-    return [_list_row(row) for row in found], next_cursor
+    return [list_row(row) for row in found], next_cursor
 
 
-def _page_sql(filters: TaskFilters, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
-    """The ``WHERE``, ``ORDER BY`` and ``LIMIT`` of one page, and their parameters."""
-    where, params = _where(filters)
+def page_sql(
+    filters: TaskFilters, cursor: str | None, limit: int, like: str = "LIKE"
+) -> tuple[str, list[Any]]:
+    """The ``WHERE``, ``ORDER BY`` and ``LIMIT`` of one page, and their parameters; ``q``
+    matched with ``like`` (PostgreSQL's ``ILIKE`` ignores ASCII case as SQLite's ``LIKE``)."""
+    where, params = _where(filters, like)
     if cursor is not None:
         seen_at, task_id = decode_cursor(cursor)
         where.append("(seen_at < ? OR (seen_at = ? AND id < ?))")
@@ -130,7 +133,7 @@ def _page_sql(filters: TaskFilters, cursor: str | None, limit: int) -> tuple[str
     return rest, params
 
 
-def _where(filters: TaskFilters) -> tuple[list[str], list[Any]]:
+def _where(filters: TaskFilters, like: str = "LIKE") -> tuple[list[str], list[Any]]:
     """The conditions of ``filters`` and their parameters."""
     where: list[str] = []
     params: list[Any] = []
@@ -150,10 +153,9 @@ def _where(filters: TaskFilters) -> tuple[list[str], list[Any]]:
         params.append(filters.until)
     if filters.q:
         pattern = _like(filters.q)
+        columns = ("name", "id", "args", "kwargs", "exc_type", "exc_message")
         where.append(
-            "(name LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\' OR args LIKE ? ESCAPE '\\'"
-            " OR kwargs LIKE ? ESCAPE '\\' OR exc_type LIKE ? ESCAPE '\\'"
-            " OR exc_message LIKE ? ESCAPE '\\')"
+            "(" + " OR ".join(f"{column} {like} ? ESCAPE '\\'" for column in columns) + ")"
         )
         params.extend([pattern] * 6)
     return where, params
@@ -191,7 +193,7 @@ def _newest(known: list[Any], more: Iterable[Any], most: int) -> list[Any]:
     return sorted(rows.values(), key=lambda row: (row[_SEEN_AT], row[_ID]), reverse=True)[:most]
 
 
-def _list_row(row: Sequence[Any]) -> dict[str, Any]:
+def list_row(row: Sequence[Any]) -> dict[str, Any]:
     found = dict(zip(LIST_COLUMNS, row, strict=True))
     found["queue_wait"] = _span(found["sent_at"], found["started_at"])
     message = found["exc_message"]
@@ -228,8 +230,11 @@ def get_task(conn: sqlite3.Connection, task_id: str) -> dict[str, Any] | None:
     row = cursor.fetchone()
     if row is None:
         return None
-    names = [d[0] for d in cursor.description]
-    found = dict(zip(names, row, strict=True))
+    return task_from_row(dict(zip([d[0] for d in cursor.description], row, strict=True)))
+
+
+def task_from_row(found: dict[str, Any]) -> dict[str, Any]:
+    """A ``tasks`` row as :func:`get_task` gives it, JSON decoded (either backend's)."""
     for column in JSON_COLUMNS:
         found[column] = load_json(found[column])
     found["instrumented"] = None if found["instrumented"] is None else bool(found["instrumented"])
@@ -248,13 +253,18 @@ def task_events(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
     and those of its other fields that are not the task's own (``worker``,
     ``retries``, ``runtime``, the exception of a retry ...).
     """
-    found = []
-    seen: set[Any] = set()
     rows = conn.execute(
         "SELECT events FROM history WHERE task_rowid = (SELECT rowid FROM tasks WHERE id = ?)",
         (task_id,),
     ).fetchall()
-    for (records,) in rows:
+    return history_events(task_id, [records for (records,) in rows])
+
+
+def history_events(task_id: str, rows: Iterable[str]) -> list[dict[str, Any]]:
+    """The events of a task's history rows (as written) as :func:`task_events` gives them."""
+    found = []
+    seen: set[Any] = set()
+    for records in rows:
         for record in _history_records(records):
             eid, kind, ts, *values, extra = record
             if eid in seen:  # delivered twice
@@ -331,7 +341,7 @@ def children(conn: sqlite3.Connection, task_id: str, limit: int = 500) -> list[d
         " ORDER BY seen_at LIMIT ?",
         (task_id, task_id, limit),
     )
-    return [_list_row(row) for row in rows]
+    return [list_row(row) for row in rows]
 
 
 def flow_rows(
@@ -429,7 +439,7 @@ def trace_rows(
     )
     found = []
     for row in rows:
-        task = _list_row(row[: len(LIST_COLUMNS)])
+        task = list_row(row[: len(LIST_COLUMNS)])
         task.update(zip(TRACE_COLUMNS[len(LIST_COLUMNS) :], row[len(LIST_COLUMNS) :], strict=True))
         task["chain"] = load_json(task["chain"]) or []
         found.append(task)
@@ -462,7 +472,7 @@ def group_page(
         " ORDER BY group_index, seen_at LIMIT ? OFFSET ?",
         (group_id, group_id, limit, offset),
     )
-    return size, [_list_row(row) for row in rows]
+    return size, [list_row(row) for row in rows]
 
 
 def filter_choices(conn: sqlite3.Connection) -> dict[str, list[str]]:

@@ -15,6 +15,8 @@ rows in either; the differences are PostgreSQL's:
   table, which PostgreSQL offers on a partitioned table only when the
   partition key is part of it. Retention deletes its rows in slices.
 * ``end`` is a reserved word: ``worker_gaps`` quotes it.
+* ``tasks.id`` sorts by code point (``COLLATE "C"``), as SQLite's ``BINARY``
+  does, whatever the database's collation: pages and their cursors agree.
 
 Migrations are a list: never edit one that has shipped, add the next. Two
 servers starting at once on an empty database both call :func:`migrate`; the
@@ -42,7 +44,7 @@ _M001_INITIAL = (
     """
     CREATE TABLE tasks (
         rowid bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
-        id text PRIMARY KEY,
+        id text COLLATE "C" PRIMARY KEY,
         name text,
         state text NOT NULL,
         state_attempt bigint NOT NULL,

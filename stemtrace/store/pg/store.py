@@ -1,7 +1,8 @@
 """One PostgreSQL database as stemtrace's store: a connection pool, migrated when opened.
 
-What is built: the schema and its migrations, and the writer
-(:class:`~stemtrace.store.pg.writer.PgWriter`). The reads of
+What is built: the schema and its migrations, the writer
+(:class:`~stemtrace.store.pg.writer.PgWriter`), and the reads of one task and of the
+tasks list (:mod:`~stemtrace.store.pg.reads`). The other reads of
 :class:`stemtrace.store.surface.Backend` are not, so :func:`stemtrace.store.open_store`
 does not hand this store to the server yet.
 """
@@ -13,8 +14,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from stemtrace.store.pg import reads
 from stemtrace.store.pg.schema import migrate
 from stemtrace.store.pg.writer import Conn, PgWriter
+from stemtrace.store.queries import TaskFilters
 from stemtrace.store.surface import NO_UPKEEP, Upkeep
 from stemtrace.store.targets import redacted
 
@@ -65,6 +68,26 @@ class PgStore:
         with self.pool.connection() as conn:
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
         return int(row[0]) if row else 0
+
+    # -- the surface's reads built so far (see stemtrace.store.surface.Backend) --
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        with self.pool.connection() as conn:
+            return reads.get_task(conn, task_id)
+
+    def task_events(self, task_id: str) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn:
+            return reads.task_events(conn, task_id)
+
+    def children(self, task_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn:
+            return reads.children(conn, task_id, limit)
+
+    def list_tasks(
+        self, filters: TaskFilters, cursor: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        with self.pool.connection() as conn:
+            return reads.list_tasks(conn, filters, cursor, limit)
 
     def connection(self) -> Any:
         """A pooled connection, as a context manager (for reads, and for tests)."""
