@@ -116,8 +116,13 @@ def test_postgresql_is_not_opened_as_a_sqlite_file(
     monkeypatch.chdir(tmp_path)
     url = "postgresql://postgres@127.0.0.1:5432/stemtrace"
     assert Settings(db=url).db == url
-    with pytest.raises(NotImplementedError, match=r"PostgreSQL store .*reads are not built yet"):
+    with pytest.raises(BadTarget, match="the PostgreSQL store is not complete yet"):
         open_store(url)
+    assert list(tmp_path.iterdir()) == []
+    result = _cli(tmp_path, "run", "--db", url)
+    assert result.returncode == 2
+    assert f"error: --db {url}: the PostgreSQL store is not complete yet" in result.stderr
+    assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

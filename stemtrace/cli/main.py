@@ -20,6 +20,7 @@ from stemtrace import __version__
 from stemtrace.cli import gc as collector
 from stemtrace.core.env import parse_env
 from stemtrace.settings import LOG_LEVELS, SettingError, Settings
+from stemtrace.store import BadTarget
 
 DEMO_DB = "stemtrace-demo.db"
 """The demo's made-up shop gets its own file, so it never mixes into ``stemtrace.db``."""
@@ -49,7 +50,7 @@ def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
     add("--queue", help=_help("RabbitMQ: this server's own queue", "queue", "from host and --db"))
     add("--no-celery-events", dest="celery_events", action="store_const", const=False,
         help="do not read Celery's own events (-E) (STEMTRACE_CELERY_EVENTS=0)")  # fmt: skip
-    add("--db", help=_help("SQLite database file", "db"))
+    add("--db", help=_help("SQLite database file (a path, or sqlite:///path)", "db"))
     add(
         "--retention-days",
         type=float,
@@ -221,12 +222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.check_exposure()
         except ValueError as exc:
             parser.error(str(exc))
-    if args.command == "run":
-        return run(settings)
-    if args.command == "demo":
-        return demo(settings, interval)
-    if args.command == "consume":
-        return consume(settings)
+    try:
+        if args.command == "run":
+            return run(settings)
+        if args.command == "demo":
+            return demo(settings, interval)
+        if args.command == "consume":
+            return consume(settings)
+    except BadTarget as exc:  # a store --db names but this version cannot serve yet
+        parser.error(str(exc))
     return tail(settings.broker, settings.stream, args.from_start)
 
 

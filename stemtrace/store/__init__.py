@@ -59,9 +59,11 @@ def open_store(target: str) -> Backend:
     if found.kind == "postgresql":
         missing = postgres_driver_missing()
         if missing is not None:
-            raise BadTarget(f"{found.shown} {missing}")
-        raise NotImplementedError(
-            f"PostgreSQL store ({found.shown}): ingest is built, reads are not built yet;"
-            " use a SQLite file for now"
+            raise BadTarget(f"--db {found.shown} {missing}")
+        # stemtrace.store.pg writes and reads one task and the tasks list; the
+        # pages need the rest of the surface (issue 18).
+        raise BadTarget(
+            f"--db {found.shown}: the PostgreSQL store is not complete yet (ingest is built,"
+            " the reads the pages need are not): use a SQLite file for now"
         )
     return Store(found.location)
