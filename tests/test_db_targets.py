@@ -138,3 +138,16 @@ def test_sqlite_forms_open_that_file(
     finally:
         store.close()
     assert (tmp_path / "sub" / "st.db").is_file()
+
+
+def test_sqlite_users_never_import_psycopg() -> None:
+    code = (
+        "import sys\n"
+        "from stemtrace.settings import Settings\n"
+        "from stemtrace.store import open_store\n"
+        "Settings(db='postgresql://postgres@127.0.0.1:5432/x')\n"
+        "open_store(':memory:').close()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('psycopg', 'stemtrace.store.pg'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

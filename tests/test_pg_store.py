@@ -273,3 +273,29 @@ def test_history_is_partitioned_by_day_and_retention_drops_old_days(pg: PgStore)
         assert _rows(conn, "SELECT id FROM tasks") == [("new",)]
         assert [day for day, _ in history_days(conn)] == [today, today + 1]
         assert _rows(conn, "SELECT count(*) FROM history") == [(1,)]
+
+
+def test_queue_depths_are_recorded_as_sqlite_records_them(
+    tmp_path: Path, migrated: Path, pg: PgStore
+) -> None:
+    sqlite = Store(copy_of(migrated, tmp_path / "s.db"))
+    samples = [
+        ({"celery": (3, 1, None), "mail": (None, None, "NOT_FOUND")}, NOW - 70),
+        ({"celery": (9, 2, None)}, NOW - 65),
+        ({"celery": (4, 2, None), "mail": (0, 0, None)}, NOW - 5),
+    ]
+    try:
+        for writer in (sqlite.open_writer(), pg.open_writer()):
+            for sample, at in samples:
+                writer.record_depths(sample, at)
+        lite = sqlite3.connect(sqlite.path)
+        with pg.connection() as conn:
+            for query in (
+                "SELECT queue, messages, consumers, error, at FROM queue_depths ORDER BY queue",
+                "SELECT queue, t, messages FROM queue_depth_minutes ORDER BY queue, t",
+            ):
+                assert _rows(conn, query) == _rows(lite, query)
+                assert _rows(conn, query)
+        lite.close()
+    finally:
+        sqlite.close()
