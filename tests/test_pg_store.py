@@ -299,3 +299,51 @@ def test_queue_depths_are_recorded_as_sqlite_records_them(
         lite.close()
     finally:
         sqlite.close()
+
+
+def test_two_writers_at_once_store_what_one_does(
+    tmp_path: Path, migrated: Path, pg: PgStore
+) -> None:
+    """Consumers sharing a stream write their batches side by side: the tasks and their
+    histories end as one writer leaves them (a deadlock between the two is transient:
+    that batch is written again, as the consumer would)."""
+    events = workload() * 2
+    random.Random(7).shuffle(events)
+    batches = [events[start : start + 9] for start in range(0, len(events), 9)]
+    sqlite = Store(copy_of(migrated, tmp_path / "s.db"))
+    lite = sqlite.open_writer()
+    for batch in batches:
+        lite.ingest(batch)
+    errors: list[BaseException] = []
+    retried: list[BaseException] = []
+
+    def consume(share: list[list[Any]]) -> None:
+        writer = pg.open_writer()
+        try:
+            for batch in share:
+                while True:
+                    try:
+                        writer.ingest(batch)
+                        break
+                    except psycopg.Error as exc:
+                        if not writer.is_transient(exc):
+                            raise
+                        retried.append(exc)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=consume, args=(batches[n::2],)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert all(isinstance(exc, psycopg.errors.DeadlockDetected) for exc in retried), retried
+    lite_conn = sqlite3.connect(sqlite.path)
+    expected = contents(lite_conn)
+    lite_conn.close()
+    sqlite.close()
+    with pg.connection() as conn:
+        found = contents(conn)
+    assert found["tasks"] == expected["tasks"]
+    assert found["history"] == expected["history"]

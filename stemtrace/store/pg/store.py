@@ -18,7 +18,7 @@ from stemtrace.store.pg import reads
 from stemtrace.store.pg.schema import migrate
 from stemtrace.store.pg.writer import Conn, PgWriter
 from stemtrace.store.queries import TaskFilters
-from stemtrace.store.surface import NO_UPKEEP, Upkeep
+from stemtrace.store.surface import NO_UPKEEP, Upkeep, Writer
 from stemtrace.store.targets import redacted
 
 POOL_SIZE = 8
@@ -60,7 +60,7 @@ class PgStore:
         """Any number of processes may write one PostgreSQL database: never refused."""
         return None
 
-    def open_writer(self, upkeep: Upkeep = NO_UPKEEP, *, separate: bool = False) -> PgWriter:
+    def open_writer(self, upkeep: Upkeep = NO_UPKEEP, *, separate: bool = False) -> Writer:
         """A writer; each batch takes a pooled connection, so ``separate`` changes nothing."""
         return PgWriter(self.pool, upkeep)
 
