@@ -201,7 +201,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
     drops.
     """
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (MIGRATION_LOCK,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS stemtrace_migrations ("
             " name text PRIMARY KEY, applied_at double precision NOT NULL)"
@@ -234,7 +234,7 @@ def ensure_day(conn: psycopg.Connection[tuple[object, ...]], day: int) -> None:
     failing on the second ``CREATE``.
     """
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (MIGRATION_LOCK, day))
+        conn.execute("SELECT pg_advisory_xact_lock(%s::int, %s::int)", (MIGRATION_LOCK, day))
         conn.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} PARTITION OF history FOR VALUES FROM ({}) TO ({})"
