@@ -88,3 +88,28 @@ async def _maybe_await(value: object) -> object:
     if asyncio.iscoroutine(value):
         return await value
     return value
+
+
+async def merged(*streams: AsyncIterator[dict[str, str]]) -> AsyncIterator[dict[str, str]]:
+    """The messages of ``streams`` as they come, on one connection; ends when one ends."""
+    queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue(maxsize=16)
+
+    async def pump(stream: AsyncIterator[dict[str, str]]) -> None:
+        try:
+            async for message in stream:
+                await queue.put(message)
+        finally:
+            closing = getattr(stream, "aclose", None)  # its own finally runs now, not at gc
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await closing()
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    tasks = [asyncio.create_task(pump(stream)) for stream in streams]
+    try:
+        while (message := await queue.get()) is not None:
+            yield message
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -27,6 +27,7 @@ from stemtrace.core import states
 from stemtrace.model import flows, traces
 from stemtrace.server import executions, overview, render
 from stemtrace.server.errors import BadParameter, NotFound
+from stemtrace.server.live import merged
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
 from stemtrace.server.views import (
@@ -36,6 +37,7 @@ from stemtrace.server.views import (
     mark_lost,
     task_detail,
 )
+from stemtrace.server.watch import count_events
 from stemtrace.server.why import why
 from stemtrace.store import BadCursor
 
@@ -419,12 +421,14 @@ def _asset_routes(router: APIRouter, site: Site) -> None:
         task: Annotated[list[str] | None, Query(max_length=255)] = None,
         every: Annotated[float, Query(ge=0.25, le=60)] = 0.25,
     ) -> EventSourceResponse:
-        """``changed`` when a task of ``task`` (or any) changed, at most once per ``every`` s."""
+        """``changed`` when a task of ``task`` (or any) changed, at most once per ``every`` s;
+        ``problems``: the number of problems, when it changes (the navigation shows it)."""
         wanted = frozenset(task) if task else None
         stream = site.broadcaster.events(
             wanted, is_disconnected=request.is_disconnected, min_interval=every
         )
-        return EventSourceResponse(stream, ping=None)
+        counts = count_events(site.watch, request.is_disconnected)
+        return EventSourceResponse(merged(stream, counts), ping=None)
 
 
 def render_blocks(

@@ -6,8 +6,6 @@ the same problems; a problem clears by itself when its task moves on.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Annotated, Any, Final
 
@@ -20,7 +18,7 @@ from stemtrace.server.errors import BadParameter
 from stemtrace.server.pages import Pages
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
-from stemtrace.server.watch import Found
+from stemtrace.server.watch import Found, count_events
 
 Kind = Annotated[str | None, Query(max_length=16)]
 Limit = Annotated[int, Query(ge=1, le=5000)]
@@ -75,20 +73,9 @@ def create_problems_router(site: Site) -> APIRouter:
         request: Request, every: Annotated[float, Query(ge=1, le=60)] = 3.0
     ) -> EventSourceResponse:
         """``problems`` (the count, as its data) on connecting and whenever it changes."""
-        return EventSourceResponse(_counts(site, request, every), ping=15)
+        return EventSourceResponse(count_events(watch, request.is_disconnected, every), ping=15)
 
     return router
-
-
-async def _counts(site: Site, request: Request, every: float) -> AsyncIterator[dict[str, str]]:
-    last: str | None = None
-    while not await request.is_disconnected():
-        found = await asyncio.to_thread(site.watch.current)
-        total = str(len(found.problems))
-        if total != last:
-            last = total
-            yield {"event": "problems", "data": total}
-        await asyncio.sleep(every)
 
 
 def _of_kind(found: Found, kind: str | None) -> list[dict[str, Any]]:

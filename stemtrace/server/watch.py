@@ -9,9 +9,11 @@ its API, the navigation's count and the task page all read one
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -131,3 +133,23 @@ def _percentiles(rows: dict[str, Any], metric: str, q: float) -> dict[str, float
             if value is not None:
                 found[key] = value
     return found
+
+
+async def count_events(
+    watch: Watch, is_disconnected: Callable[[], object], every: float = 3.0
+) -> AsyncIterator[dict[str, str]]:
+    """SSE ``problems`` messages: the number of problems (the data; nothing else) on the
+    first look and whenever it changes, looked at every ``every`` seconds."""
+    last: str | None = None
+    while True:
+        gone = is_disconnected()
+        if asyncio.iscoroutine(gone):
+            gone = await gone
+        if gone:
+            return
+        found = await asyncio.to_thread(watch.current)
+        total = str(len(found.problems))
+        if total != last:
+            last = total
+            yield {"event": "problems", "data": total}
+        await asyncio.sleep(every)
