@@ -50,7 +50,19 @@ class Settings:
     stream: str = "stemtrace:events"
     """The stream key (Redis) or exchange name (RabbitMQ) ``init(app)`` publishes to."""
     queue: str | None = None
-    """RabbitMQ: this server's own queue (default: from the host name and the db path)."""
+    """RabbitMQ: this server's own queue (default: from the host name and the db path, or
+    from ``group``)."""
+    group: str | None = None
+    """A consumer group: the consumers of one group split the stream instead of each
+    reading all of it (Redis ``XREADGROUP``; RabbitMQ: one queue shared by the group)."""
+    consumer_name: str | None = None
+    """This consumer's name in ``group`` (default: host name and process id)."""
+    claim_idle_seconds: float = 60.0
+    """Group mode: take over entries another consumer has held unacknowledged this long
+    (it died); longer than a batch can take to write."""
+    consumers: int = 1
+    """``stemtrace consume``: this many consumer processes on ``group`` (above 1 needs a
+    store several processes can write: not SQLite)."""
     db: str = DEFAULT_DB
     """The store: a SQLite file (created when missing), or a PostgreSQL database
     (``postgresql://user@host:port/dbname``, with ``pip install 'stemtrace[postgres]'``)."""
@@ -143,6 +155,7 @@ class Settings:
             raise SettingError("metrics_names", f"must not be negative, not {self.metrics_names}")
         self._check_thresholds()
         self._check_db()
+        self._check_group()
         if self.log_level not in LOG_LEVELS:
             raise SettingError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         if bool(self.auth_user) != bool(self.auth_password):
@@ -153,6 +166,34 @@ class Settings:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise SettingError(name, f"must be between {low:g} and {high:g}, not {value:g}")
+
+    def _check_group(self) -> None:
+        if self.group is not None and not self.group.strip():
+            raise SettingError("group", "must not be empty")
+        if self.group is not None and self.broker.startswith("memory:"):
+            raise SettingError("group", "needs a Redis or RabbitMQ --broker, not memory://")
+        if self.consumer_name is not None and not self.consumer_name.strip():
+            raise SettingError("consumer_name", "must not be empty")
+        if not 0.1 <= self.claim_idle_seconds <= 86400:
+            raise SettingError(
+                "claim_idle_seconds",
+                f"must be between 0.1 and 86400 seconds, not {self.claim_idle_seconds:g}",
+            )
+        if not 1 <= self.consumers <= 64:
+            raise SettingError("consumers", f"must be between 1 and 64, not {self.consumers}")
+        if self.consumers > 1 and self.group is None:
+            raise SettingError("consumers", "above 1 needs --group: the consumers split a group")
+        if self.consumers > 1 and parse_target(self.db).kind != "postgresql":
+            raise SettingError(
+                "consumers",
+                f"above 1 needs a PostgreSQL --db: SQLite ({self.db}) has one writer per file;"
+                " run one consumer per SQLite file",
+            )
+
+    @property
+    def consumer_id(self) -> str:
+        """This process's name in its group: ``consumer_name``, or host name and pid."""
+        return self.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
 
     def _check_db(self) -> None:
         try:
@@ -184,6 +225,8 @@ class Settings:
         """Stable per database file, so a restarted server resumes its own queue."""
         if self.queue:
             return self.queue
+        if self.group is not None:  # one queue the group's consumers share
+            return f"{self.stream}.group.{self.group}"
         digest = hashlib.sha1(os.path.abspath(self.db).encode()).hexdigest()[:10]
         return f"stemtrace.{socket.gethostname()}.{digest}"
 

@@ -11,7 +11,6 @@ import math
 import os
 import signal
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
@@ -48,6 +47,18 @@ def _server_options(parser: argparse.ArgumentParser, *, web: bool) -> None:
     add("--broker", help=_help("Redis or RabbitMQ URL the events come from", "broker"))
     add("--stream", help=_help("stream key or exchange init(app) publishes to", "stream"))
     add("--queue", help=_help("RabbitMQ: this server's own queue", "queue", "from host and --db"))
+    add("--group", metavar="NAME",
+        help=_help("a consumer group: its consumers split the stream (Redis XREADGROUP;"
+                   " RabbitMQ: one shared queue)", "group", "none: read it all"))  # fmt: skip
+    add("--consumer-name", metavar="NAME",
+        help=_help("this consumer's name in --group", "consumer_name", "host-pid"))  # fmt: skip
+    add("--claim-idle-seconds", type=float, metavar="SECONDS",
+        help=_help("--group: take over entries a dead consumer left pending this long",
+                   "claim_idle_seconds"))  # fmt: skip
+    if not web:
+        add("--consumers", type=int, metavar="N",
+            help=_help("run N consumer processes on --group (not with a SQLite --db)",
+                       "consumers"))  # fmt: skip
     add("--no-celery-events", dest="celery_events", action="store_const", const=False,
         help="do not read Celery's own events (-E) (STEMTRACE_CELERY_EVENTS=0)")  # fmt: skip
     add("--db", help=_help("SQLite database file (a path, or sqlite:///path)", "db"))
@@ -315,26 +326,9 @@ def _quiet_celery(level: str) -> None:
 
 
 def consume(settings: Settings) -> int:
-    from stemtrace.ingest.consumer import build_celery_events_consumer, build_consumer, source_name
-    from stemtrace.store import open_store
+    from stemtrace.cli.consume import consume as run_consumers
 
-    store = open_store(settings.db)
-    consumers = [build_consumer(settings, store)]
-    celery_events = build_celery_events_consumer(settings, store)
-    if celery_events is not None:
-        consumers.append(celery_events)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    collector.tune()
-    for consumer in consumers:
-        consumer.start()
-    print(f"stemtrace {__version__}: reading {source_name(settings)} into {settings.db}")
-    stop.wait()
-    for consumer in consumers:
-        consumer.stop()
-    store.close()
-    return 0
+    return run_consumers(settings)
 
 
 def tail(broker: str, stream: str, from_start: bool) -> int:

@@ -3,17 +3,21 @@
 One thread reads frames, decodes and validates them, and writes each batch
 together with the cursor that covers it in one transaction: a restarted
 consumer resumes exactly where it stopped, and several servers can each read
-the whole stream into their own store. Malformed frames and events are
-skipped and counted in the same transaction as the batch (by reason, with the
-last raw samples: ``/status`` and ``/api/health`` show them). An event that
-cannot be stored costs that event only: the batch is written again one event
-at a time and the bad one skipped; a failure of the database itself (locked,
-disk full) leaves the cursor where it was and the batch is read again. When the
-broker cannot be reached the consumer says so once, reports it in its status
-and keeps retrying. Retention pruning runs in the same thread, between
-batches, a bounded slice at a time, so it never stalls ingestion for long.
-The search indexer too, but only once a read came back short (the consumer
-has caught up): in a burst ingestion goes first and indexing catches up after.
+the whole stream into their own store. In a consumer group (``--group``) the
+group keeps the position instead: the reader ignores the cursor, which is then
+written for ``/status`` only (under a source of its own, so it never mixes
+with a cursor that is one), and acknowledges a batch's entries after it is
+committed. Malformed frames and events are skipped and counted in the same
+transaction as the batch (by reason, with the last raw samples: ``/status``
+and ``/api/health`` show them). An event that cannot be stored costs that
+event only: the batch is written again one event at a time and the bad one
+skipped; a failure of the database itself (locked, disk full) leaves the
+cursor where it was and the batch is read again. When the broker cannot be
+reached the consumer says so once, reports it in its status and keeps
+retrying. Retention pruning runs in the same thread, between batches, a
+bounded slice at a time, so it never stalls ingestion for long. The search
+indexer too, but only once a read came back short (the consumer has caught
+up): in a burst ingestion goes first and indexing catches up after.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class ConsumerStatus:
     skip_reasons: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     standby: bool = False
     """Another process writes the database: this one waits to take over."""
+    group: dict[str, Any] | None = None
+    """In a consumer group: its name, this consumer's, and what the broker says of it."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +89,7 @@ class ConsumerStatus:
             "search": self.search,
             "recent_skip_reasons": list(self.skip_reasons),
             "standby": self.standby,
+            "group": self.group,
         }
 
 
@@ -188,6 +195,9 @@ class Consumer:
 
     def _report(self, reader: Reader, position: str | None) -> None:
         self.status.lag_seconds = reader.lag(position)
+        group_status = getattr(reader, "group_status", None)
+        if group_status is not None:
+            self.status.group = group_status()
         backlog = getattr(reader, "backlog", None)
         if backlog is not None and time.monotonic() >= self._next_backlog:
             self._next_backlog = time.monotonic() + 2.0
@@ -313,24 +323,38 @@ class Consumer:
 
 
 def source_name(settings: Settings) -> str:
-    """The cursor key of one stream: the broker URL (without password) and the stream key."""
-    return f"{describe_url(settings.broker)}#{settings.stream}"
+    """The cursor key of one stream: the broker URL (without password) and the stream key,
+    and the group's name in group mode (there the row is status, not a position)."""
+    found = f"{describe_url(settings.broker)}#{settings.stream}"
+    return found if settings.group is None else f"{found}@group:{settings.group}"
 
 
-def build_consumer(settings: Settings, store: Backend) -> Consumer:
+def build_consumer(
+    settings: Settings, store: Backend, *, consumer_name: str | None = None, poll: bool = True
+) -> Consumer:
     """The consumer ``stemtrace run`` and ``stemtrace consume`` use; it also polls the
     broker's queue lengths every ``queue_poll_seconds`` (Redis and RabbitMQ, or the
-    ``queue_broker`` when set: a ``memory://`` events stream is no Celery broker)."""
+    ``queue_broker`` when set: a ``memory://`` events stream is no Celery broker) unless
+    ``poll`` is off (the other consumers of a ``--consumers N``). ``consumer_name``: its
+    name in ``settings.group`` (default: the settings')."""
     poller = None
+    name = consumer_name or settings.consumer_id
     broker = settings.queue_broker
     if broker is None and scheme_of(settings.broker) in CELERY_EVENT_SCHEMES:
         broker = settings.broker
-    if settings.queue_poll_seconds > 0 and broker is not None:
+    if poll and settings.queue_poll_seconds > 0 and broker is not None:
         url = broker
         poller = DepthPoller(store, lambda: open_depth_reader(url), settings.queue_poll_seconds)
     return Consumer(
         store,
-        lambda: open_reader(settings.broker, stream=settings.stream, queue=settings.queue_name),
+        lambda: open_reader(
+            settings.broker,
+            stream=settings.stream,
+            queue=settings.queue_name,
+            group=settings.group,
+            consumer=name,
+            claim_idle=settings.claim_idle_seconds,
+        ),
         source=source_name(settings),
         upkeep=Upkeep(
             max_age=settings.retention_seconds,

@@ -26,7 +26,8 @@ class Reader(Protocol):
 
     def read(self, after: str | None, count: int, block: float) -> list[tuple[str, bytes]]:
         """Up to ``count`` ``(position, frame)`` pairs after ``after`` (``None``: from the
-        start), waiting up to ``block`` seconds for the first one."""
+        start), waiting up to ``block`` seconds for the first one. A reader in a consumer
+        group ignores ``after``: the group keeps the position, not the store."""
         ...
 
     def lag(self, after: str | None) -> float | None:
@@ -60,21 +61,39 @@ def _unsupported(url: str, what: str) -> ValueError:
     return ValueError(f"stemtrace: cannot {what} {scheme}:// (supported: {names})")
 
 
-def open_reader(url: str, *, stream: str, queue: str = "stemtrace") -> Reader:
-    """A reader for ``url``, chosen by its scheme; ``queue`` names this server's AMQP queue."""
+def open_reader(
+    url: str,
+    *,
+    stream: str,
+    queue: str = "stemtrace",
+    group: str | None = None,
+    consumer: str = "stemtrace",
+    claim_idle: float = 60.0,
+) -> Reader:
+    """A reader for ``url``, chosen by its scheme; ``queue`` names the AMQP queue (shared
+    by a group). With ``group``, Redis reads as ``consumer`` of that consumer group and
+    claims entries other consumers left pending ``claim_idle`` seconds."""
     scheme = scheme_of(url)
     if scheme in REDIS_SCHEMES:
+        if group is not None:
+            from stemtrace.transports.redis_group import RedisGroupReader
+
+            return RedisGroupReader(
+                url, stream=stream, group=group, consumer=consumer, claim_idle=claim_idle
+            )
         from stemtrace.transports.redis import RedisStreamReader
 
         return RedisStreamReader(url, stream=stream)
     if scheme in MEMORY_SCHEMES:
+        if group is not None:
+            raise ValueError("stemtrace: consumer groups need Redis or RabbitMQ, not memory://")
         from stemtrace.transports.memory import MemoryReader
 
         return MemoryReader(url, stream=stream)
     if scheme in AMQP_SCHEMES:
         from stemtrace.transports.amqp import AmqpReader
 
-        return AmqpReader(url, stream=stream, queue=queue)
+        return AmqpReader(url, stream=stream, queue=queue, group=group, consumer=consumer)
     raise _unsupported(url, "read events from")
 
 

@@ -4,7 +4,9 @@ Capture publishes each frame as one persistent message to a durable fanout
 exchange named after the stream (``stemtrace:events``). Every server reads
 from its own durable queue bound to that exchange, so several servers each
 get every event, and a stopped server finds what it missed when it comes
-back. Messages are acknowledged only after the store has written them
+back. Servers given one consumer group (``--group``) share instead one durable
+queue named from the group, and RabbitMQ hands each message to one of them
+(competing consumers). Messages are acknowledged only after the store has written them
 (:meth:`AmqpReader.commit`): at-least-once delivery, which the idempotent
 store turns into exactly-once effects.
 """
@@ -58,7 +60,12 @@ class AmqpSender:
 class AmqpReader:
     """Consumes one durable queue bound to the stream's exchange; acks on commit."""
 
-    def __init__(self, url: str, *, stream: str, queue: str) -> None:
+    def __init__(
+        self, url: str, *, stream: str, queue: str, group: str | None = None,
+        consumer: str = "stemtrace",
+    ) -> None:  # fmt: skip
+        self.group = group
+        self.consumer_name = consumer
         self.exchange = exchange_for(stream)
         self.queue = Queue(
             queue,
@@ -108,6 +115,12 @@ class AmqpReader:
             return int(declared.message_count)
         except Exception:
             return None
+
+    def group_status(self) -> dict[str, Any] | None:
+        """The group and the queue its consumers share, for ``/api/health``."""
+        if self.group is None:
+            return None
+        return {"name": self.group, "consumer": self.consumer_name, "queue": self.queue.name}
 
     def close(self) -> None:
         """Unacknowledged frames go back to the queue for the next reader."""
