@@ -67,6 +67,10 @@ ON CONFLICT ({key}) DO UPDATE SET
 
 _UPSERT_FLOW = _upsert_index("flow_index", "key")
 _UPSERT_TRACE = _upsert_index("trace_index", "trace_id", "explicit")
+SQLITE = {
+    "group": _UPSERT_GROUP, "hour": _UPSERT_HOUR, "flow": _UPSERT_FLOW, "trace": _UPSERT_TRACE,
+}  # fmt: skip
+"""SQLite's statement of each write :meth:`Digests.writes` names."""
 
 
 def flow_key(row: dict[str, Any], root: dict[str, Any] | None = None) -> str:
@@ -175,16 +179,14 @@ class Digests:
                 known[3], known[4] = at, row["id"]
         self.hours[(*key, int(at // HOUR) * HOUR)] += 1
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        if self.groups:
-            conn.executemany(_UPSERT_GROUP, [(*k, *v) for k, v in self.groups.items()])
-            conn.executemany(_UPSERT_HOUR, [(*k, n) for k, n in self.hours.items()])
-        if self.flows:
-            conn.executemany(_UPSERT_FLOW, [_values(k, i) for k, i in self.flows.items()])
-        if self.traces:
-            conn.executemany(
-                _UPSERT_TRACE, [(*_values(k, i), i.explicit) for k, i in self.traces.items()]
-            )
+    def writes(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """``(statement, rows)`` to write, the statements named as in :data:`SQLITE`."""
+        return [
+            ("group", [(*k, *v) for k, v in self.groups.items()]),
+            ("hour", [(*k, n) for k, n in self.hours.items()]),
+            ("flow", [_values(k, i) for k, i in self.flows.items()]),
+            ("trace", [(*_values(k, i), i.explicit) for k, i in self.traces.items()]),
+        ]
 
 
 def _values(key: str, index: _Index) -> tuple[Any, ...]:

@@ -47,14 +47,22 @@ _TASK_COLUMNS = (
 )  # fmt: skip
 _SUCCESS, _FAILURE = f"'{states.SUCCESS}'", f"'{states.FAILURE}'"
 _REVOKED_IN = ", ".join(f"'{s}'" for s in sorted(REVOKED_STATES))
-_FACTS = f"""(t.sent_at IS NOT NULL) * {SENT} + (t.started_at IS NOT NULL) * {STARTED}
-    + (t.state = {_SUCCESS}) * {SUCCEEDED} + (t.state = {_FAILURE}) * {FAILED}
-    + (t.state IN ({_REVOKED_IN})) * {REVOKED}
-    + (t.sent_at IS NOT NULL AND t.started_at IS NOT NULL) * {WAITED}
-    + (t.runtime IS NOT NULL AND t.state IN ({_SUCCESS}, {_FAILURE})) * {RAN}"""
+
+
+def facts(flag: Callable[[str], str] = lambda cond: f"({cond})") -> str:
+    """The outcome bits a task row ``t`` shows, in SQL; ``flag`` makes a condition 0 or 1
+    (SQLite's conditions are; PostgreSQL's are cast)."""
+    return f"""{flag("t.sent_at IS NOT NULL")} * {SENT}
+    + {flag("t.started_at IS NOT NULL")} * {STARTED}
+    + {flag(f"t.state = {_SUCCESS}")} * {SUCCEEDED} + {flag(f"t.state = {_FAILURE}")} * {FAILED}
+    + {flag(f"t.state IN ({_REVOKED_IN})")} * {REVOKED}
+    + {flag("t.sent_at IS NOT NULL AND t.started_at IS NOT NULL")} * {WAITED}
+    + {flag(f"t.runtime IS NOT NULL AND t.state IN ({_SUCCESS}, {_FAILURE})")} * {RAN}"""
+
+
 # What the row shows now and was not counted as, worked out by SQLite for all rows at once.
 _DERIVED = {
-    "new": f"({_FACTS}) & ~coalesce(c.tally, 0)",
+    "new": f"({facts()}) & ~coalesce(c.tally, 0)",
     "finished": "coalesce(t.finished_at, t.state_ts)",
     "retries_now": "CASE WHEN typeof(t.retries) = 'integer' THEN t.retries ELSE 0 END",
     # the flow and trace a task is listed in: not the ones named after it (digests)
@@ -74,18 +82,33 @@ _COUNTED = {
 }
 TALLY_COLUMNS = (*_TASK_COLUMNS, *_DERIVED, *_COUNTED)
 """What a row is counted from: the task's columns, what it shows now, what it was counted as."""
-_SELECT = (
-    f"SELECT {', '.join(f't.{c}' for c in _TASK_COLUMNS)},"
-    f" {', '.join(_DERIVED.values())}, {', '.join(_COUNTED.values())}"
-    " FROM tasks AS t LEFT JOIN task_tally AS c ON c.task_rowid = t.rowid"
-    " WHERE t.rowid IN (SELECT value FROM json_each(?)) AND t.name IS NOT NULL"
-)
+
+
+def select_sql(where: str, **dialect: str) -> str:
+    """What rows are counted from (:data:`TALLY_COLUMNS`) for the tasks ``where`` picks;
+    ``dialect`` spells some of :data:`TALLY_COLUMNS`' derived columns for another backend."""
+    derived = {**_DERIVED, **dialect}
+    return (
+        f"SELECT {', '.join(f't.{c}' for c in _TASK_COLUMNS)},"
+        f" {', '.join(derived[c] for c in _DERIVED)}, {', '.join(_COUNTED.values())}"
+        " FROM tasks AS t LEFT JOIN task_tally AS c ON c.task_rowid = t.rowid"
+        f" WHERE {where} AND t.name IS NOT NULL"
+    )
+
+
+_SELECT = select_sql("t.rowid IN (SELECT value FROM json_each(?))")
 _AT = {name: i for i, name in enumerate(TALLY_COLUMNS)}
 (ROWID, NAME, STATE, QUEUE, WORKER, SENT_AT, STARTED_AT, RUNTIME, STATE_TS, SEEN_AT, ID,
  ROOT_ID, EXC_TYPE, EXC_MESSAGE, NEW, FINISHED, RETRIES_NOW, FLOW, TRACE, TALLY, TALLY_STATE,
  TALLY_RETRIES, TALLY_FLOW, TALLY_TRACE) = range(len(TALLY_COLUMNS))  # fmt: skip
 
 Row = tuple[Any, ...]
+Writes = list[tuple[str, list[tuple[Any, ...]]]]
+SQLITE = {
+    "rollup": UPSERT_ROLLUP, "hist": UPSERT_HIST, "count": UPSERT_COUNT,
+    "drop_empty": DROP_EMPTY, "name": UPSERT_NAME, "tally": SET_TALLY, **digests.SQLITE,
+}  # fmt: skip
+"""SQLite's statement of each write a :class:`Batch` names."""
 Cell = tuple[str, str | None, str | None, int]
 # Each outcome: its column, its bit, when it happened (a column), whether per worker.
 _PASSES = (
@@ -217,23 +240,24 @@ class Batch:
         hist.update(ever_hist)
         return outcomes, hist
 
-    def write(self, conn: sqlite3.Connection) -> None:
+    def writes(self) -> Writes:
+        """What to write, in order: ``(statement, rows of parameters)``, each statement
+        named as in :data:`SQLITE` (a backend spells them in its own SQL)."""
         outcomes, hist = self.spread()
-        if outcomes:
-            conn.executemany(
-                UPSERT_ROLLUP,
-                [(*key, *counts) for key, counts in outcomes.items()],
-            )
-        if hist:
-            conn.executemany(UPSERT_HIST, [(*k, n) for k, n in hist.items()])
-        if self.counts:
-            conn.executemany(UPSERT_COUNT, [(*k, n) for k, n in self.counts.items() if n])
-            conn.executemany(DROP_EMPTY, [k for k, n in self.counts.items() if n < 0])
-        if self.names:
-            conn.executemany(UPSERT_NAME, [(name, *values) for name, values in self.names.items()])
-        if self.tallies:
-            conn.executemany(SET_TALLY, self.tallies)
-        self.digests.write(conn)
+        found: Writes = [
+            ("rollup", [(*key, *counts) for key, counts in outcomes.items()]),
+            ("hist", [(*k, n) for k, n in hist.items()]),
+            ("count", [(*k, n) for k, n in self.counts.items() if n]),
+            ("drop_empty", [k for k, n in self.counts.items() if n < 0]),
+            ("name", [(name, *values) for name, values in self.names.items()]),
+            ("tally", self.tallies),
+            *self.digests.writes(),
+        ]
+        return [(statement, rows) for statement, rows in found if rows]
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        for statement, rows in self.writes():
+            conn.executemany(SQLITE[statement], rows)
 
 
 def _per_name(rows: list[Row]) -> tuple[Counter[tuple[str, str]], dict[str, list[Any]]]:
