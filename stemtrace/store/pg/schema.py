@@ -29,11 +29,13 @@ from __future__ import annotations
 import calendar
 import logging
 import time
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
 
 from stemtrace.store.migrations import INFLIGHT_COLUMNS, INFLIGHT_STATES
+from stemtrace.store.pg import rollup_writes
 
 logger = logging.getLogger("stemtrace")
 
@@ -189,8 +191,13 @@ _M001_INITIAL = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (("m001_initial", _M001_INITIAL),)
-"""``(name, statements)`` in order; each runs once per database."""
+Step = str | Callable[[psycopg.Connection[tuple[object, ...]]], object]
+MIGRATIONS: tuple[tuple[str, tuple[Step, ...]], ...] = (
+    ("m001_initial", _M001_INITIAL),
+    ("m002_rollups", (*rollup_writes.TABLES, rollup_writes.tally_all)),
+)
+"""``(name, steps)`` in order; each runs once per database. A step is a statement, or a
+function of the connection (m002 counts the tasks stored before it into the rollups)."""
 
 
 def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
@@ -212,8 +219,11 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
             if name in done:
                 continue
             logger.info("stemtrace: PostgreSQL migration %s", name)
-            for statement in statements:
-                conn.execute(statement)
+            for step in statements:
+                if isinstance(step, str):
+                    conn.execute(step)
+                else:
+                    step(conn)
             conn.execute(
                 "INSERT INTO stemtrace_migrations (name, applied_at) VALUES (%s, %s)",
                 (name, time.time()),

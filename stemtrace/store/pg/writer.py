@@ -25,7 +25,7 @@ from stemtrace.core import jsonio
 from stemtrace.core.events import Event
 from stemtrace.store import planned
 from stemtrace.store.ingest import TASK_COLUMNS, IngestResult, Merged, collect, merge_set
-from stemtrace.store.pg import fleet
+from stemtrace.store.pg import fleet, rollup_writes
 from stemtrace.store.pg.retention import PgRetention
 from stemtrace.store.pg.schema import DAY, ensure_day
 from stemtrace.store.skipped import SAMPLES_KEPT, Skip, reason_key, sample_text
@@ -138,6 +138,7 @@ class PgWriter:
                 for task_id, (_, records) in merged.items()
             ],
         )
+        rollup_writes.tally(conn, rowids.values())
         named = planned_pairs(  # in batch order, as SQLite's: the first to name an id keeps it
             (rowids[row[0]], row[_CHAIN], row[_CHORD])
             for row in rows
