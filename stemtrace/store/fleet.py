@@ -9,6 +9,7 @@ from typing import Any
 
 from stemtrace.core import buckets, states
 from stemtrace.store import rollups
+from stemtrace.store.dbapi import Executes
 from stemtrace.store.queries import load_json
 
 
@@ -28,7 +29,7 @@ def _retry_policy(definition: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def registry(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def registry(conn: Executes) -> list[dict[str, Any]]:
     """Task definitions (announced by workers or seen in executions) with their numbers.
 
     The numbers come from the rollups the writer keeps (:mod:`stemtrace.store.rollups`),
@@ -92,9 +93,7 @@ def _rate(part: Any, total: int) -> float | None:
     return round(int(part or 0) / total, 4) if total else None
 
 
-def _dict_rows(
-    conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()
-) -> list[dict[str, Any]]:
+def _dict_rows(conn: Executes, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     cursor = conn.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemtrace.core import states
+from stemtrace.store.dbapi import Executes
 from stemtrace.store.queries import decode_cursor, encode_cursor
 
 FLOW_OUTCOMES = ("running", "failed", "succeeded")
@@ -214,7 +215,7 @@ def _trace(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
 
 
 def error_groups(
-    conn: sqlite3.Connection, name: str | None, since: float, until: float, limit: int = 50
+    conn: Executes, name: str | None, since: float, until: float, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Failures over ``[since, until)`` grouped by name and fingerprint, most first.
 

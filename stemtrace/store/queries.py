@@ -13,6 +13,7 @@ from typing import Any
 from stemtrace.core import states
 from stemtrace.core.bounds import MARKER, bound
 from stemtrace.store import planned, ranked, search
+from stemtrace.store.dbapi import Executes
 from stemtrace.store.migrations import HISTORY_COLUMNS, HISTORY_RECORD
 
 LIST_COLUMNS = (
@@ -451,7 +452,7 @@ def listed(task: dict[str, Any]) -> dict[str, Any]:
     return {name: task[name] for name in (*LIST_COLUMNS, "queue_wait")}
 
 
-def counts(conn: sqlite3.Connection) -> dict[str, int]:
+def counts(conn: Executes) -> dict[str, int]:
     """``{"tasks": n}``: the tasks stored with a name, from the rollups (no scan)."""
     tasks = conn.execute("SELECT coalesce(SUM(n), 0) FROM task_counts").fetchone()[0]
     return {"tasks": int(tasks)}

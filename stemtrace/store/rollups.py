@@ -42,6 +42,7 @@ from typing import Any
 
 from stemtrace.core import buckets, states
 from stemtrace.store import digests
+from stemtrace.store.dbapi import Executes
 
 MINUTE = 60
 HOUR = 3600
@@ -134,13 +135,13 @@ def fold(conn: sqlite3.Connection, before: float) -> int:
     return int(gone)
 
 
-def _folded_before(conn: sqlite3.Connection) -> int:
+def _folded_before(conn: Executes) -> int:
     row = conn.execute("SELECT folded_before FROM rollup_state").fetchone()
     return int(row[0]) if row else 0
 
 
 def series(
-    conn: sqlite3.Connection, since: float, until: float, step: int, dim: str, key: str
+    conn: Executes, since: float, until: float, step: int, dim: str, key: str
 ) -> list[dict[str, Any]]:
     """Outcomes and wait and run-time histograms per ``step`` seconds over ``[since, until)``.
 
@@ -181,7 +182,7 @@ def series(
     return list(points.values())
 
 
-def name_numbers(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+def name_numbers(conn: Executes) -> dict[str, dict[str, Any]]:
     """Per task name: tasks by state, retried tasks, last seen, all-time run-time counts."""
     found: dict[str, dict[str, Any]] = {}
 
@@ -211,7 +212,7 @@ MINUTES_UP_TO = 6 * HOUR
 
 
 def by_key(
-    conn: sqlite3.Connection,
+    conn: Executes,
     dim: str,
     since: float,
     until: float,
@@ -236,13 +237,13 @@ def by_key(
     return _by_key(conn, dim, [span for span in spans if span[1] < span[2]], metrics)
 
 
-def since_ever(conn: sqlite3.Connection, dim: str) -> dict[str, Any]:
+def since_ever(conn: Executes, dim: str) -> dict[str, Any]:
     """Per key of ``dim``: the counters since the store began (they only grow)."""
     return _by_key(conn, dim, [(ALL_TIME, ALL_TIME, ALL_TIME + 1)])
 
 
 def _by_key(
-    conn: sqlite3.Connection,
+    conn: Executes,
     dim: str,
     spans: list[tuple[int, float, float]],
     metrics: tuple[str, ...] = ("wait", "run"),
@@ -269,7 +270,7 @@ def _by_key(
     rows = conn.execute(
         f"SELECT key, {', '.join(f'SUM({c})' for c in OUTCOMES)} FROM ("
         + " UNION ALL ".join(f"SELECT key, {outcomes} FROM rollups WHERE {in_span}" for _ in spans)
-        + ") GROUP BY key",
+        + ") AS spans GROUP BY key",
         params,
     )
     for key, *counts in rows:
@@ -282,7 +283,7 @@ def _by_key(
             f" WHERE {in_span} AND metric IN ({chosen})"
             for _ in spans
         )
-        + ") GROUP BY key, metric, bucket",
+        + ") AS spans GROUP BY key, metric, bucket",
         params,
     )
     for key, metric, bucket, n in hist_rows:
