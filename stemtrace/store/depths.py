@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stemtrace.core.coerce import moment
+from stemtrace.store.dbapi import Executes
 from stemtrace.store.migrations import HISTORY_RECORD, INFLIGHT_STATES
 
 MINUTE = 60
@@ -50,7 +51,7 @@ def prune(conn: sqlite3.Connection, before: float) -> int:
     return int(conn.execute("DELETE FROM queue_depth_minutes WHERE t < ?", (before,)).rowcount)
 
 
-def latest(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+def latest(conn: Executes) -> dict[str, dict[str, Any]]:
     """Per queue: ``messages``, ``consumers``, ``error`` and ``at`` as last read."""
     rows = conn.execute("SELECT queue, messages, consumers, error, at FROM queue_depths")
     return {
@@ -60,7 +61,7 @@ def latest(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
 
 
 def backlog(
-    conn: sqlite3.Connection, queues: list[str], since: float, step: int = MINUTE
+    conn: Executes, queues: list[str], since: float, step: int = MINUTE
 ) -> dict[str, list[tuple[int, int]]]:
     """Per queue, ``(t, largest count in [t, t + step))`` since ``since``, oldest first."""
     step = max(MINUTE, int(step) // MINUTE * MINUTE)
@@ -76,7 +77,7 @@ def backlog(
     return found
 
 
-def known(conn: sqlite3.Connection) -> list[str]:
+def known(conn: Executes) -> list[str]:
     """Every queue stemtrace knows of: workers' subscriptions and task definitions first
     (each part in name order), then the other queues tasks were sent to (the rollups'
     all-time keys: one row per queue)."""
@@ -110,7 +111,7 @@ def waiting(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     }  # fmt: skip
 
 
-def scheduled(conn: sqlite3.Connection, limit: int) -> tuple[int, list[dict[str, Any]]]:
+def scheduled(conn: Executes, limit: int) -> tuple[int, list[dict[str, Any]]]:
     """Tasks with an ETA not started yet (sent, held by a worker, or waiting to retry).
 
     ``(how many, the first limit of them, the soonest due first)``; each with
@@ -141,7 +142,7 @@ _LAST_RETRY = (
 )
 
 
-def _last_retry_at(conn: sqlite3.Connection, rowid: int) -> float | None:
+def _last_retry_at(conn: Executes, rowid: int) -> float | None:
     """When the latest retry said its next attempt is due: the task row keeps the first
     ETA it saw, which after a second retry is the first retry's, long past."""
     row = conn.execute(_LAST_RETRY, (rowid,)).fetchone()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -100,7 +99,7 @@ def _dict_rows(conn: Executes, sql: str, params: Sequence[Any] = ()) -> list[dic
 
 
 def workers(
-    conn: sqlite3.Connection,
+    conn: Executes,
     now: float | None = None,
     timeout: float = 60.0,
     hostname: str | None = None,

@@ -6,16 +6,16 @@ scheduled list and a task's "why is it waiting" are found from.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Final
 
+from stemtrace.store.dbapi import Executes
 from stemtrace.store.migrations import INFLIGHT_COLUMNS, INFLIGHT_STATES
 
 COLUMNS: Final = tuple(c.strip() for c in INFLIGHT_COLUMNS.split(","))
 """The columns the ``tasks_inflight`` index covers: reading them never touches the table."""
 
 
-def inflight(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+def inflight(conn: Executes, limit: int) -> list[dict[str, Any]]:
     """Up to ``limit`` tasks in flight (sent, received, started, waiting to retry)."""
     cursor = conn.execute(
         f"SELECT {', '.join(COLUMNS)} FROM tasks INDEXED BY tasks_inflight"
@@ -25,7 +25,7 @@ def inflight(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     return [dict(zip(COLUMNS, row, strict=True)) for row in cursor]
 
 
-def ahead_of(conn: sqlite3.Connection, queue: str, sent_at: float) -> int:
+def ahead_of(conn: Executes, queue: str, sent_at: float) -> int:
     """Tasks sent to ``queue`` before ``sent_at`` and not received yet, as stemtrace saw them."""
     row = conn.execute(
         "SELECT COUNT(*) FROM tasks INDEXED BY tasks_inflight"
@@ -36,7 +36,7 @@ def ahead_of(conn: sqlite3.Connection, queue: str, sent_at: float) -> int:
     return int(row[0])
 
 
-def time_limits(conn: sqlite3.Connection) -> dict[str, tuple[float | None, float | None]]:
+def time_limits(conn: Executes) -> dict[str, tuple[float | None, float | None]]:
     """Per defined task name: its soft and hard time limits (names with either only)."""
     return {
         name: (soft, hard)

@@ -13,6 +13,8 @@ import json
 import sqlite3
 from collections.abc import Iterable
 
+from stemtrace.store.dbapi import Executes
+
 
 def remember(conn: sqlite3.Connection, named: Iterable[tuple[int, str | None, str | None]]) -> None:
     """Record the ids each ``(rowid, chain JSON, chord_id)`` names; the first namer stays."""
@@ -39,7 +41,7 @@ def link_ids(chain: str | None) -> list[str]:
     ]
 
 
-def named_by(conn: sqlite3.Connection, task_id: str) -> str | None:
+def named_by(conn: Executes, task_id: str) -> str | None:
     """The id of the first task that named ``task_id`` as a chain link or chord callback.
 
     Through the ``planned`` table (its primary key), never a scan of ``chain``.

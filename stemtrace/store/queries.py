@@ -345,9 +345,7 @@ def children(conn: sqlite3.Connection, task_id: str, limit: int = 500) -> list[d
     return [list_row(row) for row in rows]
 
 
-def flow_rows(
-    conn: sqlite3.Connection, task_id: str, limit: int = 100_000
-) -> list[dict[str, Any]] | None:
+def flow_rows(conn: Executes, task_id: str, limit: int = 100_000) -> list[dict[str, Any]] | None:
     """Every task in the flow containing ``task_id`` (or the group ``task_id``).
 
     ``task_id`` may also be an id that some task named in advance without it
@@ -389,7 +387,7 @@ def flow_rows(
 
 
 def _fetch_new(
-    conn: sqlite3.Connection, column: str, values: Sequence[str], known: dict[str, Any]
+    conn: Executes, column: str, values: Sequence[str], known: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """The rows whose ``column`` is in ``values`` and whose id is not in ``known``.
 
@@ -405,14 +403,12 @@ def _fetch_new(
     return _fetch(conn, "id", [task_id for (task_id,) in ids if task_id not in known])
 
 
-def _fetch(conn: sqlite3.Connection, column: str, values: Sequence[str]) -> list[dict[str, Any]]:
+def _fetch(conn: Executes, column: str, values: Sequence[str]) -> list[dict[str, Any]]:
     select = f"SELECT {', '.join(FLOW_COLUMNS)} FROM tasks WHERE {column} IN"
     return [_flow_row(row) for row in _select_in(conn, select, values)]
 
 
-def _select_in(
-    conn: sqlite3.Connection, select: str, values: Sequence[str], size: int = 2000
-) -> list[Any]:
+def _select_in(conn: Executes, select: str, values: Sequence[str], size: int = 2000) -> list[Any]:
     """The rows of ``select`` (ending in ``IN``) over ``values``, bound a chunk at a time."""
     rows: list[Any] = []
     for start in range(0, len(values), size):
@@ -430,9 +426,7 @@ def _flow_row(row: tuple[Any, ...]) -> dict[str, Any]:
 TRACE_COLUMNS = tuple(dict.fromkeys(LIST_COLUMNS + FLOW_COLUMNS))
 
 
-def trace_rows(
-    conn: sqlite3.Connection, trace_id: str, limit: int = 10_000
-) -> list[dict[str, Any]]:
+def trace_rows(conn: Executes, trace_id: str, limit: int = 10_000) -> list[dict[str, Any]]:
     """The trace's tasks in the order first seen: list fields and flow fields both."""
     rows = conn.execute(
         f"SELECT {', '.join(TRACE_COLUMNS)} FROM tasks WHERE trace_id = ? ORDER BY seen_at LIMIT ?",
@@ -459,7 +453,7 @@ def counts(conn: Executes) -> dict[str, int]:
 
 
 def group_page(
-    conn: sqlite3.Connection, group_id: str, offset: int, limit: int
+    conn: Executes, group_id: str, offset: int, limit: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """``(size, members)`` of a group in group order; its chord callback is not a member."""
     member = (
@@ -476,7 +470,7 @@ def group_page(
     return size, [list_row(row) for row in rows]
 
 
-def filter_choices(conn: sqlite3.Connection) -> dict[str, list[str]]:
+def filter_choices(conn: Executes) -> dict[str, list[str]]:
     """The task names and workers the executions page offers as filters."""
     return {
         "names": [r[0] for r in conn.execute("SELECT name FROM registry ORDER BY name")],
@@ -484,12 +478,12 @@ def filter_choices(conn: sqlite3.Connection) -> dict[str, list[str]]:
     }
 
 
-def is_empty(conn: sqlite3.Connection) -> bool:
+def is_empty(conn: Executes) -> bool:
     """Whether the store holds no task at all (the pages then say how to send some)."""
     return conn.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
 
 
-def last_write(conn: sqlite3.Connection) -> float | None:
+def last_write(conn: Executes) -> float | None:
     """When a consumer last wrote a batch (a server without its own consumer watches this)."""
     row = conn.execute("SELECT MAX(updated_at) FROM cursors").fetchone()
     return row[0] if row else None

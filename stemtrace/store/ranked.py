@@ -19,12 +19,12 @@ from __future__ import annotations
 import base64
 import json
 import math
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any, Final
 
 from stemtrace.core import states
+from stemtrace.store.dbapi import Executes
 
 SORTS: Final = ("runtime", "wait")
 """What a list may be sorted by: ``sort=runtime`` or ``sort=wait``."""
@@ -79,7 +79,7 @@ def page_sql(
 
 
 def page(
-    conn: sqlite3.Connection,
+    conn: Executes,
     columns: Sequence[str],
     where: Sequence[str],
     params: Sequence[Any],

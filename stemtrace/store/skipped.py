@@ -15,6 +15,7 @@ from typing import Any
 
 from stemtrace.core import jsonio
 from stemtrace.core.bounds import bound
+from stemtrace.store.dbapi import Executes
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def record(conn: sqlite3.Connection, skipped: Sequence[Skip], source: str, now: 
     )
 
 
-def summary(conn: sqlite3.Connection, samples: int = 20) -> dict[str, Any]:
+def summary(conn: Executes, samples: int = 20) -> dict[str, Any]:
     """Input the consumers left out, as kept in the database: by reason, and the newest samples."""
     reasons = [
         {"reason": reason, "count": count, "first_at": first, "last_at": last}

@@ -11,11 +11,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Final
 
 from stemtrace.core.coerce import moment
 from stemtrace.store import fleet
+from stemtrace.store.dbapi import Executes
 from stemtrace.store.migrations import HISTORY_RECORD, INFLIGHT_STATES
 
 LISTED: Final = 100
@@ -53,7 +53,7 @@ NEXT_ATTEMPT = (
 
 
 def worker(
-    conn: sqlite3.Connection, hostname: str, since: float, now: float, timeout: float = 60.0
+    conn: Executes, hostname: str, since: float, now: float, timeout: float = 60.0
 ) -> dict[str, Any] | None:
     """The worker's row as :func:`stemtrace.store.fleet.workers` has it, and its page's lists.
 
@@ -75,9 +75,7 @@ def worker(
     return row
 
 
-def waiting(
-    conn: sqlite3.Connection, hostname: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def waiting(conn: Executes, hostname: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(held, scheduled)`` on ``hostname``: received and not started, or waiting to retry.
 
     Scheduled ones carry ``due`` (epoch seconds), soonest first: the ETA, or
@@ -106,7 +104,7 @@ def _number(value: Any) -> float | None:
     return float(value) if type(value) in (int, float) else None
 
 
-def _rows(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+def _rows(conn: Executes, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
     cursor = conn.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor]
