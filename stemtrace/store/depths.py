@@ -95,7 +95,7 @@ def known(conn: Executes) -> list[str]:
     return sorted(declared) + sorted({str(q) for (q,) in sent if q} - declared)
 
 
-def waiting(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+def waiting(conn: Executes) -> dict[str, dict[str, Any]]:
     """Per queue, the tasks sent and not received (``PENDING``): how many, and the oldest.
 
     SQLite takes the bare columns of a ``MIN()`` aggregate from the row holding the minimum.
