@@ -99,9 +99,3 @@ def test_a_cursor_not_made_here_is_refused(both: tuple[Store, PgStore]) -> None:
     _, pg = both
     with pytest.raises(BadCursor):
         pg.list_tasks(TaskFilters(), "not-a-cursor", 10)
-
-
-def test_sorted_lists_are_not_built_yet(both: tuple[Store, PgStore]) -> None:
-    _, pg = both
-    with pytest.raises(NotImplementedError, match="sorted task lists"):
-        pg.list_tasks(TaskFilters(sort="runtime", since=NOW - 3600), None, 10)

@@ -4,20 +4,26 @@ The SQL is SQLite's (:mod:`stemtrace.store.queries`) where the two dialects
 agree, with PostgreSQL's placeholders; so is everything done to the rows
 after (JSON decoded, history records merged and ordered, list fields). The
 differences: ``q`` matches with ``ILIKE`` (SQLite's ``LIKE`` ignores the case
-of ASCII letters) by scanning, as no text index is built yet, and ``sort``
-(the ranked lists) is not supported yet.
+of ASCII letters) by scanning, as no text index is built yet; and a list
+sorted by run time or wait (:mod:`stemtrace.store.ranked`, its SQL and its
+cursors) is respelled where the dialects part (:class:`_Ranked`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
+from stemtrace.store import ranked
 from stemtrace.store.ingest import TASK_COLUMNS
 from stemtrace.store.queries import (
     LIST_COLUMNS,
+    BadCursor,
     TaskFilters,
+    _where,
     encode_cursor,
     history_events,
     list_row,
@@ -65,7 +71,7 @@ def list_tasks(
 ) -> tuple[list[Row], str | None]:
     """Newest first, ``limit`` rows and the cursor of the next page (SQLite's cursors)."""
     if filters.sort is not None:
-        raise NotImplementedError("PostgreSQL store: sorted task lists are not built yet")
+        return _sorted(conn, filters, cursor, limit)
     rest, params = page_sql(filters, cursor, limit, like="ILIKE")
     found = conn.execute(_pg(f"SELECT {_LIST} FROM tasks{rest}"), params).fetchall()
     rows = [list_row(row) for row in found]
@@ -74,3 +80,43 @@ def list_tasks(
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1]["seen_at"], rows[-1]["id"])
     return rows, next_cursor
+
+
+def _sorted(
+    conn: Conn, filters: TaskFilters, cursor: str | None, limit: int
+) -> tuple[list[Row], str | None]:
+    """A page sorted by :attr:`TaskFilters.sort`, as SQLite's (``queries._ranked``)."""
+    if filters.since is None:  # a sort reads every row it ranks: never the whole table
+        raise ValueError("a sorted list needs a window: give since")
+    where, params = _where(filters, like="ILIKE")
+    try:
+        found, next_cursor = ranked.page(
+            _Ranked(conn), LIST_COLUMNS, where, params, str(filters.sort), cursor, limit
+        )
+    except ranked.BadSortCursor as exc:
+        raise BadCursor(str(exc)) from None
+    return [list_row(row) for row in found], next_cursor
+
+
+class _Ranked:
+    """Runs :func:`stemtrace.store.ranked.page_sql`'s statement in PostgreSQL's words.
+
+    SQLite's two-argument ``max`` is ``GREATEST``; its ``DESC`` puts NULLs
+    last, PostgreSQL's first (the tasks with nothing to rank by come last in
+    both); and PostgreSQL 15 wants the ranked subquery named.
+    """
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        spelled = sql.replace("max(", "GREATEST(")
+        spelled = spelled.replace("ORDER BY k DESC,", "ORDER BY k DESC NULLS LAST,")
+        spelled, named = _SUBQUERY_END.subn(r") AS ranked\1", spelled, count=1)
+        if not named or spelled.count("NULLS LAST") != 1:
+            raise ValueError(f"not a statement of ranked.page_sql: {sql}")
+        return self.conn.execute(_pg(spelled), parameters)
+
+
+_SUBQUERY_END = re.compile(r"\)( WHERE \(?k | ORDER BY k DESC)")
+"""Where the ranked subquery closes: before the cursor's condition or the order."""
