@@ -126,6 +126,27 @@ def find(
     return found
 
 
+def of_task(
+    task: Mapping[str, Any],
+    workers: Sequence[Mapping[str, Any]],
+    usuals: Usuals,
+    thresholds: Thresholds,
+    now: float,
+) -> list[dict[str, Any]]:
+    """One task's problems, as :func:`find` finds them (``workers`` with what each runs:
+    their ``running`` lists, as the store's workers read gives them)."""
+    by_host = {w["hostname"]: w for w in workers}
+    running = {w["hostname"]: [r.get("name") or "?" for r in w.get("running") or []]
+               for w in workers}  # fmt: skip
+    row = {column: task.get(column) for column in _COLUMNS}
+    return _task_problems(row, by_host, running, usuals, thresholds, now)
+
+
+_COLUMNS = ("id", "name", "state", "queue", "worker", "retries", "eta", "sent_at",
+            "received_at", "started_at", "state_ts")  # fmt: skip
+"""What a task's problems are found from (the in-flight index holds them)."""
+
+
 def _task_problems(
     task: Mapping[str, Any],
     by_host: Mapping[str, Mapping[str, Any]],

@@ -67,6 +67,14 @@ class Watch:
             self._found = self._look(time.time() if now is None else now)
             return self._found
 
+    def of_task(
+        self, task: dict[str, Any], workers: list[dict[str, Any]], now: float
+    ) -> list[dict[str, Any]]:
+        """One task's problems now, by the rules :meth:`current` applies to all of them."""
+        with self._lock:
+            usuals = self._usual_numbers(now)[1]
+        return problems.of_task(task, workers, usuals, self.thresholds, now)
+
     def usual(self, name: str | None) -> dict[str, Any] | None:
         """A task name's queue wait and run time p50 and p95 over the last day."""
         with self._lock:

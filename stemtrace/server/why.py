@@ -3,8 +3,9 @@
 Its queue (how many messages the broker holds now, how many tasks were sent
 there before it and not received, who consumes it), its ETA, whether its
 worker is gone, its problems, and its queue wait and run time beside its
-name's usual of the last day. Read from the site's
-:class:`stemtrace.server.watch.Watch`, so it agrees with ``/problems``.
+name's usual of the last day. Its problems are found
+by the same rules as ``/problems`` (:meth:`stemtrace.server.watch.Watch.of_task`), for
+this one task: a task page never waits for every task in flight to be looked at.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from stemtrace.store import Backend
 def why(watch: Watch, store: Backend, task: dict[str, Any], now: float) -> dict[str, Any]:
     """``problems``, ``due``, ``queue``, ``lost`` and ``usual`` of one task (``None``
     where they do not apply)."""
-    found = watch.current()
     state = task["state"]
+    workers = watch.store.workers(now, watch.thresholds.worker_timeout)
     found_why: dict[str, Any] = {
-        "problems": found.of_task(task["id"]),
+        "problems": [] if state in states.TERMINAL else watch.of_task(task, workers, now),
         "due": None,
         "queue": None,
         "lost": None,
@@ -37,8 +38,8 @@ def why(watch: Watch, store: Backend, task: dict[str, Any], now: float) -> dict[
         found_why["due"] = {"at": eta, "in": round(eta - now, 3)}
     queue, sent_at = task.get("queue"), task.get("sent_at")
     if state == states.PENDING and queue:
-        depth = found.depths.get(queue) or {}
-        online = [w for w in found.workers if w.get("state") == "online"]
+        depth = store.queue_depths().get(queue) or {}
+        online = [w for w in workers if w.get("state") == "online"]
         found_why["queue"] = {
             "name": queue,
             "broker_messages": depth.get("messages"),
@@ -49,7 +50,7 @@ def why(watch: Watch, store: Backend, task: dict[str, Any], now: float) -> dict[
             "consumers_known": all(w.get("queues") for w in online),
         }
     if state == states.STARTED:
-        worker = next((w for w in found.workers if w["hostname"] == task.get("worker")), None)
+        worker = next((w for w in workers if w["hostname"] == task.get("worker")), None)
         gone = problems.worker_gone(worker, task.get("started_at"))
         if gone is not None:
             found_why["lost"] = {"worker": task.get("worker"), "reason": gone}
