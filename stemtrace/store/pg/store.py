@@ -15,6 +15,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from stemtrace.store.pg import reads
+from stemtrace.store.pg.rollup_reads import RollupReads
 from stemtrace.store.pg.schema import migrate
 from stemtrace.store.pg.writer import Conn, PgWriter
 from stemtrace.store.queries import TaskFilters
@@ -27,8 +28,13 @@ CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a connection before a batch or a read fails (a transient failure)."""
 
 
-class PgStore:
-    """The store at a ``postgresql://`` URL; its schema migrated before it is used."""
+class PgStore(RollupReads):
+    """The store at a ``postgresql://`` URL; its schema migrated before it is used.
+
+    The rollups' reads (``stats``, ``stats_by``, ``since_ever``, ``tasks_by_state``,
+    ``counts``, ``registry``, ``error_groups``) come from
+    :class:`~stemtrace.store.pg.rollup_reads.RollupReads`.
+    """
 
     def __init__(
         self, url: str, *, pool_size: int = POOL_SIZE, timeout: float = CONNECT_TIMEOUT

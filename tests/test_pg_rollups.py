@@ -1,0 +1,238 @@
+"""PostgreSQL's rollups against SQLite's: the same events give the same numbers.
+
+The factories' scenarios and random lifecycles go into a SQLite file and a
+PostgreSQL database, in order, shuffled and re-delivered; then the rollup
+tables hold the same rows, and every read of them (series, totals per key,
+counters since ever, tasks by state, the task count, the registry, the error
+groups) answers the same in both. Each test has its own database.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stemtrace.core.events import Event
+from stemtrace.store import Store
+from stemtrace.store.pg import PgStore
+from stemtrace.store.pg.schema import migrate
+from tests.factories import W1, W2, lifecycle
+from tests.pg import NOW, TABLES, ingest_both, workload
+from tests.site import copy_of
+
+pytestmark = pytest.mark.usefixtures("fixed_clock")
+
+ROLLUP_TABLES = (
+    "rollups, rollup_hist, task_counts, task_names, task_tally, error_groups, error_hours,"
+    " flow_index, trace_index"
+)
+QUERIES = {
+    "rollups": "SELECT * FROM rollups",
+    "rollup_hist": "SELECT dim, key, metric, res, t, bucket, n FROM rollup_hist",
+    "task_counts": "SELECT name, state, n FROM task_counts",
+    "task_names": "SELECT name, last_seen, retried FROM task_names",
+    "task_tally": "SELECT t.id, c.tally, c.state, c.retries, c.flow, c.trace"
+    " FROM task_tally AS c JOIN tasks AS t ON t.rowid = c.task_rowid",
+    "error_groups": "SELECT * FROM error_groups",
+    "error_hours": "SELECT * FROM error_hours",
+    "flow_index": "SELECT * FROM flow_index",
+    "trace_index": "SELECT * FROM trace_index",
+}
+DIMS = ("all", "name", "queue", "worker")
+T0 = NOW - 4 * 3600
+NAMES = ("proj.add", "proj.mul", "<script>alert(1)</script>")
+
+
+def lifecycles(seed: int, tasks: int) -> list[Event]:
+    """Random tasks in every outcome over three hours (as tests/test_rollups.py's)."""
+    chance = random.Random(seed)
+    found: list[Event] = []
+    for n in range(tasks):
+        found += lifecycle(
+            f"t-{seed}-{n}",
+            chance.choice(NAMES),
+            T0 + chance.uniform(0, 3 * 3600),
+            chance.choice(("SUCCESS", "FAILURE", "RETRY", "REVOKED", "STARTED", "PENDING")),
+            worker=chance.choice((W1, W2)),
+            runtime=chance.choice((0.004, 0.3, 2.5, 40.0)),
+            queue=chance.choice(("celery", "mail")),
+            exc=("proj.Boom", chance.choice(("disk full", "timed out", "refused"))),
+        )
+    return found
+
+
+def tables(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        name: sorted(tuple(row) for row in conn.execute(query).fetchall())
+        for name, query in QUERIES.items()
+    }
+
+
+def sqlite_tables(sqlite: Store) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(sqlite.path)
+    try:
+        return tables(conn)
+    finally:
+        conn.close()
+
+
+def reads(store: Store | PgStore, times: tuple[float, float]) -> dict[str, Any]:
+    """Every rollup read over the ranges around ``times`` (first and last event)."""
+    first, last = times
+    found: dict[str, Any] = {
+        "tasks_by_state": store.tasks_by_state(),
+        "counts": store.counts(),
+        "registry": [_sorted_workers(entry) for entry in store.registry()],
+    }
+    ranges = [
+        (first - 600, last + 600),  # to the minute, whole hours inside
+        (first + 37, first + 1234),  # within an hour
+        (first - 8 * 3600, last + 3600),  # over six hours: by whole hours
+    ]
+    for dim in DIMS:
+        ever = store.since_ever(dim)
+        found[f"since_ever {dim}"] = ever
+        for since, until in ranges:
+            found[f"stats_by {dim} {since}"] = store.stats_by(dim, since, until)
+            found[f"stats_by {dim} {since} run"] = store.stats_by(dim, since, until, ("run",))
+            for key in [*ever, "no.such.key"]:
+                for step in (60, 600, 3600):
+                    found[f"stats {dim} {key} {since} {step}"] = store.stats(
+                        since, until, step, dim, key
+                    )
+    for since, until in [*ranges, (last + 7200, last + 9000)]:
+        found[f"errors {since}"] = store.error_groups(None, since, until)
+        found[f"errors {since} 1"] = store.error_groups(None, since, until, limit=1)
+        for name in NAMES:
+            found[f"errors {since} {name}"] = store.error_groups(name, since, until)
+    return found
+
+
+def _sorted_workers(entry: dict[str, Any]) -> dict[str, Any]:
+    """The registry's workers: both backends hold the same set, not in one order."""
+    return {**entry, "workers": sorted(entry["workers"])}
+
+
+def span(events: list[Event]) -> tuple[float, float]:
+    times = [e["ts"] for e in events]
+    return min(times), max(times)
+
+
+def assert_same(sqlite: Store, pg: PgStore, events: list[Event]) -> dict[str, Any]:
+    expected = sqlite_tables(sqlite)
+    with pg.connection() as conn:
+        found = tables(conn)
+    assert expected["rollups"] and expected["error_groups"]
+    for name, rows in expected.items():
+        assert found[name] == rows, name
+    lite = reads(sqlite, span(events))
+    post = reads(pg, span(events))
+    assert post.keys() == lite.keys()
+    for name, answer in lite.items():
+        assert post[name] == answer, name
+    return lite
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path, migrated: Path) -> Iterator[Store]:
+    store = Store(copy_of(migrated, tmp_path / "s.db"))
+    yield store
+    store.close()
+
+
+def test_the_factories_scenarios_read_the_same(sqlite: Store, pg: PgStore) -> None:
+    events = workload()
+    ingest_both(sqlite, pg, events, batch=40)
+    answers = assert_same(sqlite, pg, events)
+    assert sqlite_tables(sqlite)["flow_index"] and sqlite_tables(sqlite)["trace_index"]
+    assert answers["counts"]["tasks"] > 15
+    assert any(
+        point["failed"] and any(point["run"])
+        for read, points in answers.items()
+        if read.startswith("stats all ")
+        for point in points
+    )
+    assert answers[f"errors {span(events)[0] - 600}"]
+    assert any(entry["counts"]["total"] for entry in answers["registry"])
+
+
+def test_random_lifecycles_read_the_same(sqlite: Store, pg: PgStore) -> None:
+    events = lifecycles(1, 150)
+    ingest_both(sqlite, pg, events, batch=50, skips=False)
+    answers = assert_same(sqlite, pg, events)
+    assert len(answers[f"errors {span(events)[0] - 600}"]) == 9  # three names, three messages
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 10_000), batch=st.integers(1, 60), copies=st.integers(1, 2))
+def test_shuffled_and_redelivered_read_the_same(
+    tmp_path_factory: pytest.TempPathFactory, migrated: Path, pg: PgStore,
+    seed: int, batch: int, copies: int,
+) -> None:  # fmt: skip
+    with pg.connection() as conn:
+        conn.execute(f"TRUNCATE {TABLES}, {ROLLUP_TABLES} RESTART IDENTITY")
+    events = (workload() + lifecycles(seed, 30)) * copies
+    random.Random(seed).shuffle(events)
+    sqlite = Store(copy_of(migrated, tmp_path_factory.mktemp("s") / "s.db"))
+    try:
+        ingest_both(sqlite, pg, events, batch, skips=False)
+        assert_same(sqlite, pg, events)
+    finally:
+        sqlite.close()
+
+
+def test_the_migration_counts_the_tasks_stored_before_it(sqlite: Store, pg: PgStore) -> None:
+    events = workload() + lifecycles(2, 60)
+    ingest_both(sqlite, pg, events, batch=100, skips=False)
+    with pg.connection() as conn:
+        conn.execute(f"DROP TABLE {ROLLUP_TABLES}, rollup_state")
+        conn.execute("DELETE FROM stemtrace_migrations WHERE name = 'm002_rollups'")
+        assert migrate(conn) == ["m002_rollups"]
+    assert_same(sqlite, pg, events)
+
+
+def test_two_writers_at_once_count_every_task_once(sqlite: Store, pg: PgStore) -> None:
+    """Writers counting into the same periods lock them in one order: no deadlock, and
+    every task counted once. (What a task counts under, its queue and worker, is what
+    was known when it was counted, and so is a task's wait: those depend on the order events
+    came in, which two writers change; the rest compares with one writer's.)"""
+    events = lifecycles(3, 300)
+    random.Random(3).shuffle(events)
+    failures: list[BaseException] = []
+
+    def run(part: list[Event]) -> None:
+        writer = pg.open_writer()
+        try:
+            for start in range(0, len(part), 25):
+                writer.ingest(part[start : start + 25])
+        except BaseException as exc:  # the test reads it
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(events[n::2],)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    writer = sqlite.open_writer()
+    for start in range(0, len(events), 25):
+        writer.ingest(events[start : start + 25])
+    for dim in ("all", "name"):
+        expected = {key: {**ever, "wait": None} for key, ever in sqlite.since_ever(dim).items()}
+        found = {key: {**ever, "wait": None} for key, ever in pg.since_ever(dim).items()}
+        assert found == expected, dim
+    assert pg.tasks_by_state() == sqlite.tasks_by_state()
+    assert pg.counts() == sqlite.counts() == {"tasks": 300}
+    assert pg.registry() == sqlite.registry()
+    first, last = span(events)
+    assert pg.error_groups(None, first, last + 1) == sqlite.error_groups(None, first, last + 1)
