@@ -8,12 +8,14 @@ into hours); a step is therefore a whole number of minutes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from stemtrace.core import buckets
 from stemtrace.server.errors import BadParameter
+from stemtrace.server.settled import Settled
 from stemtrace.server.views import parse_time
 from stemtrace.store import Backend
 
@@ -119,10 +121,24 @@ def point(raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def series(store: Backend, query: Query) -> list[dict[str, Any]]:
-    """The points of ``query``, oldest first, one per step (empty steps count zeros)."""
-    raw = store.stats(query.since, query.until, query.step, query.dim, query.key)
-    return [point(r) for r in raw]
+def series(store: Backend, query: Query, now: float | None = None) -> list[dict[str, Any]]:
+    """The points of ``query``, oldest first, one per step (empty steps count zeros).
+
+    Steps that ended over an hour before ``now`` come from :data:`SETTLED` when it
+    holds them (see :mod:`stemtrace.server.settled`).
+    """
+
+    def read(since: float, until: float) -> list[dict[str, Any]]:
+        raw = store.stats(since, until, query.step, query.dim, query.key)
+        return [point(r) for r in raw]
+
+    now = time.time() if now is None else now
+    key = (query.dim, query.key, query.step)
+    return SETTLED.points(store, key, query.since, query.until, now, read)
+
+
+SETTLED = Settled()
+"""This process's settled points of every store's series."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +156,10 @@ class Leaders:
 
 def leaders(store: Backend, since: float, until: float, limit: int = 5) -> Leaders:
     """The task names failing most, slowest against their own usual, and busiest."""
-    by_name = store.stats_by("name", since, until, metrics=("run",))
+    def read(start: float, end: float) -> dict[str, dict[str, Any]]:
+        return store.stats_by("name", start, end, metrics=("run",))
+
+    by_name = SETTLED.totals(store, ("name", "run"), since, until, time.time(), read)
     found = leaders_of(by_name, store.since_ever("name"), limit)
     top: dict[str, dict[str, Any]] = {}
     for group in store.error_groups(None, since, until, limit=500):  # most failures first
