@@ -21,9 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stemtrace.core.events import Event
-from stemtrace.store import Store
+from stemtrace.store import Store, Upkeep
 from stemtrace.store.pg import PgStore
+from stemtrace.store.pg.retention import PgRetention
 from stemtrace.store.pg.schema import migrate
+from stemtrace.store.retention import Retention
 from tests.factories import W1, W2, lifecycle
 from tests.pg import NOW, TABLES, ingest_both, workload
 from tests.site import copy_of
@@ -236,3 +238,35 @@ def test_two_writers_at_once_count_every_task_once(sqlite: Store, pg: PgStore) -
     assert pg.registry() == sqlite.registry()
     first, last = span(events)
     assert pg.error_groups(None, first, last + 1) == sqlite.error_groups(None, first, last + 1)
+
+
+@pytest.mark.parametrize(
+    "keep", [{"max_age": 2900.0}, {"max_tasks": 40}], ids=["max_age", "max_tasks"]
+)
+def test_retention_forgets_the_same(sqlite: Store, pg: PgStore, keep: dict[str, Any]) -> None:
+    """Forgotten tasks leave the per-name numbers, the flow and trace indexes and (past
+    the age) the periods and error hours as SQLite's retention leaves them."""
+    events = workload() + lifecycles(4, 80)
+    ingest_both(sqlite, pg, events, batch=100, skips=False)
+    before = sqlite.counts()["tasks"]
+    lite, post = Retention(slice_size=25, **keep), PgRetention(slice_size=25, **keep)
+    while lite.step(sqlite.writer(), now=NOW):
+        lite._next_run = 0.0
+    with pg.connection() as conn:
+        while post.step(conn, now=NOW):
+            post._next_run = 0.0
+    assert 10 < sqlite.counts()["tasks"] < before
+    stored = assert_same(sqlite, pg, events)
+    assert stored["counts"] == sqlite.counts()
+
+
+def test_folding_minutes_into_hours_reads_the_same(sqlite: Store, pg: PgStore) -> None:
+    events = workload() + lifecycles(5, 80)
+    ingest_both(sqlite, pg, events, batch=100, skips=False)
+    for store in (sqlite, pg):
+        store.open_writer(Upkeep(minutes_for=3600)).fold(now=NOW)  # type: ignore[attr-defined]
+    with pg.connection() as conn:
+        folded = conn.execute("SELECT folded_before FROM rollup_state").fetchone()[0]
+        assert folded == (NOW - 3600) // 3600 * 3600
+        assert conn.execute("SELECT COUNT(*) FROM rollups WHERE res = 60").fetchone()[0]
+    assert_same(sqlite, pg, events)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemtrace.core import errors, states
+from stemtrace.store.dbapi import Executes
 
 HOUR = 3600
 
@@ -198,6 +199,20 @@ FORGET_COLUMNS = ("tally_state", "tally_flow", "tally_trace")
 
 def forget(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Take rows about to be deleted out of the flow and trace indexes."""
+    flows, traces = forgotten(rows)
+    conn.executemany(_UPSERT_FLOW, flows)
+    conn.executemany(_UPSERT_TRACE, traces)
+    conn.executemany("DELETE FROM flow_index WHERE key = ? AND tasks <= 0", [r[:1] for r in flows])
+    conn.executemany(
+        "DELETE FROM trace_index WHERE trace_id = ? AND tasks <= 0", [r[:1] for r in traces]
+    )
+
+
+def forgotten(
+    rows: Sequence[dict[str, Any]],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The flow and trace index rows (of :data:`SQLITE`'s ``flow`` and ``trace``) that
+    take ``rows`` (:data:`FORGET_COLUMNS`) out."""
     flows: dict[str, _Index] = defaultdict(_Index)
     traces: dict[str, _Index] = defaultdict(_Index)
     for row in rows:
@@ -208,15 +223,13 @@ def forget(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
             flows[row["tally_flow"]].add(None, None, _minus(share(state)))
         if row["tally_trace"] is not None:
             traces[row["tally_trace"]].add(None, None, _minus(share(state)))
-    conn.executemany(_UPSERT_FLOW, [_values(k, i) for k, i in flows.items()])
-    conn.executemany(_UPSERT_TRACE, [(*_values(k, i), 0) for k, i in traces.items()])
-    conn.executemany("DELETE FROM flow_index WHERE key = ? AND tasks <= 0", [(k,) for k in flows])
-    conn.executemany(
-        "DELETE FROM trace_index WHERE trace_id = ? AND tasks <= 0", [(k,) for k in traces]
+    return (
+        [_values(k, i) for k, i in flows.items()],
+        [(*_values(k, i), 0) for k, i in traces.items()],
     )
 
 
-def prune(conn: sqlite3.Connection, before: float) -> None:
+def prune(conn: Executes, before: float) -> None:
     """Drop error counts of hours that ended before ``before``, and groups with none left."""
     conn.execute("DELETE FROM error_hours WHERE t + ? <= ?", (HOUR, before))
     conn.execute("DELETE FROM error_groups WHERE last_seen < ?", (before,))

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stemtrace.core import buckets, states
@@ -87,29 +87,40 @@ _FORGET_SELECT = (
 
 def forget(conn: sqlite3.Connection, rowids: Sequence[int], dumps: Any) -> None:
     """Take the rows about to be deleted out of the per-name numbers (retention)."""
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    retried: dict[str, int] = defaultdict(int)
-    rows = []
     ids = dumps(list(rowids))
-    for name, retries, *values in conn.execute(_FORGET_SELECT, (ids,)):
-        row = dict(zip(digests.FORGET_COLUMNS, values, strict=True))
-        rows.append(row)
-        counts[name, row["tally_state"]] -= 1
-        if retries:
-            retried[name] -= 1
-    digests.forget(conn, rows)
-    conn.executemany(UPSERT_COUNT, [(*k, n) for k, n in counts.items()])
-    conn.executemany(
-        "UPDATE task_names SET retried = retried + ? WHERE name = ?",
-        [(n, name) for name, n in retried.items()],
-    )
+    counts, retried, listed = forgotten(conn.execute(_FORGET_SELECT, (ids,)))
+    digests.forget(conn, listed)
+    conn.executemany(UPSERT_COUNT, counts)
+    conn.executemany("UPDATE task_names SET retried = retried + ? WHERE name = ?", retried)
     conn.execute("DELETE FROM task_counts WHERE n <= 0")
     conn.execute(
         "DELETE FROM task_tally WHERE task_rowid IN (SELECT value FROM json_each(?))", (ids,)
     )
 
 
-def prune(conn: sqlite3.Connection, before: float) -> None:
+def forgotten(
+    rows: Iterable[Sequence[Any]],
+) -> tuple[list[tuple[str, str, int]], list[tuple[int, str]], list[dict[str, Any]]]:
+    """What forgetting tasks takes out, from their ``(name, retries, state, flow, trace)``
+    as counted: ``task_counts`` rows to add, ``(retried to add, name)``, and the rows
+    :func:`stemtrace.store.digests.forget` takes out of the flow and trace indexes."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    retried: dict[str, int] = defaultdict(int)
+    listed = []
+    for name, retries, *values in rows:
+        row = dict(zip(digests.FORGET_COLUMNS, values, strict=True))
+        listed.append(row)
+        counts[name, row["tally_state"]] -= 1
+        if retries:
+            retried[name] -= 1
+    return (
+        [(*k, n) for k, n in counts.items()],
+        [(n, name) for name, n in retried.items()],
+        listed,
+    )
+
+
+def prune(conn: Executes, before: float) -> None:
     """Drop the periods of rollups that end before ``before`` (retention's cutoff)."""
     for table in ("rollups", "rollup_hist"):
         for res in (MINUTE, HOUR):
@@ -120,7 +131,7 @@ def prune(conn: sqlite3.Connection, before: float) -> None:
     digests.prune(conn, before)
 
 
-def fold(conn: sqlite3.Connection, before: float) -> int:
+def fold(conn: Executes, before: float) -> int:
     """Forget the per-minute rows of the hours that ended before ``before``.
 
     The writer keeps every period's hour beside its minutes, so the hours
@@ -131,7 +142,7 @@ def fold(conn: sqlite3.Connection, before: float) -> int:
     old = f"dim IN ({_DIMS}) AND res = {MINUTE} AND t < ?"
     gone = conn.execute(f"DELETE FROM rollups WHERE {old}", (edge,)).rowcount
     conn.execute(f"DELETE FROM rollup_hist WHERE {old}", (edge,))
-    conn.execute("UPDATE rollup_state SET folded_before = max(folded_before, ?)", (edge,))
+    conn.execute("UPDATE rollup_state SET folded_before = ? WHERE folded_before < ?", (edge, edge))
     return int(gone)
 
 

@@ -2,9 +2,11 @@
 
 The cutoff is SQLite's (:class:`stemtrace.store.retention.Retention`): an age,
 or the first-seen time of the ``max_tasks``-th newest task. Tasks past it go a
-slice per call with their history rows and planned ids; then every history
-partition of a day wholly before the age's cutoff is dropped at once (its rows
-are those of tasks gone already, or about to go).
+slice per call with their history rows, planned ids and their place in the
+rollups (per-name numbers, flow and trace indexes; the periods past the cutoff
+go too, as SQLite's); then every history partition of a day wholly before the
+age's cutoff is dropped at once (its rows are those of tasks gone already, or
+about to go).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import psycopg
 
 from stemtrace.core.events import MAX_AHEAD
+from stemtrace.store.pg import rollup_writes
 from stemtrace.store.pg.schema import DAY, drop_days_before
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -44,10 +47,12 @@ class PgRetention:
             ).fetchall()
             if found:
                 rowids = [rowid for _, rowid in found]
+                rollup_writes.forget(conn, rowids)
                 conn.execute("DELETE FROM history WHERE task_rowid = ANY(%s)", (rowids,))
                 conn.execute("DELETE FROM planned WHERE task_rowid = ANY(%s)", (rowids,))
                 conn.execute("DELETE FROM tasks WHERE rowid = ANY(%s)", (rowids,))
             if cutoff is not None:
+                rollup_writes.prune(conn, cutoff)
                 conn.execute('DELETE FROM worker_gaps WHERE "end" < %s', (cutoff,))
         if self.max_age is not None:
             drop_days_before(conn, int((now - self.max_age) // DAY))

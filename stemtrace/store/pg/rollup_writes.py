@@ -23,6 +23,8 @@ from typing import Any
 
 import psycopg
 
+from stemtrace.store import digests, rollups
+from stemtrace.store.pg.rollup_reads import Lite
 from stemtrace.store.rollups import OUTCOMES
 from stemtrace.store.tally import Batch, Row, facts, select_sql
 
@@ -201,3 +203,43 @@ def tally_all(conn: Conn, chunk: int = 50_000) -> int:
         tally(conn, rowids)
         done += len(rowids)
         last = rowids[-1]
+
+
+_FORGET_SELECT = (
+    "SELECT t.name, c.retries, c.state, c.flow, c.trace"
+    " FROM task_tally AS c JOIN tasks AS t ON t.rowid = c.task_rowid"
+    " WHERE c.task_rowid = ANY(%s)"
+)
+
+
+def forget(conn: Conn, rowids: list[int]) -> None:
+    """Take tasks about to be deleted out of the per-name numbers and the flow and trace
+    indexes (SQLite's :func:`stemtrace.store.rollups.forget`); in retention's transaction."""
+    counts, retried, listed = rollups.forgotten(conn.execute(_FORGET_SELECT, (rowids,)).fetchall())
+    flows, traces = digests.forgotten(listed)
+    cursor = conn.cursor()
+    for name, rows in (("flow", flows), ("trace", traces)):
+        statement, key = STATEMENTS[name]
+        in_key_order = sorted(rows, key=_first(key))
+        cursor.executemany(statement, in_key_order)
+    cursor.executemany(
+        "DELETE FROM flow_index WHERE key = %s AND tasks <= 0", sorted(r[:1] for r in flows)
+    )
+    cursor.executemany(
+        "DELETE FROM trace_index WHERE trace_id = %s AND tasks <= 0", sorted(r[:1] for r in traces)
+    )
+    cursor.executemany(STATEMENTS["count"][0], sorted(counts))
+    by_name = sorted(retried, key=lambda row: row[1])
+    cursor.executemany("UPDATE task_names SET retried = retried + %s WHERE name = %s", by_name)
+    conn.execute("DELETE FROM task_counts WHERE n <= 0")
+    conn.execute("DELETE FROM task_tally WHERE task_rowid = ANY(%s)", (rowids,))
+
+
+def prune(conn: Conn, before: float) -> None:
+    """Drop the periods and error hours that ended before ``before`` (retention's cutoff)."""
+    rollups.prune(Lite(conn), before)
+
+
+def fold(conn: Conn, before: float) -> int:
+    """Forget the minutes of the hours that ended before ``before``; how many rows went."""
+    return rollups.fold(Lite(conn), before)

@@ -93,6 +93,8 @@ class PgWriter:
             else None
         )
         self._days: set[int] = set()
+        self.minutes_for = upkeep.minutes_for
+        self._next_fold = 0.0
 
     def ingest(
         self,
@@ -157,11 +159,21 @@ class PgWriter:
         return str(found[0]) if found else None
 
     def upkeep(self, *, caught_up: bool) -> tuple[int, bool]:
+        self.fold()
         if self.retention is None:
             return 0, False
         with self.pool.connection() as conn:
             pruned = self.retention.step(conn)
         return pruned, pruned >= self.retention.slice_size
+
+    def fold(self, now: float | None = None) -> None:
+        """Fold the rollups' old minutes into hours, once a minute (as SQLite's writer)."""
+        now = time.time() if now is None else now
+        if now < self._next_fold:
+            return
+        self._next_fold = now + 60.0
+        with self.pool.connection() as conn, conn.transaction():
+            rollup_writes.fold(conn, now - self.minutes_for)
 
     def record_depths(
         self, samples: Mapping[str, tuple[int | None, int | None, str | None]], at: float
