@@ -8,6 +8,10 @@ rows at once (one ``Counter`` per outcome, per cell of name, queue, worker
 and minute), and the cells are spread over the dimensions when written.
 Per-row Python is what rollups cost ingestion, so there is as little of it
 as the counting allows.
+
+PostgreSQL counts with the same :class:`Batch`: only its SELECT (built by
+:func:`select_sql`) and the statements of :meth:`Batch.writes` are its own
+(:mod:`stemtrace.store.pg.rollup_writes`).
 """
 
 from __future__ import annotations

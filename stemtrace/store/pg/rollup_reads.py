@@ -37,9 +37,10 @@ class _Whole(Loader):
 
 
 class Lite:
-    """A PostgreSQL connection that runs the shared reads' SQL
-    (:class:`stemtrace.store.dbapi.Executes`): ``?`` placeholders as psycopg's, no
-    index hints (``INDEXED BY``: PostgreSQL's planner picks), sums as integers."""
+    """A PostgreSQL connection that runs SQLite's shared SQL (the reads here, and the
+    rollups' prune and fold) (:class:`stemtrace.store.dbapi.Executes`): ``?`` placeholders
+    as psycopg's, no index hints (``INDEXED BY``: PostgreSQL's planner picks), sums as
+    integers."""
 
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
