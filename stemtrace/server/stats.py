@@ -156,6 +156,7 @@ class Leaders:
 
 def leaders(store: Backend, since: float, until: float, limit: int = 5) -> Leaders:
     """The task names failing most, slowest against their own usual, and busiest."""
+
     def read(start: float, end: float) -> dict[str, dict[str, Any]]:
         return store.stats_by("name", start, end, metrics=("run",))
 

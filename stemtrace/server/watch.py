@@ -67,6 +67,15 @@ class Watch:
             self._found = self._look(time.time() if now is None else now)
             return self._found
 
+    def workers_now(self, now: float) -> list[dict[str, Any]]:
+        """The workers as the last look saw them when it is under ``ttl`` old, else afresh
+        (a task page needs their states and queues, not a look at every task)."""
+        with self._lock:
+            found = self._found
+            if found is not None and abs(now - found.at) < self.ttl:
+                return found.workers
+        return self.store.workers(now, self.thresholds.worker_timeout)
+
     def of_task(
         self, task: dict[str, Any], workers: list[dict[str, Any]], now: float
     ) -> list[dict[str, Any]]:
@@ -88,7 +97,8 @@ class Watch:
         depths = store.queue_depths()
         usuals, _ = self._usual_numbers(now)[1:]
         found = problems.find(tasks, workers, depths, usuals, self.thresholds, now)
-        return Found(found, now, len(tasks), len(tasks) >= INFLIGHT_LIMIT, workers, depths)
+        partial = _partial(tasks, INFLIGHT_LIMIT)
+        return Found(found, now, len(tasks), partial, workers, depths)
 
     def _usual_numbers(
         self, now: float
@@ -129,6 +139,12 @@ class Watch:
         }
         self._usuals = (now, usuals, per_name)
         return self._usuals
+
+
+def _partial(tasks: list[dict[str, Any]], limit: int) -> bool:
+    """Whether a state's share of ``limit`` was full: more of it may be in flight."""
+    counted = Counter(task["state"] for task in tasks)
+    return any(n >= max(limit // 4, 1) for n in counted.values())
 
 
 def _percentiles(rows: dict[str, Any], metric: str, q: float) -> dict[str, float]:

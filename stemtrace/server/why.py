@@ -23,7 +23,7 @@ def why(watch: Watch, store: Backend, task: dict[str, Any], now: float) -> dict[
     """``problems``, ``due``, ``queue``, ``lost`` and ``usual`` of one task (``None``
     where they do not apply)."""
     state = task["state"]
-    workers = watch.store.workers(now, watch.thresholds.worker_timeout)
+    workers = watch.workers_now(now)
     found_why: dict[str, Any] = {
         "problems": [] if state in states.TERMINAL else watch.of_task(task, workers, now),
         "due": None,

@@ -16,13 +16,21 @@ COLUMNS: Final = tuple(c.strip() for c in INFLIGHT_COLUMNS.split(","))
 
 
 def inflight(conn: Executes, limit: int) -> list[dict[str, Any]]:
-    """Up to ``limit`` tasks in flight (sent, received, started, waiting to retry)."""
-    cursor = conn.execute(
-        f"SELECT {', '.join(COLUMNS)} FROM tasks INDEXED BY tasks_inflight"
-        f" WHERE state IN ({INFLIGHT_STATES}) LIMIT ?",
-        (limit,),
-    )
-    return [dict(zip(COLUMNS, row, strict=True)) for row in cursor]
+    """The tasks in flight (sent, received, started, waiting to retry): of each state at
+    most a quarter of ``limit``, the longest sent first, so that a flood of tasks waiting
+    in one state never hides the tasks of another (a started task on a lost worker)."""
+    found: list[dict[str, Any]] = []
+    for state in STATES:
+        cursor = conn.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM tasks INDEXED BY tasks_inflight"
+            f" WHERE state IN ({INFLIGHT_STATES}) AND state = ? ORDER BY sent_at LIMIT ?",
+            (state, max(limit // len(STATES), 1)),
+        )
+        found.extend(dict(zip(COLUMNS, row, strict=True)) for row in cursor)
+    return found
+
+
+STATES: Final = tuple(s.strip(" '") for s in INFLIGHT_STATES.split(","))
 
 
 def ahead_of(conn: Executes, queue: str, sent_at: float) -> int:
