@@ -26,6 +26,7 @@ _THRESHOLD_RANGES = (
     ("problem_failure_factor", 1, 1000),
     ("problem_failure_minutes", 1, 1440),
     ("worker_timeout_seconds", 1, 86400),
+    ("problem_inflight_limit", 400, 1_000_000),
 )
 """Each threshold's bounds; one outside is refused with the flag's or variable's name."""
 
@@ -117,6 +118,8 @@ class Settings:
     """Problems: a task name failing this many times more often than over the last day ..."""
     problem_failure_minutes: float = 15.0
     """... in a window of this many minutes."""
+    problem_inflight_limit: int = 20_000
+    """Problems: tasks in flight one look reads at most (a quarter per state)."""
     worker_timeout_seconds: float = 60.0
     """A worker silent this long (or three heartbeats, if longer) is lost, and so are the
     tasks it was running."""
@@ -218,6 +221,7 @@ class Settings:
             failure_factor=self.problem_failure_factor,
             failure_window=self.problem_failure_minutes * 60,
             worker_timeout=self.worker_timeout_seconds,
+            inflight_limit=self.problem_inflight_limit,
         )
 
     @property

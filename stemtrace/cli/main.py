@@ -130,6 +130,7 @@ THRESHOLD_HELP = {
     "problem_failure_factor": "a name failing this many times more often than its day",
     "problem_failure_minutes": "... over this many minutes",
     "worker_timeout_seconds": "a worker silent this long is lost, with its running tasks",
+    "problem_inflight_limit": "tasks in flight one look for problems reads at most",
 }
 """The problems page's thresholds: one flag each (see README, "Problems")."""
 

@@ -29,3 +29,6 @@ class Thresholds:
     """The window a name's recent failure rate is measured over, in seconds."""
     worker_timeout: float = 60.0
     """A worker silent this long (or three heartbeats, if longer) is lost."""
+    inflight_limit: int = 20_000
+    """Tasks in flight one look reads at most (a quarter per state, the longest waiting
+    first); beyond it the problems are partial, and the look's cost stays bounded."""

@@ -23,8 +23,6 @@ from stemtrace.model import problems
 from stemtrace.store import Backend
 
 DAY: Final = 86400.0
-INFLIGHT_LIMIT: Final = 20_000
-"""Tasks in flight read per look; beyond it the page says the list is partial."""
 
 
 @dataclass(frozen=True)
@@ -92,12 +90,13 @@ class Watch:
 
     def _look(self, now: float) -> Found:
         store = self.store
-        tasks = store.inflight(INFLIGHT_LIMIT)
+        limit = self.thresholds.inflight_limit
+        tasks = store.inflight(limit)
         workers = store.workers(now, self.thresholds.worker_timeout)
         depths = store.queue_depths()
         usuals, _ = self._usual_numbers(now)[1:]
         found = problems.find(tasks, workers, depths, usuals, self.thresholds, now)
-        partial = _partial(tasks, INFLIGHT_LIMIT)
+        partial = _partial(tasks, limit)
         return Found(found, now, len(tasks), partial, workers, depths)
 
     def _usual_numbers(
