@@ -1,10 +1,11 @@
 """One PostgreSQL database as stemtrace's store: a connection pool, migrated when opened.
 
 What is built: the schema and its migrations, the writer
-(:class:`~stemtrace.store.pg.writer.PgWriter`), and the reads of one task and of the
-tasks list (:mod:`~stemtrace.store.pg.reads`). The other reads of
-:class:`stemtrace.store.surface.Backend` are not, so :func:`stemtrace.store.open_store`
-does not hand this store to the server yet.
+(:class:`~stemtrace.store.pg.writer.PgWriter`), the reads of one task and of the
+tasks list (:mod:`~stemtrace.store.pg.reads`), of the rollups and of the rest but two
+(see :class:`PgStore`). The workflows and traces lists (``list_flows``,
+``list_traces``) are not, so :func:`stemtrace.store.open_store` does not hand this
+store to the server yet.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from stemtrace.store.pg import reads
 from stemtrace.store.pg.rollup_reads import RollupReads
 from stemtrace.store.pg.schema import migrate
+from stemtrace.store.pg.shared_reads import SharedReads
 from stemtrace.store.pg.writer import Conn, PgWriter
 from stemtrace.store.queries import TaskFilters
 from stemtrace.store.surface import NO_UPKEEP, Upkeep, Writer
@@ -28,12 +30,13 @@ CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a connection before a batch or a read fails (a transient failure)."""
 
 
-class PgStore(RollupReads):
+class PgStore(RollupReads, SharedReads):
     """The store at a ``postgresql://`` URL; its schema migrated before it is used.
 
     The rollups' reads (``stats``, ``stats_by``, ``since_ever``, ``tasks_by_state``,
     ``counts``, ``registry``, ``error_groups``) come from
-    :class:`~stemtrace.store.pg.rollup_reads.RollupReads`.
+    :class:`~stemtrace.store.pg.rollup_reads.RollupReads`; flows, traces, groups, workers,
+    the in-flight tasks and the queues from :class:`~stemtrace.store.pg.shared_reads.SharedReads`.
     """
 
     def __init__(
