@@ -7,7 +7,6 @@ indexes, never the whole table.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,20 @@ _TERMINAL = ", ".join(f"'{s}'" for s in sorted(states.TERMINAL))
 _KEY_TASK = "SELECT 1 FROM tasks WHERE id = key AND state"
 _RUNNING = f"(running > 0 OR EXISTS ({_KEY_TASK} NOT IN ({_TERMINAL})))"
 _FAILED = f"(failures > 0 OR EXISTS ({_KEY_TASK} IN ({_BROKEN})))"
+# A chain is counted at its first link (it names the others in advance: ``planned``),
+# a chord's header is the chord's, not a group; spawned is sent from a task's body.
+# Conditions are counted with CASE, not summed as booleans: PostgreSQL reads it too.
+_NAMED = "EXISTS (SELECT 1 FROM planned WHERE planned.id = tasks.id)"
+_HAS_CHAIN = "chain IS NOT NULL AND chain NOT IN ('', '[]')"
+_SHAPE = f"""SELECT COUNT(DISTINCT group_id)
+        - COUNT(DISTINCT CASE WHEN chord_id IS NOT NULL THEN group_id END),
+    COUNT(DISTINCT chord_id),
+    SUM(CASE WHEN {_HAS_CHAIN} AND NOT {_NAMED} THEN 1 ELSE 0 END),
+    SUM(CASE WHEN parent_id IS NOT NULL AND parent_id != id AND group_id IS NULL
+        AND NOT {_NAMED} THEN 1 ELSE 0 END),
+    MIN(coalesce(sent_at, seen_at)), MAX(finished_at),
+    SUM(CASE WHEN state IN ({_BROKEN}) AND {_HAS_CHAIN} THEN 1 ELSE 0 END)
+FROM tasks WHERE root_id = ? OR group_id = ?"""
 _OUTCOME_SQL = {
     "running": _RUNNING,
     "failed": f"NOT {_RUNNING} AND {_FAILED}",
@@ -62,7 +75,7 @@ def _after(cursor: str | None, key: str) -> tuple[list[str], list[Any]]:
 
 
 def list_flows(
-    conn: sqlite3.Connection, filters: FlowFilters, cursor: str | None, limit: int
+    conn: Executes, filters: FlowFilters, cursor: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Workflows (flows of more than one task), newest first, and the next page's cursor."""
     where, params = _window(filters.since, filters.until)
@@ -88,7 +101,7 @@ def list_flows(
     return found, encode_cursor(last[1], last[0]) if last else None
 
 
-def _flow(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
+def _flow(conn: Executes, row: Sequence[Any]) -> dict[str, Any]:
     key, first_seen, last_seen, tasks, failures, running = row
     root = conn.execute(
         "SELECT id, name, state, trace_id FROM tasks WHERE id = ?", (key,)
@@ -103,22 +116,7 @@ def _flow(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
             (key,),
         ).fetchone()
     )
-    # A chain is counted at its first link (it names the others in advance: ``planned``),
-    # a chord's header is the chord's, not a group; spawned is sent from a task's body.
-    named = "EXISTS (SELECT 1 FROM planned WHERE planned.id = tasks.id)"
-    has_chain = "chain IS NOT NULL AND chain NOT IN ('', '[]')"
-    shape = conn.execute(
-        f"""SELECT COUNT(DISTINCT group_id)
-                    - COUNT(DISTINCT CASE WHEN chord_id IS NOT NULL THEN group_id END),
-                COUNT(DISTINCT chord_id),
-                SUM({has_chain} AND NOT {named}),
-                SUM(parent_id IS NOT NULL AND parent_id != id AND group_id IS NULL
-                    AND NOT {named}),
-                MIN(coalesce(sent_at, seen_at)), MAX(finished_at),
-                SUM(state IN ({_BROKEN}) AND {has_chain})
-            FROM tasks WHERE root_id = ? OR group_id = ?""",
-        (key, key),
-    ).fetchone()
+    shape = conn.execute(_SHAPE, (key, key)).fetchone()
     groups, chords, chains, spawned, start, end, cut = shape
     if running:
         outcome = "running"
@@ -162,7 +160,7 @@ def _span(start: float | None, end: float | None, running: int) -> float | None:
 
 
 def list_traces(
-    conn: sqlite3.Connection,
+    conn: Executes,
     since: float | None,
     until: float | None,
     cursor: str | None,
@@ -187,7 +185,7 @@ def _with(state: str, tasks: int, failures: int, running: int) -> tuple[int, int
     return tasks + 1, failures + (state in states.BROKEN), running + (state not in states.TERMINAL)
 
 
-def _trace(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
+def _trace(conn: Executes, row: Sequence[Any]) -> dict[str, Any]:
     trace_id, first_seen, last_seen, tasks, failures, running = row
     own = conn.execute("SELECT state FROM tasks WHERE id = ?", (trace_id,)).fetchone()
     if own is not None:  # the task the trace is named after: not in the index

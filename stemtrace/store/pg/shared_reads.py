@@ -1,6 +1,6 @@
 """PostgreSQL's reads of flows, traces, groups, workers, the in-flight tasks and the queues.
 
-Each is SQLite's read function (:mod:`stemtrace.store.queries`,
+Each is SQLite's read function (:mod:`stemtrace.store.queries`, :mod:`~stemtrace.store.lists`,
 :mod:`~stemtrace.store.fleet`, :mod:`~stemtrace.store.worker_detail`,
 :mod:`~stemtrace.store.inflight`, :mod:`~stemtrace.store.depths`,
 :mod:`~stemtrace.store.skipped`), Python and SQL, run through :class:`Spelled`:
@@ -30,7 +30,8 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from stemtrace.store import depths, fleet, inflight, queries, skipped, worker_detail
+from stemtrace.store import depths, fleet, inflight, lists, queries, skipped, worker_detail
+from stemtrace.store.lists import FlowFilters
 from stemtrace.store.migrations import HISTORY_RECORD, INFLIGHT_STATES
 from stemtrace.store.pg.rollup_reads import Conn, Lite
 
@@ -129,6 +130,18 @@ class SharedReads:
     def group_page(self, group_id: str, offset: int, limit: int) -> tuple[int, list[Row]]:
         with self.pool.connection() as conn:
             return queries.group_page(Spelled(conn), group_id, offset, limit)
+
+    def list_flows(
+        self, filters: FlowFilters, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        with self.pool.connection() as conn:
+            return lists.list_flows(Spelled(conn), filters, cursor, limit)
+
+    def list_traces(
+        self, since: float | None, until: float | None, cursor: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        with self.pool.connection() as conn:
+            return lists.list_traces(Spelled(conn), since, until, cursor, limit)
 
     def workers(self, now: float | None = None, timeout: float = 60.0) -> list[Row]:
         with self.pool.connection() as conn:

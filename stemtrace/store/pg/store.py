@@ -2,15 +2,15 @@
 
 What is built: the schema and its migrations, the writer
 (:class:`~stemtrace.store.pg.writer.PgWriter`), the reads of one task and of the
-tasks list (:mod:`~stemtrace.store.pg.reads`), of the rollups and of the rest but two
-(see :class:`PgStore`). The workflows and traces lists (``list_flows``,
-``list_traces``) are not, so :func:`stemtrace.store.open_store` does not hand this
-store to the server yet.
+tasks list (:mod:`~stemtrace.store.pg.reads`), of the rollups and of the rest
+(see :class:`PgStore`): the whole of :class:`~stemtrace.store.surface.Backend`,
+which mypy checks (:func:`_is_backend`). :func:`stemtrace.store.open_store` does not
+hand this store to the server yet.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -22,6 +22,9 @@ from stemtrace.store.pg.shared_reads import SharedReads
 from stemtrace.store.pg.writer import Conn, PgWriter
 from stemtrace.store.queries import TaskFilters
 from stemtrace.store.surface import NO_UPKEEP, Upkeep, Writer
+
+if TYPE_CHECKING:
+    from stemtrace.store.surface import Backend
 from stemtrace.store.targets import redacted
 
 POOL_SIZE = 8
@@ -36,7 +39,8 @@ class PgStore(RollupReads, SharedReads):
     The rollups' reads (``stats``, ``stats_by``, ``since_ever``, ``tasks_by_state``,
     ``counts``, ``registry``, ``error_groups``) come from
     :class:`~stemtrace.store.pg.rollup_reads.RollupReads`; flows, traces, groups, workers,
-    the in-flight tasks and the queues from :class:`~stemtrace.store.pg.shared_reads.SharedReads`.
+    the in-flight tasks, the queues and the workflows and traces lists from
+    :class:`~stemtrace.store.pg.shared_reads.SharedReads`.
     """
 
     def __init__(
@@ -112,3 +116,8 @@ def open_postgres(url: str) -> PgStore:
         return PgStore(url)
     except psycopg.OperationalError as exc:
         raise psycopg.OperationalError(f"PostgreSQL store at {redacted(url)}: {exc}") from exc
+
+
+def _is_backend(store: PgStore) -> Backend:
+    """Never called: mypy checks here that this store is the whole surface."""
+    return store
