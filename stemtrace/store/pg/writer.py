@@ -5,7 +5,8 @@ The batch is collected by :func:`stemtrace.store.ingest.collect` (task rows merg
 per task by :func:`~stemtrace.store.ingest.merge_rows`, history records, worker
 events), and the upsert's ``SET`` is :func:`~stemtrace.store.ingest.merge_set`'s,
 spelled for PostgreSQL: the precedence, first-known, earliest and latest rules are
-one definition for both backends. The cursor covering the batch commits with it.
+one definition for both backends. The cursor covering the batch commits with it,
+and so does a notification that it did (:mod:`~stemtrace.store.pg.listen`).
 
 Each batch checks a connection out of the pool and gives it back, so a
 connection broken by a restart of the server is dropped, and the batch that
@@ -25,7 +26,7 @@ from stemtrace.core import jsonio
 from stemtrace.core.events import Event
 from stemtrace.store import planned
 from stemtrace.store.ingest import TASK_COLUMNS, IngestResult, Merged, collect, merge_set
-from stemtrace.store.pg import fleet, rollup_writes
+from stemtrace.store.pg import fleet, listen, rollup_writes
 from stemtrace.store.pg.retention import PgRetention
 from stemtrace.store.pg.schema import DAY, ensure_day
 from stemtrace.store.skipped import SAMPLES_KEPT, Skip, reason_key, sample_text
@@ -45,6 +46,7 @@ UPSERT_CURSOR = (
     " ON CONFLICT (source) DO UPDATE SET position = excluded.position,"
     " updated_at = excluded.updated_at"
 )
+NOTIFY = f"SELECT pg_notify('{listen.CHANNEL}', %s)"
 _COL = {name: i for i, name in enumerate(TASK_COLUMNS)}
 _WORKER, _STATE_TS = _COL["worker"], _COL["state_ts"]
 _CHAIN, _CHORD = _COL["chain"], _COL["chord_id"]
@@ -118,6 +120,9 @@ class PgWriter:
                     record_skipped(conn, skipped, cursor[0] if cursor else "", now)
                 if cursor is not None:
                     conn.execute(UPSERT_CURSOR, (cursor[0], cursor[1], now))
+                if merged or worker_events:  # heard by listeners at commit
+                    changed = listen.payload(len(result.task_ids), len(result.workers))
+                    conn.execute(NOTIFY, (changed,))
         return result
 
     def _ensure_day(self, conn: Conn, now: float) -> None:
