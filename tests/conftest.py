@@ -78,12 +78,27 @@ def markers_for(item: pytest.Item) -> list[str]:
     fixtures = set(getattr(item, "fixturenames", ()))
     if fixtures & {"redis_available", "scenario"} or "redis://" in source:
         found.append("redis")
-    if fixtures & {"pg_server", "pg_url"}:
+    if fixtures & {"pg_server", "pg_url"} or backend_of(item) == "postgresql":
         found.append("postgres")
     return found or ["unit"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def backend_of(item: pytest.Item) -> str | None:
+    """The store backend a test runs on (``db_target``'s parameter), if it takes one."""
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get("db_target")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # a test of SQLite's own file (db_path) runs on SQLite only
+    sqlite_only = {
+        item
+        for item in items
+        if "db_path" in getattr(item, "fixturenames", ()) and backend_of(item) != "sqlite"
+    }
+    if sqlite_only:
+        config.hook.pytest_deselected(items=list(sqlite_only))
+        items[:] = [item for item in items if item not in sqlite_only]
     for item in items:
         declared = {m.name for m in item.iter_markers()} & set(SERVICE_MARKERS)
         for name in markers_for(item):

@@ -32,7 +32,7 @@ HTMX_WRITES = ("hx-post", "hx-put", "hx-patch", "hx-delete")
 Site = Callable[..., TestClient]
 
 
-BACKENDS = ("sqlite",)
+BACKENDS = ("sqlite", "postgresql")
 """The store backends the suites that take ``db_target`` (and so ``site``, ``backend``)
 run against, each test once per backend. A backend is added here with the
 place a test's own empty store of it is made (:func:`db_target`)."""
@@ -63,14 +63,21 @@ def copy_of(migrated: Path, path: Path) -> Path:
 
 @pytest.fixture(params=BACKENDS)
 def db_target(request: pytest.FixtureRequest, tmp_path: Path, migrated: Path) -> str:
-    """This test's own empty store, once per backend: what ``--db`` would name."""
+    """This test's own empty store, once per backend: what ``--db`` would name.
+
+    PostgreSQL's is a database of its own on the machine's server (``tests.pg.pg_url``),
+    migrated when first opened.
+    """
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
     assert request.param == "sqlite", request.param
     return str(copy_of(migrated, tmp_path / "t.db"))
 
 
 @pytest.fixture
 def db_path(db_target: str) -> Path:
-    """This test's own SQLite file (already migrated): for tests of SQLite itself."""
+    """This test's own SQLite file (already migrated): for tests of SQLite itself, which
+    run on SQLite only (``tests.conftest`` leaves out their other backends)."""
     return Path(db_target)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
+from stemtrace.server.app import create_app
 from stemtrace.server.extension import StemtraceExtension
 from stemtrace.settings import SettingError, Settings
 from stemtrace.store import (
@@ -20,7 +23,11 @@ from stemtrace.store import (
     parse_target,
     postgres_driver_missing,
 )
+from stemtrace.store.pg import PgStore
 from stemtrace.store.targets import redacted
+from tests.factories import catalog
+from tests.pg import pg_url_of
+from tests.site import fill, page, row_ids
 
 
 @pytest.mark.parametrize(
@@ -110,18 +117,42 @@ def test_without_psycopg_postgresql_names_the_extra(
     assert list(tmp_path.iterdir()) == []  # no directory named postgresql: any more
 
 
-def test_postgresql_is_not_opened_as_a_sqlite_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_postgresql_opens_the_postgresql_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    url = "postgresql://postgres@127.0.0.1:5432/stemtrace"
-    assert Settings(db=url).db == url
-    with pytest.raises(BadTarget, match="the PostgreSQL store is not complete yet"):
+    store = open_store(pg_url)
+    try:
+        assert isinstance(store, PgStore)
+        assert store.path == pg_url
+        assert store.is_empty()
+    finally:
+        store.close()
+    assert list(tmp_path.iterdir()) == []  # no SQLite file, no directory named postgresql:
+
+
+def test_a_site_on_postgresql_serves_its_pages(pg_url: str) -> None:
+    events = catalog(time.time())
+    fill(pg_url, events)
+    with TestClient(create_app(Settings(db=pg_url, consumer=False))) as client:
+        for url in ("/", "/executions", "/problems", "/queues", "/workers", "/registry"):
+            page(client, url)
+        ids = row_ids(page(client, "/executions"))
+        health = client.get("/api/health").json()
+    assert sorted(ids) == sorted({e["task_id"] for e in events if "task_id" in e})
+    assert health["store"]["path"] == pg_url
+    assert health["store"]["tasks"] == len(ids)
+
+
+def test_an_unreachable_postgresql_is_refused_with_its_reason(
+    tmp_path: Path, pg_server: str
+) -> None:
+    url = pg_url_of("stemtrace_no_such_database")
+    with pytest.raises(BadTarget, match='database "stemtrace_no_such_database" does not exist'):
         open_store(url)
-    assert list(tmp_path.iterdir()) == []
     result = _cli(tmp_path, "run", "--db", url)
     assert result.returncode == 2
-    assert f"error: --db {url}: the PostgreSQL store is not complete yet" in result.stderr
+    assert f"error: --db PostgreSQL store at {url}: connection failed" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
 

@@ -60,10 +60,12 @@ def open_store(target: str) -> Backend:
         missing = postgres_driver_missing()
         if missing is not None:
             raise BadTarget(f"--db {found.shown} {missing}")
-        # stemtrace.store.pg writes and reads one task and the tasks list; the
-        # pages need the rest of the surface (issue 18).
-        raise BadTarget(
-            f"--db {found.shown}: the PostgreSQL store is not complete yet (ingest is built,"
-            " the reads the pages need are not): use a SQLite file for now"
-        )
+        import psycopg  # only PostgreSQL's users import its driver
+
+        from stemtrace.store.pg import open_postgres
+
+        try:
+            return open_postgres(found.location)
+        except psycopg.OperationalError as exc:
+            raise BadTarget(f"--db {exc}") from exc
     return Store(found.location)

@@ -195,9 +195,14 @@ Step = str | Callable[[psycopg.Connection[tuple[object, ...]]], object]
 MIGRATIONS: tuple[tuple[str, tuple[Step, ...]], ...] = (
     ("m001_initial", _M001_INITIAL),
     ("m002_rollups", (*rollup_writes.TABLES, rollup_writes.tally_all)),
+    (
+        "m003_registry_max_retries_integer",
+        ("ALTER TABLE registry ALTER COLUMN max_retries TYPE bigint USING round(max_retries)",),
+    ),
 )
 """``(name, steps)`` in order; each runs once per database. A step is a statement, or a
-function of the connection (m002 counts the tasks stored before it into the rollups)."""
+function of the connection (m002 counts the tasks stored before it into the rollups).
+m003: a count of retries reads back as SQLite's INTEGER column gives it (``3``, not ``3.0``)."""
 
 
 def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:

@@ -4,8 +4,8 @@ What is built: the schema and its migrations, the writer
 (:class:`~stemtrace.store.pg.writer.PgWriter`), the reads of one task and of the
 tasks list (:mod:`~stemtrace.store.pg.reads`), of the rollups and of the rest
 (see :class:`PgStore`): the whole of :class:`~stemtrace.store.surface.Backend`,
-which mypy checks (:func:`_is_backend`). :func:`stemtrace.store.open_store` does not
-hand this store to the server yet.
+which mypy checks (:func:`_is_backend`). :func:`stemtrace.store.open_store` opens it for a
+``postgresql://`` target.
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ class PgStore(RollupReads, SharedReads):
 def open_postgres(url: str) -> PgStore:
     """The store at ``url``, migrated (raises ``psycopg.OperationalError`` when unreachable)."""
     try:
+        # one plain connection first: its failure says why (the pool's says only "timed out")
+        psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT)).close()
         return PgStore(url)
     except psycopg.OperationalError as exc:
         raise psycopg.OperationalError(f"PostgreSQL store at {redacted(url)}: {exc}") from exc
