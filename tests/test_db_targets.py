@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from stemtrace.server.app import create_app
@@ -182,3 +184,18 @@ def test_sqlite_users_never_import_psycopg() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_server_without_a_consumer_hears_another_writer_on_postgresql(pg_url: str) -> None:
+    """Live updates across servers: the consumers' commits reach a server that runs none
+    through PostgreSQL's LISTEN, not by watching the database."""
+    ext = StemtraceExtension(settings=Settings(db=pg_url, consumer=False))
+    heard: list[object] = []
+    ext.broadcaster.notify = lambda task_ids, workers=None: heard.append(task_ids)  # type: ignore[method-assign]
+    with TestClient(FastAPI(lifespan=ext.lifespan)):
+        assert any(t.name == "stemtrace-listen" for t in threading.enumerate())
+        deadline = time.time() + 10
+        while not heard and time.time() < deadline:
+            fill(pg_url, catalog(time.time())[:5])  # another process's writer commits
+            time.sleep(0.3)
+    assert heard and heard[0] is None  # "something changed": the page asks again

@@ -37,7 +37,7 @@ from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
 from stemtrace.server.worker_page import create_worker_router
 from stemtrace.settings import Settings
-from stemtrace.store import Backend, open_store
+from stemtrace.store import Backend, Stoppable, listen_for_changes, open_store
 
 logger = logging.getLogger("stemtrace")
 
@@ -131,15 +131,20 @@ class StemtraceExtension:
     async def lifespan(self, app: FastAPI | None = None) -> AsyncIterator[None]:
         """Start the consumer (or watch the database) for the app's lifetime."""
         watcher: asyncio.Task[None] | None = None
+        listener: Stoppable | None = None
         if self.consumer is not None:
             self.consumer.start()
             if self.celery_events is not None:
                 self.celery_events.start()
         else:
-            watcher = asyncio.create_task(self._watch_database())
+            listener = self._listen()
+            if listener is None:
+                watcher = asyncio.create_task(self._watch_database())
         try:
             yield
         finally:
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -149,6 +154,12 @@ class StemtraceExtension:
             if self.consumer is not None:
                 await asyncio.to_thread(self.consumer.stop)
             self.store.close()
+
+    def _listen(self) -> Stoppable | None:
+        """On PostgreSQL, hear the consumers' commits (``LISTEN``; see
+        :mod:`stemtrace.store.pg.listen`) instead of watching for them; ``None`` elsewhere."""
+        notify = self.broadcaster.notify
+        return listen_for_changes(self.settings.db, lambda: notify(None))
 
     async def _watch_database(self, interval: float = 0.5) -> None:
         """With a separate consumer, notice its writes by the cursor it keeps."""

@@ -4,6 +4,9 @@ May import: core only. The rest of stemtrace imports this package and
 :mod:`stemtrace.store.surface` only, never the modules behind them.
 """
 
+from collections.abc import Callable
+from typing import Protocol
+
 from stemtrace.store.queries import listed
 from stemtrace.store.ranked import SORTS
 from stemtrace.store.schema import Store
@@ -40,12 +43,14 @@ __all__ = [
     "FlowFilters",
     "IngestResult",
     "Skip",
+    "Stoppable",
     "Store",
     "Target",
     "TaskFilters",
     "Upkeep",
     "Writer",
     "listed",
+    "listen_for_changes",
     "open_store",
     "parse_target",
     "postgres_driver_missing",
@@ -69,3 +74,19 @@ def open_store(target: str) -> Backend:
         except psycopg.OperationalError as exc:
             raise BadTarget(f"--db {exc}") from exc
     return Store(found.location)
+
+
+class Stoppable(Protocol):
+    def stop(self, timeout: float | None = 10.0) -> None: ...
+
+
+def listen_for_changes(target: str, changed: Callable[[], object]) -> Stoppable | None:
+    """Call ``changed`` whenever another process commits to the store ``target`` names:
+    PostgreSQL's ``LISTEN`` (:mod:`stemtrace.store.pg.listen`), started here and stopped by
+    the caller; ``None`` for a store that cannot tell (SQLite: watch its last write)."""
+    found = parse_target(target)
+    if found.kind != "postgresql":
+        return None
+    from stemtrace.store.pg.listen import Listener
+
+    return Listener(found.location, lambda change: changed()).start()
