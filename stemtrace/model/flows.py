@@ -136,7 +136,7 @@ def _group_node(
         "name": _group_name(group_rows),
         "state": _group_state(counts, len(group_rows)),
         "size": len(group_rows),
-        "counts": dict(counts),
+        "counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),  # most first
         "collapsed": group_id in collapsed,
         "callback_id": next(iter(chord_ids)) if chord_ids else None,
         "started_at": _min(r.get("started_at") for r in group_rows),

@@ -339,7 +339,7 @@ def _lifecycle_order(event: dict[str, Any]) -> tuple[int, int, float]:
 def children(conn: sqlite3.Connection, task_id: str, limit: int = 500) -> list[dict[str, Any]]:
     rows = conn.execute(
         f"SELECT {', '.join(LIST_COLUMNS)} FROM tasks WHERE parent_id = ? AND id != ?"
-        " ORDER BY seen_at LIMIT ?",
+        " ORDER BY seen_at, id LIMIT ?",
         (task_id, task_id, limit),
     )
     return [list_row(row) for row in rows]
@@ -352,7 +352,9 @@ def flow_rows(conn: Executes, task_id: str, limit: int = 100_000) -> list[dict[s
     running (yet): a chain link, a chord callback (see :mod:`stemtrace.store.planned`).
 
     Follows root ids, group ids, parents and chord callbacks until nothing new
-    turns up. ``None`` when nothing is known of ``task_id``.
+    turns up. ``None`` when nothing is known of ``task_id``. The rows come first seen
+    first (ties by id), whatever order the database found them in: the graph built
+    from them lists its nodes in their order, the same on every backend and every read.
     """
     seeds = (
         _fetch(conn, "id", [task_id])
@@ -383,7 +385,11 @@ def flow_rows(conn: Executes, task_id: str, limit: int = 100_000) -> list[dict[s
             for row in _fetch_new(conn, column, sorted(values), found):
                 found[row["id"]] = row
                 fresh.append(row)
-    return list(found.values())
+    return sorted(found.values(), key=_first_seen)
+
+
+def _first_seen(row: dict[str, Any]) -> tuple[float, str]:
+    return (row["seen_at"], row["id"])
 
 
 def _fetch_new(
@@ -429,7 +435,8 @@ TRACE_COLUMNS = tuple(dict.fromkeys(LIST_COLUMNS + FLOW_COLUMNS))
 def trace_rows(conn: Executes, trace_id: str, limit: int = 10_000) -> list[dict[str, Any]]:
     """The trace's tasks in the order first seen: list fields and flow fields both."""
     rows = conn.execute(
-        f"SELECT {', '.join(TRACE_COLUMNS)} FROM tasks WHERE trace_id = ? ORDER BY seen_at LIMIT ?",
+        f"SELECT {', '.join(TRACE_COLUMNS)} FROM tasks WHERE trace_id = ?"
+        " ORDER BY seen_at, id LIMIT ?",
         (trace_id, limit),
     )
     found = []
