@@ -385,11 +385,7 @@ def flow_rows(conn: Executes, task_id: str, limit: int = 100_000) -> list[dict[s
             for row in _fetch_new(conn, column, sorted(values), found):
                 found[row["id"]] = row
                 fresh.append(row)
-    return sorted(found.values(), key=_first_seen)
-
-
-def _first_seen(row: dict[str, Any]) -> tuple[float, str]:
-    return (row["seen_at"], row["id"])
+    return sorted(found.values(), key=lambda row: (row["seen_at"], row["id"]))
 
 
 def _fetch_new(
