@@ -120,11 +120,12 @@ def ratios(result: dict[str, Any], names: set[str]) -> list[str]:
 
 
 def _lock_share(runs: list[dict[str, Any]]) -> float:
-    """Of the run's backends sampled, the share waiting for a lock (heavy- or light-weight)."""
+    """Of the run's backends sampled, the share waiting for another transaction's lock
+    (a row or transaction lock; not the short LWLocks of the server's own structures)."""
     total: Counter[str] = Counter()
     for r in runs:
         total.update(r["activity"])
-    locked = sum(n for name, n in total.items() if name.startswith(("Lock:", "LWLock:")))
+    locked = sum(n for name, n in total.items() if name.startswith("Lock:"))
     return locked / max(1, sum(total.values()))
 
 
