@@ -34,7 +34,7 @@ from typing import Any
 from stemtrace.core.events import Event, FrameError, decode_frame
 from stemtrace.ingest.depths import DepthPoller
 from stemtrace.settings import Settings
-from stemtrace.store import NO_UPKEEP, Backend, IngestResult, Skip, Upkeep, Writer
+from stemtrace.store import NO_UPKEEP, Backend, IngestResult, Skip, Upkeep, Writer, is_unavailable
 from stemtrace.transports import (
     AMQP_SCHEMES,
     REDIS_SCHEMES,
@@ -123,6 +123,8 @@ class Consumer:
         self._thread: threading.Thread | None = None
         self._next_backlog = 0.0
         self.poller = poller
+        self._failing: str | None = None
+        """What fails and is retried (``read`` the broker, ``write`` the store), said once."""
 
     # -- control ---------------------------------------------------------------
 
@@ -143,19 +145,21 @@ class Consumer:
         if not self._wait_for_claim():
             return
         writer = self.open_writer()
-        position = writer.position(self.status.source)
-        self.status.position = position
+        position: str | None = None
+        resumed = False  # the cursor read back (the store may be out of reach at first)
         reader: Reader | None = None
         backoff = 0.5
         more_to_index = False
         while not self._stop.is_set():
             try:
+                if not resumed:
+                    position = self.status.position = writer.position(self.status.source)
+                    resumed = True
                 if reader is None:
                     reader = self._open_reader()
                 # With indexing left to do, only look for new entries, do not wait for them.
                 block = 0.0 if more_to_index else self.block
                 entries = reader.read(position, self.batch_frames, block)
-                self._connected()
                 backoff = 0.5
                 if entries:
                     position = self._write(writer, entries)
@@ -164,6 +168,7 @@ class Consumer:
                 more_to_index = self._between_batches(
                     writer, caught_up=len(entries) < self.batch_frames
                 )
+                self._working()
             except Exception as exc:
                 self._on_error(exc)
                 if reader is not None:
@@ -186,12 +191,14 @@ class Consumer:
 
     # -- internals -------------------------------------------------------------
 
-    def _connected(self) -> None:
+    def _working(self) -> None:
+        """A round went through: the broker was read, and the store written if need be."""
         if not self.status.connected:
-            if self.status.last_error:
-                logger.warning("stemtrace: reading %s again", self.status.source)
+            if self._failing is not None:
+                logger.warning("stemtrace: can %s again", self._failing)
             self.status.connected = True
             self.status.last_error = None
+            self._failing = None
 
     def _report(self, reader: Reader, position: str | None) -> None:
         self.status.lag_seconds = reader.lag(position)
@@ -312,12 +319,11 @@ class Consumer:
 
     def _on_error(self, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
-        if self.status.connected or self.status.last_error is None:
-            logger.warning(
-                "stemtrace: cannot read %s (%s); retrying in the background",
-                self.status.source,
-                message,
-            )
+        store = is_unavailable(exc)  # the store's fault, not the broker's
+        what = f"write {self.store.path}" if store else f"read {self.status.source}"
+        if what != self._failing:  # said once, until it works again
+            logger.warning("stemtrace: cannot %s (%s); retrying in the background", what, message)
+        self._failing = what
         self.status.connected = False
         self.status.last_error = message
 

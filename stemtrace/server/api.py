@@ -18,6 +18,7 @@ from stemtrace import __version__
 from stemtrace.core import states
 from stemtrace.model import export, flows
 from stemtrace.server import executions, stats
+from stemtrace.server.errors import RETRY_AFTER, unavailable_reason
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
 from stemtrace.server.views import (
@@ -29,7 +30,7 @@ from stemtrace.server.views import (
     task_detail,
 )
 from stemtrace.server.why import why
-from stemtrace.store import Backend, BadCursor, listed
+from stemtrace.store import Backend, BadCursor, is_unavailable, listed
 
 ID = Annotated[str, PathParam(min_length=1, max_length=255, description="a Celery task id")]
 Text = Annotated[str | None, Query(min_length=1, max_length=255)]
@@ -260,21 +261,30 @@ def _fleet_routes(router: APIRouter, site: Site) -> None:
     def get_workers() -> dict[str, Any]:
         return {"workers": store.workers()}
 
-    @router.get("/health", summary="Consumer status, lag, counters and store size")
-    def health() -> dict[str, Any]:
+    @router.get(
+        "/health",
+        summary="Consumer status, lag, counters and store size",
+        responses={503: {"description": "the store cannot be read: status unavailable"}},
+    )
+    def health(response: Response) -> dict[str, Any]:
+        """``status``: ``ok``, ``degraded`` (the consumer cannot read its broker or write
+        the store) or ``unavailable`` (the store cannot be read: answered with 503)."""
         status = site.consumer_status()
         ok = status is None or bool(status.get("connected"))
-        return {
-            "status": "ok" if ok else "degraded",
-            "version": __version__,
-            "consumer": status,
-            "skipped": store.skipped(samples=5),
-            "store": {
-                "path": store.path,
-                "size_bytes": store.size_bytes(),
-                **store.counts(),
-            },
-        }
+        found: dict[str, Any] = {"version": __version__, "consumer": status}
+        try:
+            skipped = store.skipped(samples=5)
+            counts = {"path": store.path, "size_bytes": store.size_bytes(), **store.counts()}
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            response.status_code = 503
+            response.headers["Retry-After"] = str(RETRY_AFTER)
+            reason = unavailable_reason(exc)
+            return {"status": "unavailable", **found,
+                    "store": {"path": store.path, "error": reason}}  # fmt: skip
+        return {"status": "ok" if ok else "degraded", **found, "skipped": skipped,
+                "store": counts}  # fmt: skip
 
 
 def _stats_routes(router: APIRouter, store: Backend) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 
 from stemtrace import __version__
 from stemtrace.server.extension import StemtraceExtension
@@ -41,13 +40,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> PlainTextResponse:
-        # Answered outside the middleware stack: the security headers are set here.
+        # Answered outside the middleware stack: the security headers are set here. (A store
+        # that cannot answer is a 503, answered by each route: see security.SecureRoute.)
         logger.error("stemtrace: error on %s", request.url.path, exc_info=exc)
         return PlainTextResponse("internal error (logged by the server)", 500, headers=HEADERS)
-
-    @app.exception_handler(sqlite3.OperationalError)
-    async def database_busy(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
-        logger.warning("stemtrace: database error on %s: %s", request.url.path, exc)
-        return JSONResponse({"detail": f"the database is busy or unavailable: {exc}"}, 503)
 
     return app

@@ -13,7 +13,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stemtrace.server.errors import BadParameter, NotFound
+from stemtrace.server.errors import BadParameter, NotFound, store_unavailable
+from stemtrace.store import is_unavailable
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -30,10 +31,12 @@ HEADERS = {
 
 
 class SecureRoute(APIRoute):
-    """A route whose responses carry :data:`HEADERS` (stemtrace's routes, even when mounted)."""
+    """A route whose responses carry :data:`HEADERS` (stemtrace's routes, even when mounted),
+    and that answers 503 when the store cannot (down, restarting, locked), never 500."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        page = "api" not in self.path.split("/")
 
         async def secured(request: Request) -> Response:
             try:
@@ -43,6 +46,10 @@ class SecureRoute(APIRoute):
             except StarletteHTTPException as exc:  # 401, 404, 422 raised by us or a dependency
                 exc.headers = {**HEADERS, **(exc.headers or {})}
                 raise
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                response = store_unavailable(request, exc, page=page)
             for name, value in HEADERS.items():
                 response.headers.setdefault(name, value)
             return response

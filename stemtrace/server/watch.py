@@ -10,6 +10,7 @@ its API, the navigation's count and the task page all read one
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import Counter
@@ -20,7 +21,9 @@ from typing import Any, Final
 from stemtrace.core import buckets
 from stemtrace.core.thresholds import Thresholds
 from stemtrace.model import problems
-from stemtrace.store import Backend
+from stemtrace.store import Backend, is_unavailable
+
+logger = logging.getLogger("stemtrace")
 
 DAY: Final = 86400.0
 
@@ -162,17 +165,28 @@ async def count_events(
     watch: Watch, is_disconnected: Callable[[], object], every: float = 3.0
 ) -> AsyncIterator[dict[str, str]]:
     """SSE ``problems`` messages: the number of problems (the data; nothing else) on the
-    first look and whenever it changes, looked at every ``every`` seconds."""
+    first look and whenever it changes, looked at every ``every`` seconds. While the store
+    cannot be read the stream stays open and says nothing new, and looks again after."""
     last: str | None = None
+    failing = False
     while True:
         gone = is_disconnected()
         if asyncio.iscoroutine(gone):
             gone = await gone
         if gone:
             return
-        found = await asyncio.to_thread(watch.current)
-        total = str(len(found.problems))
-        if total != last:
-            last = total
-            yield {"event": "problems", "data": total}
+        try:
+            found = await asyncio.to_thread(watch.current)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            if not failing:
+                logger.warning("stemtrace: cannot look for problems now: %s", exc)
+            failing = True
+        else:
+            failing = False
+            total = str(len(found.problems))
+            if total != last:
+                last = total
+                yield {"event": "problems", "data": total}
         await asyncio.sleep(every)

@@ -4,6 +4,8 @@ May import: core only. The rest of stemtrace imports this package and
 :mod:`stemtrace.store.surface` only, never the modules behind them.
 """
 
+import sqlite3
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
@@ -49,6 +51,7 @@ __all__ = [
     "TaskFilters",
     "Upkeep",
     "Writer",
+    "is_unavailable",
     "listed",
     "listen_for_changes",
     "open_store",
@@ -74,6 +77,24 @@ def open_store(target: str) -> Backend:
         except psycopg.OperationalError as exc:
             raise BadTarget(f"--db {exc}") from exc
     return Store(found.location)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot answer right now (locked, down, restarting,
+    out of connections) rather than that a read is wrong: a server answers 503 and the
+    reader tries again later.
+
+    SQLite's ``OperationalError``; psycopg's (the pool's time-out is one) and its
+    ``InterfaceError`` (a connection closed under the read). psycopg is looked up among
+    the modules already imported, never imported here: without it loaded, none of its
+    exceptions can have been raised.
+    """
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(
+        exc, psycopg.OperationalError | psycopg.InterfaceError
+    )
 
 
 class Stoppable(Protocol):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from stemtrace.store.pg import reads
 from stemtrace.store.pg.rollup_reads import RollupReads
@@ -31,6 +31,41 @@ POOL_SIZE = 8
 """Connections a store keeps at most: its writers' batches and its readers' queries."""
 CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a connection before a batch or a read fails (a transient failure)."""
+DOWN_TIMEOUT = 1.0
+"""The same wait while the server is known to be out of reach (:class:`Pool`)."""
+RECONNECT_TIMEOUT = 10.0
+"""Seconds the pool retries a lost connection (waiting 1, 2, 4 s between tries) before it
+gives up that one and starts afresh on the next demand: a restarted server is found
+again within seconds of coming back, not after the doubled waits of a long outage."""
+
+
+class Pool(ConnectionPool[Conn]):
+    """psycopg's pool, which stops making every caller wait its whole time-out while the
+    server is known to be out of reach: once a connection came back broken or a wait
+    timed out, callers wait :data:`DOWN_TIMEOUT` at most, until one gets a connection
+    again. A page then says the store is unavailable within a second, instead of
+    holding a thread (and its reader) for ten."""
+
+    down = False
+
+    def getconn(self, timeout: float | None = None) -> Conn:
+        if timeout is None:
+            timeout = min(DOWN_TIMEOUT, self.timeout) if self.down else self.timeout
+        try:
+            conn = super().getconn(timeout)
+        except PoolTimeout as exc:
+            self.down = True
+            raise PoolTimeout(
+                f"no connection to PostgreSQL within {timeout:g} s: it is down, restarting"
+                " or out of connections"
+            ) from exc
+        self.down = False
+        return conn
+
+    def putconn(self, conn: Conn) -> None:
+        if conn.broken:  # the server went away under it (restarted, stopped, killed)
+            self.down = True
+        super().putconn(conn)
 
 
 class PgStore(RollupReads, SharedReads):
@@ -47,12 +82,13 @@ class PgStore(RollupReads, SharedReads):
         self, url: str, *, pool_size: int = POOL_SIZE, timeout: float = CONNECT_TIMEOUT
     ) -> None:
         self.url = url
-        self.pool: ConnectionPool[Conn] = ConnectionPool(
+        self.pool: ConnectionPool[Conn] = Pool(
             url,
             min_size=1,
             max_size=max(1, pool_size),
             kwargs={"autocommit": True},
             timeout=timeout,
+            reconnect_timeout=RECONNECT_TIMEOUT,
             name="stemtrace",
             open=False,
         )
