@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 from stemtrace.core.events import Event, encode_frame
 from stemtrace.ingest.consumer import Consumer
 from stemtrace.server.api import create_api_router
-from stemtrace.store import Store, queries, search, tally
+from stemtrace.store import Backend, Store, queries, search, tally
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.migrations import migrations
 from stemtrace.store.queries import TaskFilters
@@ -473,3 +473,159 @@ def test_two_indexers_on_one_store_take_turns(store: Store) -> None:
     assert one.indexed + two.indexed == 50 and one.indexed and two.indexed
     assert conn.execute("SELECT COUNT(*) FROM task_search").fetchone()[0] == 50
     assert conn.execute("SELECT position FROM task_search_state").fetchone()[0] == 50
+
+
+# -- answers, on every backend -------------------------------------------------------
+# SQLite's LIKE ignores the case of ASCII letters only and takes the text as written:
+# PostgreSQL (stemtrace.store.pg.search) must find exactly what it finds.
+
+HOSTILE = {
+    "cafe": "café au lait",
+    "CAFE": "CAFÉ AU LAIT",
+    "strasse": "Straße",
+    "STRASSE": "STRASSE",
+    "kelvin": "273\u212a",  # KELVIN SIGN: Unicode folds it to k
+    "turkish": "İstanbul \u0131l\u0131k",  # dotless i
+    "greek": "σίσυφος",
+    "GREEK": "ΣΊΣΥΦΟΣ",
+    "decomposed": "cafe\u0301 noir",  # e and a combining accent: not é
+    "percent": "50%_off",
+    "under": "x_y",
+    "xzy": "xzy",
+    "slash": "C:\\temp\\new",
+    "quote": "say \"hi\" 'there'",
+    "sql": "'; DROP TABLE tasks; --",
+    "html": "<script>alert(1)</script>",
+    "party": "done 🎉 ok",
+    "dzemal": "ǅemal",
+    "space": "tab\there new\nline",
+}
+EXPECTED = {
+    "CAFÉ": {"CAFE"},
+    "café": {"cafe"},
+    "caf": {"cafe", "CAFE", "decomposed"},
+    "AU LAIT": {"cafe", "CAFE"},
+    "é": {"cafe"},
+    "straße": {"strasse"},
+    "ss": {"STRASSE"},
+    "273k": set(),
+    "273\u212a": {"kelvin"},
+    "istanbul": set(),
+    "İSTANBUL": {"turkish"},
+    "ILIK": set(),
+    "\u0131l\u0131k": {"turkish"},
+    "ΣΊΣΥΦΟΣ": {"GREEK"},
+    "σίσυφος": {"greek"},
+    "%": {"percent"},
+    "_": {"percent", "under"},
+    "x_y": {"under"},
+    "X%Y": set(),
+    "0%_O": {"percent"},
+    "\\": {"slash"},
+    "\\T": {"slash"},
+    "\\\\": set(),
+    '"hi"': {"quote"},
+    "'there'": {"quote"},
+    "drop table": {"sql"},
+    "<SCRIPT>": {"html"},
+    "🎉": {"party"},
+    "ǆemal": set(),
+    "ǅEMAL": {"dzemal"},
+    "\there": {"space"},
+    "new\nline": {"space"},
+}
+
+
+def hostile_events(t: float) -> list[Event]:
+    """A task per text of :data:`HOSTILE`, in a different field each time: a failed task's
+    message or error type, a name, an id (some still in flight, some finished)."""
+    found = []
+    for n, text in enumerate(HOSTILE.values()):
+        task_id, at = f"h{n:02d}", t + n
+        place = n % 4
+        if place == 0:  # failed, the text its message
+            failed = ended(task_id, at + 1, "failed", exc_type="ValueError", exc_message=text)
+            found += [sent(task_id, at, "proj.plain", [n]), failed]
+        elif place == 1:  # sent only, the text its name: in flight
+            found.append(sent(task_id, at, f"proj.{text}", [n]))
+        elif place == 2:  # started, the text its name, then succeeded
+            found += [task_event("started", task_id, at, name=f"proj.{text}", retries=0),
+                      ended(task_id, at + 1)]  # fmt: skip
+        else:  # the text is the id itself, still running
+            found.append(task_event("started", text, at, name="proj.plain", retries=0))
+    return found
+
+
+def hostile_ids() -> dict[str, str]:
+    """The id of each text's task (the text itself, for every fourth)."""
+    return {
+        key: text if n % 4 == 3 else f"h{n:02d}" for n, (key, text) in enumerate(HOSTILE.items())
+    }
+
+
+def every_page(backend: Backend, filters: TaskFilters, limit: int) -> list[str]:
+    """The ids of every page, newest first, each page from the cursor of the one before."""
+    found: list[str] = []
+    cursor = None
+    while True:
+        rows, cursor = backend.list_tasks(filters, cursor, limit)
+        found += [row["id"] for row in rows]
+        assert len(rows) <= limit
+        if cursor is None:
+            return found
+
+
+def indexed(backend: Backend) -> Backend:
+    """SQLite's store with every task in its text index, so that its index answers too."""
+    if isinstance(backend, Store):
+        index_all(backend, now=time.time() + 3600)
+    return backend
+
+
+def test_q_finds_the_texts_sqlites_like_finds(backend: Backend) -> None:
+    backend.open_writer().ingest(hostile_events(NOW - 500))
+    indexed(backend)
+    ids = hostile_ids()
+    order = list(reversed(ids.values()))  # newest first
+    for q, keys in EXPECTED.items():
+        expected = [task_id for task_id in order if task_id in {ids[key] for key in keys}]
+        for limit in (1, 2, 50):
+            assert every_page(backend, TaskFilters(q=q), limit) == expected, (q, limit)
+
+
+def test_q_with_states_and_windows_reads_tasks_in_flight_and_finished(backend: Backend) -> None:
+    """Tasks still in flight and finished ones, one list (PostgreSQL reads them apart)."""
+    events = []
+    for n in range(30):
+        task_id = f"w{n:02d}"
+        events.append(sent(task_id, 2000.0 + n, "proj.widget", [f"order-{n}"]))
+        if n % 3:
+            events.append(ended(task_id, 2000.5 + n, "failed" if n % 3 == 1 else "succeeded"))
+    backend.open_writer().ingest(events)
+    indexed(backend)
+    newest_first = [f"w{n:02d}" for n in reversed(range(30))]
+    pending = [i for i in newest_first if int(i[1:]) % 3 == 0]
+    failed = [i for i in newest_first if int(i[1:]) % 3 == 1]
+    assert every_page(backend, TaskFilters(q="WIDGET"), 4) == newest_first
+    assert every_page(backend, TaskFilters(q="order-2"), 3) == [
+        i for i in newest_first if i == "w02" or i.startswith("w2")
+    ]
+    assert every_page(backend, TaskFilters(q="widget", states=("PENDING",)), 4) == pending
+    assert every_page(backend, TaskFilters(q="widget", states=("FAILURE", "PENDING")), 4) == [
+        i for i in newest_first if i in pending or i in failed
+    ]
+    window = TaskFilters(q="widget", since=2010.0, until=2020.0)
+    assert every_page(backend, window, 3) == [f"w{n:02d}" for n in range(19, 9, -1)]
+    ranked = TaskFilters(q="ORDER-1", sort="runtime", since=0.0)
+    found = backend.list_tasks(ranked, None, 50)[0]
+    assert {row["id"] for row in found} == {"w01", *(f"w{n}" for n in range(10, 20))}
+    assert backend.list_tasks(TaskFilters(q="no such widget"), None, 5) == ([], None)
+
+
+def test_text_arriving_late_is_found(backend: Backend) -> None:
+    writer = backend.open_writer()
+    writer.ingest([ended("t-late", NOW - 100, name="proj.late")])  # its sent event comes later
+    indexed(backend)
+    writer.ingest([sent("t-late", NOW - 101, "proj.late", ["invoice-77812"])])
+    found = backend.list_tasks(TaskFilters(q="INVOICE-77812"), None, 5)[0]
+    assert [row["id"] for row in found] == ["t-late"]

@@ -117,12 +117,9 @@ def _ranked(
     return [list_row(row) for row in found], next_cursor
 
 
-def page_sql(
-    filters: TaskFilters, cursor: str | None, limit: int, like: str = "LIKE"
-) -> tuple[str, list[Any]]:
-    """The ``WHERE``, ``ORDER BY`` and ``LIMIT`` of one page, and their parameters; ``q``
-    matched with ``like`` (PostgreSQL's ``ILIKE`` ignores ASCII case as SQLite's ``LIKE``)."""
-    where, params = _where(filters, like)
+def page_sql(filters: TaskFilters, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
+    """The ``WHERE``, ``ORDER BY`` and ``LIMIT`` of one page, and their parameters."""
+    where, params = _where(filters)
     if cursor is not None:
         seen_at, task_id = decode_cursor(cursor)
         where.append("(seen_at < ? OR (seen_at = ? AND id < ?))")
@@ -134,8 +131,9 @@ def page_sql(
     return rest, params
 
 
-def _where(filters: TaskFilters, like: str = "LIKE") -> tuple[list[str], list[Any]]:
-    """The conditions of ``filters`` and their parameters."""
+def _where(filters: TaskFilters) -> tuple[list[str], list[Any]]:
+    """The conditions of ``filters`` and their parameters (``q`` as SQLite's ``LIKE``, which
+    ignores the case of ASCII letters only: PostgreSQL's spelling is in ``store.pg.search``)."""
     where: list[str] = []
     params: list[Any] = []
     if filters.states:
@@ -154,11 +152,9 @@ def _where(filters: TaskFilters, like: str = "LIKE") -> tuple[list[str], list[An
         params.append(filters.until)
     if filters.q:
         pattern = _like(filters.q)
-        columns = ("name", "id", "args", "kwargs", "exc_type", "exc_message")
-        where.append(
-            "(" + " OR ".join(f"{column} {like} ? ESCAPE '\\'" for column in columns) + ")"
-        )
-        params.extend([pattern] * 6)
+        columns = search.TEXT_COLUMNS
+        where.append("(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for column in columns) + ")")
+        params.extend([pattern] * len(columns))
     return where, params
 
 

@@ -3,27 +3,30 @@
 The SQL is SQLite's (:mod:`stemtrace.store.queries`) where the two dialects
 agree, with PostgreSQL's placeholders; so is everything done to the rows
 after (JSON decoded, history records merged and ordered, list fields). The
-differences: ``q`` matches with ``ILIKE`` (SQLite's ``LIKE`` ignores the case
-of ASCII letters) by scanning, as no text index is built yet; and a list
-sorted by run time or wait (:mod:`stemtrace.store.ranked`, its SQL and its
-cursors) is respelled where the dialects part (:class:`_Ranked`).
+differences: ``q`` is matched and found as :mod:`stemtrace.store.pg.search`
+says (SQLite's answers, through a ``pg_trgm`` index); and a list sorted by run
+time or wait (:mod:`stemtrace.store.ranked`, its SQL and its cursors) is
+respelled where the dialects part (:class:`_Ranked`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import psycopg
 
 from stemtrace.store import ranked
 from stemtrace.store.ingest import TASK_COLUMNS
+from stemtrace.store.pg import search
 from stemtrace.store.queries import (
     LIST_COLUMNS,
     BadCursor,
     TaskFilters,
     _where,
+    decode_cursor,
     encode_cursor,
     history_events,
     list_row,
@@ -72,8 +75,13 @@ def list_tasks(
     """Newest first, ``limit`` rows and the cursor of the next page (SQLite's cursors)."""
     if filters.sort is not None:
         return _sorted(conn, filters, cursor, limit)
-    rest, params = page_sql(filters, cursor, limit, like="ILIKE")
-    found = conn.execute(_pg(f"SELECT {_LIST} FROM tasks{rest}"), params).fetchall()
+    if filters.q:
+        query, params = _searched(filters, cursor, limit)
+        # never prepared: the plan is made for this pattern (rare: the index; common: a scan)
+        found = conn.execute(_pg(query), params, prepare=False).fetchall()
+    else:
+        rest, params = page_sql(filters, cursor, limit)
+        found = conn.execute(_pg(f"SELECT {_LIST} FROM tasks{rest}"), params).fetchall()
     rows = [list_row(row) for row in found]
     next_cursor = None
     if len(rows) > limit:
@@ -82,13 +90,28 @@ def list_tasks(
     return rows, next_cursor
 
 
+def _searched(filters: TaskFilters, cursor: str | None, limit: int) -> tuple[str, list[Any]]:
+    """A page of :func:`list_tasks` with ``q`` (:func:`stemtrace.store.pg.search.page`)."""
+    where, params = _where(replace(filters, q=None))
+    if cursor is not None:
+        seen_at, task_id = decode_cursor(cursor)
+        where.append("(seen_at < ? OR (seen_at = ? AND id < ?))")
+        params.extend([seen_at, seen_at, task_id])
+    half = [*params, *[search.pattern(str(filters.q))] * search.BOUND, limit + 1]
+    halves = len(search.halves(filters.states))
+    return search.page(_LIST, where, filters.states), half * halves + [limit + 1]
+
+
 def _sorted(
     conn: Conn, filters: TaskFilters, cursor: str | None, limit: int
 ) -> tuple[list[Row], str | None]:
     """A page sorted by :attr:`TaskFilters.sort`, as SQLite's (``queries._ranked``)."""
     if filters.since is None:  # a sort reads every row it ranks: never the whole table
         raise ValueError("a sorted list needs a window: give since")
-    where, params = _where(filters, like="ILIKE")
+    where, params = _where(replace(filters, q=None))
+    if filters.q:
+        where.append(search.MATCH)
+        params.extend([search.pattern(filters.q)] * search.BOUND)
     try:
         found, next_cursor = ranked.page(
             _Ranked(conn), LIST_COLUMNS, where, params, str(filters.sort), cursor, limit

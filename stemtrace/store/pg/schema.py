@@ -35,7 +35,7 @@ import psycopg
 from psycopg import sql
 
 from stemtrace.store.migrations import INFLIGHT_COLUMNS, INFLIGHT_STATES
-from stemtrace.store.pg import rollup_writes
+from stemtrace.store.pg import rollup_writes, search
 
 logger = logging.getLogger("stemtrace")
 
@@ -199,10 +199,12 @@ MIGRATIONS: tuple[tuple[str, tuple[Step, ...]], ...] = (
         "m003_registry_max_retries_integer",
         ("ALTER TABLE registry ALTER COLUMN max_retries TYPE bigint USING round(max_retries)",),
     ),
+    ("m004_text_index", (search.create_index,)),
 )
 """``(name, steps)`` in order; each runs once per database. A step is a statement, or a
 function of the connection (m002 counts the tasks stored before it into the rollups).
-m003: a count of retries reads back as SQLite's INTEGER column gives it (``3``, not ``3.0``)."""
+m003: a count of retries reads back as SQLite's INTEGER column gives it (``3``, not ``3.0``).
+m004: ``pg_trgm`` and the trigram index of the settled tasks behind ``q`` (:mod:`.search`)."""
 
 
 def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:

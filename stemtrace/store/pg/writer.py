@@ -26,7 +26,7 @@ from stemtrace.core import jsonio
 from stemtrace.core.events import Event
 from stemtrace.store import planned
 from stemtrace.store.ingest import TASK_COLUMNS, IngestResult, Merged, collect, merge_set
-from stemtrace.store.pg import fleet, listen, rollup_writes
+from stemtrace.store.pg import fleet, listen, rollup_writes, search
 from stemtrace.store.pg.retention import PgRetention
 from stemtrace.store.pg.schema import DAY, ensure_day
 from stemtrace.store.skipped import SAMPLES_KEPT, Skip, reason_key, sample_text
@@ -97,6 +97,7 @@ class PgWriter:
         self._days: set[int] = set()
         self.minutes_for = upkeep.minutes_for
         self._next_fold = 0.0
+        self._text_index = search.IndexStatus()
 
     def ingest(
         self,
@@ -205,7 +206,8 @@ class PgWriter:
 
     @property
     def search_status(self) -> dict[str, Any] | None:
-        return None  # the text index (pg_trgm) is not built yet
+        """The text index behind ``q``: its size, the tasks in flight it leaves to scan."""
+        return self._text_index.read(self.pool)
 
 
 def _clean_event(event: Event) -> Event:
