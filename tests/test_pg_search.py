@@ -170,6 +170,36 @@ def test_the_answer_is_the_same_whichever_way_the_planner_goes(pg: PgStore) -> N
     assert answers() == scanned and sum(map(len, scanned)) > 20
 
 
+def test_the_planner_knows_a_common_text_from_a_rare_one(pg: PgStore) -> None:
+    """Statistics of the index's expressions (ignored for a partial index's own): without
+    them the planner would guess from the pattern's length, and read a common text through
+    the index and a rare one by reading every task (see ``search.STATISTICS``)."""
+    names = ("add", "mul", "div")
+    pg.open_writer().ingest([
+        task_event(kind, f"t-{n:03d}", NOW + n, retries=0, name=f"proj.tasks.{names[n % 3]}")
+        for n in range(600) for kind in ("started", "succeeded")
+    ])  # fmt: skip
+    with pg.connection() as conn:
+        conn.execute("ANALYZE tasks")
+
+        def estimate(q: str) -> int:
+            where = f"{pg_search.SETTLED} AND {pg_search.MATCH}"
+            params = [pg_search.pattern(q)] * pg_search.BOUND
+            found = conn.execute(
+                "EXPLAIN (FORMAT JSON) " + reads._pg(f"SELECT 1 FROM tasks WHERE {where}"),
+                params,
+            ).fetchone()
+            assert found is not None
+            return int(found[0][0]["Plan"]["Plan Rows"])
+
+        assert 100 <= estimate("PROJ.TASKS.ADD") <= 400  # 200
+        assert estimate("zzqqxx") <= 6
+        for column in pg_search.TEXT_COLUMNS:
+            conn.execute(f"DROP STATISTICS tasks_text_{column}")
+        conn.execute("ANALYZE tasks")
+        assert estimate("PROJ.TASKS.ADD") < 20  # a guess from its length
+
+
 def test_a_nul_in_q_finds_the_text_stored_with_one(pg: PgStore) -> None:
     """PostgreSQL's text holds no NUL: it stores U+FFFD, and ``q`` reads it so too."""
     pg.open_writer().ingest([

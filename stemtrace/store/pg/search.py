@@ -12,7 +12,8 @@ SQLite's (``%``, ``_`` and ``\\`` of the text escaped by the same function,
 Those six expressions are what the GIN index ``tasks_text`` (migration m004) holds
 the trigrams of, so the planner can answer a rare text from the index
 (``BitmapOr`` of the six) and a common one by reading the newest tasks first and
-stopping at a page, as it estimates; the index only finds candidates, the same
+stopping at a page, as it estimates from the statistics it keeps of the six
+expressions (:data:`STATISTICS`); the index only finds candidates, the same
 ``LIKE`` decides, so the answer never depends on which way it went.
 
 The index holds the *settled* tasks only: those not in flight (``state NOT IN``
@@ -72,6 +73,24 @@ CREATE_INDEX = (
     f" ({', '.join(f'({lowered(column)}) gin_trgm_ops' for column in TEXT_COLUMNS)})"
     f" WHERE {SETTLED}"
 )
+
+
+def statistics(table: str = "tasks") -> list[str]:
+    """:data:`STATISTICS` of ``table`` (``tasks``, or one of its partitions: a statistics
+    object on a partitioned table is not made on its partitions, which the planner
+    reads each with its own statistics)."""
+    return [
+        f"CREATE STATISTICS IF NOT EXISTS {table}_text_{column} ON ({lowered(column)}) FROM {table}"
+        for column in TEXT_COLUMNS
+    ]
+
+
+STATISTICS = statistics()
+"""What ANALYZE samples of the six expressions, so that the planner knows a common text from
+a rare one: it ignores the statistics of a partial index's expressions, and without any
+it guesses from the length of the pattern alone (on a million tasks a six-letter text
+found nowhere read every task newest first, 3 s; a name in a sixth of them went
+through the index and sorted 166,000 rows, 1 s; with them: 11 and 17 ms)."""
 MATCH = "(" + " OR ".join(f"{lowered(column)} LIKE ? ESCAPE '\\'" for column in TEXT_COLUMNS) + ")"
 """Whether a task holds the text: SQLite's ``LIKE``, one pattern (:func:`pattern`) per column."""
 BOUND = len(TEXT_COLUMNS)
@@ -123,7 +142,8 @@ def page(columns: str, where: list[str], states: tuple[str, ...]) -> str:
 
 
 def create_index(conn: Conn) -> None:
-    """Migration m004: ``pg_trgm`` (unless the database has it) and :data:`CREATE_INDEX`.
+    """Migration m004: ``pg_trgm`` (unless the database has it), :data:`CREATE_INDEX` and
+    :data:`STATISTICS`.
 
     On a store that has tasks already this reads them all once (minutes for
     millions), holding off writers meanwhile, as any migration does.
@@ -142,6 +162,11 @@ def create_index(conn: Conn) -> None:
             f" postgresql-contrib package where that is packaged apart), then start again."
         ) from exc
     conn.execute(CREATE_INDEX)
+    if conn.info.server_version >= 140000:  # statistics of an expression: PostgreSQL 14
+        for statement in STATISTICS:
+            conn.execute(statement)
+    else:
+        logger.warning("stemtrace: PostgreSQL before 14 plans searches without statistics")
 
 
 class IndexStatus:
