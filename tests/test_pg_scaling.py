@@ -491,6 +491,7 @@ def shared_queue(work: Work) -> Iterator[tuple[str, str]]:
         connection.release()
 
 
+@pytest.mark.rabbitmq
 def test_two_consumers_of_a_rabbitmq_queue_lose_nothing_when_one_is_killed(
     work: Work, pg_url: str, tmp_path: Path, shared_queue: tuple[str, str]
 ) -> None:
@@ -617,6 +618,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
         cluster.remove()
 
 
+@pytest.mark.postgres  # a cluster of its own, not the shared server
 def test_consumers_resume_after_postgresql_restarts_and_pages_say_it_is_unavailable(
     work: Work, private_pg: PrivatePostgres, tmp_path: Path
 ) -> None:
