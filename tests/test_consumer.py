@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from stemtrace.ingest.consumer import Consumer
 from stemtrace.server.app import create_app
 from stemtrace.settings import Settings
 from stemtrace.store import Store
+from stemtrace.store.ingest import Ingestor
 from stemtrace.transports import open_reader
 from stemtrace.transports.redis import FRAME_FIELD
 from tests.factories import started
-from tests.support import PrivateRedis, Scenario, stored_events, wait_for
+from tests.support import PrivateRedis, Scenario, free_port, stored_events, wait_for
 
 
 @pytest.fixture
@@ -221,3 +223,44 @@ def test_a_standby_server_says_so_instead_of_a_broker_problem(
             assert page.select_one("#broker-banner") is None
     finally:
         writer.close()
+
+
+def test_every_page_says_when_the_stream_cannot_be_read(tmp_path: Path) -> None:
+    broker = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings = Settings(db=str(tmp_path / "b.db"), broker=broker, celery_events=False,
+                        queue_poll_seconds=0)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        wait_for(lambda: client.get("/api/health").json()["consumer"]["failing"] == "broker")
+        page = BeautifulSoup(client.get("/executions").text, "html.parser")
+        banner = page.select_one("#broker-banner")
+        assert banner is not None and page.select_one("#store-banner") is None
+        assert "Cannot read the event stream" in banner.get_text()
+
+
+def test_every_page_says_when_the_store_cannot_be_written(
+    scenario: Scenario, client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write the store refuses (a full disk, a database down) is the store's fault: the
+    banner says so, not that the stream cannot be read, and the events wait in the stream."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Ingestor, "ingest", refuse)
+    add_frames(client, scenario.stream, 0, 3)
+    settings = Settings(db=str(tmp_path / "s.db"), broker=scenario.broker,
+                        stream=scenario.stream, celery_events=False,
+                        queue_poll_seconds=0)  # fmt: skip
+    with TestClient(create_app(settings)) as web:
+        health = wait_for(lambda: _failing(web.get("/api/health").json()))
+        assert health["consumer"]["failing"] == "store", health
+        assert "disk I/O error" in health["consumer"]["last_error"]
+        page = BeautifulSoup(web.get("/executions").text, "html.parser")
+        banner = page.select_one("#store-banner")
+        assert banner is not None and page.select_one("#broker-banner") is None
+        assert "Cannot write the store" in banner.get_text()
+        assert "disk I/O error" in banner.get_text()
+
+
+def _failing(health: dict[str, Any]) -> dict[str, Any] | None:
+    return health if (health.get("consumer") or {}).get("failing") else None

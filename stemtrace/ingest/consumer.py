@@ -72,12 +72,16 @@ class ConsumerStatus:
     """Another process writes the database: this one waits to take over."""
     group: dict[str, Any] | None = None
     """In a consumer group: its name, this consumer's, and what the broker says of it."""
+    failing: str | None = None
+    """While not connected: ``"store"`` when writing the store fails, ``"broker"`` when
+    reading the stream does (``last_error`` says how)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "connected": self.connected,
             "last_error": self.last_error,
+            "failing": self.failing,
             "ingested": self.ingested,
             "skipped": self.skipped,
             "batches": self.batches,
@@ -198,6 +202,7 @@ class Consumer:
                 logger.warning("stemtrace: can %s again", self._failing)
             self.status.connected = True
             self.status.last_error = None
+            self.status.failing = None
             self._failing = None
 
     def _report(self, reader: Reader, position: str | None) -> None:
@@ -324,6 +329,7 @@ class Consumer:
         if what != self._failing:  # said once, until it works again
             logger.warning("stemtrace: cannot %s (%s); retrying in the background", what, message)
         self._failing = what
+        self.status.failing = "store" if store else "broker"
         self.status.connected = False
         self.status.last_error = message
 

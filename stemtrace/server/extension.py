@@ -92,7 +92,7 @@ class StemtraceExtension:
             store=self.store,
             broadcaster=self.broadcaster,
             consumer_status=self.consumer_status,
-            broker_problem=self.broker_problem,
+            consumer_problem=self.consumer_problem,
             standby=self.standby,
             thresholds=self.settings.thresholds,
         )
@@ -115,11 +115,13 @@ class StemtraceExtension:
             status["celery_events"] = self.celery_events.status.as_dict()
         return status
 
-    def broker_problem(self) -> str | None:
-        """Why the consumer cannot read the broker right now, if it cannot."""
-        if self.consumer is None or self.consumer.status.connected or self.consumer.status.standby:
+    def consumer_problem(self) -> tuple[str, str] | None:
+        """What the consumer cannot do right now (``"store"``: write the store, ``"broker"``:
+        read the stream) and why, if it cannot."""
+        status = self.consumer.status if self.consumer is not None else None
+        if status is None or status.connected or status.standby:
             return None
-        return self.consumer.status.last_error
+        return status.failing or "broker", status.last_error or ""
 
     def standby(self) -> str | None:
         """Why this server does not ingest while another process writes its database."""

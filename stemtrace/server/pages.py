@@ -123,7 +123,7 @@ class Pages:
         full = {
             "request": request,
             "url": url_maker(request),
-            "broker_problem": self.site.broker_problem(),
+            "consumer_problem": self.site.consumer_problem(),
             "standby": self.site.standby(),
             "now": datetime.now(UTC).timestamp(),
             **context,

@@ -24,8 +24,9 @@ class Site:
     broadcaster: Broadcaster
     consumer_status: Callable[[], dict[str, Any] | None] = _nothing
     """The consumer's counters for ``/api/health`` and ``/status``; ``None``: none runs here."""
-    broker_problem: Callable[[], str | None] = _nothing
-    """Why the consumer cannot read the broker right now (shown on every page)."""
+    consumer_problem: Callable[[], tuple[str, str] | None] = _nothing
+    """What the consumer cannot do right now, ``"broker"`` (read the stream) or ``"store"``
+    (write the store), and why (shown on every page)."""
     standby: Callable[[], str | None] = _nothing
     """Why this server does not ingest while another process writes its store."""
     thresholds: Thresholds = field(default_factory=Thresholds)
