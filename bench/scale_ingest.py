@@ -25,19 +25,11 @@ the last entry and has none pending (entries are acknowledged after their batch
 commits). Polled every 50 ms. After each run the tasks are counted; every run must
 store the same number.
 
-Where the time went, per run, from ``/proc`` (:mod:`bench.procstat`): CPU seconds
-of the consumer processes (all of them, the ``--consumers`` parent included), of
-the PostgreSQL backends connected to the run's database (and autovacuum workers
-on it), of the server's own processes (checkpointer, background and WAL writers:
-shared with everything else the server does), of Redis (its process, or ``INFO``),
-and of everything else on the machine (``/proc/stat`` busy time minus those);
-the seconds each group spent runnable but waiting for a CPU (schedstat); and what
-the run's backends were doing, sampled from ``pg_stat_activity`` every 100 ms
-(on CPU, waiting for a lock and in which statement, for I/O, or idle waiting for
-their consumer).
-Memory: the peak resident set (``VmHWM``) of each consumer process and of each
-backend (which counts the shared buffers it touched; its private part, ``RssAnon``,
-is printed beside it), read just before the consumers stop.
+Where the time went (CPU and run-queue seconds of consumers, PostgreSQL backends,
+the server's own processes, Redis and the rest of the machine, from ``/proc``, see
+:mod:`bench.procstat`; the backends' states sampled from ``pg_stat_activity`` every
+100 ms) and the peak memory (``VmHWM``) of each consumer and backend: see
+``bench/README.md`` and :mod:`bench.scale_report`.
 
 Usage, from the repository root, with Redis on 127.0.0.1:6379 and PostgreSQL on
 127.0.0.1:5432 (user postgres, may create databases)::
