@@ -7,7 +7,8 @@ passed), started (some long past their name's usual run time), and retries
 waiting for their next attempt, on 50 workers. :func:`refresh` then, before
 each run, sends those workers a heartbeat and records a broker count for
 each queue, as a live consumer would have, so the workers are online and
-the queues page has the broker's numbers.
+the queues page has the broker's numbers (on SQLite or PostgreSQL: the
+PostgreSQL copy of :mod:`bench.pg_copy` has the tasks in flight already).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from bench.workload import NAMES
 from stemtrace.core.events import Event, validate_event
-from stemtrace.store import Store
+from stemtrace.store import Store, open_store
 from stemtrace.store.ingest import Ingestor
 
 WORKERS = [f"inflight-w{n:02d}@bench" for n in range(50)]
@@ -103,30 +104,18 @@ def _task(kind: str, rng: random.Random, now: float) -> list[Event]:
     return found
 
 
-def refresh(path: Path, now: float | None = None) -> None:
-    """A heartbeat from every bench worker and a broker count for every queue, ``now``."""
+def refresh(target: Path | str, now: float | None = None) -> None:
+    """A heartbeat from every bench worker and a broker count for every queue, ``now``,
+    through the writer of the store at ``target`` (a SQLite path or a PostgreSQL URL):
+    the same numbers for the same ``now`` on either backend."""
     now = time.time() if now is None else now
     rng = random.Random(int(now))
     beats = [_event("worker_heartbeat", now, w, worker=w, active=8, processed=100, freq=10.0,
                     dropped=0, loadavg=[1.0, 1.0, 1.0]) for w in WORKERS]  # fmt: skip
-    store = Store(path)
+    store = open_store(str(target))
     try:
-        conn = store.writer()
-        Ingestor(conn).ingest(beats)
-        minute = int(now // 60 * 60)
-        with conn:
-            for queue in QUEUES:
-                depth = rng.randrange(0, 500)
-                conn.execute(
-                    "INSERT INTO queue_depths (queue, messages, consumers, error, at)"
-                    " VALUES (?, ?, NULL, NULL, ?) ON CONFLICT (queue) DO UPDATE SET"
-                    " messages = excluded.messages, at = excluded.at",
-                    (queue, depth, now),
-                )
-                conn.execute(
-                    "INSERT OR REPLACE INTO queue_depth_minutes (queue, t, messages)"
-                    " VALUES (?, ?, ?)",
-                    (queue, minute, depth),
-                )
+        writer = store.open_writer()
+        writer.ingest(beats)
+        writer.record_depths({queue: (rng.randrange(0, 500), None, None) for queue in QUEUES}, now)
     finally:
         store.close()
