@@ -21,8 +21,8 @@ import pytest
 import redis
 from hypothesis import settings
 
-from tests.pg import fixed_clock, pg, pg_server, pg_url  # noqa: F401 - PostgreSQL fixtures
-from tests.site import backend, db_path, db_target, migrated, site  # noqa: F401 - fixtures for every test module
+from tests.pg import fixed_clock, pg, pg_migrated, pg_server, pg_url  # noqa: F401 - PostgreSQL fixtures
+from tests.site import BACKEND_FIXTURES, backend, db_path, db_target, migrated, module_target, site  # noqa: F401 - fixtures for every test module
 from tests.support import REDIS_HOST, REDIS_PORT, Scenario
 
 settings.register_profile("unit", max_examples=settings.default.max_examples // 2)
@@ -78,27 +78,35 @@ def markers_for(item: pytest.Item) -> list[str]:
     fixtures = set(getattr(item, "fixturenames", ()))
     if fixtures & {"redis_available", "scenario"} or "redis://" in source:
         found.append("redis")
-    if fixtures & {"pg_server", "pg_url"} or backend_of(item) == "postgresql":
+    if fixtures & {"pg_server", "pg_url", "pg_migrated"} or backend_of(item) == "postgresql":
         found.append("postgres")
     return found or ["unit"]
 
 
 def backend_of(item: pytest.Item) -> str | None:
-    """The store backend a test runs on (``db_target``'s parameter), if it takes one."""
+    """The store backend a test runs on (the parameter of ``db_target`` or
+    ``module_target``), if it takes one."""
     callspec = getattr(item, "callspec", None)
-    return None if callspec is None else callspec.params.get("db_target")
+    if callspec is None:
+        return None
+    found = {callspec.params[name] for name in BACKEND_FIXTURES if name in callspec.params}
+    if len(found) > 1:
+        return "mixed"  # two stores of different backends: not run (see below)
+    return found.pop() if found else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # a test of SQLite's own file (db_path) runs on SQLite only
-    sqlite_only = {
+    # a test of SQLite's own file (db_path) runs on SQLite only; a test with a store of
+    # its own and a module's runs where both are of one backend
+    left_out = {
         item
         for item in items
-        if "db_path" in getattr(item, "fixturenames", ()) and backend_of(item) != "sqlite"
+        if ("db_path" in getattr(item, "fixturenames", ()) and backend_of(item) != "sqlite")
+        or backend_of(item) == "mixed"
     }
-    if sqlite_only:
-        config.hook.pytest_deselected(items=list(sqlite_only))
-        items[:] = [item for item in items if item not in sqlite_only]
+    if left_out:
+        config.hook.pytest_deselected(items=list(left_out))
+        items[:] = [item for item in items if item not in left_out]
     for item in items:
         declared = {m.name for m in item.iter_markers()} & set(SERVICE_MARKERS)
         for name in markers_for(item):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from stemtrace.server.extension import StemtraceExtension
 from stemtrace.server.live import Broadcaster
 from stemtrace.server.site import Site as RouteSite
 from stemtrace.settings import Settings
-from stemtrace.store import Backend, open_store
+from stemtrace.store import Backend, open_store, parse_target
 from stemtrace.store.schema import Store
+from tests.pg import PG_ADMIN, database, database_of
 
 URL_ATTRIBUTES = ("href", "src", "action", "hx-get", "sse-connect")
 
@@ -34,8 +36,9 @@ Site = Callable[..., TestClient]
 
 BACKENDS = ("sqlite", "postgresql")
 """The store backends the suites that take ``db_target`` (and so ``site``, ``backend``)
-run against, each test once per backend. A backend is added here with the
-place a test's own empty store of it is made (:func:`db_target`)."""
+or ``module_target`` run against, each test once per backend. A backend is added here
+with the place a test's own empty store of it is made (:func:`db_target`,
+:func:`module_target`, :func:`store_copy`)."""
 
 
 def fill(target: str | Path, events: list[Event]) -> None:
@@ -61,17 +64,64 @@ def copy_of(migrated: Path, path: Path) -> Path:
     return path
 
 
+@contextmanager
+def empty_store(request: pytest.FixtureRequest, migrated: Path, path: Path) -> Iterator[str]:
+    """A migrated empty store of the backend ``request.param`` names: SQLite's at ``path``,
+    PostgreSQL's a database made from ``tests.pg.pg_migrated``, dropped afterwards."""
+    if request.param == "postgresql":
+        server, template = (request.getfixturevalue(f) for f in ("pg_server", "pg_migrated"))
+        with database(server, template) as url:
+            yield url
+        return
+    assert request.param == "sqlite", request.param
+    yield str(copy_of(migrated, path))
+
+
 @pytest.fixture(params=BACKENDS)
-def db_target(request: pytest.FixtureRequest, tmp_path: Path, migrated: Path) -> str:
+def db_target(request: pytest.FixtureRequest, tmp_path: Path, migrated: Path) -> Iterator[str]:
     """This test's own empty store, once per backend: what ``--db`` would name.
 
-    PostgreSQL's is a database of its own on the machine's server (``tests.pg.pg_url``),
-    migrated when first opened.
+    Both are migrated: SQLite's a copy of the ``migrated`` file, PostgreSQL's a
+    database of its own on the machine's server made from ``tests.pg.pg_migrated``
+    (dropped afterwards). A test of the migrations makes its own (``pg_url``).
     """
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    assert request.param == "sqlite", request.param
-    return str(copy_of(migrated, tmp_path / "t.db"))
+    with empty_store(request, migrated, tmp_path / "t.db") as target:
+        yield target
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, migrated: Path
+) -> Iterator[str]:
+    """One empty store per module and backend, for the tests of a module that share what
+    it holds (filled once, then only read): ``db_target``'s, made once for all of them.
+
+    Its tests run once per backend, grouped by it (pytest sets a module fixture up once
+    per parameter); ``BACKEND_FIXTURES`` names it so that conftest marks them.
+    """
+    with empty_store(request, migrated, tmp_path_factory.mktemp("module") / "t.db") as target:
+        yield target
+
+
+BACKEND_FIXTURES = ("db_target", "module_target")
+"""The fixtures whose parameter is the backend a test runs on (one of ``BACKENDS``)."""
+
+
+@contextmanager
+def store_copy(target: str, folder: Path) -> Iterator[str]:
+    """A store of its own holding what the store ``target`` holds, removed afterwards:
+    a copy of SQLite's file in ``folder``, a database made from PostgreSQL's (as its
+    template). Nothing may have ``target`` open meanwhile.
+
+    For a test that wants a fresh store many times over (a Hypothesis example each):
+    the copy of a migrated ``db_target`` spares the migrations.
+    """
+    if parse_target(target).kind == "postgresql":
+        with database(PG_ADMIN, database_of(target)) as url:
+            yield url
+        return
+    with tempfile.TemporaryDirectory(dir=folder) as inside:
+        yield str(copy_of(Path(target), Path(inside) / "copy.db"))
 
 
 @pytest.fixture
