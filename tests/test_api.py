@@ -1,8 +1,10 @@
-"""The JSON API through ASGI, on a real store file filled with synthetic capture events.
+"""The JSON API through ASGI, on a real store filled with synthetic capture events.
 
 No Redis and no Celery: each test writes the events a capture would have
-published through the single-writer ``Ingestor``, then builds a fresh app on
-that file (``consumer=False``) and talks to it with Starlette's ``TestClient``.
+published through the store's writer, then builds a fresh app on that store
+(``consumer=False``) and talks to it with Starlette's ``TestClient``. Each test
+runs once per backend (``tests/site.py: BACKENDS``): its own SQLite file, its
+own PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from stemtrace.server.problems import create_problems_router
 from stemtrace.server.queues import create_queues_router
 from stemtrace.server.worker_page import create_worker_router
 from stemtrace.settings import Settings
-from stemtrace.store.ingest import Ingestor
-from stemtrace.store.schema import Store
+from stemtrace.store import open_store
 from tests.factories import (
     ADD_CHILD,
     ADD_OLD,
@@ -87,7 +88,7 @@ from tests.factories import (
     retried_twice,
     worker_event,
 )
-from tests.site import copy_of, site_of
+from tests.site import site_of
 
 # -- building events as the capture side makes them -------------------------------
 
@@ -95,40 +96,42 @@ from tests.site import copy_of, site_of
 # -- fixtures -----------------------------------------------------------------------
 
 
-def serve_api(
-    stack: ExitStack, db_path: Path, events: list[Event], *, raise_server_exceptions: bool = True
-) -> TestClient:
-    """A client of a fresh app on a store at ``db_path`` holding ``events``."""
-    store = Store(db_path)
+def ingest(target: str, events: list[Event]) -> None:
+    store = open_store(target)
     try:
-        Ingestor(store.writer()).ingest(events)
+        store.open_writer().ingest(events)
     finally:
         store.close()
-    app = create_app(Settings(db=str(db_path), consumer=False))
+
+
+def serve_api(
+    stack: ExitStack, target: str, events: list[Event], *, raise_server_exceptions: bool = True
+) -> TestClient:
+    """A client of a fresh app on the store ``target`` holding ``events``."""
+    ingest(target, events)
+    app = create_app(Settings(db=target, consumer=False))
     client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
     return stack.enter_context(client)
 
 
 @pytest.fixture
-def api(db_path: Path) -> Iterator[Api]:
-    """``api(events)``: a store file holding ``events`` and a fresh app reading it."""
+def api(db_target: str) -> Iterator[Api]:
+    """``api(events)``: this test's store holding ``events`` and a fresh app reading it."""
     with ExitStack() as stack:
-        yield partial(serve_api, stack, db_path)
+        yield partial(serve_api, stack, db_target)
 
 
 # -- the task list ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def listing(
-    tmp_path_factory: pytest.TempPathFactory, migrated: Path
-) -> Iterator[tuple[TestClient, float]]:
+def listing(module_target: str) -> Iterator[tuple[TestClient, float]]:
     """The catalog, one app for every test that only reads it (as Datasette shares
-    its read-only test app): it saves building an app and a store per test."""
-    path = copy_of(migrated, tmp_path_factory.mktemp("listing") / "t.db")
+    its read-only test app): it saves building an app and a store per test (one of
+    each per backend)."""
     now = time.time()
     with ExitStack() as stack:
-        yield serve_api(stack, path, catalog(now)), now
+        yield serve_api(stack, module_target, catalog(now)), now
 
 
 def test_tasks_come_newest_first_with_their_list_fields(
@@ -389,18 +392,18 @@ def test_task_detail_has_the_row_timeline_attempts_children_and_durations(api: A
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("batches", ["one batch", "one event per batch"])
 def test_events_arriving_in_any_order_give_the_same_task(
-    db_path: Path, api: Api, seed: int, batches: str
+    db_target: str, api: Api, seed: int, batches: str
 ) -> None:
     t = time.time() - 100
     events = retried_twice(t)
     random.Random(seed).shuffle(events)
     if batches == "one event per batch":
-        store = Store(db_path)
+        store = open_store(db_target)
         try:
-            ingestor = Ingestor(store.writer())
+            writer = store.open_writer()
             for one in events:
-                ingestor.ingest([one])
-            ingestor.ingest(events[:3])  # re-delivered events change nothing
+                writer.ingest([one])
+            writer.ingest(events[:3])  # re-delivered events change nothing
         finally:
             store.close()
         client = api([])
@@ -925,14 +928,25 @@ def test_worker_back_online_after_going_offline(api: Api) -> None:
 # -- health -------------------------------------------------------------------------
 
 
-def test_health_reports_store_and_no_consumer(api: Api, db_path: Path) -> None:
+def test_health_reports_store_and_no_consumer(api: Api, db_target: str) -> None:
     client = api(catalog(time.time()))
     health = ok(client, "/api/health")
     assert health["status"] == "ok"
     assert health["version"] == stemtrace.__version__
     assert health["consumer"] is None
-    assert health["store"]["path"] == str(db_path)
+    store = open_store(db_target)
+    try:
+        assert health["store"]["path"] == store.path
+    finally:
+        store.close()
     assert health["store"]["tasks"] == len(NEWEST_FIRST)
+    assert health["store"]["size_bytes"] > 0
+
+
+def test_health_counts_the_sqlite_file_and_its_log(api: Api, db_path: Path) -> None:
+    client = api(catalog(time.time()))
+    health = ok(client, "/api/health")
+    assert health["store"]["path"] == str(db_path)
     on_disk = sum(p.stat().st_size for p in (db_path, Path(f"{db_path}-wal")) if p.exists())
     assert health["store"]["size_bytes"] == on_disk > 0
 
@@ -1052,11 +1066,11 @@ def test_odd_input_never_makes_a_server_error(api: Api) -> None:
 # -- the OpenAPI document -------------------------------------------------------------
 
 
-def test_openapi_lists_every_api_path(api: Api, db_path: Path) -> None:
+def test_openapi_lists_every_api_path(api: Api, db_target: str) -> None:
     client = api([])
     document = ok(client, "/openapi.json")
     documented = {path for path in document["paths"] if path.startswith("/api")}
-    store = Store(db_path)
+    store = open_store(db_target)
     try:
         routers = [create_api_router(site_of(store)), create_browse_api_router(site_of(store)),
                    create_problems_router(site_of(store)), create_queues_router(site_of(store)),
@@ -1076,10 +1090,10 @@ def test_openapi_lists_every_api_path(api: Api, db_path: Path) -> None:
     }  # fmt: skip
 
 
-def test_router_mounted_in_a_host_app_reports_its_consumer(db_path: Path) -> None:
-    store = Store(db_path)
+def test_router_mounted_in_a_host_app_reports_its_consumer(db_target: str) -> None:
+    store = open_store(db_target)
     try:
-        Ingestor(store.writer()).ingest(lifecycle(ADD_OLD, "proj.tasks.add", time.time() - 5))
+        store.open_writer().ingest(lifecycle(ADD_OLD, "proj.tasks.add", time.time() - 5))
         status = {"connected": False, "error": "Connection refused"}
         host = FastAPI()
         host.include_router(create_api_router(site_of(store, lambda: status)), prefix="/observe")

@@ -17,6 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 import psycopg
+from psycopg.adapt import Buffer
+from psycopg.types.string import StrDumperUnknown
 
 from stemtrace.store import ranked
 from stemtrace.store.ingest import TASK_COLUMNS
@@ -45,24 +47,41 @@ def _pg(query: str) -> str:
     return query.replace("%", "%%").replace("?", "%s")
 
 
+class _NoNul(StrDumperUnknown):
+    """A text parameter with its NUL characters as U+FFFD, as the writer stores them
+    (:func:`stemtrace.store.pg.writer._no_nul`: PostgreSQL's text holds no NUL, SQLite's
+    does): a task id, a filter or a cursor with a NUL finds what was stored with one,
+    where psycopg refused the read (a 500 for ``/api/tasks/a%00b``)."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
+def reader(conn: Conn) -> psycopg.Cursor[tuple[Any, ...]]:
+    """A cursor for a read: its text parameters as :class:`_NoNul` dumps them (only
+    the reads: the writer cleans its rows itself, at C speed for the rest)."""
+    cursor = conn.cursor()
+    cursor.adapters.register_dumper(str, _NoNul)
+    return cursor
+
+
 def get_task(conn: Conn, task_id: str) -> Row | None:
-    row = conn.execute(
-        f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE id = %s", (task_id,)
-    ).fetchone()
+    query = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE id = %s"
+    row = reader(conn).execute(query, (task_id,)).fetchone()
     return None if row is None else task_from_row(dict(zip(TASK_COLUMNS, row, strict=True)))
 
 
 def task_events(conn: Conn, task_id: str) -> list[Row]:
-    rows = conn.execute(
+    query = (
         "SELECT h.events FROM history AS h JOIN tasks AS t ON t.rowid = h.task_rowid"
-        " WHERE t.id = %s ORDER BY h.written_at",
-        (task_id,),
-    ).fetchall()
+        " WHERE t.id = %s ORDER BY h.written_at"
+    )
+    rows = reader(conn).execute(query, (task_id,)).fetchall()
     return history_events(task_id, [str(records) for (records,) in rows])
 
 
 def children(conn: Conn, task_id: str, limit: int = 500) -> list[Row]:
-    rows = conn.execute(
+    rows = reader(conn).execute(
         f"SELECT {_LIST} FROM tasks WHERE parent_id = %s AND id != %s ORDER BY seen_at LIMIT %s",
         (task_id, task_id, limit),
     )
@@ -78,10 +97,10 @@ def list_tasks(
     if filters.q:
         query, params = _searched(filters, cursor, limit)
         # never prepared: the plan is made for this pattern (rare: the index; common: a scan)
-        found = conn.execute(_pg(query), params, prepare=False).fetchall()
+        found = reader(conn).execute(_pg(query), params, prepare=False).fetchall()
     else:
         rest, params = page_sql(filters, cursor, limit)
-        found = conn.execute(_pg(f"SELECT {_LIST} FROM tasks{rest}"), params).fetchall()
+        found = reader(conn).execute(_pg(f"SELECT {_LIST} FROM tasks{rest}"), params).fetchall()
     rows = [list_row(row) for row in found]
     next_cursor = None
     if len(rows) > limit:
@@ -138,7 +157,7 @@ class _Ranked:
         spelled, named = _SUBQUERY_END.subn(r") AS ranked\1", spelled, count=1)
         if not named or spelled.count("NULLS LAST") != 1:
             raise ValueError(f"not a statement of ranked.page_sql: {sql}")
-        return self.conn.execute(_pg(spelled), parameters)
+        return reader(self.conn).execute(_pg(spelled), parameters)
 
 
 _SUBQUERY_END = re.compile(r"\)( WHERE \(?k | ORDER BY k DESC)")

@@ -20,7 +20,7 @@ from psycopg.adapt import Buffer, Loader
 from psycopg_pool import ConnectionPool
 
 from stemtrace.store import fleet, lists, queries, rollups
-from stemtrace.store.pg.reads import _pg
+from stemtrace.store.pg.reads import _pg, reader
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 Row = dict[str, Any]
@@ -40,13 +40,13 @@ class Lite:
     """A PostgreSQL connection that runs SQLite's shared SQL (the reads here, and the
     rollups' prune and fold) (:class:`stemtrace.store.dbapi.Executes`): ``?`` placeholders
     as psycopg's, no index hints (``INDEXED BY``: PostgreSQL's planner picks), sums as
-    integers."""
+    integers, a NUL in a text parameter as the writer stores it (:func:`reads.reader`)."""
 
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        cursor = self.conn.cursor()
+        cursor = reader(self.conn)
         cursor.adapters.register_loader("numeric", _Whole)
         return cursor.execute(_pg(_HINT.sub("", sql)), parameters)
 
