@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def read_events(url: str, stream: str) -> list[dict[str, Any]]:
-    """Every valid event in ``stream``, in stream order; fails on a malformed one."""
+def read_events(url: str, stream: str, after: str | None = None) -> list[dict[str, Any]]:
+    """Every valid event in ``stream`` (past the entry ``after``, if given), in stream
+    order; fails on a malformed one."""
     client = redis.Redis.from_url(url)
     try:
-        entries = client.xrange(stream)
+        entries = client.xrange(stream, min="-" if after is None else f"({after}")
     finally:
         client.close()
     found: list[dict[str, Any]] = []
@@ -80,6 +81,8 @@ class Scenario:
     transport_url: str | None = None
     amqp: bool = False
     """Celery's broker and the events on RabbitMQ; results stay in Redis."""
+    after: str | None = None
+    """The stream's last entry when a test began (:meth:`from_now`): its events come later."""
 
     @property
     def broker(self) -> str:
@@ -96,7 +99,17 @@ class Scenario:
     def events(self) -> list[dict[str, Any]]:
         if self.amqp:
             raise AssertionError("events on RabbitMQ are read through a consumer, not XRANGE")
-        return read_events(self.events_url, self.stream)
+        return read_events(self.events_url, self.stream, self.after)
+
+    def from_now(self) -> Scenario:
+        """The same queue and stream, whose :meth:`events` are those added from now on: a
+        test's own view of a stream it shares with the tests before it (and their worker)."""
+        client = redis.Redis.from_url(self.events_url)
+        try:
+            last = client.xrevrange(self.stream, count=1)
+        finally:
+            client.close()
+        return replace(self, after=last[0][0].decode() if last else "0-0")
 
     def of(self, task_id: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,23 +19,48 @@ from tests.support import Scenario, celery_worker, wait_for
 TERMINAL = {"succeeded", "failed", "revoked", "rejected"}
 
 
-@pytest.fixture
-def client(scenario: Scenario) -> Iterator[tuple[Celery, Capture]]:
+@contextmanager
+def sender(scenario: Scenario) -> Iterator[tuple[Celery, Capture]]:
     """The sending side: an app in the test process with ``init(app)``."""
     app = make_app(scenario.broker, scenario.queue)
     capture = stemtrace.init(
         app, stream=scenario.stream, flush_interval=0.05, transport_url=scenario.events_url
     )
     assert capture is not None
-    yield app, capture
-    capture.publisher.close(1.0)
-    app.close()
+    try:
+        yield app, capture
+    finally:
+        capture.publisher.close(1.0)
+        app.close()
 
 
-@pytest.fixture(params=["prefork", "solo"])
-def worker(request: pytest.FixtureRequest, scenario: Scenario) -> Iterator[str]:
-    with celery_worker(scenario, pool=request.param):
-        yield request.param
+@pytest.fixture
+def client(scenario: Scenario) -> Iterator[tuple[Celery, Capture]]:
+    """The sending side, for a test that starts a worker of its own."""
+    with sender(scenario) as found:
+        yield found
+
+
+@pytest.fixture(scope="module", params=["prefork", "solo"])
+def worker(request: pytest.FixtureRequest, redis_available: None) -> Iterator[Scenario]:
+    """A real worker of each pool, started once for the canvas tests, which only send
+    tasks and read their events (starting and stopping a worker costs seconds)."""
+    db = 1 + zlib.crc32(f"{request.node.nodeid}-{request.param}".encode()) % 15
+    shared = Scenario(db=db)
+    try:
+        with celery_worker(shared, pool=request.param):
+            yield shared
+    finally:
+        shared.cleanup()
+
+
+@pytest.fixture
+def canvas(worker: Scenario) -> Iterator[tuple[Scenario, Celery]]:
+    """The module's worker's queue and stream, seen from now on (``Scenario.from_now``:
+    the events of the tests before are not this test's), and an app sending to it."""
+    scenario = worker.from_now()
+    with sender(scenario) as (app, _):
+        yield scenario, app
 
 
 def kinds(scenario: Scenario, task_id: str) -> list[str]:
@@ -60,9 +87,9 @@ def one(events: list[dict[str, Any]], task_id: str, kind: str) -> dict[str, Any]
 
 
 def test_chain_records_every_transition_and_the_planned_links(
-    scenario: Scenario, client: tuple[Celery, Capture], worker: str
+    canvas: tuple[Scenario, Celery],
 ) -> None:
-    app, _ = client
+    scenario, app = canvas
     add = app.tasks["proj.add"]
     result = chain(add.s(1, 2), add.s(3), add.s(4)).apply_async()
     assert result.get(timeout=20) == 10
@@ -99,9 +126,9 @@ def test_chain_records_every_transition_and_the_planned_links(
 
 
 def test_group_members_share_the_group_and_one_trace(
-    scenario: Scenario, client: tuple[Celery, Capture], worker: str
+    canvas: tuple[Scenario, Celery],
 ) -> None:
-    app, _ = client
+    scenario, app = canvas
     add = app.tasks["proj.add"]
     result = group(add.s(i, i) for i in range(4)).apply_async()
     assert result.get(timeout=20) == [0, 2, 4, 6]
@@ -110,13 +137,14 @@ def test_group_members_share_the_group_and_one_trace(
     sent = [one(events, task_id, "sent") for task_id in ids]
     assert {e["group_id"] for e in sent} == {result.id}
     assert sorted(e["group_index"] for e in sent) == [0, 1, 2, 3]
-    assert {e["trace_id"] for e in events if e.get("trace_id")} == {result.id}
+    mine = [e for e in events if e.get("task_id") in ids and e.get("trace_id")]
+    assert {e["trace_id"] for e in mine} == {result.id}
 
 
 def test_chord_callback_id_is_known_when_the_header_is_sent(
-    scenario: Scenario, client: tuple[Celery, Capture], worker: str
+    canvas: tuple[Scenario, Celery],
 ) -> None:
-    app, _ = client
+    scenario, app = canvas
     add, tsum = app.tasks["proj.add"], app.tasks["proj.tsum"]
     result = chord([add.s(1, 1), add.s(2, 2), add.s(3, 3)], tsum.s()).apply_async()
     assert result.get(timeout=20) == 12
@@ -136,9 +164,9 @@ def test_chord_callback_id_is_known_when_the_header_is_sent(
 
 
 def test_chain_inside_chord_inside_chain(
-    scenario: Scenario, client: tuple[Celery, Capture], worker: str
+    canvas: tuple[Scenario, Celery],
 ) -> None:
-    app, _ = client
+    scenario, app = canvas
     add, tsum = app.tasks["proj.add"], app.tasks["proj.tsum"]
     with stemtrace.trace("nested-canvas") as trace_id:
         workflow = chain(
@@ -163,9 +191,9 @@ def test_chain_inside_chord_inside_chain(
 
 
 def test_children_sent_from_a_task_point_to_their_parent(
-    scenario: Scenario, client: tuple[Celery, Capture], worker: str
+    canvas: tuple[Scenario, Celery],
 ) -> None:
-    app, _ = client
+    scenario, app = canvas
     result = app.tasks["proj.spawn"].delay(3)
     child_ids = result.get(timeout=20)
     events = wait_finished(scenario, result.id, *child_ids)
@@ -178,9 +206,9 @@ def test_children_sent_from_a_task_point_to_their_parent(
 
 
 def test_retry_twice_then_succeed_records_three_attempts(
-    scenario: Scenario, client: tuple[Celery, Capture], worker: str
+    canvas: tuple[Scenario, Celery],
 ) -> None:
-    app, _ = client
+    scenario, app = canvas
     with stemtrace.trace("retry-trace"):
         result = app.tasks["proj.flaky"].delay(7)
     assert result.get(timeout=20) == 7
@@ -209,9 +237,9 @@ def test_retry_twice_then_succeed_records_three_attempts(
 
 
 def test_failure_mid_chain_keeps_the_planned_links(
-    scenario: Scenario, client: tuple[Celery, Capture], worker: str
+    canvas: tuple[Scenario, Celery],
 ) -> None:
-    app, _ = client
+    scenario, app = canvas
     add, fail = app.tasks["proj.add"], app.tasks["proj.fail"]
     result = chain(add.s(1, 1), fail.s(), add.s(5), add.s(6)).apply_async()
     with pytest.raises(ValueError):
@@ -229,9 +257,9 @@ def test_failure_mid_chain_keeps_the_planned_links(
 
 
 def test_hostile_and_secret_payloads(
-    scenario: Scenario, client: tuple[Celery, Capture], worker: str
+    canvas: tuple[Scenario, Celery],
 ) -> None:
-    app, _ = client
+    scenario, app = canvas
     login, echo = app.tasks["proj.login"], app.tasks["proj.echo"]
     by_name = login.delay("ada", "hunter2", options={"api_key": "k-123", "retries": 3})
     by_keyword = login.delay(user="bob", password="swordfish")
