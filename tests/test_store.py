@@ -1,23 +1,29 @@
-"""Ingest rules: precedence over arrival order, idempotence, retention."""
+"""Ingest rules: precedence over arrival order, idempotence, retention.
+
+What is stored and read back runs once per backend (``backend``: SQLite and
+PostgreSQL). SQLite's own file runs on SQLite only: reopening it, migrating a
+file of an older version, its history records' layout, VACUUM, and the slices
+and far-future rows of its ``Retention``.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stemtrace.store import Store, queries
+from stemtrace.store import Backend, Store, Upkeep, open_store, queries
 from stemtrace.store.ingest import Ingestor
 from stemtrace.store.retention import Retention
 from tests.factories import examples, task_event
-from tests.site import copy_of
 from tests.support import stored_events
 
 
@@ -50,15 +56,15 @@ def retried_twice(task_id: str = "t1") -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def row(store: Store, task_id: str = "t1") -> dict[str, Any]:
-    found = queries.get_task(store.reader().conn, task_id)
+def row(store: Backend, task_id: str = "t1") -> dict[str, Any]:
+    found = store.get_task(task_id)
     assert found is not None
     return found
 
 
-def test_a_retried_task_ends_in_one_row(store: Store) -> None:
-    Ingestor(store.writer()).ingest(retried_twice())
-    task = row(store)
+def test_a_retried_task_ends_in_one_row(backend: Backend) -> None:
+    backend.open_writer().ingest(retried_twice())
+    task = row(backend)
     assert task["state"] == "SUCCESS" and task["retries"] == 2
     assert task["parent_id"] is None  # a retry's self-parent is not a parent
     assert task["args"] == [1] and task["result"] == 7 and task["trace_id"] == "tr"
@@ -66,69 +72,88 @@ def test_a_retried_task_ends_in_one_row(store: Store) -> None:
     assert task["worker"] == "celery@w1" and task["queue_wait"] == pytest.approx(0.2)
 
 
-@settings(max_examples=examples(60), deadline=None)
+# Each example writes tasks of its own (a new id) into the test's one store: a store per
+# example would cost PostgreSQL a database each.
+EXAMPLES_IN_ONE_STORE = settings(
+    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@settings(EXAMPLES_IN_ONE_STORE, max_examples=examples(60))
 @given(st.permutations(list(range(12))), st.integers(min_value=1, max_value=12))
 def test_any_arrival_order_and_batching_gives_the_same_row(
-    tmp_path_factory: pytest.TempPathFactory, migrated: Path, order: list[int], batch: int
+    backend: Backend, order: list[int], batch: int
 ) -> None:
-    store = Store(copy_of(migrated, tmp_path_factory.mktemp("p") / "p.db"))
-    try:
-        life = retried_twice()
-        shuffled = [life[i] for i in order]
-        ingestor = Ingestor(store.writer())
-        for start in range(0, len(shuffled), batch):
-            ingestor.ingest(shuffled[start : start + batch])
-        task = row(store)
-        assert (task["state"], task["retries"], task["result"]) == ("SUCCESS", 2, 7)
-        assert (task["sent_at"], task["started_at"], task["finished_at"]) == (1.0, 1.2, 1.9)
-        assert task["worker"] == "celery@w1" and task["args"] == [1]
-        history = queries.task_events(store.reader().conn, "t1")
-        assert [e["ts"] for e in history] == [e["ts"] for e in life]
-    finally:
-        store.close()
+    task_id = uuid.uuid4().hex
+    life = retried_twice(task_id)
+    shuffled = [life[i] for i in order]
+    writer = backend.open_writer()
+    for start in range(0, len(shuffled), batch):
+        writer.ingest(shuffled[start : start + batch])
+    task = row(backend, task_id)
+    assert (task["state"], task["retries"], task["result"]) == ("SUCCESS", 2, 7)
+    assert (task["sent_at"], task["started_at"], task["finished_at"]) == (1.0, 1.2, 1.9)
+    assert task["worker"] == "celery@w1" and task["args"] == [1]
+    history = backend.task_events(task_id)
+    assert [e["ts"] for e in history] == [e["ts"] for e in life]
 
 
-@settings(max_examples=examples(40), deadline=None)
+@settings(EXAMPLES_IN_ONE_STORE, max_examples=examples(40))
 @given(st.lists(st.sampled_from(["sent", "received", "started", "retry"]), max_size=6),
        st.sampled_from(["succeeded", "failed", "revoked", "rejected"]))  # fmt: skip
 def test_a_terminal_state_wins_whatever_comes_after(
-    tmp_path_factory: pytest.TempPathFactory, migrated: Path, later: list[str], terminal: str
+    backend: Backend, later: list[str], terminal: str
 ) -> None:
-    store = Store(copy_of(migrated, tmp_path_factory.mktemp("t") / "t.db"))
-    try:
-        ingestor = Ingestor(store.writer())
-        ingestor.ingest([task_event(terminal, "t1", 5.0)])
-        ingestor.ingest(
-            [task_event(kind, "t1", 6.0 + i, retries=0) for i, kind in enumerate(later)]
-        )
-        expected = {"succeeded": "SUCCESS", "failed": "FAILURE", "revoked": "REVOKED",
-                    "rejected": "REJECTED"}[terminal]  # fmt: skip
-        assert row(store)["state"] == expected
-    finally:
-        store.close()
+    task_id = uuid.uuid4().hex
+    writer = backend.open_writer()
+    writer.ingest([task_event(terminal, task_id, 5.0)])
+    writer.ingest([task_event(kind, task_id, 6.0 + i, retries=0) for i, kind in enumerate(later)])
+    expected = {"succeeded": "SUCCESS", "failed": "FAILURE", "revoked": "REVOKED",
+                "rejected": "REJECTED"}[terminal]  # fmt: skip
+    assert row(backend, task_id)["state"] == expected
 
 
-def test_redelivered_events_change_nothing(store: Store) -> None:
-    ingestor = Ingestor(store.writer())
+def test_redelivered_events_change_nothing(backend: Backend) -> None:
+    writer = backend.open_writer()
     life = retried_twice()
-    ingestor.ingest(life)
-    before = row(store)
-    history = queries.task_events(store.reader().conn, "t1")
-    ingestor.ingest(life[3:7])
-    ingestor.ingest(list(reversed(life)) + life[:2])  # twice in one batch too
-    after = row(store)
+    writer.ingest(life)
+    before = row(backend)
+    history = backend.task_events("t1")
+    writer.ingest(life[3:7])
+    writer.ingest(list(reversed(life)) + life[:2])  # twice in one batch too
+    after = row(backend)
     before.pop("updated_at"), after.pop("updated_at")
     assert after == before
     assert len(history) == len(life)
-    assert queries.task_events(store.reader().conn, "t1") == history
+    assert backend.task_events("t1") == history
 
 
-def test_waiting_for_a_retry_is_its_own_state(store: Store) -> None:
-    Ingestor(store.writer()).ingest(retried_twice()[:5])
-    assert row(store)["state"] == "RETRY"
+def test_waiting_for_a_retry_is_its_own_state(backend: Backend) -> None:
+    backend.open_writer().ingest(retried_twice()[:5])
+    assert row(backend)["state"] == "RETRY"
+
+
+def test_retention_by_count_keeps_the_newest_tasks_with_their_history(
+    backend: Backend,
+) -> None:
+    now = time.time()
+    ids = [f"t{i:03}" for i in range(50)]
+    backend.open_writer().ingest(
+        [task_event("sent", tid, now - 600 + i, name="proj.t") for i, tid in enumerate(ids)]
+        + [task_event("succeeded", tid, now - 500 + i) for i, tid in enumerate(ids)]
+    )
+    writer = backend.open_writer(Upkeep(max_tasks=20))
+    assert writer.upkeep(caught_up=True)[0] == 30
+    kept = [task_id for task_id in ids if backend.get_task(task_id) is not None]
+    assert kept == ids[30:]
+    assert all(len(backend.task_events(task_id)) == 2 for task_id in kept)
+    assert all(backend.task_events(task_id) == [] for task_id in ids[:30])
+    assert backend.counts()["tasks"] == 20  # the rollups forgot them too
+    assert backend.tasks_by_state() == {"proj.t": {"SUCCESS": 20}}
 
 
 def test_retention_by_count_and_by_age(store: Store) -> None:
+    """SQLite's ``Retention``: a bounded slice per step, the age to the second."""
     ingestor = Ingestor(store.writer())
     ingestor.ingest([task_event("succeeded", f"t{i:03}", 1000.0 + i) for i in range(50)])
     pruned = Retention(max_tasks=20, slice_size=7).step(store.writer(), now=2000.0)
@@ -156,6 +181,18 @@ def test_the_schema_survives_reopening(tmp_path: Path) -> None:
     second = Store(path)  # migrations already applied: nothing to redo
     assert row(second)["state"] == "SUCCESS"
     second.close()
+
+
+def test_what_was_written_is_read_by_the_next_store_opened(db_target: str) -> None:
+    first = open_store(db_target)
+    first.open_writer().ingest(retried_twice())
+    first.close()
+    second = open_store(db_target)
+    try:
+        assert row(second)["state"] == "SUCCESS"
+        assert len(second.task_events("t1")) == len(retried_twice())
+    finally:
+        second.close()
 
 
 def test_history_written_as_json_documents_is_migrated(
@@ -208,13 +245,22 @@ def test_history_written_as_json_documents_is_migrated(
     ]  # fmt: skip
 
 
-def test_a_history_row_keeps_what_the_task_row_does_not(store: Store) -> None:
-    Ingestor(store.writer()).ingest(
-        [
-            task_event("sent", "t1", 1.0, args=[1], queue="q", future_field={"x": [1]}),
-            task_event("revoked", "t1", 2.0, terminated=True, signum=15, worker="celery@w1"),
-        ]
-    )
+UNKNOWN_FIELDS = [
+    task_event("sent", "t1", 1.0, args=[1], queue="q", future_field={"x": [1]}),
+    task_event("revoked", "t1", 2.0, terminated=True, signum=15, worker="celery@w1"),
+]
+
+
+def test_a_history_event_keeps_what_the_task_row_does_not(backend: Backend) -> None:
+    backend.open_writer().ingest(UNKNOWN_FIELDS)
+    first, second = backend.task_events("t1")
+    assert "args" not in first and "queue" not in first and first["future_field"] == {"x": [1]}
+    assert second["terminated"] is True and second["worker"] == "celery@w1"
+    assert second["signum"] == 15
+
+
+def test_a_history_row_holds_the_unknown_fields_as_its_records_extra(store: Store) -> None:
+    Ingestor(store.writer()).ingest(UNKNOWN_FIELDS)
     conn = store.reader().conn
     [(text,)] = conn.execute(
         "SELECT events FROM history JOIN tasks ON tasks.rowid = task_rowid WHERE id = 't1'"
@@ -223,9 +269,6 @@ def test_a_history_row_keeps_what_the_task_row_does_not(store: Store) -> None:
         {"future_field": {"x": [1]}},
         {"signum": 15, "terminated": True},
     ]
-    first, second = queries.task_events(conn, "t1")
-    assert "args" not in first and "queue" not in first and first["future_field"] == {"x": [1]}
-    assert second["terminated"] is True and second["worker"] == "celery@w1"
 
 
 def test_vacuum_keeps_each_history_with_its_task(tmp_path: Path) -> None:
