@@ -20,13 +20,14 @@ from stemtrace.core import buckets, errors, states
 from stemtrace.core.events import Event
 from stemtrace.store import Store, Upkeep, digests, tally
 from stemtrace.store import rollups as rollup_tables
-from stemtrace.store.ingest import Ingestor
+from stemtrace.store.ingest import TASK_COLUMNS, Ingestor
 from stemtrace.store.migrations import migrations
 from stemtrace.store.retention import Retention
-from tests.factories import W1, W2, lifecycle
+from tests.factories import W1, W2, lifecycle, task_event
 
 OUTCOMES = ("SUCCESS", "FAILURE", "RETRY", "REVOKED", "STARTED", "PENDING")
 NAMES = ("proj.add", "proj.mul", "<script>alert(1)</script>")
+COLUMN_AT = {name: i for i, name in enumerate(TASK_COLUMNS)}
 T0 = 1_760_000_000.0
 
 
@@ -366,3 +367,66 @@ def test_since_ever_and_tasks_by_state(store: Store) -> None:
     assert {
         (name, state, n) for name, by in store.tasks_by_state().items() for state, n in by.items()
     } == task_counts_truth(store)
+
+
+def linked(seed: int, tasks: int) -> list[Event]:
+    """Tasks in flows and traces: roots, groups and traces drawn from the same ids (a root
+    that is itself in a group, or not its own root, a root never seen), and tasks seen
+    only starting, without a name."""
+    chance = random.Random(seed)
+    ids = [f"l-{seed}-{n}" for n in range(tasks)]
+    found: list[Event] = []
+    for task_id in ids:
+        fields = {
+            "root_id": chance.choice([None, task_id, "never-seen", *ids[:4]]),
+            "group_id": chance.choice([None, None, "g-1", "g-2", task_id, *ids[4:6]]),
+            "trace_id": chance.choice([None, task_id, "trace-x", *ids[:3]]),
+        }
+        found += lifecycle(
+            task_id,
+            chance.choice(NAMES),
+            T0 + chance.uniform(0, 600),
+            chance.choice(OUTCOMES),
+            runtime=chance.choice((0.004, 2.5)),
+            **fields,
+        )
+        if chance.random() < 0.2:
+            found.append(task_event("started", f"{task_id}-x", T0, worker=W1, retries=0))
+    # a root in a group named after one of its children: that child is in no flow
+    found += lifecycle(f"l-{seed}-r", "proj.add", T0, group_id=f"l-{seed}-c")
+    found += lifecycle(f"l-{seed}-c", "proj.add", T0 + 1, root_id=f"l-{seed}-r")
+    return found
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 10_000), split=st.floats(0, 1), batch=st.integers(1, 60))
+def test_rows_counted_as_inserted_are_the_rows_read_back(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, split: float, batch: int
+) -> None:
+    """What :func:`tally.inserted_rows` works out in Python from the values a batch wrote
+    is what the SELECT works out in SQL from the stored rows (rowids past ``top`` count as
+    inserted; the roots of their flows may be among them, stored before, or nowhere)."""
+    events = workload(seed, 20) + linked(seed, 30)
+    random.Random(seed).shuffle(events)
+    store = Store(tmp_path_factory.mktemp("r") / "r.db")
+    try:
+        with mock.patch.object(tally, "tally", lambda *_: None):  # no task counted yet
+            ingest(store, events, batch)
+        stored = (
+            conn(store)
+            .execute(f"SELECT rowid, {', '.join(TASK_COLUMNS)} FROM tasks ORDER BY rowid")
+            .fetchall()
+        )
+        rowids = {row[1]: row[0] for row in stored}
+        top = stored[int(split * (len(stored) - 1))][0]
+        written = tally.Written([row[1:] for row in stored], COLUMN_AT, rowids, top)
+        python = tally.inserted_rows(conn(store), written, json.dumps)
+        inserted = [rowid for rowid in rowids.values() if rowid > top]
+        sql = conn(store).execute(tally.select_sql(
+            "t.rowid IN (SELECT value FROM json_each(?))"), (json.dumps(inserted),)
+        ).fetchall()  # fmt: skip
+        assert python == sql
+    finally:
+        store.close()

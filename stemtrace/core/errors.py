@@ -93,8 +93,12 @@ def fingerprint(exc_type: str | None, message: str | None) -> str:
     same message under two types gives two groups. Stable across processes and
     versions of Python: a blake2b digest, not ``hash()``.
     """
+    return fingerprint_normalized(exc_type, normalize(message or ""))
+
+
+def fingerprint_normalized(exc_type: str | None, text: str) -> str:
+    """:func:`fingerprint` of a message already normalized (``text``: :func:`normalize`'s)."""
     kind = (exc_type or "").strip()[:MAX_TYPE]
-    text = normalize(message or "")
     digest = hashlib.blake2b(digest_size=8, person=b"stemtrace-err")
     digest.update(kind.encode("utf-8", "surrogatepass"))
     digest.update(b"\0")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from stemtrace.core import errors, states
@@ -92,23 +91,23 @@ def flow_key(row: dict[str, Any], root: dict[str, Any] | None = None) -> str:
     return str(row["group_id"] or task_id)
 
 
-@dataclass
-class _Index:
-    first_seen: float | None = None
-    last_seen: float | None = None
-    tasks: int = 0
-    failures: int = 0
-    running: int = 0
-    explicit: int = 0
+Index = dict[str, list[Any]]
+"""Per flow or trace key: first seen, last moved, tasks, failures, running, explicit."""
 
-    def add(self, seen: Any, moved: Any, changes: tuple[int, int, int]) -> None:
-        if seen is not None and (self.first_seen is None or seen < self.first_seen):
-            self.first_seen = seen
-        if moved is not None and (self.last_seen is None or moved > self.last_seen):
-            self.last_seen = moved
-        self.tasks += changes[0]
-        self.failures += changes[1]
-        self.running += changes[2]
+
+def _into(index: Index, key: str, seen: Any, moved: Any, changes: tuple[int, int, int]) -> None:
+    """Add ``changes`` to the entry of ``key``; widen its first seen and last moved."""
+    entry = index.get(key)
+    if entry is None:
+        index[key] = [seen, moved, changes[0], changes[1], changes[2], 0]
+        return
+    if seen is not None and (entry[0] is None or seen < entry[0]):
+        entry[0] = seen
+    if moved is not None and (entry[1] is None or moved > entry[1]):
+        entry[1] = moved
+    entry[2] += changes[0]
+    entry[3] += changes[1]
+    entry[4] += changes[2]
 
 
 Share = tuple[int, int, int]
@@ -132,8 +131,9 @@ class Digests:
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str], list[Any]] = {}
         self.hours: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.flows: dict[str, _Index] = defaultdict(_Index)
-        self.traces: dict[str, _Index] = defaultdict(_Index)
+        self.flows: Index = {}
+        self.traces: Index = {}
+        self._grouped: dict[tuple[str | None, str], tuple[str, str]] = {}
 
     def add(
         self,
@@ -154,30 +154,34 @@ class Digests:
             if old_key == key:
                 if key is not None:
                     delta = (now[0] - was[0], now[1] - was[1], now[2] - was[2])
-                    index[key].add(seen, moved, delta)
+                    _into(index, key, seen, moved, delta)
                 continue
             if old_key is not None:
-                index[old_key].add(None, None, _minus(was))
+                _into(index, old_key, None, None, _minus(was))
             if key is not None:
-                index[key].add(seen, moved, now)
+                _into(index, key, seen, moved, now)
         if trace is not None:
-            self.traces[trace].explicit |= int(trace != root_id)
+            self.traces[trace][5] |= int(trace != root_id)
 
-    def failure(self, row: dict[str, Any]) -> None:
-        """A failure counted for the first time: its error group and hour."""
-        self._failure(row, row["finished"] or row["seen_at"])
-
-    def _failure(self, row: dict[str, Any], at: Any) -> None:
-        message = row["exc_message"] if isinstance(row["exc_message"], str) else ""
-        exc_type = row["exc_type"] if isinstance(row["exc_type"], str) else None
-        key = (row["name"], errors.fingerprint(exc_type, message))
+    def failed(self, name: str, task_id: str, exc_type: Any, exc_message: Any, at: Any) -> None:
+        """A failure counted for the first time (``at``: when): its error group and hour."""
+        message = exc_message if isinstance(exc_message, str) else ""
+        exc_type = exc_type if isinstance(exc_type, str) else None
+        # The same error fails many tasks: its fingerprint is worked out once a batch.
+        grouped = self._grouped.get((exc_type, message))
+        if grouped is None:
+            text = errors.normalize(message)
+            grouped = errors.fingerprint_normalized(exc_type, text), text
+            if len(self._grouped) < 10_000:
+                self._grouped[exc_type, message] = grouped
+        key = (name, grouped[0])
         known = self.groups.get(key)
         if known is None:
-            self.groups[key] = [exc_type, errors.normalize(message), at, at, row["id"]]
+            self.groups[key] = [exc_type, grouped[1], at, at, task_id]
         else:
             known[2] = min(known[2], at)
             if at >= known[3]:
-                known[3], known[4] = at, row["id"]
+                known[3], known[4] = at, task_id
         self.hours[(*key, int(at // HOUR) * HOUR)] += 1
 
     def writes(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
@@ -185,13 +189,9 @@ class Digests:
         return [
             ("group", [(*k, *v) for k, v in self.groups.items()]),
             ("hour", [(*k, n) for k, n in self.hours.items()]),
-            ("flow", [_values(k, i) for k, i in self.flows.items()]),
-            ("trace", [(*_values(k, i), i.explicit) for k, i in self.traces.items()]),
+            ("flow", [(k, *i[:5]) for k, i in self.flows.items()]),
+            ("trace", [(k, *i) for k, i in self.traces.items()]),
         ]
-
-
-def _values(key: str, index: _Index) -> tuple[Any, ...]:
-    return (key, index.first_seen, index.last_seen, index.tasks, index.failures, index.running)
 
 
 FORGET_COLUMNS = ("tally_state", "tally_flow", "tally_trace")
@@ -213,19 +213,19 @@ def forgotten(
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The flow and trace index rows (of :data:`SQLITE`'s ``flow`` and ``trace``) that
     take ``rows`` (:data:`FORGET_COLUMNS`) out."""
-    flows: dict[str, _Index] = defaultdict(_Index)
-    traces: dict[str, _Index] = defaultdict(_Index)
+    flows: Index = {}
+    traces: Index = {}
     for row in rows:
         state = row["tally_state"]
         if state is None:
             continue
         if row["tally_flow"] is not None:
-            flows[row["tally_flow"]].add(None, None, _minus(share(state)))
+            _into(flows, row["tally_flow"], None, None, _minus(share(state)))
         if row["tally_trace"] is not None:
-            traces[row["tally_trace"]].add(None, None, _minus(share(state)))
+            _into(traces, row["tally_trace"], None, None, _minus(share(state)))
     return (
-        [_values(k, i) for k, i in flows.items()],
-        [(*_values(k, i), 0) for k, i in traces.items()],
+        [(k, *i[:5]) for k, i in flows.items()],
+        [(k, *i[:5], 0) for k, i in traces.items()],
     )
 
 

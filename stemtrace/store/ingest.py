@@ -111,6 +111,7 @@ UPSERT_TASK = (
 )
 
 INSERT_HISTORY = "INSERT INTO history (task_rowid, events) VALUES (?, ?)"
+TOP_ROWID = "SELECT max(rowid) FROM tasks"
 ROWIDS = "SELECT t.id, t.rowid FROM json_each(?) AS j JOIN tasks AS t ON t.id = j.value"
 
 # What an event's history record leaves out of ``extra``: its own places, and
@@ -380,6 +381,7 @@ class Ingestor:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if merged:
+                top = conn.execute(TOP_ROWID).fetchone()[0] or 0
                 conn.executemany(UPSERT_TASK, task_rows)
                 rowids = dict(conn.execute(ROWIDS, (_dumps(list(merged)),)))
                 conn.executemany(
@@ -387,7 +389,9 @@ class Ingestor:
                     [(rowids[tid], _dumps(records)) for tid, (_, records) in merged.items()],
                 )
                 search.touched(conn, [row[0] for row in task_rows if _has_text(row)])
-                tally.tally(conn, rowids.values(), _dumps)
+                tally.tally(
+                    conn, rowids.values(), _dumps, tally.Written(task_rows, _COL, rowids, top)
+                )
                 planned.remember(
                     conn,
                     [(rowids[row[0]], row[_CHAIN], row[_CHORD]) for row in task_rows

@@ -1,25 +1,29 @@
 """Counting a batch into the rollups and digests: what each task shows and was not counted as.
 
 :func:`tally` runs in the writer's transaction, after the batch's rows are
-written. SQLite reads every touched task with what it was counted as
-(``task_tally``) and works out what it shows now (the outcome bits, the
-flow and trace it is listed in); Python then counts in passes over all the
-rows at once (one ``Counter`` per outcome, per cell of name, queue, worker
-and minute), and the cells are spread over the dimensions when written.
-Per-row Python is what rollups cost ingestion, so there is as little of it
-as the counting allows.
+written. A task the batch inserted is counted from the values it wrote
+(:func:`inserted_rows`: SQLite holds just those, and the task was never
+counted); SQLite reads every other touched task with what it was counted as
+(``task_tally``) and works out what it shows now (the outcome bits, the flow
+and trace it is listed in). Python then counts in a few passes over all the
+rows at once, into cells of name, queue, worker and minute with plain dicts,
+and the cells are spread over the dimensions and periods when written.
+Per-row Python is what rollups cost ingestion, so there is as little of it as
+the counting allows.
 
 PostgreSQL counts with the same :class:`Batch`: only its SELECT (built by
-:func:`select_sql`) and the statements of :meth:`Batch.writes` are its own
-(:mod:`stemtrace.store.pg.rollup_writes`).
+:func:`select_sql`, every touched task read back) and the statements of
+:meth:`Batch.writes` are its own (:mod:`stemtrace.store.pg.rollup_writes`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
-from collections import Counter
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from stemtrace.core import buckets, states
@@ -114,36 +118,154 @@ SQLITE = {
 }  # fmt: skip
 """SQLite's statement of each write a :class:`Batch` names."""
 Cell = tuple[str, str | None, str | None, int]
-# Each outcome: its column, its bit, when it happened (a column), whether per worker.
-_PASSES = (
-    (OUTCOMES.index("sent"), SENT, SENT_AT, False),
-    (OUTCOMES.index("started"), STARTED, STARTED_AT, True),
-    (OUTCOMES.index("succeeded"), SUCCEEDED, FINISHED, True),
-    (OUTCOMES.index("failed"), FAILED, FINISHED, True),
-    (OUTCOMES.index("revoked"), REVOKED, STATE_TS, True),
-)
 _RETRIED = OUTCOMES.index("retried")
+_SENT, _STARTED = OUTCOMES.index("sent"), OUTCOMES.index("started")
+# The column of an ending (one of the succeeded, failed and revoked bits a batch finds new).
+_ENDED = {
+    SUCCEEDED: OUTCOMES.index("succeeded"), FAILED: OUTCOMES.index("failed"),
+    REVOKED: OUTCOMES.index("revoked"),
+}  # fmt: skip
 
 
-def tally(conn: sqlite3.Connection, rowids: Iterable[int], dumps: Any) -> None:
+@dataclass(frozen=True)
+class Written:
+    """A batch's task rows as the writer has just written them."""
+
+    rows: Sequence[Sequence[Any]]
+    """The rows, one per task; :data:`INSERTED_FROM` names what is read of them."""
+    at: Mapping[str, int]
+    """The place of each column in a row."""
+    rowids: Mapping[str, int]
+    """Each task's rowid, by task id."""
+    top: int
+    """The largest rowid before the batch (0: none): a task past it was inserted by the batch."""
+
+
+def tally(
+    conn: sqlite3.Connection, rowids: Iterable[int], dumps: Any, written: Written | None = None
+) -> None:
     """Count what the rows ``rowids`` show and were not counted as; in the writer's transaction.
 
     ``dumps`` encodes the rowids as a JSON array (the writer's own encoder).
+    ``written``: the batch that wrote them; the tasks it inserted are counted from
+    the values it wrote (:func:`inserted_rows`) instead of read back.
     """
-    rows = conn.execute(_SELECT, (dumps(list(rowids)),)).fetchall()
+    if written is None:
+        ids, inserted = list(rowids), []
+    else:
+        ids = [rowid for rowid in rowids if rowid <= written.top]
+        inserted = inserted_rows(conn, written, dumps)
+    rows = conn.execute(_SELECT, (dumps(ids),)).fetchall() if ids else []
+    if inserted:
+        rows += inserted
     if rows:
         Batch(rows).write(conn)
 
 
+_ROOTS = (
+    "SELECT t.id, t.root_id, t.group_id FROM tasks AS t"
+    " WHERE t.id IN (SELECT value FROM json_each(?))"
+)
+INSERTED_FROM = (
+    "name", "state", "queue", "worker", "sent_at", "started_at", "runtime", "state_ts", "seen_at",
+    "id", "root_id", "exc_type", "exc_message", "finished_at", "retries", "group_id", "trace_id",
+)  # fmt: skip
+"""The task columns :func:`inserted_rows` reads."""
+
+
+def inserted_rows(conn: sqlite3.Connection, written: Written, dumps: Any) -> list[Row]:
+    """:data:`TALLY_COLUMNS` rows of the tasks ``written`` inserted, without reading them back.
+
+    SQLite holds the values it was given, and a task never counted has no
+    ``task_tally`` row. What each row shows is worked out here as :data:`_DERIVED`
+    and :func:`facts` work it out in SQL (a test holds the two to the same rows);
+    only the roots of the flows that are not among the inserted rows are read.
+    Tasks without a name are left out, as the SELECT leaves them; rows come in
+    rowid order, as the SELECT gives them.
+    """
+    at, top, ids = written.at, written.top, written.rowids
+    (i_name, i_state, i_queue, i_worker, i_sent, i_started, i_runtime, i_state_ts, i_seen,
+     i_id, i_root, i_exc_type, i_exc_message, i_finished, i_retries, i_group,
+     i_trace) = (at[c] for c in INSERTED_FROM)  # fmt: skip
+    fresh = [(ids[row[i_id]], row) for row in written.rows if ids[row[i_id]] > top]
+    roots = {row[i_id]: (row[i_root], row[i_group]) for _, row in fresh}
+    elsewhere = {row[i_root] for _, row in fresh} - roots.keys() - {None}
+    if elsewhere:
+        roots.update(
+            (tid, (root, group))
+            for tid, root, group in conn.execute(_ROOTS, (dumps(list(elsewhere)),))
+        )
+    found: list[Row] = []
+    append = found.append
+    for rowid, row in fresh:
+        name = row[i_name]
+        if name is None:
+            continue
+        # SQLite keeps a NaN as NULL: so does the row counted here (x != x: a NaN)
+        sent, started, runtime = row[i_sent], row[i_started], row[i_runtime]
+        sent = None if sent != sent else sent
+        started = None if started != started else started
+        runtime = None if runtime != runtime else runtime
+        state = row[i_state]
+        new = _ENDS.get(state, 0)
+        if new & (SUCCEEDED | FAILED) and runtime is not None:
+            new |= RAN
+        if sent is not None:
+            new |= SENT | WAITED if started is not None else SENT
+        if started is not None:
+            new |= STARTED
+        finished = row[i_finished]
+        if finished is None or finished != finished:
+            finished = row[i_state_ts]
+        tid, trace = row[i_id], row[i_trace]
+        flow = _flow(tid, row[i_root], row[i_group], roots)
+        append((
+            rowid, name, state, row[i_queue], row[i_worker], sent, started, runtime,
+            row[i_state_ts], row[i_seen], tid, row[i_root], row[i_exc_type], row[i_exc_message],
+            new, finished, row[i_retries], flow, None if trace == tid else trace,
+            0, None, 0, None, None,
+        ))  # fmt: skip
+    return found
+
+
+_ENDS = {
+    states.SUCCESS: SUCCEEDED, states.FAILURE: FAILED, **dict.fromkeys(REVOKED_STATES, REVOKED)
+}  # fmt: skip
+"""The outcome bit of a final state (:func:`facts`' in Python)."""
+
+
+def _flow(
+    task_id: str,
+    root_id: str | None,
+    group_id: str | None,
+    roots: Mapping[str, tuple[str | None, str | None]],
+) -> str | None:
+    """The flow a task is listed in (``_DERIVED["flow"]`` in Python); ``roots``: the
+    ``(root_id, group_id)`` of each root stored."""
+    if root_id is not None and root_id != task_id:
+        root = roots.get(root_id)
+        flow = root_id
+        if root is not None and root[1] is not None and (root[0] is None or root[0] == root_id):
+            flow = root[1]  # a root that is its own root, in a group: the group is the flow
+    else:
+        flow = task_id if group_id is None else group_id
+    return None if flow == task_id else flow
+
+
 class Batch:
-    """What one batch's rows add to the rollup tables and the digests."""
+    """What one batch's rows add to the rollup tables and the digests.
+
+    Each phase is one pass over the rows with plain dicts: each outcome counted
+    in its cell of name, queue, worker and minute, each wait and run time in
+    its cell and bucket; :meth:`spread` then spreads the cells, far fewer than
+    the rows, over the dimensions and periods.
+    """
 
     def __init__(self, rows: list[Row]) -> None:
         self.cells: dict[Cell, list[int]] = {}
-        self.hist: Counter[tuple[Any, ...]] = Counter()
+        self.hist: dict[tuple[Any, ...], list[int]] = {}  # one count: found and added in place
         self.digests = digests.Digests()
         self._outcomes(rows)
-        self._retries(rows)
         self._measures(rows)
         self.counts, self.names = _per_name(rows)
         self._listed(rows)
@@ -154,72 +276,95 @@ class Batch:
             if r[NEW] or r[STATE] != r[TALLY_STATE] or r[RETRIES_NOW] > r[TALLY_RETRIES]
             or r[FLOW] != r[TALLY_FLOW] or r[TRACE] != r[TALLY_TRACE]
         ]  # fmt: skip
-        for row in rows:
-            if row[NEW] & FAILED:
-                self.digests.failure(_as_dict(row))
-
-    def _add(self, cell: Cell, column: int, n: int) -> None:
-        counts = self.cells.get(cell)
-        if counts is None:
-            counts = self.cells[cell] = [0] * len(OUTCOMES)
-        counts[column] += n
 
     def _outcomes(self, rows: list[Row]) -> None:
-        for column, bit, at, by_worker in _PASSES:
-            found = Counter(
-                (r[NAME], r[QUEUE], r[WORKER] if by_worker else None, int(r[at] // MINUTE) * MINUTE)
-                for r in rows
-                if r[NEW] & bit and r[at] is not None
-            )
-            for cell, n in found.items():
-                self._add(cell, column, n)
+        """Each outcome in the minute it happened (sent under no worker: none has it yet),
+        retries at the state's time; a new failure in its error group."""
+        cells, failed, zeros = self.cells, self.digests.failed, [0] * len(OUTCOMES)
+        get = cells.get
 
-    def _retries(self, rows: list[Row]) -> None:
+        def cell(key: Cell) -> list[int]:
+            """A cell seen for the first time (most are found with ``get``: no call)."""
+            return cells.setdefault(key, zeros[:])
+
         for r in rows:
+            new, name, queue, worker = r[NEW], r[NAME], r[QUEUE], r[WORKER]
+            if new & SENT and r[SENT_AT] is not None:
+                key = (name, queue, None, int(r[SENT_AT] // MINUTE) * MINUTE)
+                (get(key) or cell(key))[_SENT] += 1
+            if new & STARTED and r[STARTED_AT] is not None:
+                key = (name, queue, worker, int(r[STARTED_AT] // MINUTE) * MINUTE)
+                (get(key) or cell(key))[_STARTED] += 1
+            ended = new & (SUCCEEDED | FAILED | REVOKED)  # one at most: a row has one state
+            if ended:
+                at = r[STATE_TS] if ended == REVOKED else r[FINISHED]
+                if at is not None:
+                    key = (name, queue, worker, int(at // MINUTE) * MINUTE)
+                    (get(key) or cell(key))[_ENDED[ended]] += 1
+                if ended == FAILED:
+                    failed(name, r[ID], r[EXC_TYPE], r[EXC_MESSAGE], r[FINISHED] or r[SEEN_AT])
             more = r[RETRIES_NOW] - r[TALLY_RETRIES]
-            ts = r[STATE_TS] if r[STATE_TS] is not None else r[SEEN_AT]
-            if more > 0 and ts is not None:
-                cell = (r[NAME], r[QUEUE], r[WORKER], int(ts // MINUTE) * MINUTE)
-                self._add(cell, _RETRIED, min(more, 1000))
+            if more > 0:
+                at = r[STATE_TS] if r[STATE_TS] is not None else r[SEEN_AT]
+                if at is not None:
+                    key = (name, queue, worker, int(at // MINUTE) * MINUTE)
+                    (get(key) or cell(key))[_RETRIED] += min(more, 1000)
 
     def _measures(self, rows: list[Row]) -> None:
-        index = buckets.index
-        self.hist.update(
-            (r[NAME], r[QUEUE], r[WORKER], "wait", int(r[STARTED_AT] // MINUTE) * MINUTE,
-             index(r[STARTED_AT] - r[SENT_AT]))
-            for r in rows
-            if r[NEW] & WAITED
-        )  # fmt: skip
-        self.hist.update(
-            (r[NAME], r[QUEUE], r[WORKER], "run", int(r[FINISHED] // MINUTE) * MINUTE,
-             index(r[RUNTIME]))
-            for r in rows
-            if r[NEW] & RAN and r[FINISHED] is not None
-        )  # fmt: skip
+        """Wait and run time, each once both ends are known (a late sent still gives the
+        wait): in the minute the task started, and the minute it finished."""
+        hist, get, bounds, inf = self.hist, self.hist.get, buckets.FINITE, math.inf
+        for r in rows:
+            new = r[NEW]
+            if new & WAITED:
+                wait = r[STARTED_AT] - r[SENT_AT]
+                if -inf < wait < inf:
+                    minute = int(r[STARTED_AT] // MINUTE) * MINUTE
+                    bucket = bisect_left(bounds, wait)
+                    key = (r[NAME], r[QUEUE], r[WORKER], "wait", minute, bucket)
+                    found = get(key)
+                    if found is None:
+                        hist[key] = [1]
+                    else:
+                        found[0] += 1
+            if new & RAN and r[FINISHED] is not None:
+                runtime = r[RUNTIME]
+                if -inf < runtime < inf:
+                    minute = int(r[FINISHED] // MINUTE) * MINUTE
+                    bucket = bisect_left(bounds, runtime)
+                    key = (r[NAME], r[QUEUE], r[WORKER], "run", minute, bucket)
+                    found = get(key)
+                    if found is None:
+                        hist[key] = [1]
+                    else:
+                        found[0] += 1
 
     def _listed(self, rows: list[Row]) -> None:
         """Flows and traces: a task moved between them, or counts differently in them now."""
-        share, add = digests.share, self.digests.add
+        add, shares = self.digests.add, {None: digests.NOTHING}
         for r in rows:
-            flow, trace = r[FLOW], r[TRACE]
+            flow, trace, was_state, state = r[FLOW], r[TRACE], r[TALLY_STATE], r[STATE]
             moved = flow != r[TALLY_FLOW] or trace != r[TALLY_TRACE]
             if not moved and flow is None and trace is None:
                 continue
-            was, now = share(r[TALLY_STATE]), share(r[STATE])
+            was = shares.get(was_state) or shares.setdefault(was_state, digests.share(was_state))
+            now = shares.get(state) or shares.setdefault(state, digests.share(state))
             if moved or was != now:
+                seen = r[SEEN_AT]
                 listed = (r[TALLY_FLOW], r[TALLY_TRACE], flow, trace)
-                add(listed, (r[SEEN_AT], r[FINISHED] or r[SEEN_AT]), was, now, r[ROOT_ID])
+                add(listed, (seen, r[FINISHED] or seen), was, now, r[ROOT_ID])
 
-    def spread(self) -> tuple[dict[tuple[Any, ...], list[int]], Counter[tuple[Any, ...]]]:
+    def spread(self) -> tuple[dict[tuple[Any, ...], list[int]], dict[tuple[Any, ...], int]]:
         """The cells' counts per dimension, key and period: minute, hour and since ever.
 
         In stages: the minutes of each key first, then their hours, then since
         ever, each from the stage before (fewer entries each time, since the
         cells of one key and period merge).
         """
+        dims: dict[tuple[str, str | None, str | None], list[tuple[str, str]]] = {}
         minutes: dict[tuple[Any, ...], list[int]] = {}
         for (name, queue, worker, minute), counts in self.cells.items():
-            for dim, key in _dims(name, queue, worker):
+            for dim, key in _dims(dims, name, queue, worker):
                 _merge(minutes, (dim, key, MINUTE, minute), counts)
         hours: dict[tuple[Any, ...], list[int]] = {}
         for (dim, key, _, minute), counts in minutes.items():
@@ -227,22 +372,23 @@ class Batch:
         ever: dict[tuple[Any, ...], list[int]] = {}
         for (dim, key, _, _), counts in hours.items():
             _merge(ever, (dim, key, ALL_TIME, ALL_TIME), counts)
-        outcomes = {**minutes, **hours, **ever}
-        hist: Counter[tuple[Any, ...]] = Counter()
-        for (name, queue, worker, metric, minute, bucket), n in self.hist.items():
-            if bucket is None:
-                continue
-            for dim, key in _dims(name, queue, worker):
-                hist[dim, key, metric, MINUTE, minute, bucket] += n
-        hour_hist: Counter[tuple[Any, ...]] = Counter()
+        hist: dict[tuple[Any, ...], int] = {}
+        get = hist.get
+        for (name, queue, worker, metric, minute, bucket), (n,) in self.hist.items():
+            for dim, key in _dims(dims, name, queue, worker):
+                cell = (dim, key, metric, MINUTE, minute, bucket)
+                hist[cell] = get(cell, 0) + n
+        hour_hist: dict[tuple[Any, ...], int] = {}
+        get = hour_hist.get
         for (dim, key, metric, _, minute, bucket), n in hist.items():
-            hour_hist[dim, key, metric, HOUR, minute // HOUR * HOUR, bucket] += n
-        ever_hist: Counter[tuple[Any, ...]] = Counter()
+            cell = (dim, key, metric, HOUR, minute // HOUR * HOUR, bucket)
+            hour_hist[cell] = get(cell, 0) + n
+        ever_hist: dict[tuple[Any, ...], int] = {}
+        get = ever_hist.get
         for (dim, key, metric, _, _, bucket), n in hour_hist.items():
-            ever_hist[dim, key, metric, ALL_TIME, ALL_TIME, bucket] += n
-        hist.update(hour_hist)
-        hist.update(ever_hist)
-        return outcomes, hist
+            cell = (dim, key, metric, ALL_TIME, ALL_TIME, bucket)
+            ever_hist[cell] = get(cell, 0) + n
+        return {**minutes, **hours, **ever}, {**hist, **hour_hist, **ever_hist}
 
     def writes(self) -> Writes:
         """What to write, in order: ``(statement, rows of parameters)``, each statement
@@ -264,22 +410,21 @@ class Batch:
             conn.executemany(SQLITE[statement], rows)
 
 
-def _per_name(rows: list[Row]) -> tuple[Counter[tuple[str, str]], dict[str, list[Any]]]:
+def _per_name(rows: list[Row]) -> tuple[dict[tuple[str, str], int], dict[str, list[Any]]]:
     """Tasks by name and state (moves out of the old state, into the new); per name the
     last sighting and the tasks that retried for the first time."""
-    counts: Counter[tuple[str, str]] = Counter(
-        (r[NAME], r[STATE]) for r in rows if r[STATE] != r[TALLY_STATE]
-    )
-    counts.subtract(
-        (r[NAME], r[TALLY_STATE])
-        for r in rows
-        if r[STATE] != r[TALLY_STATE] and r[TALLY_STATE] is not None
-    )
+    counts: dict[tuple[str, str], int] = {}
+    get = counts.get
     names: dict[str, list[Any]] = {}
     for r in rows:
-        known = names.get(r[NAME])
+        name, state, was_state = r[NAME], r[STATE], r[TALLY_STATE]
+        if state != was_state:
+            counts[name, state] = get((name, state), 0) + 1
+            if was_state is not None:
+                counts[name, was_state] = get((name, was_state), 0) - 1
+        known = names.get(name)
         if known is None:
-            known = names[r[NAME]] = [None, 0]
+            known = names[name] = [None, 0]
         seen = r[SEEN_AT]
         if seen is not None and (known[0] is None or seen > known[0]):
             known[0] = seen
@@ -297,17 +442,21 @@ def _merge(into: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], counts:
             known[i] += n
 
 
-def _dims(name: str, queue: str | None, worker: str | None) -> list[tuple[str, str]]:
-    found = [("all", ""), ("name", name)]
-    if queue:
-        found.append(("queue", queue))
-    if worker:
-        found.append(("worker", worker))
+def _dims(
+    known: dict[tuple[str, str | None, str | None], list[tuple[str, str]]],
+    name: str,
+    queue: str | None,
+    worker: str | None,
+) -> list[tuple[str, str]]:
+    """The dimensions and keys a cell counts under (worked out once per ``known``)."""
+    found = known.get((name, queue, worker))
+    if found is None:
+        found = known[name, queue, worker] = [("all", ""), ("name", name)]
+        if queue:
+            found.append(("queue", queue))
+        if worker:
+            found.append(("worker", worker))
     return found
-
-
-def _as_dict(row: Row) -> dict[str, Any]:
-    return dict(zip(TALLY_COLUMNS, row, strict=True))
 
 
 def tally_all(
