@@ -147,8 +147,14 @@ def _split(conn: Conn, hostname: str, ts: float, allowed: float) -> None:
         conn.execute(_GAP, (hostname, ts, end))
 
 
+def _no_nul(value: Any) -> Any:
+    """A text without NUL (PostgreSQL's text holds none): U+FFFD, as the writer stores it."""
+    return value.replace("\x00", "\ufffd") if type(value) is str and "\x00" in value else value
+
+
 def registry_rows(hostname: str, tasks: list[Any], now: float) -> list[tuple[Any, ...]]:
-    """The ``registry`` rows an online event announces (as SQLite's writer makes them)."""
+    """The ``registry`` rows an online event announces (as SQLite's writer makes them; a
+    NUL in a definition's texts as U+FFFD: the event announcing it was refused whole)."""
     rows = []
     for task in tasks:
         if not isinstance(task, dict) or not isinstance(task.get("name"), str):
@@ -166,4 +172,4 @@ def registry_rows(hostname: str, tasks: list[Any], now: float) -> list[tuple[Any
                 _json_or_none(_dict_or_none(task.get("retry_policy"))),
             )
         )  # fmt: skip
-    return rows
+    return [tuple(_no_nul(value) for value in row) for row in rows]

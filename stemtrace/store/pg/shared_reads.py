@@ -40,8 +40,16 @@ Row = dict[str, Any]
 _KIND, _RETRIES, _TS, _RETRY_AT = (
     HISTORY_RECORD.index(f) for f in ("kind", "retries", "ts", "retry_at")
 )
+JSONB_OF = r"replace({}, '\u0000', '\ufffd')::jsonb"
+"""Stored JSON text as ``jsonb``, which refuses the escape ``\u0000`` (it holds no NUL)
+that Python's JSON gives a NUL in a text (an exception's message, a queue's name): the
+escape is read as U+FFFD, as the writer stores a NUL in a column. (An escaped
+backslash before ``u0000`` reads as ``\ufffd`` too: still JSON, and only in what the
+statements below do not read.)"""
+
 _RETRIES_OF = (
-    "SELECT r -> {at} FROM history AS h, jsonb_array_elements(h.events::jsonb) AS r"
+    "SELECT r -> {at} FROM history AS h,"
+    f" jsonb_array_elements({JSONB_OF.format('h.events')}) AS r"
     " WHERE h.task_rowid = ? AND r ->> {kind} = 'retry'"
     " ORDER BY {order} LIMIT 1"
 )
@@ -73,7 +81,8 @@ RESPELLED: dict[str, str] = {
     " WHERE json_each.type = 'text'"
     " UNION SELECT queue FROM registry WHERE queue IS NOT NULL": (
         "SELECT q #>> '{}' FROM workers, jsonb_array_elements(CASE WHEN left(workers.queues, 1)"
-        " = '[' THEN workers.queues::jsonb ELSE '[]' END) AS q WHERE jsonb_typeof(q) = 'string'"
+        f" = '[' THEN {JSONB_OF.format('workers.queues')} ELSE '[]' END) AS q"
+        " WHERE jsonb_typeof(q) = 'string'"
         " UNION SELECT queue FROM registry WHERE queue IS NOT NULL"
     ),
     f"SELECT queue, COUNT(*), MIN(sent_at), id, name FROM {depths.INFLIGHT}"
