@@ -1,4 +1,8 @@
-"""The standalone app's edges: the schema behind auth, odd static paths, errors with headers."""
+"""The standalone app's edges: the schema behind auth, odd static paths, errors with headers.
+
+The app's routes run once per backend (``db_target``: the auth before the schema,
+a store read that fails); the static files are served without the store, on SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +19,14 @@ from stemtrace.settings import Settings
 from stemtrace.store import fleet
 
 
-def client_for(tmp_path: Path, **settings: Any) -> TestClient:
-    app = create_app(Settings(db=str(tmp_path / "s.db"), consumer=False, **settings))
+def client_for(db: str | Path, **settings: Any) -> TestClient:
+    app = create_app(Settings(db=str(db), consumer=False, **settings))
     return TestClient(app, raise_server_exceptions=False)
 
 
 @pytest.fixture
-def locked(tmp_path: Path) -> Iterator[TestClient]:
-    with client_for(tmp_path, auth_user="ops", auth_password="pa:ss") as client:
+def locked(db_target: str) -> Iterator[TestClient]:
+    with client_for(db_target, auth_user="ops", auth_password="pa:ss") as client:
         yield client
 
 
@@ -37,27 +41,27 @@ def test_the_openapi_schema_is_behind_the_auth(locked: TestClient) -> None:
         assert locked.get(docs, auth=("ops", "pa:ss")).status_code == 404
 
 
-def test_without_auth_the_schema_is_open(tmp_path: Path) -> None:
-    with client_for(tmp_path) as client:
+def test_without_auth_the_schema_is_open(db_target: str) -> None:
+    with client_for(db_target) as client:
         assert client.get("/openapi.json").status_code == 200
 
 
 @pytest.mark.parametrize("path", ["a%00.css", "%01x.js", "x" * 300, "vendor/%7f.js"])
 def test_a_malformed_static_path_is_a_400_with_the_headers(tmp_path: Path, path: str) -> None:
-    with client_for(tmp_path) as client:
+    with client_for(tmp_path / "s.db") as client:
         response = client.get(f"/static/{path}")
     assert response.status_code == 400
     assert response.headers["content-security-policy"] == CSP
 
 
 def test_an_unexpected_error_still_carries_the_security_headers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db_target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(fleet, "workers", broken)
-    with client_for(tmp_path) as client:
+    monkeypatch.setattr(fleet, "workers", broken)  # every backend's workers() reads through it
+    with client_for(db_target) as client:
         response = client.get("/workers")
     assert response.status_code == 500
     assert response.headers["content-security-policy"] == CSP
