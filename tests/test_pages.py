@@ -65,7 +65,6 @@ from tests.factories import (
 from tests.site import (
     Site,
     assert_no_active_content,
-    copy_of,
     csp_of,
     html,
     htmx,
@@ -152,12 +151,12 @@ def everything(now: float) -> list[Event]:
 
 
 @pytest.fixture(scope="module")
-def listing(tmp_path_factory: pytest.TempPathFactory, migrated: Path) -> Iterator[TestClient]:
+def listing(module_target: str) -> Iterator[TestClient]:
     """The catalog, one app for every test that only reads it (as Datasette shares
-    its read-only test app): it saves building an app and a store per test."""
-    path = copy_of(migrated, tmp_path_factory.mktemp("listing") / "t.db")
+    its read-only test app): it saves building an app and a store per test (one of
+    each per backend)."""
     with ExitStack() as stack:
-        yield serve(stack, path, catalog(time.time()))
+        yield serve(stack, module_target, catalog(time.time()))
 
 
 def test_executions_list_rows_badges_and_links(listing: TestClient) -> None:
