@@ -23,10 +23,12 @@ from hypothesis import strategies as st
 from stemtrace.core.events import Event
 from stemtrace.store import Store, Upkeep
 from stemtrace.store.pg import PgStore
+from stemtrace.store.pg import writer as pg_writer
+from stemtrace.store.pg.days import DAY, days_of
 from stemtrace.store.pg.retention import PgRetention
 from stemtrace.store.pg.schema import migrate
 from stemtrace.store.retention import Retention
-from tests.factories import W1, W2, lifecycle
+from tests.factories import W1, W2, chain_events, chord_events, lifecycle
 from tests.pg import NOW, TABLES, ingest_both, workload
 from tests.site import copy_of
 
@@ -53,15 +55,15 @@ T0 = NOW - 4 * 3600
 NAMES = ("proj.add", "proj.mul", "<script>alert(1)</script>")
 
 
-def lifecycles(seed: int, tasks: int) -> list[Event]:
-    """Random tasks in every outcome over three hours (as tests/test_rollups.py's)."""
+def lifecycles(seed: int, tasks: int, at: float = T0, hours: float = 3) -> list[Event]:
+    """Random tasks in every outcome over ``hours`` from ``at`` (as tests/test_rollups.py's)."""
     chance = random.Random(seed)
     found: list[Event] = []
     for n in range(tasks):
         found += lifecycle(
             f"t-{seed}-{n}",
             chance.choice(NAMES),
-            T0 + chance.uniform(0, 3 * 3600),
+            at + chance.uniform(0, hours * 3600),
             chance.choice(("SUCCESS", "FAILURE", "RETRY", "REVOKED", "STARTED", "PENDING")),
             worker=chance.choice((W1, W2)),
             runtime=chance.choice((0.004, 0.3, 2.5, 40.0)),
@@ -240,15 +242,14 @@ def test_two_writers_at_once_count_every_task_once(sqlite: Store, pg: PgStore) -
     assert pg.error_groups(None, first, last + 1) == sqlite.error_groups(None, first, last + 1)
 
 
-@pytest.mark.parametrize(
-    "keep", [{"max_age": 2900.0}, {"max_tasks": 40}], ids=["max_age", "max_tasks"]
-)
-def test_retention_forgets_the_same(sqlite: Store, pg: PgStore, keep: dict[str, Any]) -> None:
-    """Forgotten tasks leave the per-name numbers, the flow and trace indexes and (past
-    the age) the periods and error hours as SQLite's retention leaves them."""
+def test_retention_forgets_the_same(sqlite: Store, pg: PgStore) -> None:
+    """Tasks forgotten by count leave the per-name numbers, the flow and trace indexes
+    as SQLite's retention leaves them. (By age, PostgreSQL forgets whole days:
+    :func:`test_retention_by_age_drops_whole_days_as_sqlite_forgets_them`.)"""
     events = workload() + lifecycles(4, 80)
     ingest_both(sqlite, pg, events, batch=100, skips=False)
     before = sqlite.counts()["tasks"]
+    keep = {"max_tasks": 40}
     lite, post = Retention(slice_size=25, **keep), PgRetention(slice_size=25, **keep)
     while lite.step(sqlite.writer(), now=NOW):
         lite._next_run = 0.0
@@ -258,6 +259,63 @@ def test_retention_forgets_the_same(sqlite: Store, pg: PgStore, keep: dict[str, 
     assert 10 < sqlite.counts()["tasks"] < before
     stored = assert_same(sqlite, pg, events)
     assert stored["counts"] == sqlite.counts()
+
+
+def test_retention_by_age_drops_whole_days_as_sqlite_forgets_them(
+    sqlite: Store, pg: PgStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three days written on their days (a chain on the first, a chord on the second),
+    with a backlog of the first day's tasks written on the third and late events of
+    first-day tasks written on the third. Retention by an age that falls on the second
+    day drops the first day's partitions whole, and deletes the backlog in slices (first
+    seen before the first day kept): the rollups, indexes and reads are those of SQLite's
+    retention at the start of the second day, and so are the tasks and histories kept."""
+    first = int(NOW // DAY) - 3
+    days = [lifecycles(10 + k, 30, at=(first + k) * DAY + 3600, hours=18) for k in range(3)]
+    days[0] += chain_events((first * DAY) + 7200, "FAILURE")
+    days[1] += chord_events((first + 1) * DAY + 7200)
+    late = [e for e in days[0] if e["kind"] in ("succeeded", "failed")][:8]
+    days[0] = [e for e in days[0] if e not in late]
+    backlog = lifecycles(20, 15, at=first * DAY + 3600, hours=18)
+    days[2] += late + backlog
+    for k, events in enumerate(days):
+        monkeypatch.setattr(pg_writer.time, "time", lambda k=k: (first + k) * DAY + 22 * 3600)
+        ingest_both(sqlite, pg, events, batch=40, skips=False)
+    monkeypatch.setattr(pg_writer.time, "time", lambda: NOW)
+    everything = [e for events in days for e in events]
+    with pg.connection() as conn:
+        written = dict(_rows(conn, "SELECT day, count(*) FROM tasks GROUP BY day"))
+        assert _rows(conn, "SELECT count(*) FROM planned") == [(4,)]  # 3 links, 1 callback
+    seen: set[str] = set()
+    for k, events in enumerate(days):
+        new = {e["task_id"] for e in events} - seen
+        assert written[first + k] == len(new), k
+        seen |= new
+    lite = Retention(slice_size=25, max_age=NOW - (first + 1) * DAY)
+    post = PgRetention(slice_size=25, max_age=NOW - ((first + 1) * DAY + 3600))
+    while lite.step(sqlite.writer(), now=NOW):
+        lite._next_run = 0.0
+    with pg.connection() as conn:
+        while post.step(conn, now=NOW):
+            post._next_run = 0.0
+        for table in ("tasks", "task_tally", "history"):  # and the next day, made ahead
+            assert [day for day, _ in days_of(conn, table)] == [first + 1, first + 2, first + 3]
+        kept = _rows(conn, "SELECT id FROM tasks ORDER BY id")
+        for table in ("history", "planned"):
+            assert _rows(conn, f"SELECT count(*) FROM {table} WHERE task_rowid NOT IN"
+                         " (SELECT rowid FROM tasks)") == [(0,)], table  # fmt: skip
+        assert _rows(conn, "SELECT count(*) FROM planned") == [(1,)]  # the chord's callback
+    assert sqlite.counts()["tasks"] == len(kept) == written[first + 1] + 30
+    lite_conn = sqlite3.connect(sqlite.path)
+    try:
+        assert _rows(lite_conn, "SELECT id FROM tasks ORDER BY id") == kept
+    finally:
+        lite_conn.close()
+    assert_same(sqlite, pg, everything)
+
+
+def _rows(conn: Any, query: str) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in conn.execute(query).fetchall()]
 
 
 def test_folding_minutes_into_hours_reads_the_same(sqlite: Store, pg: PgStore) -> None:

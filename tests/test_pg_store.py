@@ -25,7 +25,8 @@ from stemtrace.store import Store, Upkeep
 from stemtrace.store.ingest import TASK_COLUMNS
 from stemtrace.store.pg import PgStore, is_transient
 from stemtrace.store.pg import writer as pg_writer
-from stemtrace.store.pg.schema import DAY, MIGRATION_LOCK, MIGRATIONS, ensure_day, history_days
+from stemtrace.store.pg.days import DAILY, DAY, days_of
+from stemtrace.store.pg.schema import MIGRATION_LOCK, MIGRATIONS
 from tests.factories import W1, task_event
 from tests.pg import NOW, TABLES, ingest_both, workload
 from tests.site import copy_of
@@ -161,6 +162,21 @@ def test_two_servers_starting_at_once_migrate_once_and_both_write(pg_url: str) -
             store.close()
 
 
+def test_a_planned_link_is_found_through_its_key(pg: PgStore) -> None:
+    """The flows list asks, of each task, whether it is a planned link (``planned.id =
+    tasks.id``, compared in ``tasks.id``'s collation): ``planned``'s key answers it (m006;
+    in the database's own collation it could not, and each task listed scanned the table)."""
+    with pg.connection() as conn, conn.transaction():
+        collation = "SELECT collation_name FROM information_schema.columns"
+        assert _rows(conn, f"{collation} WHERE table_name = 'planned' AND column_name = 'id'") == [
+            ("C",)
+        ]
+        conn.execute("SET LOCAL enable_seqscan = off")
+        query = "EXPLAIN SELECT 1 FROM planned WHERE planned.id = 'x' COLLATE \"C\""
+        plan = "\n".join(str(row[0]) for row in _rows(conn, query))
+        assert "Index Cond: (id = " in plan, plan  # a lookup, not a whole index read
+
+
 def test_migrations_wait_for_the_lock(pg_url: str) -> None:
     opened: list[PgStore] = []
     with psycopg.connect(pg_url, autocommit=True) as holder:
@@ -250,28 +266,29 @@ def test_text_with_a_nul_character_is_stored(pg: PgStore) -> None:
         assert _rows(conn, "SELECT exc_message FROM tasks") == [("a\ufffdb",)]
 
 
-def test_history_is_partitioned_by_day_and_retention_drops_old_days(pg: PgStore) -> None:
+def test_history_and_tasks_are_partitioned_by_day_and_retention_drops_old_days(
+    pg: PgStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writer = pg.open_writer(Upkeep(max_age=7 * DAY))
+    monkeypatch.setattr(pg_writer.time, "time", lambda: NOW - 30 * DAY)
+    writer.ingest([task_event("sent", "old", NOW - 30 * DAY, name="proj.t")])
+    monkeypatch.setattr(pg_writer.time, "time", lambda: NOW)
     writer.ingest([task_event("sent", "new", NOW, name="proj.t")])
     today = int(NOW // DAY)
     with pg.connection() as conn:
-        assert [day for day, _ in history_days(conn)] == [today, today + 1]
-        ensure_day(conn, today - 30)
-        conn.execute(
-            "INSERT INTO tasks (id, state, state_attempt, state_rank, state_ts, seen_at,"
-            " updated_at) VALUES ('old', 'SUCCESS', 0, 9, %s, %s, %s)",
-            (NOW - 30 * DAY,) * 3,
-        )
-        conn.execute(
-            "INSERT INTO history (task_rowid, written_at, events)"
-            " SELECT rowid, %s, '[]' FROM tasks WHERE id = 'old'",
-            (NOW - 30 * DAY,),
-        )
+        for table in DAILY:
+            made = [day for day, _ in days_of(conn, table)]
+            assert made == [today - 30, today - 29, today, today + 1], table
+        assert _rows(conn, "SELECT id, day FROM tasks ORDER BY day") == [
+            ("old", today - 30),
+            ("new", today),
+        ]
     pruned, _ = writer.upkeep(caught_up=True)
     assert pruned == 1
     with pg.connection() as conn:
         assert _rows(conn, "SELECT id FROM tasks") == [("new",)]
-        assert [day for day, _ in history_days(conn)] == [today, today + 1]
+        for table in DAILY:
+            assert [day for day, _ in days_of(conn, table)] == [today, today + 1], table
         assert _rows(conn, "SELECT count(*) FROM history") == [(1,)]
 
 

@@ -8,22 +8,27 @@ integers) and the statements that write what the batch counted are spelled
 here. Each statement's rows are written in key order, so that writers counting
 into the same periods at once lock them in one order.
 
-None of these tables is partitioned. The rollups hold a row per key and minute
-or hour, not per task, and fold their minutes into hours after two days, so a
-day is small, and the hours and the since-ever totals (period 0) outlive any
-day; the error hours likewise. ``task_tally`` has a row per task and goes with
-the task's row, which is not partitioned either (see :mod:`stemtrace.store.pg.schema`).
+The rollups are not partitioned: they hold a row per key and minute or hour,
+not per task, and fold their minutes into hours after two days, so a day is
+small, and the hours and the since-ever totals (period 0) outlive any day; the
+error hours likewise. ``task_tally`` has a row per task: since migration m005
+it is partitioned by its task's ``day`` (:mod:`stemtrace.store.pg.schema`) and
+goes with the task's day; :func:`forget_day` takes a whole day out of the
+per-name numbers and the flow and trace indexes by counting it in SQL.
 Text keys sort by code point (``COLLATE "C"``), as SQLite's do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
+from stemtrace.core import states
 from stemtrace.store import digests, rollups
+from stemtrace.store.pg.days import partition_name
 from stemtrace.store.pg.rollup_reads import Lite
 from stemtrace.store.rollups import OUTCOMES
 from stemtrace.store.tally import Batch, Row, facts, select_sql
@@ -80,13 +85,25 @@ TABLES = (
     )""",
     "CREATE INDEX trace_index_recent ON trace_index (first_seen DESC, trace_id DESC)",
 )
-"""The migration's statements (SQLite's migration 11, in PostgreSQL's types)."""
+"""The migration's statements (SQLite's migration 11, in PostgreSQL's types; m005 adds
+``task_tally.day`` and partitions it)."""
 
-SELECT = select_sql(
-    "t.rowid = ANY(%s)",
-    new=f"({facts(lambda cond: f'({cond})::int')}) & ~coalesce(c.tally, 0)",
-    retries_now="t.retries",
+_DIALECT = {
+    "new": f"({facts(lambda cond: f'({cond})::int')}) & ~coalesce(c.tally, 0)",
+    "retries_now": "t.retries",
+}
+_JOIN = "LEFT JOIN task_tally AS c ON c.task_rowid = t.rowid"
+SELECT = select_sql("t.rowid = ANY(%s)", **_DIALECT).replace(
+    _JOIN,
+    "LEFT JOIN LATERAL (SELECT * FROM task_tally AS c WHERE c.task_rowid = t.rowid"
+    " AND c.day = t.day LIMIT 1) AS c ON true",
 )
+"""What is counted of the tasks of some rowids: each found through every day's index of
+rowids, and its ``task_tally`` row in its own day's (a lateral lookup: a new day's partition
+is not analyzed yet, and the planner guessed a merge of whole days' tallies cheaper)."""
+assert SELECT.count("c.day = t.day") == 1
+SELECT_M002 = select_sql("t.rowid = ANY(%s)", **_DIALECT)
+"""The same before m005, for m002's count of the tasks stored before it."""
 
 
 def _values(n: int) -> str:
@@ -137,8 +154,8 @@ STATEMENTS: dict[str, tuple[str, int]] = {
         1,
     ),
     "tally": (
-        "INSERT INTO task_tally (task_rowid, tally, state, retries, flow, trace)"
-        f" VALUES ({_values(6)}) ON CONFLICT (task_rowid) DO UPDATE SET"
+        "INSERT INTO task_tally (task_rowid, tally, state, retries, flow, trace, day)"
+        f" VALUES ({_values(7)}) ON CONFLICT (task_rowid, day) DO UPDATE SET"
         " tally = excluded.tally, state = excluded.state, retries = excluded.retries,"
         " flow = excluded.flow, trace = excluded.trace",
         1,
@@ -166,21 +183,49 @@ STATEMENTS: dict[str, tuple[str, int]] = {
 its leading parameters are the row's key."""
 
 
-def tally(conn: Conn, rowids: Iterable[int]) -> None:
-    """Count what the rows ``rowids`` show and were not counted as; in the writer's
-    transaction, after the batch's task rows are written (they are locked till commit,
-    so a task is counted by one writer at a time)."""
-    rows: list[Row] = conn.execute(SELECT, (list(rowids),)).fetchall()
+def tally(conn: Conn, days: Mapping[int, int]) -> None:
+    """Count what the rows of the tasks ``days`` names (rowid: its day) show and were not
+    counted as; in the writer's transaction, after the batch's task rows are written (they
+    are locked till commit, so a task is counted by one writer at a time)."""
+    rows: list[Row] = conn.execute(SELECT, (list(days),)).fetchall()
     if rows:
-        write(conn, Batch(rows))
+        write(conn, Batch(rows), days)
 
 
-def write(conn: Conn, batch: Batch) -> None:
+def write(conn: Conn, batch: Batch, days: Mapping[int, int] | None = None) -> None:
+    """Write what ``batch`` counted; ``days`` gives each task's day for ``task_tally``
+    (``None``: before m005, when it had none)."""
     cursor = conn.cursor()
     for name, rows in batch.writes():
         statement, key = STATEMENTS[name]
+        if name == "tally" and days is not None:
+            _tally(cursor, rows, days)
+            continue
+        if name == "tally":
+            statement = _TALLY_M002
         in_key_order = sorted(rows, key=_first(key))
         cursor.executemany(statement, in_key_order)
+
+
+def _tally(cursor: Any, rows: list[tuple[Any, ...]], days: Mapping[int, int]) -> None:
+    """Each day's ``task_tally`` rows into its partition directly (as the writer's tasks), in
+    (day, rowid) order."""
+    in_days: dict[int, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        in_days.setdefault(days[row[0]], []).append((*row, days[row[0]]))
+    for day in sorted(in_days):
+        statement = sql.SQL(STATEMENTS["tally"][0].replace("task_tally", "{}", 1)).format(
+            sql.Identifier(partition_name(day, "task_tally"))
+        )
+        cursor.executemany(statement, sorted(in_days[day], key=_first(1)))
+
+
+_TALLY_M002 = (
+    "INSERT INTO task_tally (task_rowid, tally, state, retries, flow, trace)"
+    f" VALUES ({_values(6)}) ON CONFLICT (task_rowid) DO UPDATE SET"
+    " tally = excluded.tally, state = excluded.state, retries = excluded.retries,"
+    " flow = excluded.flow, trace = excluded.trace"
+)
 
 
 def _first(n: int) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
@@ -188,7 +233,8 @@ def _first(n: int) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
 
 
 def tally_all(conn: Conn, chunk: int = 50_000) -> int:
-    """Count every stored task (the migration that adds the rollups to a database)."""
+    """Count every stored task (m002, the migration that adds the rollups to a database:
+    its statements are those of the schema it runs on, before m005)."""
     done = 0
     last = 0
     while True:
@@ -200,14 +246,16 @@ def tally_all(conn: Conn, chunk: int = 50_000) -> int:
         ]
         if not rowids:
             return done
-        tally(conn, rowids)
+        rows: list[Row] = conn.execute(SELECT_M002, (rowids,)).fetchall()
+        if rows:
+            write(conn, Batch(rows))
         done += len(rowids)
         last = rowids[-1]
 
 
 _FORGET_SELECT = (
     "SELECT t.name, c.retries, c.state, c.flow, c.trace"
-    " FROM task_tally AS c JOIN tasks AS t ON t.rowid = c.task_rowid"
+    " FROM task_tally AS c JOIN tasks AS t ON t.rowid = c.task_rowid AND t.day = c.day"
     " WHERE c.task_rowid = ANY(%s)"
 )
 
@@ -233,6 +281,62 @@ def forget(conn: Conn, rowids: list[int]) -> None:
     cursor.executemany("UPDATE task_names SET retried = retried + %s WHERE name = %s", by_name)
     conn.execute("DELETE FROM task_counts WHERE n <= 0")
     conn.execute("DELETE FROM task_tally WHERE task_rowid = ANY(%s)", (rowids,))
+
+
+def _in(values: Iterable[str]) -> str:
+    return ", ".join(f"'{value}'" for value in sorted(values))
+
+
+_OF_DAY = (
+    " FROM task_tally AS c JOIN tasks AS t ON t.rowid = c.task_rowid AND t.day = c.day"
+    " WHERE c.day = %s"
+)
+_COUNTS_OF_DAY = (
+    "SELECT t.name, c.state, count(*), count(*) FILTER (WHERE c.retries <> 0)"
+    f"{_OF_DAY} GROUP BY t.name, c.state"
+)
+_INDEX_OF_DAY = (
+    "SELECT c.{column}, NULL::double precision, NULL::double precision, -count(*),"
+    f" -count(*) FILTER (WHERE c.state IN ({_in(states.BROKEN)})),"
+    f" -count(*) FILTER (WHERE c.state NOT IN ({_in(states.TERMINAL)})){{extra}}"
+    " FROM task_tally AS c WHERE c.day = %s AND c.state IS NOT NULL"
+    " AND c.{column} IS NOT NULL GROUP BY c.{column} ORDER BY c.{column}"
+)
+
+
+def forget_day(conn: Conn, day: int) -> None:
+    """:func:`forget` for every task of ``day`` at once, counted in SQL (as
+    :func:`stemtrace.store.rollups.forgotten` and :func:`stemtrace.store.digests.forgotten`
+    count in Python): in retention's transaction, before the day's partitions are dropped.
+    The flow and trace indexes take each key's count in one statement, in key order."""
+    counts: dict[tuple[str, str], int] = {}
+    retried: dict[str, int] = {}
+    for task_name, state, n, with_retries in conn.execute(_COUNTS_OF_DAY, (day,)):
+        counts[task_name, state] = -int(n)
+        if with_retries:
+            retried[task_name] = retried.get(task_name, 0) - int(with_retries)
+    cursor = conn.cursor()
+    for index, column, table, key, extra in (
+        ("flow", "flow", "flow_index", "key", ""),
+        ("trace", "trace", "trace_index", "trace_id", ", 0"),
+    ):
+        upsert = STATEMENTS[index][0]
+        head, _, rest = upsert.partition(" VALUES (")
+        conflict = rest[rest.index(" ON CONFLICT") :]
+        cursor.execute(
+            f"{head} {_INDEX_OF_DAY.format(column=column, extra=extra)}{conflict}", (day,)
+        )
+        cursor.execute(
+            f"DELETE FROM {table} WHERE tasks <= 0 AND {key} IN"
+            f" (SELECT {column} FROM task_tally WHERE day = %s)",
+            (day,),
+        )
+    cursor.executemany(STATEMENTS["count"][0], sorted((*k, n) for k, n in counts.items()))
+    cursor.executemany(
+        "UPDATE task_names SET retried = retried + %s WHERE name = %s",
+        [(n, task_name) for task_name, n in sorted(retried.items())],
+    )
+    conn.execute("DELETE FROM task_counts WHERE n <= 0")
 
 
 def prune(conn: Conn, before: float) -> None:

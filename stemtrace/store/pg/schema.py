@@ -5,15 +5,35 @@ same columns and the same meaning, so that one batch of events leaves the same
 rows in either; the differences are PostgreSQL's:
 
 * ``tasks.rowid`` is an identity column: history and planned ids name a task
-  by it, as SQLite's do by its rowid (it grows with first sight).
-* ``history`` is **partitioned by day** of writing (``written_at``, UTC), one
-  partition a day made by the writer before the day's first batch
-  (:func:`ensure_day`): retention drops whole days instead of deleting rows.
-  The write time, not the task's first-seen time, because a late event can move
-  a task's first sight earlier, and a row must never have to change partitions.
-* ``tasks`` is not partitioned: the upsert needs one unique ``id`` across the
-  table, which PostgreSQL offers on a partitioned table only when the
-  partition key is part of it. Retention deletes its rows in slices.
+  by it, as SQLite's do by its rowid (it grows with first sight). It is unique
+  by its sequence, not by a constraint (a partitioned table's unique keys must
+  hold the partition key); each day's partition indexes it.
+* The tables that grow with time are **partitioned by day** (UTC), one
+  partition a day, made before the day's first batch
+  (:mod:`~stemtrace.store.pg.days`), so that retention drops whole days instead
+  of deleting rows:
+
+  - ``history`` by the time of writing (``written_at``);
+  - ``tasks`` by ``day``, the day its row was first written (migration m005),
+    and ``task_tally`` (what the rollups counted of each task) by the same day.
+    Write time, not first-seen time: a late event can move a task's first sight
+    earlier, and a row must never have to change partitions.
+
+  A task's key is ``(id, day)``: a partitioned table's unique keys must hold
+  its partition key, so no constraint can say that an ``id`` is one row. The
+  writers keep it one (:mod:`~stemtrace.store.pg.writer`): an ``id`` already
+  stored is written into its own day's partition, a new one into the day
+  ``tasks_day`` holds. Every batch reads that under a shared advisory lock, and
+  it moves to the next day only under the exclusive one
+  (:func:`~stemtrace.store.pg.days.roll_day`, which waits for the batches in
+  flight), so writers at once always put a new task into the same day, where
+  ``ON CONFLICT (id, day)`` makes it one row. ``tasks_day.kept_from`` is the
+  first day writers may still write into: retention closes the older days
+  before it drops them (:mod:`~stemtrace.store.pg.retention`). A lookup by
+  ``id`` reads every day's index (the partitions cannot be pruned by it): as
+  many as retention keeps, plus tomorrow's, made ahead.
+* ``planned`` is not partitioned: it holds only the ids of chain links and chord
+  callbacks; retention deletes the rows of the tasks it forgets.
 * ``end`` is a reserved word: ``worker_gaps`` quotes it.
 * ``tasks.id`` sorts by code point (``COLLATE "C"``), as SQLite's ``BINARY``
   does, whatever the database's collation: pages and their cursors agree.
@@ -26,7 +46,6 @@ other waits, then finds nothing left to do.
 
 from __future__ import annotations
 
-import calendar
 import logging
 import time
 from collections.abc import Callable
@@ -36,11 +55,11 @@ from psycopg import sql
 
 from stemtrace.store.migrations import INFLIGHT_COLUMNS, INFLIGHT_STATES
 from stemtrace.store.pg import rollup_writes, search
+from stemtrace.store.pg.days import DAY, LOCK_KEY, make_partitions
 
 logger = logging.getLogger("stemtrace")
 
-MIGRATION_LOCK = 0x5374656D  # "Stem": the advisory lock key the migrations take
-DAY = 86400
+MIGRATION_LOCK = LOCK_KEY  # alone, the migrations' advisory lock
 
 _M001_INITIAL = (
     """
@@ -191,6 +210,79 @@ _M001_INITIAL = (
     """,
 )
 
+_BY_DAY = ("tasks", "task_tally")
+
+
+def _m005_tasks_by_day(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Partition ``tasks`` and ``task_tally`` by ``day``, moving the rows stored before.
+
+    Each table is renamed, made again partitioned with the same columns (and a
+    ``day``), its rows copied into their days, and the old one dropped. A task's
+    day is that of its first history row when one is left, else of its last
+    write (``updated_at``, the writer's clock): never earlier than it was first
+    written, so retention never forgets it sooner than it should. The indexes
+    and triggers the old ``tasks`` had besides its keys, and its statistics objects
+    (m004's, :data:`stemtrace.store.pg.search.STATISTICS`), are made again as they were
+    (each partition gets the statistics of its own: :func:`make_partitions`); the
+    identity goes on from where the old one stood.
+    """
+    remade = [
+        str(row[0])
+        for row in conn.execute(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index AS i"
+            " WHERE i.indrelid = 'tasks'::regclass AND NOT EXISTS"
+            " (SELECT 1 FROM pg_constraint AS c WHERE c.conindid = i.indexrelid)"
+            " UNION ALL SELECT pg_get_triggerdef(oid) FROM pg_trigger"
+            " WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal"
+            " UNION ALL SELECT pg_get_statisticsobjdef(oid) FROM pg_statistic_ext"
+            " WHERE stxrelid = 'tasks'::regclass"
+        )
+    ]
+    for table in _BY_DAY:
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            sql.Identifier(table), sql.Identifier(f"{table}_before_m005")))  # fmt: skip
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES EXCLUDING STATISTICS,"
+                " day integer NOT NULL, PRIMARY KEY ({}, day)) PARTITION BY RANGE (day)"
+            ).format(
+                sql.Identifier(table),
+                sql.Identifier(f"{table}_before_m005"),
+                sql.Identifier("id" if table == "tasks" else "task_rowid"),
+            )
+        )
+    conn.execute(
+        "CREATE TEMPORARY TABLE m005_days ON COMMIT DROP AS"
+        " SELECT t.rowid, floor(coalesce(h.first, t.updated_at) / %s)::integer AS day"
+        " FROM tasks_before_m005 AS t LEFT JOIN (SELECT task_rowid, min(written_at) AS first"
+        " FROM history GROUP BY task_rowid) AS h ON h.task_rowid = t.rowid",
+        (DAY,),
+    )
+    for (day,) in conn.execute("SELECT DISTINCT day FROM m005_days ORDER BY 1").fetchall():
+        make_partitions(conn, int(str(day)), _BY_DAY)
+    conn.execute(
+        "INSERT INTO tasks OVERRIDING SYSTEM VALUE SELECT t.*, d.day"
+        " FROM tasks_before_m005 AS t JOIN m005_days AS d ON d.rowid = t.rowid"
+    )
+    conn.execute(
+        "INSERT INTO task_tally SELECT c.*, d.day"
+        " FROM task_tally_before_m005 AS c JOIN m005_days AS d ON d.rowid = c.task_rowid"
+    )
+    conn.execute(  # on from the last value the old identity gave (unused ones included)
+        "SELECT setval(pg_get_serial_sequence('tasks', 'rowid'), top) FROM (SELECT greatest("
+        "pg_sequence_last_value(pg_get_serial_sequence('tasks_before_m005', 'rowid')::regclass),"
+        " (SELECT max(rowid) FROM tasks)) AS top) AS s WHERE top IS NOT NULL"
+    )
+    conn.execute("DROP TABLE tasks_before_m005, task_tally_before_m005")
+    for statement in remade:
+        conn.execute(statement)
+    conn.execute("CREATE INDEX tasks_rowid ON tasks (rowid)")
+    conn.execute("CREATE TABLE tasks_day (day integer NOT NULL, kept_from integer NOT NULL)")
+    conn.execute(
+        "INSERT INTO tasks_day (day, kept_from) SELECT coalesce(max(day), 0), 0 FROM tasks"
+    )
+
+
 Step = str | Callable[[psycopg.Connection[tuple[object, ...]]], object]
 MIGRATIONS: tuple[tuple[str, tuple[Step, ...]], ...] = (
     ("m001_initial", _M001_INITIAL),
@@ -200,11 +292,18 @@ MIGRATIONS: tuple[tuple[str, tuple[Step, ...]], ...] = (
         ("ALTER TABLE registry ALTER COLUMN max_retries TYPE bigint USING round(max_retries)",),
     ),
     ("m004_text_index", (search.create_index,)),
+    ("m005_tasks_by_day", (_m005_tasks_by_day,)),
+    ("m006_planned_collation", ('ALTER TABLE planned ALTER COLUMN id TYPE text COLLATE "C"',)),
 )
 """``(name, steps)`` in order; each runs once per database. A step is a statement, or a
 function of the connection (m002 counts the tasks stored before it into the rollups).
 m003: a count of retries reads back as SQLite's INTEGER column gives it (``3``, not ``3.0``).
-m004: ``pg_trgm`` and the trigram index of the settled tasks behind ``q`` (:mod:`.search`)."""
+m004: ``pg_trgm`` and the trigram index of the settled tasks behind ``q`` (:mod:`.search`).
+m005: ``tasks`` and ``task_tally`` partitioned by day (:func:`_m005_tasks_by_day`).
+m006: ``planned.id`` sorts as ``tasks.id`` does (``COLLATE "C"``): the flows list's test of
+whether a task is a planned link (``planned.id = tasks.id``) compares in ``tasks.id``'s
+collation, which the key of a ``planned`` in the database's own could not serve (a whole
+scan of ``planned`` per task listed: the flows page took 1.1 s on a million tasks)."""
 
 
 def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
@@ -237,58 +336,3 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
             )
             applied.append(name)
     return applied
-
-
-def partition_name(day: int) -> str:
-    """The history partition of day ``day`` (days since the epoch, UTC)."""
-    return f"history_d{time.strftime('%Y%m%d', time.gmtime(day * DAY))}"
-
-
-def ensure_day(conn: psycopg.Connection[tuple[object, ...]], day: int) -> None:
-    """Make the history partition of ``day`` unless it exists (its own transaction).
-
-    Writers that start a day at once serialise on an advisory lock instead of
-    failing on the second ``CREATE``.
-    """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s::int, %s::int)", (MIGRATION_LOCK, day))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} PARTITION OF history FOR VALUES FROM ({}) TO ({})"
-            ).format(
-                sql.Identifier(partition_name(day)),
-                sql.Literal(float(day * DAY)),
-                sql.Literal(float((day + 1) * DAY)),
-            )
-        )
-
-
-def history_days(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[int, str]]:
-    """``(day, partition)`` of every history partition, oldest first."""
-    rows = conn.execute(
-        "SELECT c.relname FROM pg_inherits AS i"
-        " JOIN pg_class AS c ON c.oid = i.inhrelid"
-        " JOIN pg_class AS p ON p.oid = i.inhparent"
-        " WHERE p.relname = 'history' AND p.relnamespace = to_regnamespace(current_schema())"
-    ).fetchall()
-    found = []
-    for (name,) in rows:
-        stamp = str(name).removeprefix("history_d")
-        try:
-            start = calendar.timegm(time.strptime(stamp, "%Y%m%d"))
-        except ValueError:
-            continue
-        found.append((start // DAY, str(name)))
-    return sorted(found)
-
-
-def drop_days_before(conn: psycopg.Connection[tuple[object, ...]], day: int) -> int:
-    """Drop the history partitions of days before ``day``: how many."""
-    dropped = 0
-    for found, name in history_days(conn):
-        if found >= day:
-            break
-        with conn.transaction():
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-        dropped += 1
-    return dropped

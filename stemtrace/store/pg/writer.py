@@ -8,6 +8,25 @@ spelled for PostgreSQL: the precedence, first-known, earliest and latest rules a
 one definition for both backends. The cursor covering the batch commits with it,
 and so does a notification that it did (:mod:`~stemtrace.store.pg.listen`).
 
+A task's row lives in the partition of the day it was first written
+(:mod:`~stemtrace.store.pg.schema`). Each batch takes the shared advisory lock on
+``tasks_day`` and reads the day new tasks go into, looks up the days of the tasks it
+names that are stored already (in the days writers may still write into), and upserts
+each row into its day: ``ON CONFLICT (id, day)``. Two writers that both find a task
+new both insert it into the same day (the day moves on only once no batch holds the
+lock), so one of them updates the other's row instead: an ``id`` is never stored
+twice. A writer whose clock has passed midnight moves the day on before its batch
+(:func:`~stemtrace.store.pg.days.roll_day`), making the day's partitions first.
+
+Rows are written into their day's partition by name (``tasks_d20250101``, the same for
+``task_tally`` and ``history``), not through the partitioned table: routing each row
+of an ``executemany`` through it set the partition up again per row and cost more
+than the upsert (the identity's sequence is then named: a partition has no identity
+of its own before PostgreSQL 17). The batch's reads are lookups by key; a new day's
+partitions are not analyzed until autovacuum gets to them, and on such guesses the
+planner chose whole scans (and compiled them: JIT), so each batch turns sequential
+scans and JIT off for its own transaction.
+
 Each batch checks a connection out of the pool and gives it back, so a
 connection broken by a restart of the server is dropped, and the batch that
 met it (a transient failure, :func:`is_transient`) is written again on a new one.
@@ -20,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from stemtrace.core import jsonio
@@ -27,20 +47,28 @@ from stemtrace.core.events import Event
 from stemtrace.store import planned
 from stemtrace.store.ingest import TASK_COLUMNS, IngestResult, Merged, collect, merge_set
 from stemtrace.store.pg import fleet, listen, rollup_writes, search
+from stemtrace.store.pg.days import DAY, DAY_LOCK, LOCK_KEY, ensure_day, partition_name, roll_day
 from stemtrace.store.pg.retention import PgRetention
-from stemtrace.store.pg.schema import DAY, ensure_day
 from stemtrace.store.skipped import SAMPLES_KEPT, Skip, reason_key, sample_text
 from stemtrace.store.surface import NO_UPKEEP, Upkeep
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-UPSERT_TASK = (
-    f"INSERT INTO tasks AS tasks ({', '.join(TASK_COLUMNS)})"
-    f" VALUES ({', '.join('%s' for _ in TASK_COLUMNS)})"
-    f" ON CONFLICT (id) DO UPDATE SET {', '.join(merge_set('LEAST', 'GREATEST'))}"
+_UPSERT_TASK = (
+    f"INSERT INTO {{}} AS tasks (rowid, {', '.join(TASK_COLUMNS)}, day)"
+    f" VALUES (nextval({{}}), {', '.join('%s' for _ in TASK_COLUMNS)}, %s)"
+    f" ON CONFLICT (id, day) DO UPDATE SET {', '.join(merge_set('LEAST', 'GREATEST'))}"
+    " RETURNING rowid"
 )
-ROWIDS = "SELECT id, rowid FROM tasks WHERE id = ANY(%s)"
-INSERT_HISTORY = "INSERT INTO history (task_rowid, written_at, events) VALUES (%s, %s, %s)"
+BEGIN_TASKS = (  # the day new tasks go into stays while the lock is held (till commit)
+    f"SELECT pg_advisory_xact_lock_shared({LOCK_KEY}, {DAY_LOCK}),"
+    " set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true),"
+    " set_config('plan_cache_mode', 'force_generic_plan', true)"
+)
+DAY_NOW = "SELECT day, kept_from, pg_get_serial_sequence('tasks', 'rowid') FROM tasks_day"
+IN_TODAY = "SELECT id FROM {} WHERE id = ANY(%s)"
+EARLIER = "SELECT id, day FROM tasks WHERE id = ANY(%s) AND day >= %s AND day < %s"
+INSERT_HISTORY = "INSERT INTO {} (task_rowid, written_at, events) VALUES (%s, %s, %s)"
 UPSERT_CURSOR = (
     "INSERT INTO cursors (source, position, updated_at) VALUES (%s, %s, %s)"
     " ON CONFLICT (source) DO UPDATE SET position = excluded.position,"
@@ -95,6 +123,7 @@ class PgWriter:
             else None
         )
         self._days: set[int] = set()
+        self._rolled = -1
         self.minutes_for = upkeep.minutes_for
         self._next_fold = 0.0
         self._text_index = search.IndexStatus()
@@ -132,24 +161,47 @@ class PgWriter:
             ensure_day(conn, day)
             ensure_day(conn, day + 1)  # ready before midnight
             self._days.update((day, day + 1))
+        if day > self._rolled:
+            roll_day(conn, day)
+            self._rolled = day
 
     def _tasks(self, conn: Conn, merged: Merged, now: float) -> None:
-        rows = [_clean(row) for row, _ in merged.values()]
-        # In id order: two writers upserting the same tasks lock them in one order.
-        in_id_order = sorted(rows, key=lambda row: str(row[0]))
-        conn.cursor().executemany(UPSERT_TASK, in_id_order)
-        rowids: dict[str, int] = dict(conn.execute(ROWIDS, (list(merged),)).fetchall())
-        conn.cursor().executemany(
-            INSERT_HISTORY,
+        conn.execute(BEGIN_TASKS)
+        found = conn.execute(DAY_NOW).fetchone()
+        assert found is not None  # m005 made its one row
+        today, kept_from, sequence = int(found[0]), int(found[1]), str(found[2])
+        stored = self._stored(conn, list(merged), today, kept_from)
+        in_days: dict[int, list[list[Any]]] = {}
+        for row, _ in merged.values():
+            in_days.setdefault(stored.get(row[0], today), []).append(_clean(row))
+        rowids: dict[str, int] = {}
+        days: dict[int, int] = {}
+        cursor = conn.cursor()
+        # Each day's rows into its own partition (routing each row through ``tasks`` costs
+        # PostgreSQL more than the upsert), in (day, id) order: two writers upserting the
+        # same tasks lock them in one order.
+        for day in sorted(in_days):
+            rows = sorted(in_days[day], key=lambda row: str(row[0]))
+            upsert = sql.SQL(_UPSERT_TASK).format(
+                sql.Identifier(partition_name(day, "tasks")), sql.Literal(sequence)
+            )
+            cursor.executemany(upsert, [[*row, day] for row in rows], returning=True)
+            for row in rows:
+                rowid = cursor.fetchone()[0]  # type: ignore[index]
+                rowids[row[0]] = rowid
+                days[rowid] = day
+                cursor.nextset()
+        cursor.executemany(
+            sql.SQL(INSERT_HISTORY).format(sql.Identifier(partition_name(int(now // DAY)))),
             [
                 (rowids[task_id], now, _no_nul(jsonio.dumps(records)))
                 for task_id, (_, records) in merged.items()
             ],
         )
-        rollup_writes.tally(conn, rowids.values())
+        rollup_writes.tally(conn, days)
         named = planned_pairs(  # in batch order, as SQLite's: the first to name an id keeps it
             (rowids[row[0]], row[_CHAIN], row[_CHORD])
-            for row in rows
+            for row, _ in merged.values()
             if row[_CHAIN] is not None or row[_CHORD] is not None
         )
         if named:
@@ -157,6 +209,18 @@ class PgWriter:
                 "INSERT INTO planned (id, task_rowid) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                 named,
             )
+
+    @staticmethod
+    def _stored(conn: Conn, ids: list[str], today: int, kept_from: int) -> dict[str, int]:
+        """The day of each of ``ids`` already stored. Today's partition first: most tasks a
+        batch names that are stored are today's; only the others are looked for in each
+        earlier day's index (a day that retention closed is no longer looked in)."""
+        in_today = sql.SQL(IN_TODAY).format(sql.Identifier(partition_name(today, "tasks")))
+        found = {str(task_id): today for (task_id,) in conn.execute(in_today, (ids,))}
+        rest = [task_id for task_id in ids if task_id not in found]
+        if rest and kept_from < today:
+            found.update(conn.execute(EARLIER, (rest, kept_from, today)).fetchall())
+        return found
 
     def position(self, source: str) -> str | None:
         with self.pool.connection() as conn:
