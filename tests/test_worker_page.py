@@ -120,6 +120,26 @@ def test_an_unknown_heartbeat_period_allows_a_minute(backend: Backend) -> None:
     assert gaps(backend, W2) == [(T + 59, T + 130)]
 
 
+def test_every_workers_running_tasks_are_its_own_newest(backend: Backend) -> None:
+    """The workers read lists each one's started tasks, the newest first and 100 at most,
+    for more workers than one statement asks about (one per 100 workers)."""
+    hosts = [f"celery@w{n:03}" for n in range(103)]
+    events: list[Event] = [online(NOW - 60, host) for host in hosts]
+    started: dict[str, list[str]] = {}
+    for n, host in enumerate(hosts[::-1]):
+        for k in range(102 if n in (0, 101) else n % 3):
+            task = Task(f"run-{host}-{k:03}", "proj.slow")
+            events.append(task.started(NOW - 50 + k * 0.1, host))
+            started.setdefault(host, []).insert(0, task.id)
+    done = Task("done", "proj.slow")
+    events += [done.started(NOW - 50, hosts[1]), done.ended("succeeded", NOW - 49, hosts[1])]
+    ingest(backend, events)
+    found = {w["hostname"]: [r["id"] for r in w["running"]] for w in backend.workers(NOW)}
+    assert sorted(found) == hosts
+    assert found == {host: started.get(host, [])[:100] for host in hosts}
+    assert len(found[hosts[-1]]) == len(found[hosts[1]]) == 100
+
+
 def test_retention_forgets_old_gaps(db_path: Path) -> None:
     store = Store(db_path)
     try:

@@ -111,7 +111,9 @@ def workers(
     sql, params = "SELECT * FROM workers ORDER BY hostname", []
     if hostname is not None:
         sql, params = "SELECT * FROM workers WHERE hostname = ?", [hostname]
-    for row in _dict_rows(conn, sql, params):
+    rows = _dict_rows(conn, sql, params)
+    running = _running(conn, [row["hostname"] for row in rows])
+    for row in rows:
         silence = max(3 * float(row["heartbeat_freq"] or 20.0), timeout)
         state = row["state"]
         if state == "online" and now - row["last_seen"] > silence:
@@ -124,13 +126,32 @@ def workers(
         row["loadavg"] = (
             [x for x in loadavg if isinstance(x, int | float)] if isinstance(loadavg, list) else []
         )
-        row["running"] = [
-            dict(zip(("id", "name", "started_at"), r, strict=True))
-            for r in conn.execute(
-                "SELECT id, name, started_at FROM tasks INDEXED BY tasks_running"
-                " WHERE worker = ? AND state = 'STARTED' ORDER BY seen_at DESC LIMIT 100",
-                (row["hostname"],),
-            )
-        ]
+        row["running"] = running.get(row["hostname"], [])
         found.append(row)
+    return found
+
+
+RUNNING_LISTED = 100
+"""A worker's started tasks listed at most (the newest)."""
+_RUNNING_OF = (
+    "SELECT * FROM (SELECT worker, id, name, started_at, seen_at"
+    " FROM tasks INDEXED BY tasks_running"
+    f" WHERE worker = ? AND state = 'STARTED' ORDER BY seen_at DESC LIMIT {RUNNING_LISTED})"
+)
+_WORKERS_A_QUERY = 100
+
+
+def _running(conn: Executes, hostnames: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each worker's started tasks, newest first: one statement for up to
+    :data:`_WORKERS_A_QUERY` workers (each part a look-up in ``tasks_running``), not one
+    each (a round trip each on PostgreSQL, where a task page reads every worker)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for start in range(0, len(hostnames), _WORKERS_A_QUERY):
+        part = hostnames[start : start + _WORKERS_A_QUERY]
+        union = " UNION ALL ".join(f"{_RUNNING_OF} AS w{n}" for n in range(len(part)))
+        rows = sorted(conn.execute(union, part), key=lambda row: row[4], reverse=True)
+        for worker, task_id, name, started_at, _ in rows:  # (a union's order is not promised)
+            found.setdefault(worker, []).append(
+                {"id": task_id, "name": name, "started_at": started_at}
+            )
     return found
