@@ -177,6 +177,14 @@ def test_a_planned_link_is_found_through_its_key(pg: PgStore) -> None:
         assert "Index Cond: (id = " in plan, plan  # a lookup, not a whole index read
 
 
+def test_pooled_connections_do_not_compile_queries(pg: PgStore) -> None:
+    """JIT is off on every connection of the pool (compiling a query the planner guesses
+    costly took seconds where running it took milliseconds)."""
+    for _ in range(3):
+        with pg.connection() as conn:
+            assert _rows(conn, "SHOW jit") == [("off",)]
+
+
 def test_migrations_wait_for_the_lock(pg_url: str) -> None:
     opened: list[PgStore] = []
     with psycopg.connect(pg_url, autocommit=True) as holder:
