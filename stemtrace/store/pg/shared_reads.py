@@ -154,7 +154,7 @@ class SharedReads:
 
     def workers(self, now: float | None = None, timeout: float = 60.0) -> list[Row]:
         with self.pool.connection() as conn:
-            return fleet.workers(Spelled(conn), now, timeout)
+            return fleet.workers(Spelled(conn), now, timeout, at_once=True)
 
     def worker(
         self, hostname: str, since: float, now: float | None = None, timeout: float = 60.0
