@@ -20,6 +20,8 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import BytecodeCache
+from jinja2.bccache import Bucket
 from sse_starlette import EventSourceResponse
 
 from stemtrace import __version__
@@ -50,9 +52,30 @@ EMBED_LIMIT = 2000
 """Flows up to this many nodes travel inside the page; bigger ones the graph fetches."""
 
 
+class CompiledTemplates(BytecodeCache):
+    """The templates' compiled code, kept for the process: each app (a ``create_app``, a
+    mounted extension) compiles a template once between them, not once each. Only for
+    the environments :func:`create_templates` makes, which are configured alike; a
+    template whose source changed (Jinja's checksum) compiles again."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        if (code := self.found.get(bucket.key)) is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        self.found[bucket.key] = bucket.bytecode_to_string()
+
+
+COMPILED = CompiledTemplates()
+
+
 def create_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(PACKAGE / "templates"))
     env = templates.env
+    env.bytecode_cache = COMPILED
     env.filters.update(
         when=render.when,
         ago=render.ago,
