@@ -21,10 +21,13 @@ broken (failed, revoked, rejected); none running and none broken."""
 
 _BROKEN = ", ".join(f"'{s}'" for s in sorted(states.BROKEN))
 _TERMINAL = ", ".join(f"'{s}'" for s in sorted(states.TERMINAL))
-# The index counts a flow's tasks but the one whose id is its key: that one is read here.
-_KEY_TASK = "SELECT 1 FROM tasks WHERE id = key AND state"
-_RUNNING = f"(running > 0 OR EXISTS ({_KEY_TASK} NOT IN ({_TERMINAL})))"
-_FAILED = f"(failures > 0 OR EXISTS ({_KEY_TASK} IN ({_BROKEN})))"
+# The index counts a flow's tasks but the one whose id is its key: that one is read here,
+# a look-up per flow walked (no such task: as if it succeeded). A scalar subquery, not
+# EXISTS: PostgreSQL made EXISTS a hashed subplan over every unfinished task (a whole scan
+# of every day's tasks: 390 ms for the failed flows of a million tasks).
+_KEY_STATE = f"coalesce((SELECT state FROM tasks WHERE id = key LIMIT 1), '{states.SUCCESS}')"
+_RUNNING = f"(running > 0 OR {_KEY_STATE} NOT IN ({_TERMINAL}))"
+_FAILED = f"(failures > 0 OR {_KEY_STATE} IN ({_BROKEN}))"
 # A chain is counted at its first link (it names the others in advance: ``planned``),
 # a chord's header is the chord's, not a group; spawned is sent from a task's body.
 # Conditions are counted with CASE, not summed as booleans: PostgreSQL reads it too.
