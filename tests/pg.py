@@ -116,12 +116,36 @@ TABLES = (
 )
 
 
+CLOCKS = (
+    "stemtrace.store.ingest.time",
+    "stemtrace.store.pg.writer.time",
+    "stemtrace.store.pg.retention.time",
+)
+"""The writers' clocks :func:`fixed_clock` sets to :data:`NOW`."""
+
+
+def fix_clock(monkeypatch: pytest.MonkeyPatch, *more: str) -> None:
+    """The writers' clocks (and the modules' ``time`` that ``more`` names) at :data:`NOW`."""
+    clock = types.SimpleNamespace(time=lambda: NOW)
+    for target in (*CLOCKS, *more):
+        monkeypatch.setattr(target, clock)
+
+
 @pytest.fixture
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = types.SimpleNamespace(time=lambda: NOW)
-    monkeypatch.setattr("stemtrace.store.ingest.time", clock)
-    monkeypatch.setattr("stemtrace.store.pg.writer.time", clock)
-    monkeypatch.setattr("stemtrace.store.pg.retention.time", clock)
+    fix_clock(monkeypatch)
+
+
+@contextmanager
+def pg_store_of(admin: str, template: str) -> Iterator[PgStore]:
+    """A store of its own on a copy of the migrated database ``template``, dropped after:
+    for a module's fixture, which ``pg`` (a test's own) cannot serve."""
+    with database(admin, template) as url:
+        store = PgStore(url)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 @pytest.fixture

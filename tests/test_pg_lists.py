@@ -18,7 +18,7 @@ from stemtrace.store.lists import FLOW_OUTCOMES, FlowFilters
 from stemtrace.store.pg import PgStore
 from stemtrace.store.surface import Backend
 from tests.factories import BIG_GROUP, FANOUT, STEP, big_group, lifecycle
-from tests.pg import NOW, ingest_both, workload
+from tests.pg import NOW, fix_clock, ingest_both, pg_store_of, workload
 from tests.site import copy_of
 
 pytestmark = pytest.mark.usefixtures("fixed_clock")
@@ -46,15 +46,23 @@ def twins(t: float) -> list[Event]:
     return found
 
 
-@pytest.fixture
-def both(tmp_path: Path, migrated: Path, pg: PgStore) -> Iterator[tuple[Store, PgStore]]:
+@pytest.fixture(scope="module")
+def both(
+    tmp_path_factory: pytest.TempPathFactory, migrated: Path, pg_server: str, pg_migrated: str
+) -> Iterator[tuple[Store, PgStore]]:
+    """The two stores, filled once for the module: every test of them only reads."""
     events = (workload() + big_group(NOW - 1000)) * 2
     random.Random(1819).shuffle(events)
     events += twins(NOW - 500)  # in order: each child first seen sent, at one instant
-    sqlite = Store(copy_of(migrated, tmp_path / "s.db"))
-    ingest_both(sqlite, pg, events, batch=41)
-    yield sqlite, pg
-    sqlite.close()
+    path = tmp_path_factory.mktemp("lists") / "s.db"
+    with pytest.MonkeyPatch.context() as monkeypatch, pg_store_of(pg_server, pg_migrated) as pg:
+        fix_clock(monkeypatch)
+        sqlite = Store(copy_of(migrated, path))
+        try:
+            ingest_both(sqlite, pg, events, batch=41)
+            yield sqlite, pg
+        finally:
+            sqlite.close()
 
 
 def flow_pages(store: Any, filters: FlowFilters, limit: int) -> list[tuple[list[Any], Any]]:

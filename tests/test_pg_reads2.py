@@ -4,7 +4,6 @@ sorted lists give SQLite's answers on the same events (shuffled, delivered twice
 from __future__ import annotations
 
 import random
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from tests.factories import (
     registry_entry,
     worker_event,
 )
-from tests.pg import NOW, ingest_both, workload
+from tests.pg import NOW, fix_clock, ingest_both, pg_store_of, workload
 from tests.site import copy_of
 
 pytestmark = pytest.mark.usefixtures("fixed_clock")
@@ -65,21 +64,27 @@ def limits() -> list[Event]:
     return [worker_event("worker_online", W1, NOW - 100, freq=2.0, tasks=defs, queues=queues)]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def both(
-    tmp_path: Path, migrated: Path, pg: PgStore, monkeypatch: pytest.MonkeyPatch
+    tmp_path_factory: pytest.TempPathFactory, migrated: Path, pg_server: str, pg_migrated: str
 ) -> Iterator[tuple[Store, PgStore]]:
-    monkeypatch.setattr("stemtrace.store.ranked.time", types.SimpleNamespace(time=lambda: NOW))
+    """The two stores, filled once for the module: every test of them only reads (the
+    sorted lists' clock stays at NOW for the module)."""
     events = (workload() + big_group(NOW - 1000) + waiting_tasks(NOW - 50)) * 2 + limits()
     random.Random(1818).shuffle(events)
-    sqlite = Store(copy_of(migrated, tmp_path / "s.db"))
-    ingest_both(sqlite, pg, events, batch=37)
-    for n, at in enumerate((NOW - 400, NOW - 130, NOW - 125)):
-        samples = {"celery": (4 + 3 * n, 2, None), "slow": (None, None, "no such queue")}
-        for store in (sqlite, pg):
-            store.open_writer().record_depths(samples, at)
-    yield sqlite, pg
-    sqlite.close()
+    path = tmp_path_factory.mktemp("reads2") / "s.db"
+    with pytest.MonkeyPatch.context() as monkeypatch, pg_store_of(pg_server, pg_migrated) as pg:
+        fix_clock(monkeypatch, "stemtrace.store.ranked.time")
+        sqlite = Store(copy_of(migrated, path))
+        try:
+            ingest_both(sqlite, pg, events, batch=37)
+            for n, at in enumerate((NOW - 400, NOW - 130, NOW - 125)):
+                samples = {"celery": (4 + 3 * n, 2, None), "slow": (None, None, "no such queue")}
+                for store in (sqlite, pg):
+                    store.open_writer().record_depths(samples, at)
+            yield sqlite, pg
+        finally:
+            sqlite.close()
 
 
 def ids_of(store: Store) -> list[str]:
@@ -138,7 +143,7 @@ def test_workers_and_a_workers_page_read_the_same(both: tuple[Store, PgStore]) -
     assert pg.worker("celery@nobody", NOW - 3600) is None
 
 
-def test_the_stores_state_reads_the_same(both: tuple[Store, PgStore], pg_url: str) -> None:
+def test_the_stores_state_reads_the_same(both: tuple[Store, PgStore]) -> None:
     sqlite, pg = both
     assert pg.filter_choices() == sqlite.filter_choices()
     assert pg.filter_choices()["names"][0] == "Proj.Upper"  # code point order
