@@ -16,24 +16,32 @@ import pytest
 from stemtrace.store import BadCursor, Store, TaskFilters
 from stemtrace.store.pg import PgStore
 from tests.factories import ADD_OLD, EMAIL_RETRY, STEP, W1, W2, task_event
-from tests.pg import NOW, ingest_both, workload
+from tests.pg import NOW, fix_clock, ingest_both, pg_store_of, workload
 from tests.site import copy_of
 
 pytestmark = pytest.mark.usefixtures("fixed_clock")
 
 
-@pytest.fixture
-def both(tmp_path: Path, migrated: Path, pg: PgStore) -> Iterator[tuple[Store, PgStore]]:
-    """A SQLite store and a PostgreSQL store fed the same events, shuffled, twice over."""
+@pytest.fixture(scope="module")
+def both(
+    tmp_path_factory: pytest.TempPathFactory, migrated: Path, pg_server: str, pg_migrated: str
+) -> Iterator[tuple[Store, PgStore]]:
+    """A SQLite store and a PostgreSQL store fed the same events, shuffled, twice over:
+    filled once for the module, whose tests only read them."""
     events = workload() * 2
     random.Random(18).shuffle(events)
     # Ids that sort differently by code point than by a language's collation.
     events += [task_event("sent", task_id, NOW - 5, name="proj.tasks.case")
                for task_id in ("B-1", "a-1", "_x", "Z", "é")]  # fmt: skip
-    sqlite = Store(copy_of(migrated, tmp_path / "s.db"))
-    ingest_both(sqlite, pg, events, batch=23)
-    yield sqlite, pg
-    sqlite.close()
+    path = tmp_path_factory.mktemp("reads") / "s.db"
+    with pytest.MonkeyPatch.context() as monkeypatch, pg_store_of(pg_server, pg_migrated) as pg:
+        fix_clock(monkeypatch)
+        sqlite = Store(copy_of(migrated, path))
+        try:
+            ingest_both(sqlite, pg, events, batch=23)
+            yield sqlite, pg
+        finally:
+            sqlite.close()
 
 
 def all_ids(store: Store) -> list[str]:
