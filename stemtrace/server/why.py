@@ -23,16 +23,17 @@ def why(watch: Watch, store: Backend, task: dict[str, Any], now: float) -> dict[
     """``problems``, ``due``, ``queue``, ``lost`` and ``usual`` of one task (``None``
     where they do not apply)."""
     state = task["state"]
-    workers = watch.workers_now(now)
     found_why: dict[str, Any] = {
-        "problems": [] if state in states.TERMINAL else watch.of_task(task, workers, now),
+        "problems": [],
         "due": None,
         "queue": None,
         "lost": None,
         "usual": _usual(watch, task, now),
     }
-    if state in states.TERMINAL:
+    if state in states.TERMINAL:  # a finished task needs no worker's state: none is read
         return found_why
+    workers = watch.workers_now(now)
+    found_why["problems"] = watch.of_task(task, workers, now)
     eta = moment(task.get("eta"))
     if eta is not None and state != states.STARTED:
         found_why["due"] = {"at": eta, "in": round(eta - now, 3)}
