@@ -48,10 +48,14 @@ class Found:
         return [p for p in self.problems if p["task_id"] == task_id]
 
 
+TTL = 2.0
+"""Seconds a look at the problems is served again before the store is read afresh."""
+
+
 class Watch:
     """Problems of one store under ``thresholds``; thread-safe, cached ``ttl`` seconds."""
 
-    def __init__(self, store: Backend, thresholds: Thresholds, ttl: float = 2.0) -> None:
+    def __init__(self, store: Backend, thresholds: Thresholds, ttl: float = TTL) -> None:
         self.store = store
         self.thresholds = thresholds
         self.ttl = ttl
