@@ -14,6 +14,7 @@ import types
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -146,6 +147,24 @@ def pg_store_of(admin: str, template: str) -> Iterator[PgStore]:
             yield store
         finally:
             store.close()
+
+
+@contextmanager
+def filled_pair(
+    sqlite_path: Path, admin: str, template: str, events: list[Event], batch: int, *clocks: str
+) -> Iterator[tuple[Store, PgStore]]:
+    """The SQLite store at ``sqlite_path`` (a migrated copy) and a PostgreSQL store made from
+    ``template``, both fed ``events`` in batches of ``batch`` (:func:`ingest_both`), with the
+    writers' clock (and ``clocks``) fixed at NOW while they are open: a module's stores for
+    tests that only read them."""
+    with pytest.MonkeyPatch.context() as monkeypatch, pg_store_of(admin, template) as pg:
+        fix_clock(monkeypatch, *clocks)
+        sqlite = Store(sqlite_path)
+        try:
+            ingest_both(sqlite, pg, events, batch=batch)
+            yield sqlite, pg
+        finally:
+            sqlite.close()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from stemtrace.store.lists import FLOW_OUTCOMES, FlowFilters
 from stemtrace.store.pg import PgStore
 from stemtrace.store.surface import Backend
 from tests.factories import BIG_GROUP, FANOUT, STEP, big_group, lifecycle
-from tests.pg import NOW, fix_clock, ingest_both, pg_store_of, workload
+from tests.pg import NOW, filled_pair, workload
 from tests.site import copy_of
 
 pytestmark = pytest.mark.usefixtures("fixed_clock")
@@ -54,15 +54,9 @@ def both(
     events = (workload() + big_group(NOW - 1000)) * 2
     random.Random(1819).shuffle(events)
     events += twins(NOW - 500)  # in order: each child first seen sent, at one instant
-    path = tmp_path_factory.mktemp("lists") / "s.db"
-    with pytest.MonkeyPatch.context() as monkeypatch, pg_store_of(pg_server, pg_migrated) as pg:
-        fix_clock(monkeypatch)
-        sqlite = Store(copy_of(migrated, path))
-        try:
-            ingest_both(sqlite, pg, events, batch=41)
-            yield sqlite, pg
-        finally:
-            sqlite.close()
+    path = copy_of(migrated, tmp_path_factory.mktemp("lists") / "s.db")
+    with filled_pair(path, pg_server, pg_migrated, events, 41) as pair:
+        yield pair
 
 
 def flow_pages(store: Any, filters: FlowFilters, limit: int) -> list[tuple[list[Any], Any]]:

@@ -16,7 +16,7 @@ import pytest
 from stemtrace.store import BadCursor, Store, TaskFilters
 from stemtrace.store.pg import PgStore
 from tests.factories import ADD_OLD, EMAIL_RETRY, STEP, W1, W2, task_event
-from tests.pg import NOW, fix_clock, ingest_both, pg_store_of, workload
+from tests.pg import NOW, filled_pair, workload
 from tests.site import copy_of
 
 pytestmark = pytest.mark.usefixtures("fixed_clock")
@@ -33,15 +33,9 @@ def both(
     # Ids that sort differently by code point than by a language's collation.
     events += [task_event("sent", task_id, NOW - 5, name="proj.tasks.case")
                for task_id in ("B-1", "a-1", "_x", "Z", "é")]  # fmt: skip
-    path = tmp_path_factory.mktemp("reads") / "s.db"
-    with pytest.MonkeyPatch.context() as monkeypatch, pg_store_of(pg_server, pg_migrated) as pg:
-        fix_clock(monkeypatch)
-        sqlite = Store(copy_of(migrated, path))
-        try:
-            ingest_both(sqlite, pg, events, batch=23)
-            yield sqlite, pg
-        finally:
-            sqlite.close()
+    path = copy_of(migrated, tmp_path_factory.mktemp("reads") / "s.db")
+    with filled_pair(path, pg_server, pg_migrated, events, 23) as pair:
+        yield pair
 
 
 def all_ids(store: Store) -> list[str]:

@@ -32,7 +32,7 @@ from tests.factories import (
     registry_entry,
     worker_event,
 )
-from tests.pg import NOW, fix_clock, ingest_both, pg_store_of, workload
+from tests.pg import NOW, filled_pair, workload
 from tests.site import copy_of
 
 pytestmark = pytest.mark.usefixtures("fixed_clock")
@@ -72,19 +72,14 @@ def both(
     sorted lists' clock stays at NOW for the module)."""
     events = (workload() + big_group(NOW - 1000) + waiting_tasks(NOW - 50)) * 2 + limits()
     random.Random(1818).shuffle(events)
-    path = tmp_path_factory.mktemp("reads2") / "s.db"
-    with pytest.MonkeyPatch.context() as monkeypatch, pg_store_of(pg_server, pg_migrated) as pg:
-        fix_clock(monkeypatch, "stemtrace.store.ranked.time")
-        sqlite = Store(copy_of(migrated, path))
-        try:
-            ingest_both(sqlite, pg, events, batch=37)
-            for n, at in enumerate((NOW - 400, NOW - 130, NOW - 125)):
-                samples = {"celery": (4 + 3 * n, 2, None), "slow": (None, None, "no such queue")}
-                for store in (sqlite, pg):
-                    store.open_writer().record_depths(samples, at)
-            yield sqlite, pg
-        finally:
-            sqlite.close()
+    path = copy_of(migrated, tmp_path_factory.mktemp("reads2") / "s.db")
+    clock = "stemtrace.store.ranked.time"
+    with filled_pair(path, pg_server, pg_migrated, events, 37, clock) as (sqlite, pg):
+        for n, at in enumerate((NOW - 400, NOW - 130, NOW - 125)):
+            samples = {"celery": (4 + 3 * n, 2, None), "slow": (None, None, "no such queue")}
+            for store in (sqlite, pg):
+                store.open_writer().record_depths(samples, at)
+        yield sqlite, pg
 
 
 def ids_of(store: Store) -> list[str]:

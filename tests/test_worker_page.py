@@ -121,8 +121,9 @@ def test_an_unknown_heartbeat_period_allows_a_minute(backend: Backend) -> None:
 
 
 def test_every_workers_running_tasks_are_its_own_newest(backend: Backend) -> None:
-    """The workers read lists each one's started tasks, the newest first and 100 at most,
-    for more workers than one statement asks about (one per 100 workers)."""
+    """The workers read lists each one's started tasks, the newest first and 100 at most
+    (SQLite looks each worker's up, PostgreSQL reads them all in one statement: both give
+    each worker its own newest 100, past the 100 of two busy workers)."""
     hosts = [f"celery@w{n:03}" for n in range(103)]
     events: list[Event] = [online(NOW - 60, host) for host in hosts]
     started: dict[str, list[str]] = {}
