@@ -57,12 +57,14 @@ def test_events_are_sent_in_batches_in_order() -> None:
 def test_publish_returns_while_the_sender_hangs() -> None:
     sender = FakeSender()
     sender.release.clear()
-    publisher = make(sender, buffer_size=100)
+    publisher = make(sender, buffer_size=100, batch_size=10)
     for n in range(500):  # the sender is stuck: all of this must still return
         publisher.publish(started(n))
-    assert publisher.dropped >= 400
+    # The thread took at most one batch before its send hung; the buffer holds 100 more.
+    assert publisher.dropped >= 500 - 100 - 10
     sender.release.set()
     assert publisher.flush(5)
+    assert len(sender.events()) + publisher.dropped == 500  # each event sent or counted
     publisher.close(1)
 
 
