@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,15 @@ import stemtrace
 from stemtrace.capture.capture import Capture
 from tests.conftest import redis_available  # noqa: F401 - a fixture
 from tests.proj import make_app
-from tests.support import ROOT, Scenario, celery_worker, free_port, stop_process, wait_for
+from tests.support import (
+    ROOT,
+    Scenario,
+    celery_worker,
+    free_port,
+    private_db,
+    stop_process,
+    wait_for,
+)
 
 CHROMIUM = os.environ.get("STEMTRACE_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -64,7 +71,7 @@ def start_server(command: list[str], env: dict[str, str], health: str, **auth: A
 
 @pytest.fixture
 def scenario(request: pytest.FixtureRequest, redis_available: None) -> Iterator[Scenario]:  # noqa: F811
-    found = Scenario(db=1 + zlib.crc32(request.node.nodeid.encode()) % 15)
+    found = Scenario(db=private_db(request.node.nodeid))
     yield found
     found.cleanup()
 

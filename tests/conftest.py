@@ -13,7 +13,6 @@ keeps every one.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from hypothesis import settings
 
 from tests.pg import fixed_clock, pg, pg_migrated, pg_server, pg_url  # noqa: F401 - PostgreSQL fixtures
 from tests.site import BACKEND_FIXTURES, backend, db_path, db_target, migrated, module_target, site  # noqa: F401 - fixtures for every test module
-from tests.support import REDIS_HOST, REDIS_PORT, Scenario
+from tests.support import REDIS_HOST, REDIS_PORT, Scenario, private_db
 
 settings.register_profile("unit", max_examples=settings.default.max_examples // 2)
 
@@ -51,8 +50,7 @@ def redis_available() -> None:
 @pytest.fixture
 def scenario(request: pytest.FixtureRequest, redis_available: None) -> Iterator[Scenario]:
     """A private database number, queue and stream key for one test."""
-    db = 1 + zlib.crc32(request.node.nodeid.encode()) % 15
-    found = Scenario(db=db)
+    found = Scenario(db=private_db(request.node.nodeid))
     yield found
     found.cleanup()
 
@@ -109,6 +107,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in left_out]
     for item in items:
         declared = {m.name for m in item.iter_markers()} & set(SERVICE_MARKERS)
-        for name in markers_for(item):
+        found = markers_for(item)
+        for name in found:
             if not (name == "unit" and declared):
                 item.add_marker(name)
+        if "rabbitmq" in found or "rabbitmq" in declared:
+            # one RabbitMQ vhost for all: Celery's event exchange there is shared, so
+            # under pytest-xdist (--dist loadgroup) these run one after another
+            item.add_marker(pytest.mark.xdist_group("rabbitmq"))

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,16 @@ AMQP_URL = os.environ.get("STEMTRACE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5
 
 def redis_url(db: int) -> str:
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+def private_db(key: str) -> int:
+    """A Redis database number (1-15) for the test named ``key``. Under pytest-xdist
+    each worker process draws from a share of its own, so two tests running at once
+    never share a database (nor its Celery event fanout or worker heartbeats)."""
+    count = max(1, min(15, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    share = [db for db in range(1, 16) if (db - 1) % count == worker % count]
+    return share[zlib.crc32(key.encode()) % len(share)]
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,7 +13,7 @@ from celery import Celery, chain, chord, group
 import stemtrace
 from stemtrace.capture.capture import Capture
 from tests.proj import BadRepr, Unserializable, make_app
-from tests.support import Scenario, celery_worker, wait_for
+from tests.support import Scenario, celery_worker, private_db, wait_for
 
 TERMINAL = {"succeeded", "failed", "revoked", "rejected"}
 
@@ -45,8 +44,7 @@ def client(scenario: Scenario) -> Iterator[tuple[Celery, Capture]]:
 def worker(request: pytest.FixtureRequest, redis_available: None) -> Iterator[Scenario]:
     """A real worker of each pool, started once for the canvas tests, which only send
     tasks and read their events (starting and stopping a worker costs seconds)."""
-    db = 1 + zlib.crc32(f"{request.node.nodeid}-{request.param}".encode()) % 15
-    shared = Scenario(db=db)
+    shared = Scenario(db=private_db(f"{request.node.nodeid}-{request.param}"))
     try:
         with celery_worker(shared, pool=request.param):
             yield shared

@@ -30,7 +30,6 @@ import tempfile
 import threading
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +62,7 @@ from tests.support import (
     Scenario,
     celery_worker,
     free_port,
+    private_db,
     stop_process,
     wait_for,
 )
@@ -245,7 +245,7 @@ def _id(entry_id: str) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def work(redis_available: None) -> Iterator[Work]:
-    scenario = Scenario(db=1 + zlib.crc32(__name__.encode()) % 15)
+    scenario = Scenario(db=private_db(__name__))
     app = make_app(scenario.broker, scenario.queue)
     capture = stemtrace.init(app, stream=scenario.stream, flush_interval=0.05)
     assert capture is not None
