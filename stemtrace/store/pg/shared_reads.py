@@ -55,10 +55,15 @@ _RETRIES_OF = (
 )
 
 RESPELLED: dict[str, str] = {
-    depths._LAST_RETRY: _RETRIES_OF.format(
-        at=_RETRY_AT,
-        kind=_KIND,
-        order=f"r -> {_RETRIES} DESC NULLS LAST, r -> {_TS} DESC NULLS LAST",
+    depths.SCHEDULED: (
+        f"SELECT {depths.SCHEDULED_COLUMNS}, CASE WHEN state = 'RETRY' THEN ("
+        + _RETRIES_OF.replace("= ?", "= tasks.rowid").format(
+            at=_RETRY_AT,
+            kind=_KIND,
+            order=f"r -> {_RETRIES} DESC NULLS LAST, r -> {_TS} DESC NULLS LAST",
+        )
+        + f") END FROM tasks WHERE state IN ({INFLIGHT_STATES})"
+        " AND state IN ('PENDING', 'RECEIVED', 'RETRY') AND eta IS NOT NULL"
     ),
     worker_detail.NEXT_ATTEMPT: _RETRIES_OF.format(
         at=_RETRY_AT, kind=_KIND, order=f"r -> {_TS} DESC NULLS LAST"
