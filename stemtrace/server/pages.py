@@ -254,9 +254,9 @@ def _overview_routes(router: APIRouter, pages: Pages) -> None:
             return pages.page(request, "overview.html", context, status, blocks=("charts",))
         choices = store.filter_choices()  # names announced by workers, and those seen run
         context.update(
-            names=sorted({*choices["names"], *store.since_ever("name")}),
+            names=sorted({*choices["names"], *store.since_ever("name", metrics=())}),
             workers=choices["workers"],
-            queues=sorted(store.since_ever("queue")),
+            queues=sorted(store.since_ever("queue", metrics=())),
         )
         return pages.page(request, "overview.html", context, status)
 
@@ -309,7 +309,7 @@ def _execution_routes(router: APIRouter, pages: Pages) -> None:
             "limit": limit,
             "states": states.ALL,
             **store.filter_choices(),
-            "queues": sorted(store.since_ever("queue")),
+            "queues": sorted(store.since_ever("queue", metrics=())),
             "empty_store": not rows and not any(form.values()) and store.is_empty(),
             "show_eta": show_eta,
             "sorted_by": executions.SORT_LABELS.get(form["sort"]) if found else None,

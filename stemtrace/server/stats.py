@@ -161,7 +161,7 @@ def leaders(store: Backend, since: float, until: float, limit: int = 5) -> Leade
         return store.stats_by("name", start, end, metrics=("run",))
 
     by_name = SETTLED.totals(store, ("name", "run"), since, until, time.time(), read)
-    found = leaders_of(by_name, store.since_ever("name"), limit)
+    found = leaders_of(by_name, store.since_ever("name", metrics=("run",)), limit)
     top: dict[str, dict[str, Any]] = {}
     for group in store.error_groups(None, since, until, limit=500):  # most failures first
         top.setdefault(group["name"], group)

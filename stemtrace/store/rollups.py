@@ -248,9 +248,12 @@ def by_key(
     return _by_key(conn, dim, [span for span in spans if span[1] < span[2]], metrics)
 
 
-def since_ever(conn: Executes, dim: str) -> dict[str, Any]:
-    """Per key of ``dim``: the counters since the store began (they only grow)."""
-    return _by_key(conn, dim, [(ALL_TIME, ALL_TIME, ALL_TIME + 1)])
+def since_ever(
+    conn: Executes, dim: str, metrics: tuple[str, ...] = ("wait", "run")
+) -> dict[str, Any]:
+    """Per key of ``dim``: the counters since the store began (they only grow), with the
+    histograms of ``metrics`` (the others' all zeros: ``()`` when only the keys count)."""
+    return _by_key(conn, dim, [(ALL_TIME, ALL_TIME, ALL_TIME + 1)], metrics)
 
 
 def _by_key(
@@ -280,13 +283,18 @@ def _by_key(
     outcomes = ", ".join(OUTCOMES)
     rows = conn.execute(
         f"SELECT key, {', '.join(f'SUM({c})' for c in OUTCOMES)} FROM ("
-        + " UNION ALL ".join(f"SELECT key, {outcomes} FROM rollups WHERE {in_span}" for _ in spans)
+        + " UNION ALL ".join(
+            f"SELECT key, {outcomes} FROM rollups INDEXED BY rollups_by_time WHERE {in_span}"
+            for _ in spans
+        )
         + ") AS spans GROUP BY key",
         params,
     )
     for key, *counts in rows:
         entry(key).update(zip(OUTCOMES, counts, strict=True))
-    chosen = ", ".join(f"'{m}'" for m in metrics if m in ("wait", "run")) or "NULL"
+    chosen = ", ".join(f"'{m}'" for m in metrics if m in ("wait", "run"))
+    if not chosen:
+        return found
     hist_rows = conn.execute(
         "SELECT key, metric, bucket, SUM(n) FROM ("
         + " UNION ALL ".join(

@@ -244,8 +244,8 @@ class Store:
         found: dict[str, Row] = rollups.by_key(self._conn(), dim, since, until, metrics)
         return found
 
-    def since_ever(self, dim: str) -> dict[str, Row]:
-        found: dict[str, Row] = rollups.since_ever(self._conn(), dim)
+    def since_ever(self, dim: str, metrics: tuple[str, ...] = ("wait", "run")) -> dict[str, Row]:
+        found: dict[str, Row] = rollups.since_ever(self._conn(), dim, metrics)
         return found
 
     def tasks_by_state(self) -> dict[str, dict[str, int]]:

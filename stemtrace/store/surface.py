@@ -172,8 +172,9 @@ class Backend(Protocol):
         counted by whole hours.
         """
 
-    def since_ever(self, dim: str) -> dict[str, Row]:
-        """Per key of ``dim``: the same totals since the store began; they only grow."""
+    def since_ever(self, dim: str, metrics: tuple[str, ...] = ("wait", "run")) -> dict[str, Row]:
+        """Per key of ``dim``: the same totals since the store began; they only grow. Only
+        the histograms of ``metrics`` are read (the others are all zeros)."""
 
     def tasks_by_state(self) -> dict[str, dict[str, int]]:
         """Per task name, how many stored tasks are in each state now."""

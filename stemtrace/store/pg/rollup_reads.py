@@ -67,9 +67,9 @@ class RollupReads:
             found: dict[str, Row] = rollups.by_key(Lite(conn), dim, since, until, metrics)
         return found
 
-    def since_ever(self, dim: str) -> dict[str, Row]:
+    def since_ever(self, dim: str, metrics: tuple[str, ...] = ("wait", "run")) -> dict[str, Row]:
         with self.pool.connection() as conn:
-            found: dict[str, Row] = rollups.since_ever(Lite(conn), dim)
+            found: dict[str, Row] = rollups.since_ever(Lite(conn), dim, metrics)
         return found
 
     def tasks_by_state(self) -> dict[str, dict[str, int]]:
