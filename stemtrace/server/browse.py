@@ -17,7 +17,8 @@ from fastapi.responses import HTMLResponse, Response
 from stemtrace.core import states
 from stemtrace.server import charts, lists, overview
 from stemtrace.server.errors import BadParameter
-from stemtrace.server.pages import Pages, url_maker
+from stemtrace.server.links import url_maker
+from stemtrace.server.pages import Pages
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
 from stemtrace.store import FLOW_OUTCOMES, Backend

@@ -21,8 +21,9 @@ from starlette.routing import NoMatchFound
 from stemtrace.server import charts, overview, stats
 from stemtrace.server.charts import Series
 from stemtrace.server.errors import BadParameter
+from stemtrace.server.links import url_maker
 from stemtrace.server.overview import Url
-from stemtrace.server.pages import Pages, url_maker
+from stemtrace.server.pages import Pages
 from stemtrace.server.security import SecureRoute
 from stemtrace.server.site import Site
 from stemtrace.server.views import not_found
