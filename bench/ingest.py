@@ -27,13 +27,16 @@ Flower runs it), and, for a like-for-like figure, once more with stemtrace's.
 
 * ``no rollups``: the same consumer with the rollups and digests turned off
   (:func:`stemtrace.store.tally.tally` replaced by a no-op): the ratio of
-  the two is what keeping the rollups costs ingestion.
+  the two is what keeping the rollups costs ingestion. Printed as the ratio of
+  the medians, and as each round's own ratio (its two runs side by side) with
+  their median, the steadier figure on a shared machine. ``--rollups`` runs
+  only these two, in pairs, in turn first.
 
 ``--profile`` adds one more stemtrace run under cProfile and prints its top frames.
 
 Usage, from the repository root, with Redis on 127.0.0.1:6379::
 
-    python -m bench.ingest [--events N] [--rounds R] [--frame 200] [--profile]
+    python -m bench.ingest [--events N] [--rounds R] [--frame 200] [--profile] [--rollups]
 """
 
 from __future__ import annotations
@@ -218,7 +221,9 @@ def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str
             flush=True,
         )
         for round_no in range(args.rounds):
-            order = ("stemtrace", "celery", "tuned", "bare")
+            order = (
+                ("stemtrace", "bare") if args.rollups else ("stemtrace", "celery", "tuned", "bare")
+            )
             if round_no % 2:
                 order = order[::-1]
             for which in order:
@@ -281,25 +286,42 @@ def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str
     }
 
 
-def report(result: dict[str, Any]) -> str:
+def rollup_cost(result: dict[str, Any]) -> str:
+    """What the rollups cost: the medians' ratio, and the median of each round's own ratio
+    (its two runs side by side, so a machine slower for a while slows both)."""
     count = result["events"]
-    st, ce = result["stemtrace"], result["celery"]
+    st, bare = result["stemtrace"], result["bare"]
     st_wall = statistics.median(count / r["wall"] for r in st)
     st_cpu = statistics.median(count / r["cpu"] for r in st)
-    ce_wall = statistics.median(count / r["wall"] for r in ce)
-    ce_cpu = statistics.median(count / r["cpu"] for r in ce)
-    tu_wall = statistics.median(count / r["wall"] for r in result["tuned"])
-    tu_cpu = statistics.median(count / r["cpu"] for r in result["tuned"])
-    bare_cpu = statistics.median(count / r["cpu"] for r in result["bare"])
-    bare_wall = statistics.median(count / r["wall"] for r in result["bare"])
+    bare_wall = statistics.median(count / r["wall"] for r in bare)
+    bare_cpu = statistics.median(count / r["cpu"] for r in bare)
+    paired = [b["cpu"] / s["cpu"] for s, b in zip(st, bare, strict=True)]
+    return (
+        f"rollups: with/without {st_wall / bare_wall:.2f} wall, {st_cpu / bare_cpu:.2f} per"
+        f" CPU s ({bare_cpu:.0f} events per CPU s without them); each round's own ratio per"
+        f" CPU s: {' '.join(f'{r:.2f}' for r in paired)}, median {statistics.median(paired):.2f}"
+    )
+
+
+def report(result: dict[str, Any]) -> str:
+    count = result["events"]
+    st = result["stemtrace"]
+    st_wall = statistics.median(count / r["wall"] for r in st)
+    st_cpu = statistics.median(count / r["cpu"] for r in st)
     last = st[-1]
-    verdict = "meets" if st_cpu >= TARGET_PER_CORE else "BELOW"
-    return "\n".join(
-        [
-            f"medians of {len(st)} interleaved rounds, {count} events each",
-            f"stemtrace consumer (Redis -> decode -> SQLite): {st_wall:.0f} events/s wall, "
-            f"{st_cpu:.0f} events/s per CPU second of this process "
-            f"(+ Redis server {statistics.median(result['redis_cpu']):.2f} CPU s per run)",
+    lines = [
+        f"medians of {len(st)} interleaved rounds, {count} events each",
+        f"stemtrace consumer (Redis -> decode -> SQLite): {st_wall:.0f} events/s wall, "
+        f"{st_cpu:.0f} events/s per CPU second of this process "
+        f"(+ Redis server {statistics.median(result['redis_cpu']):.2f} CPU s per run)",
+    ]
+    if result["celery"]:
+        ce, tuned = result["celery"], result["tuned"]
+        ce_wall = statistics.median(count / r["wall"] for r in ce)
+        ce_cpu = statistics.median(count / r["cpu"] for r in ce)
+        tu_wall = statistics.median(count / r["wall"] for r in tuned)
+        tu_cpu = statistics.median(count / r["cpu"] for r in tuned)
+        lines += [
             f"celery State (in memory, no transport, Python's gc defaults as in Flower): "
             f"{ce_wall:.0f} events/s wall, {ce_cpu:.0f} per CPU second",
             f"celery State with stemtrace's gc settings: {tu_wall:.0f} events/s wall, "
@@ -308,14 +330,19 @@ def report(result: dict[str, Any]) -> str:
             f"{st_cpu / ce_cpu:.2f} per CPU s; "
             f"against the same gc settings: {st_wall / tu_wall:.2f} wall, "
             f"{st_cpu / tu_cpu:.2f} per CPU s",
-            f"rollups: with/without {st_wall / bare_wall:.2f} wall, {st_cpu / bare_cpu:.2f} per"
-            f" CPU s ({bare_cpu:.0f} events per CPU s without them)",
-            f"on disk: {last['bytes'] / 1e6:.1f} MB for {last['tasks']} tasks: "
-            f"{last['bytes'] / last['tasks']:.0f} bytes/task, {last['bytes'] / count:.0f} "
-            f"bytes/event (wire: {result['wire_bytes'] / count:.0f} bytes/event)",
-            f"stemtrace {st_cpu:.0f} events/s per core {verdict} the target {TARGET_PER_CORE}",
         ]
-    )
+    lines += [
+        rollup_cost(result),
+        f"on disk: {last['bytes'] / 1e6:.1f} MB for {last['tasks']} tasks: "
+        f"{last['bytes'] / last['tasks']:.0f} bytes/task, {last['bytes'] / count:.0f} "
+        f"bytes/event (wire: {result['wire_bytes'] / count:.0f} bytes/event)",
+    ]
+    if result["celery"]:
+        verdict = "meets" if st_cpu >= TARGET_PER_CORE else "BELOW"
+        lines.append(
+            f"stemtrace {st_cpu:.0f} events/s per core {verdict} the target {TARGET_PER_CORE}"
+        )
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -327,6 +354,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--frame", type=int, default=200, help="events per frame")
     parser.add_argument("--profile", action="store_true", help="profile one more consumer run")
+    parser.add_argument(
+        "--rollups",
+        action="store_true",
+        help="only what the rollups cost: the consumer with and without them, in pairs",
+    )
     add_redis_options(parser)
     args = parser.parse_args(argv)
     if args.events < 1 or args.rounds < 1 or args.frame < 1:

@@ -15,7 +15,8 @@ database of its own, ``stemtrace_bench_<N>``, kept between runs:
    implicit ``rowid`` fills PostgreSQL's ``tasks.rowid``, which history,
    planned ids and the rollups' ``task_tally`` name tasks by). The rollups and
    digests are SQLite's own rows: the same tables, counted by the same Python
-   (:mod:`stemtrace.store.tally`) while the store was ingested;
+   (:mod:`stemtrace.store.tally`) while the store was ingested (a histogram's
+   packed counts become a ``bigint[]``);
 3. what SQLite has no column for is made as a consumer keeping up with the
    events would have written it: ``history.written_at``, the time of writing,
    is the latest event time among the row's records (a batch is written a
@@ -54,6 +55,7 @@ import psycopg
 from psycopg import sql
 
 from bench.workload import GENERATOR_VERSION
+from stemtrace.core import buckets
 from stemtrace.store.pg.schema import MIGRATIONS
 from stemtrace.store.pg.store import PgStore
 
@@ -325,7 +327,15 @@ class Copier:
             return self._tasks(columns)
         if table == "task_tally" and "day" in columns:
             return self._with_day(table, columns, "task_rowid")
+        if table == "rollup_hist":
+            return self._histograms(columns)
         return self._select(table, columns)
+
+    def _histograms(self, columns: list[str]) -> Iterator[tuple[Any, ...]]:
+        """``rollup_hist``: SQLite's packed counts as PostgreSQL's ``bigint[]``."""
+        at = columns.index("counts")
+        for row in self._select("rollup_hist", columns):
+            yield (*row[:at], buckets.unpack(row[at]), *row[at + 1 :])
 
     def _select(self, table: str, columns: list[str], order: str = "") -> Iterator[tuple[Any, ...]]:
         listed = ", ".join(_quoted(c) for c in columns)

@@ -433,7 +433,11 @@ def test_the_migration_moves_a_store_written_before_it_into_days(
             old.execute("DELETE FROM history WHERE task_rowid = %s", (no_history[0],))
         converted = PgStore(url)
         try:
-            assert converted.applied == ["m005_tasks_by_day", "m006_planned_collation"]
+            assert converted.applied == [
+                "m005_tasks_by_day",
+                "m006_planned_collation",
+                "m007_packed_histograms",
+            ]
             with converted.connection() as conn, pg.connection() as new:
                 expected = rows(new, TASK_ROWS)
                 moved = [(*row[:-1], FIRST + 2) if row[1] == no_history[1] else row

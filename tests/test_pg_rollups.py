@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stemtrace.core import buckets
 from stemtrace.core.events import Event
 from stemtrace.store import Store, Upkeep
 from stemtrace.store.pg import PgStore
@@ -40,7 +42,7 @@ ROLLUP_TABLES = (
 )
 QUERIES = {
     "rollups": "SELECT * FROM rollups",
-    "rollup_hist": "SELECT dim, key, metric, res, t, bucket, n FROM rollup_hist",
+    "rollup_hist": "SELECT dim, key, metric, res, t, counts FROM rollup_hist",
     "task_counts": "SELECT name, state, n FROM task_counts",
     "task_names": "SELECT name, last_seen, retried FROM task_names",
     "task_tally": "SELECT t.id, c.tally, c.state, c.retries, c.flow, c.trace"
@@ -73,9 +75,17 @@ def lifecycles(seed: int, tasks: int, at: float = T0, hours: float = 3) -> list[
     return found
 
 
+def _same(table: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row as both backends read it: a histogram's counts as a tuple (SQLite packs them,
+    PostgreSQL keeps a ``bigint[]``)."""
+    if table == "rollup_hist":
+        return (*row[:5], tuple(buckets.unpack(row[5])))
+    return row
+
+
 def tables(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
     return {
-        name: sorted(tuple(row) for row in conn.execute(query).fetchall())
+        name: sorted(_same(name, tuple(row)) for row in conn.execute(query).fetchall())
         for name, query in QUERIES.items()
     }
 
@@ -328,3 +338,49 @@ def test_folding_minutes_into_hours_reads_the_same(sqlite: Store, pg: PgStore) -
         assert folded == (NOW - 3600) // 3600 * 3600
         assert conn.execute("SELECT COUNT(*) FROM rollups WHERE res = 60").fetchone()[0]
     assert_same(sqlite, pg, events)
+
+
+def test_m007_packs_a_store_with_a_row_per_bucket(pg_url: str, pg: PgStore) -> None:
+    """A database whose m002 made ``rollup_hist`` a row per bucket reads the same once m007
+    packed it, and its writer goes on adding into the packed cells."""
+    events = lifecycles(5, 120)
+    pg.open_writer().ingest(events)
+    before = reads(pg, span(events))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        cells = conn.execute("SELECT dim, key, metric, res, t, counts FROM rollup_hist").fetchall()
+        conn.execute("DROP TABLE rollup_hist")
+        conn.execute(
+            'CREATE TABLE rollup_hist (dim text COLLATE "C" NOT NULL,'
+            ' key text COLLATE "C" NOT NULL, metric text NOT NULL, res integer NOT NULL,'
+            " t bigint NOT NULL, bucket integer NOT NULL, n bigint NOT NULL,"
+            " PRIMARY KEY (dim, key, res, t, metric, bucket))"
+        )
+        conn.execute(
+            "CREATE INDEX rollup_hist_by_time ON rollup_hist (dim, res, t)"
+            " INCLUDE (key, metric, bucket, n)"
+        )
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO rollup_hist VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [(*cell, b, n) for *cell, counts in cells for b, n in enumerate(counts) if n],
+            )
+        conn.execute("DELETE FROM stemtrace_migrations WHERE name = 'm007_packed_histograms'")
+    pg.close()
+    packed = PgStore(pg_url)
+    try:
+        assert packed.applied == ["m007_packed_histograms"]
+        with packed.connection() as conn:
+            columns = conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = 'rollup_hist' ORDER BY ordinal_position"
+            ).fetchall()
+            assert [c for (c,) in columns] == ["dim", "key", "metric", "res", "t", "counts"]
+            assert sorted(map(tuple, conn.execute(
+                "SELECT dim, key, metric, res, t, counts FROM rollup_hist").fetchall())
+            ) == sorted(map(tuple, cells))  # fmt: skip
+        assert reads(packed, span(events)) == before
+        more = lifecycles(6, 40)
+        packed.open_writer().ingest(more)
+        assert packed.since_ever("name") != before["since_ever name"]
+    finally:
+        packed.close()

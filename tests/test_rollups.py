@@ -99,11 +99,12 @@ def nonzero(found: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
 
 def hist(store: Store, metric: str, dim: str = "all", res: str = "res = 3600") -> Counter[int]:
     rows = conn(store).execute(
-        f"SELECT bucket, SUM(n) FROM rollup_hist WHERE metric = ? AND dim = ? AND {res}"
-        " GROUP BY bucket",
-        (metric, dim),
+        f"SELECT counts FROM rollup_hist WHERE metric = ? AND dim = ? AND {res}", (metric, dim)
     )
-    return Counter({bucket: n for bucket, n in rows if n})
+    found: Counter[int] = Counter()
+    for (counts,) in rows:
+        found.update({bucket: n for bucket, n in enumerate(buckets.unpack(counts)) if n})
+    return found
 
 
 def task_counts(store: Store) -> set[tuple[str, str, int]]:
@@ -134,10 +135,16 @@ def check_agrees(store: Store) -> None:
     )
     assert hist(store, "run") == Counter(buckets.index(r) for (r,) in runs)
     all_time = conn(store).execute(
-        "SELECT key, bucket, n FROM rollup_hist"
-        " WHERE res = 0 AND dim = 'name' AND metric = 'run' AND n > 0"
+        "SELECT key, counts FROM rollup_hist WHERE res = 0 AND dim = 'name' AND metric = 'run'"
     )
-    assert Counter({(name, b): n for name, b, n in all_time}) == Counter(
+    assert Counter(
+        {
+            (name, b): n
+            for name, counts in all_time
+            for b, n in enumerate(buckets.unpack(counts))
+            if n
+        }
+    ) == Counter(
         (name, buckets.index(r))
         for name, r in conn(store).execute(
             "SELECT name, runtime FROM tasks WHERE state IN ('SUCCESS', 'FAILURE')"
@@ -334,6 +341,85 @@ def test_opening_a_store_from_before_the_rollups_builds_them(
         assert totals(store)[""]["sent"] == 120
     finally:
         store.close()
+
+
+OLD_HIST = """
+    CREATE TABLE rollup_hist (
+        dim TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, res INTEGER NOT NULL,
+        t INTEGER NOT NULL, bucket INTEGER NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (dim, key, res, t, metric, bucket)
+    ) WITHOUT ROWID;
+    CREATE INDEX rollup_hist_by_time ON rollup_hist (dim, res, t, key, metric, bucket, n);
+"""
+"""``rollup_hist`` as m011 made it before m013: a row per bucket."""
+
+
+def test_opening_a_store_with_a_row_per_bucket_packs_its_histograms(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "buckets.db"
+    store = Store(path)
+    events = workload(8, 200)
+    ingest(store, events)
+    since, until = T0 - 3600, T0 + 5 * 3600
+    reads = lambda s: (  # noqa: E731
+        [s.stats(since, until, step, dim, key) for step in (60, 600, 3600)
+         for dim, key in (("all", ""), ("name", "proj.add"), ("queue", "mail"))],
+        s.stats_by("name", since, until), s.stats_by("worker", since, until),
+        s.since_ever("name"), s.registry(),
+    )  # fmt: skip
+    before = reads(store)
+    cells = conn(store).execute("SELECT dim, key, metric, res, t, counts FROM rollup_hist")
+    by_bucket = [
+        (*cell, bucket, n)
+        for *cell, counts in cells
+        for bucket, n in enumerate(buckets.unpack(counts))
+        if n
+    ]
+    store.close()
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(f"DROP TABLE rollup_hist; {OLD_HIST}")
+    old.executemany("INSERT INTO rollup_hist VALUES (?, ?, ?, ?, ?, ?, ?)", by_bucket)
+    old.execute("DELETE FROM _sqlite_migrations WHERE name = 'm013_packed_histograms'")
+    old.close()
+    store = Store(path)
+    try:
+        assert "m013_packed_histograms" in caplog.text
+        columns = [c[1] for c in conn(store).execute("PRAGMA table_info(rollup_hist)")]
+        assert columns == ["dim", "key", "metric", "res", "t", "counts"]
+        assert reads(store) == before
+        check_agrees(store)
+        ingest(store, workload(9, 50))  # the writer goes on adding into the packed cells
+        check_agrees(store)
+    finally:
+        store.close()
+
+
+def test_packed_histograms_refuse_what_is_not_one() -> None:
+    assert buckets.unpack(buckets.pack([0, 3, 0, 1, 0, 0])) == [0, 3, 0, 1]
+    assert buckets.pack([0] * buckets.COUNT) == b"" and buckets.unpack(None) == []
+    assert buckets.unpack(buckets.add_packed(buckets.pack([1]), buckets.pack([0, 0, 2]))) == [
+        1, 0, 2,
+    ]  # fmt: skip
+    full = buckets.pack([buckets.MAX_COUNT])
+    assert buckets.unpack(buckets.add_packed(full, full)) == [buckets.MAX_COUNT]
+    for bad in (b"\x01", b"\x00" * 8 * (buckets.COUNT + 1), (-1).to_bytes(8, "little", signed=True),
+                [1] * (buckets.COUNT + 1), [-1], ["1"], "1:2", 3):  # fmt: skip
+        with pytest.raises(ValueError):
+            buckets.unpack(bad)
+    for counts in ([-1], [buckets.MAX_COUNT + 1], [0] * (buckets.COUNT + 1)):
+        with pytest.raises(ValueError):
+            buckets.pack(counts)
+
+
+def test_a_cell_that_is_not_a_histogram_counts_nothing(store: Store) -> None:
+    ingest(store, workload(10, 40))
+    before = store.since_ever("name")
+    store.writer().execute(
+        "INSERT INTO rollup_hist VALUES ('name', 'proj.add', 'run', 3600, 0, x'0102')"
+    )
+    assert store.since_ever("name") == before
+    assert store.stats(0, 3600, 3600, "name", "proj.add")[0]["run"] == [0] * buckets.COUNT
 
 
 @pytest.mark.parametrize("fold", [False, True])

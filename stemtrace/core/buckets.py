@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -196,3 +198,71 @@ def decode(text: object) -> list[int]:
         counts[bucket] = count
         previous = bucket
     return counts
+
+
+_WIDTH = 8  # bytes a packed count takes: a signed 64-bit integer, little-endian
+
+
+def pack(counts: Sequence[int]) -> bytes:
+    """Counts as one stored value (SQLite's ``rollup_hist.counts``): 64-bit little-endian
+    integers, one per bucket, the trailing empty buckets left out (``b""``: none counted).
+
+    A rollup cell keeps every bucket of one period in one row, so counting a
+    batch updates a row per cell, not per bucket. ``ValueError`` for more than
+    :data:`COUNT` counts, a negative one or one past :data:`MAX_COUNT`.
+    """
+    if len(counts) > COUNT:
+        raise ValueError(f"a histogram has {COUNT} counts, not {len(counts)}")
+    end = len(counts)
+    while end and not counts[end - 1]:
+        end -= 1
+    for bucket in range(end):
+        if not 0 <= counts[bucket] <= MAX_COUNT:
+            raise ValueError(f"bucket {bucket} holds {counts[bucket]}: not a count")
+    values = array("q", counts[:end])
+    if sys.byteorder == "big":  # pragma: no cover - the stored form is little-endian
+        values.byteswap()
+    return values.tobytes()
+
+
+def unpack(value: object) -> list[int]:
+    """The counts of a stored value: :func:`pack`'s bytes (SQLite) or a list of integers
+    (PostgreSQL's ``bigint[]``); ``None`` is none. Up to :data:`COUNT` counts, the trailing
+    empty ones left out. ``ValueError`` for anything else, never half read."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        if len(value) > COUNT or not all(type(n) is int and 0 <= n <= MAX_COUNT for n in value):
+            raise ValueError(f"not a histogram of at most {COUNT} counts: {value[:4]!r}")
+        return value
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise ValueError(f"a stored histogram is bytes or a list, not {type(value).__name__}")
+    data = bytes(value)
+    if len(data) % _WIDTH or len(data) > COUNT * _WIDTH:
+        raise ValueError(f"{len(data)} bytes are not a stored histogram")
+    values = array("q")
+    values.frombytes(data)
+    if sys.byteorder == "big":  # pragma: no cover
+        values.byteswap()
+    counts = values.tolist()
+    if any(n < 0 for n in counts):
+        raise ValueError("a stored histogram holds a negative count")
+    return counts
+
+
+def add_into(total: list[int], value: object) -> None:
+    """Add a stored value's counts (:func:`unpack`) to ``total``, :data:`COUNT` counts."""
+    for bucket, count in enumerate(unpack(value)):
+        total[bucket] += count
+
+
+def add_packed(stored: object, more: object) -> bytes:
+    """Two stored values added, as :func:`pack` stores them (SQLite's merge of a cell's
+    counts on conflict); a count that would pass :data:`MAX_COUNT` stays at it."""
+    a, b = unpack(stored), unpack(more)
+    if len(a) < len(b):
+        a, b = b, a
+    total = list(a)
+    for bucket, count in enumerate(b):
+        total[bucket] = min(total[bucket] + count, MAX_COUNT)
+    return pack(total)

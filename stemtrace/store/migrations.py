@@ -388,6 +388,9 @@ def m011_rollups(db: Database) -> None:
     """Rollups kept by the writer (:mod:`stemtrace.store.rollups`), built for the stored tasks.
 
     A big store takes a while: about 40 s per million tasks, logged as it goes.
+    ``rollup_hist`` is made as m013 leaves it (a row per cell, its buckets packed):
+    the rollups are built by today's writer, which writes that layout. A store
+    that ran m011 before has a row per bucket, and m013 packs it.
     """
     db.executescript(
         f"""
@@ -401,12 +404,8 @@ def m011_rollups(db: Database) -> None:
             PRIMARY KEY (dim, key, res, t)
         ) WITHOUT ROWID;
         CREATE INDEX rollups_by_time ON rollups (dim, res, t);
-        CREATE TABLE rollup_hist (
-            dim TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, res INTEGER NOT NULL,
-            t INTEGER NOT NULL, bucket INTEGER NOT NULL, n INTEGER NOT NULL,
-            PRIMARY KEY (dim, key, res, t, metric, bucket)
-        ) WITHOUT ROWID;
-        CREATE INDEX rollup_hist_by_time ON rollup_hist (dim, res, t, key, metric, bucket, n);
+        {rollups.HIST_TABLE};
+        {rollups.HIST_INDEX};
         CREATE TABLE task_counts (
             name TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
             PRIMARY KEY (name, state)
@@ -489,3 +488,10 @@ def m012_inflight(db: Database) -> None:
         ) WITHOUT ROWID;
         """
     )
+
+
+@migrations()
+def m013_packed_histograms(db: Database) -> None:
+    """``rollup_hist`` with a row per cell, its buckets packed in one value
+    (:func:`stemtrace.store.rollups.pack_histograms`)."""
+    rollups.pack_histograms(db.conn)

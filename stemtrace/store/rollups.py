@@ -6,8 +6,12 @@ Tables (migration 11):
   resolution (60: a minute, 3600: an hour) and period start: the tasks sent,
   started, succeeded, failed, retried and revoked in that period.
 * ``rollup_hist`` - the same keys per metric (``wait``: sent to started,
-  ``run``: the run time of a finished task) and bucket of
-  :mod:`stemtrace.core.buckets`: how many fell in it.
+  ``run``: the run time of a finished task): how many fell in each bucket of
+  :mod:`stemtrace.core.buckets`, all of a period's buckets in one value
+  (``counts``: :func:`stemtrace.core.buckets.pack`'s bytes in SQLite, a
+  ``bigint[]`` in PostgreSQL; migration 13 packed the row per bucket of before),
+  so a batch updates a row per cell, not per bucket. SQLite adds two values
+  with :data:`HIST_ADD`, a function each connection registers (:func:`register`).
 * In both, resolution 0 (period 0) holds the totals since the store began:
   counters that only grow (retention leaves them), for ``/metrics`` and the
   registry's run times.
@@ -35,9 +39,10 @@ exactly (:func:`forget`), and drops whole periods of
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from stemtrace.core import buckets, states
@@ -60,9 +65,11 @@ INSERT INTO rollups (dim, key, res, t, {", ".join(OUTCOMES)}) VALUES (?, ?, ?, ?
 ON CONFLICT (dim, key, res, t) DO UPDATE SET
 {", ".join(f"{c} = {c} + excluded.{c}" for c in OUTCOMES)}
 """
-UPSERT_HIST = """
-INSERT INTO rollup_hist (dim, key, metric, res, t, bucket, n) VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (dim, key, res, t, metric, bucket) DO UPDATE SET n = n + excluded.n
+HIST_ADD = "stemtrace_hist_add"
+"""SQLite's function adding two stored histograms (:func:`stemtrace.core.buckets.add_packed`)."""
+UPSERT_HIST = f"""
+INSERT INTO rollup_hist (dim, key, metric, res, t, counts) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (dim, key, res, t, metric) DO UPDATE SET counts = {HIST_ADD}(counts, excluded.counts)
 """
 UPSERT_COUNT = """
 INSERT INTO task_counts (name, state, n) VALUES (?, ?, ?)
@@ -76,6 +83,69 @@ ON CONFLICT (name) DO UPDATE SET
 """
 DROP_EMPTY = "DELETE FROM task_counts WHERE name = ? AND state = ? AND n <= 0"
 SET_TALLY = "INSERT OR REPLACE INTO task_tally VALUES (?, ?, ?, ?, ?, ?)"
+
+
+HIST_TABLE = """CREATE TABLE rollup_hist (
+            dim TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, res INTEGER NOT NULL,
+            t INTEGER NOT NULL, counts BLOB NOT NULL, PRIMARY KEY (dim, key, res, t, metric)
+        ) WITHOUT ROWID"""
+"""``rollup_hist`` as migration 11 makes it, since migration 13 (:func:`pack_histograms`)."""
+HIST_INDEX = "CREATE INDEX rollup_hist_by_time ON rollup_hist (dim, res, t)"
+
+
+def pack_histograms(conn: sqlite3.Connection) -> None:
+    """``rollup_hist`` with a row per cell (dimension, key, period, metric), its bucket
+    counts packed in one value (:func:`stemtrace.core.buckets.pack`), where a row per
+    bucket was: counting a batch wrote about 18 rows per cell.
+
+    Nothing to do for a store whose m011 already made this layout.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(rollup_hist)")}
+    if "counts" in columns:
+        return
+    conn.execute("ALTER TABLE rollup_hist RENAME TO rollup_hist_by_bucket")
+    conn.execute("DROP INDEX rollup_hist_by_time")
+    conn.execute(HIST_TABLE)
+    cells = conn.execute(
+        "SELECT dim, key, metric, res, t, bucket, n FROM rollup_hist_by_bucket"
+        " ORDER BY dim, key, res, t, metric"
+    )
+    conn.executemany(
+        "INSERT INTO rollup_hist (dim, key, metric, res, t, counts) VALUES (?, ?, ?, ?, ?, ?)",
+        ((*cell, buckets.pack(counts)) for *cell, counts in _packed_cells(cells)),
+    )
+    conn.execute("DROP TABLE rollup_hist_by_bucket")
+    conn.execute(HIST_INDEX)
+
+
+def _packed_cells(
+    rows: Iterable[tuple[str, str, str, int, int, int, int]],
+) -> Iterator[tuple[str, str, str, int, int, list[int]]]:
+    """Rows of ``(dim, key, metric, res, t, bucket, n)`` in cell order as one row per cell
+    with its :data:`~stemtrace.core.buckets.COUNT` counts (m013). A bucket out of the
+    layout, or a count not above 0, counts nothing, as the reads left it."""
+    cell: tuple[str, str, str, int, int] | None = None
+    counts = [0] * buckets.COUNT
+    for dim, key, metric, res, t, bucket, n in rows:
+        if (dim, key, metric, res, t) != cell:
+            if cell is not None:
+                yield (*cell, counts)
+            cell, counts = (dim, key, metric, res, t), [0] * buckets.COUNT
+        if 0 <= bucket < buckets.COUNT and n > 0:
+            counts[bucket] = min(counts[bucket] + n, buckets.MAX_COUNT)
+    if cell is not None:
+        yield (*cell, counts)
+
+
+def register(conn: sqlite3.Connection) -> None:
+    """The functions the rollups' statements call (:data:`HIST_ADD`), on a connection."""
+    conn.create_function(HIST_ADD, 2, buckets.add_packed, deterministic=True)
+
+
+def _add(total: list[int], value: object) -> None:
+    """A stored histogram added to ``total``; one that is not a histogram counts nothing."""
+    with contextlib.suppress(ValueError):
+        buckets.add_into(total, value)
 
 
 _FORGET_SELECT = (
@@ -183,13 +253,12 @@ def series(
             for name, count in zip(OUTCOMES, counts, strict=True):
                 point[name] += count
     hist_rows = conn.execute(
-        f"SELECT {slot}, metric, bucket, SUM(n) FROM rollup_hist WHERE {where} GROUP BY 1, 2, 3",
-        (dim, key, start, until),
+        f"SELECT {slot}, metric, counts FROM rollup_hist WHERE {where}", (dim, key, start, until)
     )
-    for t, metric, bucket, n in hist_rows:
+    for t, metric, counts in hist_rows:
         point = points.get(int(t))
-        if point is not None and metric in ("wait", "run") and 0 <= bucket < buckets.COUNT:
-            point[metric][bucket] += n
+        if point is not None and metric in ("wait", "run"):
+            _add(point[metric], counts)
     return list(points.values())
 
 
@@ -209,12 +278,11 @@ def name_numbers(conn: Executes) -> dict[str, dict[str, Any]]:
         if name in found:
             found[name]["last_seen"] = last_seen
             found[name]["retried"] = retried
-    for name, bucket, n in conn.execute(
-        "SELECT key, bucket, n FROM rollup_hist WHERE dim = 'name' AND metric = 'run'"
-        " AND res = 0 AND n > 0"
+    for name, counts in conn.execute(
+        "SELECT key, counts FROM rollup_hist WHERE dim = 'name' AND metric = 'run' AND res = 0"
     ):
-        if name in found and 0 <= bucket < buckets.COUNT:
-            found[name]["run"][bucket] = n
+        if name in found:
+            _add(found[name]["run"], counts)
     return found
 
 
@@ -264,8 +332,8 @@ def _by_key(
 ) -> dict[str, Any]:
     """Totals per key of ``dim`` over the periods of each ``(res, from, to)`` span.
 
-    Each span is one range of the ``(dim, res, t, ...)`` index (the histograms'
-    covers ``n``), so SQLite reads only the periods asked for.
+    Each span is one range of the ``(dim, res, t)`` index, so SQLite reads only the
+    periods asked for; the histograms' cells are added up here.
     """
     found: dict[str, dict[str, Any]] = {}
 
@@ -296,16 +364,14 @@ def _by_key(
     if not chosen:
         return found
     hist_rows = conn.execute(
-        "SELECT key, metric, bucket, SUM(n) FROM ("
-        + " UNION ALL ".join(
-            "SELECT key, metric, bucket, n FROM rollup_hist INDEXED BY rollup_hist_by_time"
+        " UNION ALL ".join(
+            "SELECT key, metric, counts FROM rollup_hist INDEXED BY rollup_hist_by_time"
             f" WHERE {in_span} AND metric IN ({chosen})"
             for _ in spans
-        )
-        + ") AS spans GROUP BY key, metric, bucket",
+        ),
         params,
     )
-    for key, metric, bucket, n in hist_rows:
-        if metric in ("wait", "run") and 0 <= bucket < buckets.COUNT:
-            entry(key)[metric][bucket] += n
+    for key, metric, counts in hist_rows:
+        if metric in ("wait", "run"):
+            _add(entry(key)[metric], counts)
     return found

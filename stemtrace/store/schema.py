@@ -110,6 +110,7 @@ class Store:
         # default) made each small batch of a consumer that keeps up pay for one.
         # 10,000 pages (40 MiB of log) cut the cost of such a batch by about a third.
         conn.execute("PRAGMA wal_autocheckpoint=10000")
+        rollups.register(conn)
         return conn
 
     def writer(self) -> sqlite3.Connection:

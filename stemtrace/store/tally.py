@@ -24,6 +24,7 @@ import sqlite3
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import add
 from typing import Any
 
 from stemtrace.core import buckets, states
@@ -257,13 +258,13 @@ class Batch:
 
     Each phase is one pass over the rows with plain dicts: each outcome counted
     in its cell of name, queue, worker and minute, each wait and run time in
-    its cell and bucket; :meth:`spread` then spreads the cells, far fewer than
+    its cell's bucket; :meth:`spread` then spreads the cells, far fewer than
     the rows, over the dimensions and periods.
     """
 
     def __init__(self, rows: list[Row]) -> None:
         self.cells: dict[Cell, list[int]] = {}
-        self.hist: dict[tuple[Any, ...], list[int]] = {}  # one count: found and added in place
+        self.hist: dict[tuple[Any, ...], list[int]] = {}  # a cell's bucket counts
         self.digests = digests.Digests()
         self._outcomes(rows)
         self._measures(rows)
@@ -314,30 +315,27 @@ class Batch:
         """Wait and run time, each once both ends are known (a late sent still gives the
         wait): in the minute the task started, and the minute it finished."""
         hist, get, bounds, inf = self.hist, self.hist.get, buckets.FINITE, math.inf
+        width = buckets.COUNT
         for r in rows:
             new = r[NEW]
             if new & WAITED:
                 wait = r[STARTED_AT] - r[SENT_AT]
                 if -inf < wait < inf:
                     minute = int(r[STARTED_AT] // MINUTE) * MINUTE
-                    bucket = bisect_left(bounds, wait)
-                    key = (r[NAME], r[QUEUE], r[WORKER], "wait", minute, bucket)
-                    found = get(key)
-                    if found is None:
-                        hist[key] = [1]
-                    else:
-                        found[0] += 1
+                    key = (r[NAME], r[QUEUE], r[WORKER], "wait", minute)
+                    counts = get(key)
+                    if counts is None:
+                        counts = hist[key] = [0] * width
+                    counts[bisect_left(bounds, wait)] += 1
             if new & RAN and r[FINISHED] is not None:
                 runtime = r[RUNTIME]
                 if -inf < runtime < inf:
                     minute = int(r[FINISHED] // MINUTE) * MINUTE
-                    bucket = bisect_left(bounds, runtime)
-                    key = (r[NAME], r[QUEUE], r[WORKER], "run", minute, bucket)
-                    found = get(key)
-                    if found is None:
-                        hist[key] = [1]
-                    else:
-                        found[0] += 1
+                    key = (r[NAME], r[QUEUE], r[WORKER], "run", minute)
+                    counts = get(key)
+                    if counts is None:
+                        counts = hist[key] = [0] * width
+                    counts[bisect_left(bounds, runtime)] += 1
 
     def _listed(self, rows: list[Row]) -> None:
         """Flows and traces: a task moved between them, or counts differently in them now."""
@@ -354,7 +352,7 @@ class Batch:
                 listed = (r[TALLY_FLOW], r[TALLY_TRACE], flow, trace)
                 add(listed, (seen, r[FINISHED] or seen), was, now, r[ROOT_ID])
 
-    def spread(self) -> tuple[dict[tuple[Any, ...], list[int]], dict[tuple[Any, ...], int]]:
+    def spread(self) -> tuple[dict[tuple[Any, ...], list[int]], dict[tuple[Any, ...], list[int]]]:
         """The cells' counts per dimension, key and period: minute, hour and since ever.
 
         In stages: the minutes of each key first, then their hours, then since
@@ -372,22 +370,16 @@ class Batch:
         ever: dict[tuple[Any, ...], list[int]] = {}
         for (dim, key, _, _), counts in hours.items():
             _merge(ever, (dim, key, ALL_TIME, ALL_TIME), counts)
-        hist: dict[tuple[Any, ...], int] = {}
-        get = hist.get
-        for (name, queue, worker, metric, minute, bucket), (n,) in self.hist.items():
+        hist: dict[tuple[Any, ...], list[int]] = {}
+        for (name, queue, worker, metric, minute), counts in self.hist.items():
             for dim, key in _dims(dims, name, queue, worker):
-                cell = (dim, key, metric, MINUTE, minute, bucket)
-                hist[cell] = get(cell, 0) + n
-        hour_hist: dict[tuple[Any, ...], int] = {}
-        get = hour_hist.get
-        for (dim, key, metric, _, minute, bucket), n in hist.items():
-            cell = (dim, key, metric, HOUR, minute // HOUR * HOUR, bucket)
-            hour_hist[cell] = get(cell, 0) + n
-        ever_hist: dict[tuple[Any, ...], int] = {}
-        get = ever_hist.get
-        for (dim, key, metric, _, _, bucket), n in hour_hist.items():
-            cell = (dim, key, metric, ALL_TIME, ALL_TIME, bucket)
-            ever_hist[cell] = get(cell, 0) + n
+                _merge(hist, (dim, key, metric, MINUTE, minute), counts)
+        hour_hist: dict[tuple[Any, ...], list[int]] = {}
+        for (dim, key, metric, _, minute), counts in hist.items():
+            _merge(hour_hist, (dim, key, metric, HOUR, minute // HOUR * HOUR), counts)
+        ever_hist: dict[tuple[Any, ...], list[int]] = {}
+        for (dim, key, metric, _, _), counts in hour_hist.items():
+            _merge(ever_hist, (dim, key, metric, ALL_TIME, ALL_TIME), counts)
         return {**minutes, **hours, **ever}, {**hist, **hour_hist, **ever_hist}
 
     def writes(self) -> Writes:
@@ -396,7 +388,7 @@ class Batch:
         outcomes, hist = self.spread()
         found: Writes = [
             ("rollup", [(*key, *counts) for key, counts in outcomes.items()]),
-            ("hist", [(*k, n) for k, n in hist.items()]),
+            ("hist", [(*k, trimmed(counts)) for k, counts in hist.items()]),
             ("count", [(*k, n) for k, n in self.counts.items() if n]),
             ("drop_empty", [k for k, n in self.counts.items() if n < 0]),
             ("name", [(name, *values) for name, values in self.names.items()]),
@@ -407,6 +399,8 @@ class Batch:
 
     def write(self, conn: sqlite3.Connection) -> None:
         for statement, rows in self.writes():
+            if statement == "hist":  # SQLite keeps a cell's counts packed
+                rows = [(*row[:5], buckets.pack(row[5])) for row in rows]
             conn.executemany(SQLITE[statement], rows)
 
 
@@ -433,13 +427,17 @@ def _per_name(rows: list[Row]) -> tuple[dict[tuple[str, str], int], dict[str, li
     return counts, names
 
 
+def trimmed(counts: list[int]) -> list[int]:
+    """Counts without their trailing empty buckets, as a histogram is stored."""
+    end = len(counts)
+    while end and not counts[end - 1]:
+        end -= 1
+    return counts[:end]
+
+
 def _merge(into: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], counts: list[int]) -> None:
     known = into.get(key)
-    if known is None:
-        into[key] = list(counts)
-    else:
-        for i, n in enumerate(counts):
-            known[i] += n
+    into[key] = list(counts) if known is None else list(map(add, known, counts))
 
 
 def _dims(

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from stemtrace.core import states
+from stemtrace.core import buckets, states
 from stemtrace.store import digests, rollups
 from stemtrace.store.pg.days import partition_name
 from stemtrace.store.pg.rollup_reads import Lite
@@ -36,6 +36,11 @@ from stemtrace.store.tally import Batch, Row, facts, select_sql
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 _C = 'text COLLATE "C" NOT NULL'
+HIST_TABLE = f"""CREATE TABLE rollup_hist (
+        dim {_C}, key {_C}, metric text NOT NULL, res integer NOT NULL,
+        t bigint NOT NULL, counts bigint[] NOT NULL, PRIMARY KEY (dim, key, res, t, metric)
+    )"""
+HIST_INDEX = "CREATE INDEX rollup_hist_by_time ON rollup_hist (dim, res, t)"
 TABLES = (
     """CREATE TABLE task_tally (
         task_rowid bigint PRIMARY KEY, tally bigint NOT NULL, state text,
@@ -47,13 +52,8 @@ TABLES = (
         PRIMARY KEY (dim, key, res, t)
     )""",
     "CREATE INDEX rollups_by_time ON rollups (dim, res, t)",
-    f"""CREATE TABLE rollup_hist (
-        dim {_C}, key {_C}, metric text NOT NULL, res integer NOT NULL,
-        t bigint NOT NULL, bucket integer NOT NULL, n bigint NOT NULL,
-        PRIMARY KEY (dim, key, res, t, metric, bucket)
-    )""",
-    "CREATE INDEX rollup_hist_by_time ON rollup_hist (dim, res, t)"
-    " INCLUDE (key, metric, bucket, n)",
+    HIST_TABLE,
+    HIST_INDEX,
     f"""CREATE TABLE task_counts (
         name {_C}, state text NOT NULL, n bigint NOT NULL, PRIMARY KEY (name, state)
     )""",
@@ -86,7 +86,8 @@ TABLES = (
     "CREATE INDEX trace_index_recent ON trace_index (first_seen DESC, trace_id DESC)",
 )
 """The migration's statements (SQLite's migration 11, in PostgreSQL's types; m005 adds
-``task_tally.day`` and partitions it)."""
+``task_tally.day`` and partitions it). ``rollup_hist`` is made as m007 leaves it (a row
+per cell, its bucket counts in a ``bigint[]``): the rollups are built by today's writer."""
 
 _DIALECT = {
     "new": f"({facts(lambda cond: f'({cond})::int')}) & ~coalesce(c.tally, 0)",
@@ -135,10 +136,11 @@ STATEMENTS: dict[str, tuple[str, int]] = {
         4,
     ),
     "hist": (
-        "INSERT INTO rollup_hist AS h (dim, key, metric, res, t, bucket, n)"
-        f" VALUES ({_values(7)}) ON CONFLICT (dim, key, res, t, metric, bucket)"
-        " DO UPDATE SET n = h.n + excluded.n",
-        6,
+        "INSERT INTO rollup_hist AS h (dim, key, metric, res, t, counts)"
+        f" VALUES ({_values(5)}, %s::bigint[]) ON CONFLICT (dim, key, res, t, metric)"
+        " DO UPDATE SET counts = ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0)"
+        " FROM unnest(h.counts, excluded.counts) WITH ORDINALITY AS u(a, b, i) ORDER BY i)",
+        5,
     ),
     "count": (
         "INSERT INTO task_counts AS c (name, state, n) VALUES (%s, %s, %s)"
@@ -347,3 +349,35 @@ def prune(conn: Conn, before: float) -> None:
 def fold(conn: Conn, before: float) -> int:
     """Forget the minutes of the hours that ended before ``before``; how many rows went."""
     return rollups.fold(Lite(conn), before)
+
+
+_CELL = "dim, key, metric, res, t"
+_PACK = f"""INSERT INTO rollup_hist ({_CELL}, counts)
+SELECT {_CELL}, array_agg(coalesce(n, 0) ORDER BY i) FROM (
+    SELECT k.dim, k.key, k.metric, k.res, k.t, g.i, h.n
+    FROM (SELECT {_CELL}, max(bucket) AS top FROM rollup_hist_by_bucket
+          WHERE bucket BETWEEN 0 AND {buckets.COUNT - 1} AND n > 0 GROUP BY {_CELL}) AS k
+    CROSS JOIN LATERAL generate_series(0, k.top) AS g(i)
+    LEFT JOIN rollup_hist_by_bucket AS h ON (h.dim, h.key, h.metric, h.res, h.t, h.bucket)
+        = (k.dim, k.key, k.metric, k.res, k.t, g.i) AND h.n > 0
+) AS cells GROUP BY {_CELL}"""
+"""m007's packing, in SQL: each cell's counts up to its last bucket counted (a bucket out of
+the layout, or a count not above 0, counts nothing, as the reads left them)."""
+
+
+def pack_histograms(conn: Conn) -> None:
+    """m007: ``rollup_hist`` with a row per cell, its bucket counts in one ``bigint[]``
+    (SQLite's m013); nothing to do where m002 already made that layout."""
+    packed = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = 'rollup_hist' AND column_name = 'counts'"
+    ).fetchone()
+    if packed:
+        return
+    conn.execute("ALTER TABLE rollup_hist RENAME TO rollup_hist_by_bucket")
+    conn.execute("DROP INDEX rollup_hist_by_time")
+    conn.execute("ALTER TABLE rollup_hist_by_bucket DROP CONSTRAINT rollup_hist_pkey")
+    conn.execute(HIST_TABLE)
+    conn.execute(_PACK)
+    conn.execute("DROP TABLE rollup_hist_by_bucket")
+    conn.execute(HIST_INDEX)

@@ -294,6 +294,7 @@ MIGRATIONS: tuple[tuple[str, tuple[Step, ...]], ...] = (
     ("m004_text_index", (search.create_index,)),
     ("m005_tasks_by_day", (_m005_tasks_by_day,)),
     ("m006_planned_collation", ('ALTER TABLE planned ALTER COLUMN id TYPE text COLLATE "C"',)),
+    ("m007_packed_histograms", (rollup_writes.pack_histograms,)),
 )
 """``(name, steps)`` in order; each runs once per database. A step is a statement, or a
 function of the connection (m002 counts the tasks stored before it into the rollups).
@@ -303,7 +304,9 @@ m005: ``tasks`` and ``task_tally`` partitioned by day (:func:`_m005_tasks_by_day
 m006: ``planned.id`` sorts as ``tasks.id`` does (``COLLATE "C"``): the flows list's test of
 whether a task is a planned link (``planned.id = tasks.id``) compares in ``tasks.id``'s
 collation, which the key of a ``planned`` in the database's own could not serve (a whole
-scan of ``planned`` per task listed: the flows page took 1.1 s on a million tasks)."""
+scan of ``planned`` per task listed: the flows page took 1.1 s on a million tasks).
+m007: ``rollup_hist`` a row per cell, its bucket counts in one ``bigint[]``
+(:func:`~stemtrace.store.pg.rollup_writes.pack_histograms`)."""
 
 
 def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
