@@ -29,8 +29,10 @@ Flower runs it), and, for a like-for-like figure, once more with stemtrace's.
   (:func:`stemtrace.store.tally.tally` replaced by a no-op): the ratio of
   the two is what keeping the rollups costs ingestion. Printed as the ratio of
   the medians, and as each round's own ratio (its two runs side by side) with
-  their median, the steadier figure on a shared machine. ``--rollups`` runs
-  only these two, in pairs, in turn first.
+  their median. Steadiest of all, the share of each run's CPU time (the
+  consumer thread's) spent counting them, measured inside the run: a machine
+  slower for a while slows both parts alike. ``--rollups`` runs only these
+  two, in pairs, in turn first.
 
 ``--profile`` adds one more stemtrace run under cProfile and prints its top frames.
 
@@ -174,6 +176,24 @@ def run_consumer(
     }
 
 
+@contextlib.contextmanager
+def timed_tally() -> Iterator[dict[str, float]]:
+    """The CPU time the consumer's thread spends counting the rollups (:func:`tally.tally`),
+    for as long as the block runs: its share of the run, measured inside the run."""
+    counted = {"cpu": 0.0}
+    real = tally.tally
+
+    def timed(*args: Any, **kwargs: Any) -> None:
+        start = time.thread_time()
+        try:
+            real(*args, **kwargs)
+        finally:
+            counted["cpu"] += time.thread_time() - start
+
+    with mock.patch.object(tally, "tally", timed):
+        yield counted
+
+
 def run_celery(events: list[dict[str, Any]], *, tuned: bool = False) -> dict[str, float]:
     from celery.events.state import State
 
@@ -241,9 +261,14 @@ def measure(args: argparse.Namespace, client: redis.Redis, url: str) -> dict[str
                     )
                 elif which == "stemtrace":
                     before = redis_cpu(client)
-                    found = run_consumer(
-                        lambda: open_reader(url, stream=stream), f"bench#{stream}", count, workdir
-                    )
+                    with timed_tally() as counted:
+                        found = run_consumer(
+                            lambda: open_reader(url, stream=stream),
+                            f"bench#{stream}",
+                            count,
+                            workdir,
+                        )
+                    found["tally_cpu"] = counted["cpu"]
                     redis_cpu_used.append(redis_cpu(client) - before)
                     line = (
                         f"stemtrace {count / found['wall']:8.0f} events/s wall, "
@@ -296,10 +321,15 @@ def rollup_cost(result: dict[str, Any]) -> str:
     bare_wall = statistics.median(count / r["wall"] for r in bare)
     bare_cpu = statistics.median(count / r["cpu"] for r in bare)
     paired = [b["cpu"] / s["cpu"] for s, b in zip(st, bare, strict=True)]
+    shares = [s["tally_cpu"] / s["cpu"] for s in st]
     return (
         f"rollups: with/without {st_wall / bare_wall:.2f} wall, {st_cpu / bare_cpu:.2f} per"
         f" CPU s ({bare_cpu:.0f} events per CPU s without them); each round's own ratio per"
         f" CPU s: {' '.join(f'{r:.2f}' for r in paired)}, median {statistics.median(paired):.2f}"
+        f"\nrollups' share of the consumer's CPU, measured inside each run with them:"
+        f" {' '.join(f'{100 * r:.1f}%' for r in shares)}, median"
+        f" {100 * statistics.median(shares):.1f}% (with/without"
+        f" {1 - statistics.median(shares):.2f} were nothing else to change without them)"
     )
 
 
