@@ -853,7 +853,7 @@ def test_registry_merges_definitions_and_executions(api: Api) -> None:
 # -- workers ------------------------------------------------------------------------
 
 
-def test_workers_online_lost_and_offline(api: Api) -> None:
+def test_workers_online_lost_and_offline(api: Api, db_target: str) -> None:
     now = time.time()
 
     def online(worker: str, ts: float, freq: float) -> Event:
@@ -909,6 +909,12 @@ def test_workers_online_lost_and_offline(api: Api) -> None:
     assert gone["state"] == "offline"
     assert gone["offline_at"] == pytest.approx(now - 50)
     assert gone["dropped"] == 3
+    store = open_store(db_target)  # /metrics, the queues and a task's page skip what runs
+    try:
+        bare = {w["hostname"]: w for w in store.workers(running=False)}
+    finally:
+        store.close()
+    assert bare == {host: {**w, "running": []} for host, w in workers.items()}
 
 
 def test_worker_back_online_after_going_offline(api: Api) -> None:

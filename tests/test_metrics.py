@@ -310,7 +310,7 @@ class FakeStore:
     def skipped(self, samples: int = 20) -> dict[str, Any]:
         return {"total": 3, "by_reason": [{"reason": self.reason, "count": 3}], "samples": []}
 
-    def workers(self, now: float | None = None) -> list[dict[str, Any]]:
+    def workers(self, now: float | None = None, *, running: bool = True) -> list[dict[str, Any]]:
         return [{"hostname": self.worker, "state": "online", "dropped": 2}]
 
 

@@ -71,7 +71,7 @@ class StoreCollector:
         yield from task_histograms(ever, fold)
         yield from task_gauges(stored, fold)
         yield from event_metrics(store.skipped(samples=0), self.site.consumer_status())
-        yield from worker_metrics(store.workers())
+        yield from worker_metrics(store.workers(running=False))
 
 
 class Folding:

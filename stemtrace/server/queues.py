@@ -112,7 +112,7 @@ def build(
     depths = store.queue_depths()
     waiting = store.waiting_by_queue()
     consumers: dict[str, list[str]] = {}
-    for worker in store.workers(now):
+    for worker in store.workers(now, running=False):
         if worker["state"] == "online":
             for queue in worker["queues"]:
                 consumers.setdefault(queue, []).append(worker["hostname"])

@@ -95,7 +95,7 @@ def load_flow(
 def mark_lost(store: Backend, rows: list[dict[str, Any]], timeout: float) -> None:
     """Mark the rows started on a worker that is gone (``timeout``: when a silent one is)."""
     if any(row.get("state") == states.STARTED for row in rows):
-        problems.mark_lost(rows, store.workers(timeout=timeout))
+        problems.mark_lost(rows, store.workers(timeout=timeout, running=False))
 
 
 def load_trace(

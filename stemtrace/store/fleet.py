@@ -105,17 +105,18 @@ def workers(
     hostname: str | None = None,
     *,
     at_once: bool = False,
+    running: bool = True,
 ) -> list[dict[str, Any]]:
     """Every worker (or the one named ``hostname``); one not heard from for three
     heartbeats (or ``timeout`` s, whichever is longer) counts as ``lost``. ``at_once``:
-    what they run read in one statement (:func:`_running`)."""
+    what they run read in one statement (:func:`_running`); ``running=False``: not read."""
     now = time.time() if now is None else now
     found = []
     sql, params = "SELECT * FROM workers ORDER BY hostname", []
     if hostname is not None:
         sql, params = "SELECT * FROM workers WHERE hostname = ?", [hostname]
     rows = _dict_rows(conn, sql, params)
-    running = _running(conn, [row["hostname"] for row in rows], at_once)
+    started = _running(conn, [row["hostname"] for row in rows], at_once) if running else {}
     for row in rows:
         silence = max(3 * float(row["heartbeat_freq"] or 20.0), timeout)
         state = row["state"]
@@ -129,7 +130,7 @@ def workers(
         row["loadavg"] = (
             [x for x in loadavg if isinstance(x, int | float)] if isinstance(loadavg, list) else []
         )
-        row["running"] = running.get(row["hostname"], [])
+        row["running"] = started.get(row["hostname"], [])
         found.append(row)
     return found
 

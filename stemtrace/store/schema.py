@@ -255,8 +255,10 @@ class Store:
     def registry(self) -> list[Row]:
         return fleet.registry(self._conn())
 
-    def workers(self, now: float | None = None, timeout: float = 60.0) -> list[Row]:
-        return fleet.workers(self._conn(), now, timeout)
+    def workers(
+        self, now: float | None = None, timeout: float = 60.0, *, running: bool = True
+    ) -> list[Row]:
+        return fleet.workers(self._conn(), now, timeout, running=running)
 
     def inflight(self, limit: int = 20_000) -> list[Row]:
         return inflight.inflight(self._conn(), limit)

@@ -185,9 +185,12 @@ class Backend(Protocol):
     def registry(self) -> list[Row]:
         """Task definitions and what ran of each; may be a few seconds old."""
 
-    def workers(self, now: float | None = None, timeout: float = 60.0) -> list[Row]:
+    def workers(
+        self, now: float | None = None, timeout: float = 60.0, *, running: bool = True
+    ) -> list[Row]:
         """Every worker seen, with its state at ``now``: ``lost`` when silent for
-        ``timeout`` seconds or three heartbeats, whichever is longer."""
+        ``timeout`` seconds or three heartbeats, whichever is longer; ``running=False``
+        leaves out the tasks each runs (``running`` is then empty)."""
 
     def inflight(self, limit: int = 20_000) -> list[Row]:
         """Up to ``limit`` tasks not finished yet (:mod:`stemtrace.store.inflight`)."""

@@ -157,9 +157,11 @@ class SharedReads:
         with self.pool.connection() as conn:
             return lists.list_traces(Spelled(conn), since, until, cursor, limit)
 
-    def workers(self, now: float | None = None, timeout: float = 60.0) -> list[Row]:
+    def workers(
+        self, now: float | None = None, timeout: float = 60.0, *, running: bool = True
+    ) -> list[Row]:
         with self.pool.connection() as conn:
-            return fleet.workers(Spelled(conn), now, timeout, at_once=True)
+            return fleet.workers(Spelled(conn), now, timeout, at_once=True, running=running)
 
     def worker(
         self, hostname: str, since: float, now: float | None = None, timeout: float = 60.0
