@@ -26,6 +26,8 @@ _TERMINAL = ", ".join(f"'{s}'" for s in sorted(states.TERMINAL))
 # EXISTS: PostgreSQL made EXISTS a hashed subplan over every unfinished task (a whole scan
 # of every day's tasks: 390 ms for the failed flows of a million tasks).
 _KEY_STATE = f"coalesce((SELECT state FROM tasks WHERE id = key LIMIT 1), '{states.SUCCESS}')"
+_RUNNING = f"(running > 0 OR {_KEY_STATE} NOT IN ({_TERMINAL}))"
+_FAILED = f"(failures > 0 OR {_KEY_STATE} IN ({_BROKEN}))"
 # A chain is counted at its first link (it names the others in advance: ``planned``),
 # a chord's header is the chord's, not a group; spawned is sent from a task's body.
 # Conditions are counted with CASE, not summed as booleans: PostgreSQL reads it too.
@@ -40,15 +42,11 @@ _SHAPE = f"""SELECT COUNT(DISTINCT group_id)
     MIN(coalesce(sent_at, seen_at)), MAX(finished_at),
     SUM(CASE WHEN state IN ({_BROKEN}) AND {_HAS_CHAIN} THEN 1 ELSE 0 END)
 FROM tasks WHERE root_id = ? OR group_id = ?"""
-_NO_LIMIT = 2**62
-_SETTLED = f"running <= 0 AND key_state IN ({_TERMINAL})"
 _OUTCOME_SQL = {
-    "running": f"(running > 0 OR key_state NOT IN ({_TERMINAL}))",
-    "failed": f"{_SETTLED} AND (failures > 0 OR key_state IN ({_BROKEN}))",
-    "succeeded": f"{_SETTLED} AND failures <= 0 AND key_state NOT IN ({_BROKEN})",
+    "running": _RUNNING,
+    "failed": f"NOT {_RUNNING} AND {_FAILED}",
+    "succeeded": f"NOT {_RUNNING} AND NOT {_FAILED}",
 }
-"""Each outcome as a condition on a flow's counts and ``key_state`` (:data:`_KEY_STATE`,
-looked up once per flow walked, and only when none of its other tasks runs)."""
 
 
 @dataclass(frozen=True)
@@ -87,28 +85,20 @@ def list_flows(
     more, more_params = _after(cursor, "key")
     where += more
     params += more_params
+    if filters.outcome is not None:
+        where.append(_OUTCOME_SQL[filters.outcome])
     if filters.name is not None:
         where.append(
             "(EXISTS (SELECT 1 FROM tasks WHERE id = key AND name = ?)"
             " OR EXISTS (SELECT 1 FROM tasks WHERE group_id = key AND root_id = id AND name = ?))"
         )
         params += [filters.name, filters.name]
-    columns = "key, first_seen, last_seen, tasks, failures, running"
-    order = " ORDER BY first_seen DESC, key DESC"
-    walked = f"FROM flow_index WHERE tasks > 0 {''.join(' AND ' + w for w in where)}{order}"
-    if filters.outcome is None:
-        walked = f"SELECT {columns} {walked}"
-    else:
-        # The key's own state is read once per flow walked (in the outcome's condition it
-        # would be read twice), in the walk's order. The LIMIT that limits nothing keeps
-        # PostgreSQL from pushing the condition down into the walk (a subquery with a
-        # LIMIT takes none), where the look-up would be repeated; LIMIT ALL is not SQLite's.
-        walked = (
-            f"SELECT {columns} FROM (SELECT {columns},"
-            f" CASE WHEN running > 0 THEN NULL ELSE {_KEY_STATE} END AS key_state"
-            f" {walked} LIMIT {_NO_LIMIT}) AS f WHERE {_OUTCOME_SQL[filters.outcome]}{order}"
-        )
-    rows = conn.execute(f"{walked} LIMIT ?", (*params, limit + 1)).fetchall()
+    rows = conn.execute(
+        "SELECT key, first_seen, last_seen, tasks, failures, running FROM flow_index"
+        f" WHERE tasks > 0 {''.join(' AND ' + w for w in where)}"
+        " ORDER BY first_seen DESC, key DESC LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
     found = [_flow(conn, row) for row in rows[:limit]]
     last = rows[limit - 1] if len(rows) > limit else None
     return found, encode_cursor(last[1], last[0]) if last else None
