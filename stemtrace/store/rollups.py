@@ -279,7 +279,8 @@ def name_numbers(conn: Executes) -> dict[str, dict[str, Any]]:
             found[name]["last_seen"] = last_seen
             found[name]["retried"] = retried
     for name, counts in conn.execute(
-        "SELECT key, counts FROM rollup_hist WHERE dim = 'name' AND metric = 'run' AND res = 0"
+        "SELECT key, counts FROM rollup_hist INDEXED BY rollup_hist_by_time"
+        " WHERE dim = 'name' AND res = 0 AND t = 0 AND metric = 'run'"
     ):
         if name in found:
             _add(found[name]["run"], counts)
