@@ -203,6 +203,14 @@ def decode(text: object) -> list[int]:
 _WIDTH = 8  # bytes a packed count takes: a signed 64-bit integer, little-endian
 
 
+def trimmed(counts: Sequence[int]) -> list[int]:
+    """Counts without their trailing empty buckets, as a histogram is stored."""
+    end = len(counts)
+    while end and not counts[end - 1]:
+        end -= 1
+    return list(counts[:end])
+
+
 def pack(counts: Sequence[int]) -> bytes:
     """Counts as one stored value (SQLite's ``rollup_hist.counts``): 64-bit little-endian
     integers, one per bucket, the trailing empty buckets left out (``b""``: none counted).
@@ -213,13 +221,11 @@ def pack(counts: Sequence[int]) -> bytes:
     """
     if len(counts) > COUNT:
         raise ValueError(f"a histogram has {COUNT} counts, not {len(counts)}")
-    end = len(counts)
-    while end and not counts[end - 1]:
-        end -= 1
-    for bucket in range(end):
-        if not 0 <= counts[bucket] <= MAX_COUNT:
-            raise ValueError(f"bucket {bucket} holds {counts[bucket]}: not a count")
-    values = array("q", counts[:end])
+    kept = trimmed(counts)
+    for bucket, count in enumerate(kept):
+        if not 0 <= count <= MAX_COUNT:
+            raise ValueError(f"bucket {bucket} holds {count}: not a count")
+    values = array("q", kept)
     if sys.byteorder == "big":  # pragma: no cover - the stored form is little-endian
         values.byteswap()
     return values.tobytes()

@@ -388,7 +388,7 @@ class Batch:
         outcomes, hist = self.spread()
         found: Writes = [
             ("rollup", [(*key, *counts) for key, counts in outcomes.items()]),
-            ("hist", [(*k, trimmed(counts)) for k, counts in hist.items()]),
+            ("hist", [(*k, buckets.trimmed(counts)) for k, counts in hist.items()]),
             ("count", [(*k, n) for k, n in self.counts.items() if n]),
             ("drop_empty", [k for k, n in self.counts.items() if n < 0]),
             ("name", [(name, *values) for name, values in self.names.items()]),
@@ -425,14 +425,6 @@ def _per_name(rows: list[Row]) -> tuple[dict[tuple[str, str], int], dict[str, li
         if r[RETRIES_NOW] > 0 and r[TALLY_RETRIES] == 0:
             known[1] += 1
     return counts, names
-
-
-def trimmed(counts: list[int]) -> list[int]:
-    """Counts without their trailing empty buckets, as a histogram is stored."""
-    end = len(counts)
-    while end and not counts[end - 1]:
-        end -= 1
-    return counts[:end]
 
 
 def _merge(into: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], counts: list[int]) -> None:
